@@ -1,0 +1,109 @@
+use std::fmt;
+
+/// What went wrong, in terms every interface can map to its own status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The named object does not exist (gRPC NOT_FOUND, HTTP 404).
+    NotFound,
+    /// The object exists and the request asked for it not to (ALREADY_EXISTS, 409).
+    AlreadyExists,
+    /// The request itself is malformed or breaks a rule (INVALID_ARGUMENT, 400).
+    Invalid,
+    /// The request is well formed but the state does not allow it, e.g. a
+    /// secret lacks a required key (FAILED_PRECONDITION, 412).
+    FailedPrecondition,
+    /// No credentials, or credentials that do not match a token (UNAUTHENTICATED, 401).
+    Unauthenticated,
+    /// The token is valid but may not do this (PERMISSION_DENIED, 403).
+    PermissionDenied,
+    /// The storage is unreachable right now; retrying later may succeed (UNAVAILABLE, 503).
+    Unavailable,
+    /// A bug or a corrupted store; details are in the server log only (INTERNAL, 500).
+    Internal,
+}
+
+/// An error with a message meant for the person who made the request.
+///
+/// The message names what was wrong (`Secret 'x' not found`) and never holds a
+/// secret value or a token secret: callers build it from names and keys only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Error {
+    /// An error of `kind` with a user-facing `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// [`ErrorKind::NotFound`].
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message)
+    }
+
+    /// [`ErrorKind::AlreadyExists`].
+    pub fn already_exists(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::AlreadyExists, message)
+    }
+
+    /// [`ErrorKind::Invalid`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message)
+    }
+
+    /// [`ErrorKind::FailedPrecondition`].
+    pub fn failed_precondition(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::FailedPrecondition, message)
+    }
+
+    /// [`ErrorKind::Unauthenticated`].
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unauthenticated, message)
+    }
+
+    /// [`ErrorKind::PermissionDenied`].
+    pub fn permission_denied(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::PermissionDenied, message)
+    }
+
+    /// [`ErrorKind::Unavailable`].
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, message)
+    }
+
+    /// [`ErrorKind::Internal`]. The message reaches the caller, so keep details
+    /// for the log and say only what the caller can act on.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The user-facing message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.kind, self.message)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}

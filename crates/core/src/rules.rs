@@ -1,0 +1,259 @@
+//! The rules of DESIGN.md that every interface enforces.
+//!
+//! Each check returns an [`Error`] of kind [`ErrorKind::Invalid`](crate::ErrorKind)
+//! whose message names the offending name or key. Values are never quoted in
+//! a message: only their key, their size or what is wrong with them.
+
+use crate::{EnvDict, Error};
+
+/// Longest secret name.
+pub const MAX_SECRET_NAME_LEN: usize = 64;
+/// Longest environment name.
+pub const MAX_ENVIRONMENT_NAME_LEN: usize = 64;
+/// Longest key.
+pub const MAX_KEY_LEN: usize = 16_384;
+/// Largest value, in bytes of UTF-8.
+pub const MAX_VALUE_BYTES: usize = 32_768;
+/// Most keys in one secret.
+pub const MAX_KEYS: usize = 1_000;
+
+/// Longest piece of a user's input that an error message repeats.
+const ECHO_LEN: usize = 80;
+
+/// `s` for an error message: at most [`ECHO_LEN`] characters, control
+/// characters escaped so that a message stays on one line.
+pub fn echo(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(ECHO_LEN)
+        .flat_map(char::escape_debug)
+        .collect();
+    if s.chars().count() > ECHO_LEN {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether `name` looks like a Modal app id (`ap-` and 22 alphanumerics),
+/// which a secret name may not, so that the two can never be confused.
+fn looks_like_app_id(name: &str) -> bool {
+    crate::ids::has_shape(name, crate::ids::APP, crate::ids::ID_RANDOM_LEN)
+}
+
+/// A secret name: 1 to 64 characters of `[A-Za-z0-9._-]`, not an app id.
+pub fn check_secret_name(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("it is empty".to_owned())
+    } else if name.len() > MAX_SECRET_NAME_LEN {
+        Some(format!(
+            "it is longer than {MAX_SECRET_NAME_LEN} characters"
+        ))
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        Some("only letters, digits, '.', '_' and '-' are allowed".to_owned())
+    } else if looks_like_app_id(name) {
+        Some("it has the form of an app id (ap-...)".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::invalid(format!(
+            "Invalid Secret name: '{}': {reason}",
+            echo(name)
+        ))),
+    }
+}
+
+/// An environment name: at most 64 characters, `^[a-zA-Z0-9][a-zA-Z0-9_-]*$`,
+/// not starting with `en-` (the prefix of environment ids).
+pub fn check_environment_name(name: &str) -> Result<(), Error> {
+    let mut bytes = name.bytes();
+    let reason = if name.is_empty() {
+        Some("it is empty".to_owned())
+    } else if name.len() > MAX_ENVIRONMENT_NAME_LEN {
+        Some(format!(
+            "it is longer than {MAX_ENVIRONMENT_NAME_LEN} characters"
+        ))
+    } else if !bytes.next().is_some_and(|b| b.is_ascii_alphanumeric())
+        || !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
+    {
+        Some(
+            "it must start with a letter or digit and hold only letters, digits, '_' and '-'"
+                .to_owned(),
+        )
+    } else if name.starts_with(crate::ids::ENVIRONMENT) {
+        Some("it may not start with 'en-'".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::invalid(format!(
+            "Invalid environment name: '{}': {reason}",
+            echo(name)
+        ))),
+    }
+}
+
+/// A key: `^[A-Za-z_][A-Za-z0-9_]*$`, at most 16,384 characters.
+pub fn check_key(key: &str) -> Result<(), Error> {
+    let mut bytes = key.bytes();
+    let reason = if key.is_empty() {
+        Some("it is empty".to_owned())
+    } else if key.len() > MAX_KEY_LEN {
+        Some(format!("it is longer than {MAX_KEY_LEN} characters"))
+    } else if !bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        || !bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        Some("a key must match [A-Za-z_][A-Za-z0-9_]*".to_owned())
+    } else {
+        None
+    };
+    match reason {
+        None => Ok(()),
+        Some(reason) => Err(Error::invalid(format!(
+            "Invalid key '{}': {reason}",
+            echo(key)
+        ))),
+    }
+}
+
+/// A value: at most 32,768 bytes, no NUL. The message names the key, never the value.
+pub fn check_value(key: &str, value: &str) -> Result<(), Error> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(Error::invalid(format!(
+            "Value of key '{}' is {} bytes; the limit is {MAX_VALUE_BYTES} bytes",
+            echo(key),
+            value.len()
+        )));
+    }
+    if value.contains('\0') {
+        return Err(Error::invalid(format!(
+            "Value of key '{}' contains a NUL character, which an environment variable cannot hold",
+            echo(key)
+        )));
+    }
+    Ok(())
+}
+
+/// Every key and value of `dict`, and their number.
+pub fn check_env_dict(dict: &EnvDict) -> Result<(), Error> {
+    check_key_count(dict.len())?;
+    for (key, value) in dict {
+        check_key(key)?;
+        check_value(key, value)?;
+    }
+    Ok(())
+}
+
+/// At most [`MAX_KEYS`] keys.
+pub fn check_key_count(count: usize) -> Result<(), Error> {
+    if count > MAX_KEYS {
+        return Err(Error::invalid(format!(
+            "A secret may hold at most {MAX_KEYS} keys; this one would hold {count}"
+        )));
+    }
+    Ok(())
+}
+
+/// The keys of `required` that `dict` lacks, as a `FailedPrecondition` error
+/// `Secret is missing key(s): A, B` (in the order they were required).
+pub fn check_required_keys<'a>(
+    dict: &EnvDict,
+    required: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    let mut missing: Vec<&str> = Vec::new();
+    for key in required {
+        if !dict.contains_key(key) && !missing.contains(&key) {
+            missing.push(key);
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::failed_precondition(format!(
+            "Secret is missing key(s): {}",
+            missing
+                .iter()
+                .map(|k| echo(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn msg(r: Result<(), Error>) -> String {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid);
+        e.message().to_owned()
+    }
+
+    #[test]
+    fn secret_names() {
+        for ok in ["a", "my-secret", "A.b_c-9", &"x".repeat(64), "ap-short"] {
+            check_secret_name(ok).unwrap();
+        }
+        assert!(msg(check_secret_name("")).contains("empty"));
+        assert!(msg(check_secret_name(&"x".repeat(65))).contains("longer than 64"));
+        assert!(msg(check_secret_name("a b")).starts_with("Invalid Secret name: 'a b'"));
+        assert!(msg(check_secret_name("ap-0123456789abcdefghijkl")).contains("app id"));
+    }
+
+    #[test]
+    fn environment_names() {
+        for ok in ["main", "dev", "Prod_2", "a-b", &"e".repeat(64)] {
+            check_environment_name(ok).unwrap();
+        }
+        for bad in ["", "-dev", "_x", "a.b", "en-prod", &"e".repeat(65), "a b"] {
+            assert!(msg(check_environment_name(bad)).starts_with("Invalid environment name"));
+        }
+    }
+
+    #[test]
+    fn keys_and_values() {
+        for ok in ["A", "_", "a_1", "PATH", &"K".repeat(MAX_KEY_LEN)] {
+            check_key(ok).unwrap();
+        }
+        for bad in ["", "1A", "A-B", "A B", "É", &"K".repeat(MAX_KEY_LEN + 1)] {
+            assert!(msg(check_key(bad)).starts_with("Invalid key"));
+        }
+        check_value("K", &"v".repeat(MAX_VALUE_BYTES)).unwrap();
+        let big = msg(check_value("K", &"v".repeat(MAX_VALUE_BYTES + 1)));
+        assert!(big.contains("'K'") && big.contains("32769"), "{big}");
+        let nul = msg(check_value("K", "se\0cret"));
+        assert!(nul.contains("NUL") && !nul.contains("cret"), "{nul}");
+    }
+
+    #[test]
+    fn key_count() {
+        let dict: EnvDict = (0..=MAX_KEYS)
+            .map(|i| (format!("K{i}"), String::new()))
+            .collect();
+        assert!(msg(check_env_dict(&dict)).contains("at most 1000 keys"));
+    }
+
+    #[test]
+    fn required_keys_name_every_missing_one_in_order() {
+        let dict: EnvDict = [("A".to_owned(), "1".to_owned())].into();
+        check_required_keys(&dict, ["A"]).unwrap();
+        let e = check_required_keys(&dict, ["C", "A", "B", "C"]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert_eq!(e.message(), "Secret is missing key(s): C, B");
+    }
+
+    #[test]
+    fn echo_truncates_and_escapes() {
+        assert_eq!(echo("a\nb"), "a\\nb");
+        assert_eq!(echo(&"x".repeat(100)).chars().count(), ECHO_LEN + 1);
+    }
+}

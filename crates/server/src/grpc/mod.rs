@@ -1,0 +1,353 @@
+//! The gRPC adapter: Modal's `modal.client.ModalClient` service over the
+//! service layer.
+//!
+//! Each method authenticates the caller from the `x-modal-token-id` and
+//! `x-modal-token-secret` headers, translates the request into one service
+//! call, and the answer into Modal's messages. Errors keep their kind: the
+//! client maps NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT,
+//! FAILED_PRECONDITION, UNAUTHENTICATED and PERMISSION_DENIED to its own
+//! exceptions, and retries only the transient codes, which deterministic
+//! errors therefore never use.
+
+mod convert;
+mod unimplemented;
+
+use latchkey_core::{time::secs_to_micros, EnvDict, Error, ErrorKind};
+use latchkey_proto::api::{self, modal_client_server::ModalClient, ObjectCreationType};
+use latchkey_store::EnvironmentUpdate;
+use tonic::{Request, Response, Status};
+
+pub use unimplemented::name_unimplemented_rpcs;
+pub(crate) use unimplemented::unknown_service;
+
+use crate::service::{Caller, CreateMode, Service};
+
+/// Largest request the server accepts, as Modal's client expects.
+pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+
+/// The image builder version reported to clients: one that `modal` 1.6.4 accepts.
+pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
+
+/// The `ModalClient` service.
+#[derive(Clone)]
+pub struct ModalApi {
+    service: Service,
+}
+
+impl ModalApi {
+    /// The adapter over `service`.
+    pub fn new(service: Service) -> Self {
+        Self { service }
+    }
+
+    /// The tonic service, with Modal's message size limit and no compression.
+    pub fn into_server(self) -> api::modal_client_server::ModalClientServer<Self> {
+        api::modal_client_server::ModalClientServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        let header = |name| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        self.service
+            .authenticate(header("x-modal-token-id"), header("x-modal-token-secret"))
+            .await
+            .map_err(status)
+    }
+}
+
+/// An [`Error`] as a gRPC status with the same meaning.
+// By value so that it reads as `.map_err(status)`.
+#[allow(clippy::needless_pass_by_value)]
+pub fn status(error: Error) -> Status {
+    let code = match error.kind() {
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorKind::Invalid => tonic::Code::InvalidArgument,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
+        ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
+        ErrorKind::Unavailable => tonic::Code::Unavailable,
+        _ => tonic::Code::Internal,
+    };
+    Status::new(code, error.message())
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    status(Error::invalid(message))
+}
+
+/// A Modal timestamp (float seconds; 0 means none) as microseconds.
+fn optional_time(secs: f64, field: &str) -> Result<Option<i64>, Status> {
+    if secs == 0.0 {
+        return Ok(None);
+    }
+    secs_to_micros(secs)
+        .map(Some)
+        .ok_or_else(|| invalid(format!("Invalid {field}: {secs}")))
+}
+
+#[tonic::async_trait]
+impl ModalClient for ModalApi {
+    async fn client_hello(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<api::ClientHelloResponse>, Status> {
+        self.caller(&request).await?;
+        Ok(Response::new(api::ClientHelloResponse {
+            warning: String::new(),
+            image_builder_version: IMAGE_BUILDER_VERSION.to_owned(),
+            server_warnings: Vec::new(),
+        }))
+    }
+
+    async fn secret_get_or_create(
+        &self,
+        request: Request<api::SecretGetOrCreateRequest>,
+    ) -> Result<Response<api::SecretGetOrCreateResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let kind = ObjectCreationType::try_from(req.object_creation_type).map_err(|_| {
+            invalid(format!(
+                "Unknown object_creation_type {}",
+                req.object_creation_type
+            ))
+        })?;
+        let contents: EnvDict = req.env_dict.into_iter().collect();
+        let named_mode = match kind {
+            ObjectCreationType::Unspecified => None,
+            ObjectCreationType::CreateIfMissing => Some(CreateMode::ReturnExisting),
+            ObjectCreationType::CreateFailIfExists => Some(CreateMode::Fail),
+            ObjectCreationType::CreateOverwriteIfExists => Some(CreateMode::Overwrite),
+            ObjectCreationType::AnonymousOwnedByApp | ObjectCreationType::Ephemeral => {
+                if !req.deployment_name.is_empty() {
+                    return Err(invalid(
+                        "An anonymous Secret cannot have a name (deployment_name must be empty)",
+                    ));
+                }
+                let app_id = if kind == ObjectCreationType::AnonymousOwnedByApp {
+                    if req.app_id.is_empty() {
+                        return Err(invalid("A Secret owned by an app needs an app_id"));
+                    }
+                    Some(req.app_id)
+                } else {
+                    None
+                };
+                let secret = self
+                    .service
+                    .create_anonymous_secret(
+                        &caller,
+                        &req.environment_name,
+                        contents,
+                        app_id,
+                        &req.required_keys,
+                    )
+                    .await
+                    .map_err(status)?;
+                return Ok(Response::new(api::SecretGetOrCreateResponse {
+                    secret_id: secret.summary.id.clone(),
+                    metadata: Some(convert::secret_metadata(&secret.summary)),
+                }));
+            }
+        };
+        let secret = match named_mode {
+            None => {
+                if !contents.is_empty() {
+                    return Err(invalid("A Secret lookup cannot carry values; use an object_creation_type that creates"));
+                }
+                self.service
+                    .lookup_secret(&caller, &req.environment_name, &req.deployment_name, &req.required_keys)
+                    .await
+            }
+            Some(mode) => self
+                .service
+                .create_secret(&caller, &req.environment_name, &req.deployment_name, contents, mode, &req.required_keys)
+                .await
+                .map(|(secret, _)| secret),
+        }
+        .map_err(status)?;
+        Ok(Response::new(api::SecretGetOrCreateResponse {
+            secret_id: secret.summary.id.clone(),
+            metadata: Some(convert::secret_metadata(&secret.summary)),
+        }))
+    }
+
+    async fn secret_list(
+        &self,
+        request: Request<api::SecretListRequest>,
+    ) -> Result<Response<api::SecretListResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let pagination = req.pagination.unwrap_or_default();
+        if pagination.max_objects < 0 {
+            return Err(invalid("max_objects cannot be negative"));
+        }
+        let max = (pagination.max_objects > 0).then(|| pagination.max_objects.unsigned_abs());
+        let before = optional_time(pagination.created_before, "created_before")?;
+        let (env, items) = self
+            .service
+            .list_secrets(&caller, &req.environment_name, before, max)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::SecretListResponse {
+            items: items.iter().map(convert::secret_list_item).collect(),
+            environment_name: env.name,
+        }))
+    }
+
+    async fn secret_delete(
+        &self,
+        request: Request<api::SecretDeleteRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = self.caller(&request).await?;
+        self.service
+            .delete_secret(&caller, &request.get_ref().secret_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn secret_update(
+        &self,
+        request: Request<api::SecretUpdateRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let changes: Vec<(String, Option<String>)> =
+            req.updates.into_iter().map(|u| (u.key, u.value)).collect();
+        self.service
+            .update_secret(&caller, &req.secret_id, &changes)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn secret_get_info(
+        &self,
+        request: Request<api::SecretGetInfoRequest>,
+    ) -> Result<Response<api::SecretGetInfoResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let secret = self
+            .service
+            .secret(&caller, &request.get_ref().secret_id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::SecretGetInfoResponse {
+            metadata: Some(convert::secret_metadata(&secret.summary)),
+        }))
+    }
+
+    async fn environment_list(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<api::EnvironmentListResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let envs = self
+            .service
+            .list_environments(&caller)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::EnvironmentListResponse {
+            items: envs.iter().map(convert::environment_list_item).collect(),
+        }))
+    }
+
+    async fn environment_create(
+        &self,
+        request: Request<api::EnvironmentCreateRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = self.caller(&request).await?;
+        self.service
+            .create_environment(&caller, &request.get_ref().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn environment_delete(
+        &self,
+        request: Request<api::EnvironmentDeleteRequest>,
+    ) -> Result<Response<()>, Status> {
+        let caller = self.caller(&request).await?;
+        // Modal's CLI asks for confirmation before it sends this, and Modal
+        // deletes an environment with its contents: do the same.
+        self.service
+            .delete_environment(&caller, &request.get_ref().name, true)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(()))
+    }
+
+    async fn environment_update(
+        &self,
+        request: Request<api::EnvironmentUpdateRequest>,
+    ) -> Result<Response<api::EnvironmentListItem>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let env = self
+            .service
+            .update_environment(
+                &caller,
+                &req.current_name,
+                EnvironmentUpdate {
+                    name: req.name,
+                    webhook_suffix: req.web_suffix,
+                },
+            )
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::environment_list_item(&env)))
+    }
+
+    async fn environment_get_or_create(
+        &self,
+        request: Request<api::EnvironmentGetOrCreateRequest>,
+    ) -> Result<Response<api::EnvironmentGetOrCreateResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        let req = request.into_inner();
+        let create = match ObjectCreationType::try_from(req.object_creation_type) {
+            Ok(ObjectCreationType::Unspecified) => false,
+            Ok(ObjectCreationType::CreateIfMissing) => true,
+            _ => {
+                return Err(invalid(format!(
+                    "Unsupported object_creation_type {} for an environment",
+                    req.object_creation_type
+                )))
+            }
+        };
+        let env = self
+            .service
+            .get_or_create_environment(&caller, &req.deployment_name, create)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(api::EnvironmentGetOrCreateResponse {
+            environment_id: env.id.clone(),
+            metadata: Some(convert::environment_metadata(&env)),
+        }))
+    }
+
+    async fn workspace_name_lookup(
+        &self,
+        request: Request<()>,
+    ) -> Result<Response<api::WorkspaceNameLookupResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(api::WorkspaceNameLookupResponse {
+            workspace_name: caller.workspace().name.clone(),
+            username: caller.token().name.clone(),
+        }))
+    }
+
+    async fn token_info_get(
+        &self,
+        request: Request<api::TokenInfoGetRequest>,
+    ) -> Result<Response<api::TokenInfoGetResponse>, Status> {
+        let caller = self.caller(&request).await?;
+        Ok(Response::new(convert::token_info(&caller)))
+    }
+}

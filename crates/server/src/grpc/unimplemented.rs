@@ -1,0 +1,47 @@
+//! Names the RPC in UNIMPLEMENTED answers.
+//!
+//! tonic answers a method its service does not declare with a bare
+//! UNIMPLEMENTED status; the client then shows an empty message. This layer
+//! adds one that names the RPC, and answers gRPC requests to services we do
+//! not serve at all the same way.
+
+use axum::{body::Body, extract::Request, middleware::Next, response::Response};
+use http::{header::CONTENT_TYPE, HeaderValue};
+
+const GRPC_STATUS: &str = "grpc-status";
+const GRPC_MESSAGE: &str = "grpc-message";
+const UNIMPLEMENTED: &str = "12";
+
+fn message_for(path: &str) -> HeaderValue {
+    let rpc: String = path
+        .trim_start_matches('/')
+        .chars()
+        // grpc-message is percent-encoded; keep to characters that need none.
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '/' | '_' | '-'))
+        .collect();
+    HeaderValue::from_str(&format!("latchkey does not implement the RPC {rpc}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("latchkey does not implement this RPC"))
+}
+
+/// Middleware: fills in the message of UNIMPLEMENTED answers.
+pub async fn name_unimplemented_rpcs(request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_owned();
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    if headers.get(GRPC_STATUS).is_some_and(|s| s == UNIMPLEMENTED)
+        && headers.get(GRPC_MESSAGE).is_none()
+    {
+        headers.insert(GRPC_MESSAGE, message_for(&path));
+    }
+    response
+}
+
+/// The answer to a gRPC request for a service that is not served.
+pub(crate) fn unknown_service(path: &str) -> Response {
+    let mut response = Response::new(Body::empty());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert(GRPC_STATUS, HeaderValue::from_static(UNIMPLEMENTED));
+    headers.insert(GRPC_MESSAGE, message_for(path));
+    response
+}

@@ -1,0 +1,54 @@
+//! Everything served on the one port: gRPC, health and readiness.
+
+use axum::{
+    extract::{Request, State},
+    http::{header::CONTENT_TYPE, StatusCode},
+    middleware,
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+
+use crate::{grpc, service::Service};
+
+/// The whole router. Tests drive it with `oneshot`, without a socket.
+pub fn app(service: Service) -> Router {
+    let grpc_routes =
+        tonic::service::Routes::new(grpc::ModalApi::new(service.clone()).into_server())
+            .into_axum_router();
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(service)
+        .merge(grpc_routes)
+        .fallback(fallback)
+        .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(service): State<Service>) -> Response {
+    match service.store().ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", e.message()),
+        )
+            .into_response(),
+    }
+}
+
+async fn fallback(request: Request) -> Response {
+    let is_grpc = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        grpc::unknown_service(request.uri().path())
+    } else {
+        (StatusCode::NOT_FOUND, "not found\n").into_response()
+    }
+}

@@ -1,0 +1,138 @@
+//! `latchkey serve`: open the store, bootstrap, serve until asked to stop.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use latchkey_core::paths;
+use latchkey_store::{crypto::Keyring, SqliteStore, Store};
+use tokio::net::TcpListener;
+
+use crate::{
+    bootstrap::{self, MasterKeySources},
+    http,
+    service::{Service, ServiceConfig},
+};
+
+/// How long in-flight requests may take to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// Everything `latchkey serve` needs, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The data dir.
+    pub data_dir: PathBuf,
+    /// Database URL; default `sqlite://DIR/latchkey.db`.
+    pub database: Option<String>,
+    /// Where the master key comes from.
+    pub master_key: MasterKeySources,
+    /// Lifetime of anonymous secrets.
+    pub anonymous_ttl: Duration,
+    /// How often expired anonymous secrets are removed.
+    pub sweep_interval: Duration,
+}
+
+impl ServeConfig {
+    /// The URL clients on this machine use to reach the server.
+    pub fn local_url(&self) -> String {
+        let host = match self.listen.ip() {
+            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+            ip if ip.is_unspecified() => "[::1]".to_owned(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        format!("http://{host}:{}", self.listen.port())
+    }
+}
+
+/// Opens the configured store, creating its file if needed.
+async fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>> {
+    let url = config
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("latchkey.db").display()));
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or(path);
+        let exists = std::path::Path::new(path).exists();
+        let key = bootstrap::master_key(&config.data_dir, &config.master_key, exists)?;
+        let store = SqliteStore::open(&url, Keyring::new(key))
+            .await
+            .context("cannot open the store")?;
+        return Ok(Arc::new(store));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        bail!(
+            "PostgreSQL storage is not available in this build yet; use the default SQLite store"
+        );
+    }
+    bail!("unsupported --database URL (expected sqlite://PATH)");
+}
+
+/// Serves until `shutdown` completes, then finishes in-flight requests.
+pub async fn serve(
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    bootstrap::ensure_data_dir(&config.data_dir)?;
+    let store = open_store(&config).await?;
+    let url = config.local_url();
+    bootstrap::bootstrap_store(store.as_ref(), &config.data_dir, &url).await?;
+    let token_file = config.data_dir.join(paths::ADMIN_TOKEN_FILE);
+    let service = Service::new(
+        store,
+        ServiceConfig {
+            anonymous_ttl: config.anonymous_ttl,
+            admin_token_hint: token_file.display().to_string(),
+        },
+    );
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let sweeper = tokio::spawn(sweep_forever(service.clone(), config.sweep_interval));
+    tracing::info!(
+        url = %url,
+        data_dir = %config.data_dir.display(),
+        admin_token = %token_file.display(),
+        "latchkey is serving"
+    );
+    eprintln!(
+        "latchkey serving on {url} (admin token in {})",
+        token_file.display()
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server =
+        axum::serve(listener, http::app(service.clone())).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("stop requested: finishing in-flight requests");
+            let _ = stop_tx.send(true);
+        });
+    let mut stop_rx_grace = stop_rx.clone();
+    tokio::select! {
+        result = server => result.context("the server failed")?,
+        () = async move {
+            let _ = stop_rx_grace.wait_for(|stopped| *stopped).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+    }
+    sweeper.abort();
+    drop(stop_rx);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn sweep_forever(service: Service, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match service.sweep_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "removed expired anonymous secrets"),
+            Err(e) => tracing::warn!(error = %e, "sweeping expired anonymous secrets failed"),
+        }
+    }
+}

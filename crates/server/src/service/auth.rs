@@ -1,0 +1,98 @@
+//! Who is calling, and what they may do.
+
+use latchkey_core::Error;
+use latchkey_store::{
+    crypto::{hash_token_secret, token_hash_matches},
+    Role, Token, Workspace,
+};
+
+use super::Service;
+
+/// An authenticated caller: a valid token and its workspace.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    token: Token,
+    workspace: Workspace,
+}
+
+impl Caller {
+    /// The caller's token (never its secret).
+    pub fn token(&self) -> &Token {
+        &self.token
+    }
+
+    /// The caller's workspace.
+    pub fn workspace(&self) -> &Workspace {
+        &self.workspace
+    }
+
+    /// The caller's workspace id.
+    pub fn workspace_id(&self) -> &str {
+        &self.workspace.id
+    }
+
+    /// Whether the token may act in the environment `name`.
+    pub fn check_environment(&self, name: &str) -> Result<(), Error> {
+        match &self.token.environments {
+            Some(allowed) if !allowed.iter().any(|a| a == name) => {
+                Err(Error::permission_denied(format!(
+                    "Token '{}' may not use environment '{name}'",
+                    self.token.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the token's role is at least `role`; `what` completes
+    /// "Token 'x' may not ...".
+    pub fn require(&self, role: Role, what: &str) -> Result<(), Error> {
+        let rank = |r: Role| match r {
+            Role::Reader => 0,
+            Role::Developer => 1,
+            _ => 2,
+        };
+        if rank(self.token.role) >= rank(role) {
+            Ok(())
+        } else {
+            Err(Error::permission_denied(format!(
+                "Token '{}' (role {}) may not {what}",
+                self.token.name,
+                self.token.role.as_str()
+            )))
+        }
+    }
+}
+
+impl Service {
+    /// The caller holding this token id and secret.
+    ///
+    /// Every failure gives the same Unauthenticated error, which says how to
+    /// get a token and never echoes the secret.
+    pub async fn authenticate(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
+        let denied = || {
+            let what = if token_id.is_empty() || token_secret.is_empty() {
+                "No token was sent"
+            } else {
+                "The token is not valid on this server (unknown, revoked, or a wrong secret)"
+            };
+            Error::unauthenticated(format!(
+                "{what}. Set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (or LATCHKEY_TOKEN_ID and \
+                 LATCHKEY_TOKEN_SECRET) to a token of this server: the admin token is in {}, \
+                 and `latchkey token create` makes more.",
+                self.config.admin_token_hint
+            ))
+        };
+        if token_id.is_empty() || token_secret.is_empty() {
+            return Err(denied());
+        }
+        let Some((token, hash)) = self.store.token_for_auth(token_id).await? else {
+            return Err(denied());
+        };
+        if !token_hash_matches(&hash, &hash_token_secret(token_secret)) {
+            return Err(denied());
+        }
+        let workspace = self.store.workspace(&token.workspace_id).await?;
+        Ok(Caller { token, workspace })
+    }
+}

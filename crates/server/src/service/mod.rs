@@ -1,0 +1,304 @@
+//! The service layer: every rule of DESIGN.md and every permission check, in
+//! terms of the domain, independent of the wire.
+//!
+//! The gRPC adapter (and, later, the JSON API and the dashboard) only
+//! translate requests into these calls and [`Error`]s into their own status
+//! codes, so every interface enforces the same rules.
+
+mod auth;
+
+use std::{sync::Arc, time::Duration};
+
+pub use auth::Caller;
+use latchkey_core::{
+    rules,
+    time::{now_micros, Micros},
+    EnvDict, Error,
+};
+use latchkey_store::{
+    Environment, EnvironmentUpdate, NewSecret, OnConflict, Role, Secret, SecretKind, SecretSummary,
+    Store,
+};
+
+/// Largest page a listing returns; larger requests are cut to this.
+pub const MAX_PAGE: u32 = 1_000;
+
+/// Settings of the service layer.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// How long anonymous secrets (`from_dict` and friends) live.
+    pub anonymous_ttl: Duration,
+    /// Where the admin token lies, for the hint in authentication errors.
+    pub admin_token_hint: String,
+}
+
+/// The service layer. Cheap to clone.
+#[derive(Clone)]
+pub struct Service {
+    store: Arc<dyn Store>,
+    config: Arc<ServiceConfig>,
+}
+
+/// How a named secret is created when its name exists.
+pub use latchkey_store::OnConflict as CreateMode;
+
+impl Service {
+    /// A service over `store`.
+    pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
+        Self {
+            store,
+            config: Arc::new(config),
+        }
+    }
+
+    /// The store, for readiness checks and the sweeper.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The environment named `name` (empty: the workspace default), if the
+    /// caller may see it.
+    pub async fn environment(&self, caller: &Caller, name: &str) -> Result<Environment, Error> {
+        if !name.is_empty() {
+            rules::check_environment_name(name)?;
+        }
+        let env = self.store.environment(caller.workspace_id(), name).await?;
+        caller.check_environment(&env.name)?;
+        Ok(env)
+    }
+
+    /// Looks up a named secret and checks that it holds `required_keys`.
+    pub async fn lookup_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        rules::check_secret_name(name)?;
+        let env = self.environment(caller, environment_name).await?;
+        let secret = self
+            .store
+            .secret_by_name(caller.workspace_id(), &env.id, name)
+            .await?;
+        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
+        Ok(secret)
+    }
+
+    /// Creates a named secret; `mode` says what happens when the name exists.
+    /// Returns the secret and whether it was created.
+    pub async fn create_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        contents: EnvDict,
+        mode: CreateMode,
+        required_keys: &[String],
+    ) -> Result<(Secret, bool), Error> {
+        caller.require(Role::Developer, "create secrets")?;
+        rules::check_secret_name(name)?;
+        rules::check_env_dict(&contents)?;
+        let env = self.environment(caller, environment_name).await?;
+        let (secret, created) = self
+            .store
+            .create_secret(&NewSecret {
+                workspace_id: caller.workspace_id().to_owned(),
+                environment_id: env.id,
+                kind: SecretKind::Named(name.to_owned()),
+                created_by: caller.token().name.clone(),
+                contents,
+                on_conflict: mode,
+            })
+            .await?;
+        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
+        Ok((secret, created))
+    }
+
+    /// Creates an anonymous secret, removed after the configured time to live.
+    pub async fn create_anonymous_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        contents: EnvDict,
+        app_id: Option<String>,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        rules::check_env_dict(&contents)?;
+        rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
+        let env = self.environment(caller, environment_name).await?;
+        let ttl = i64::try_from(self.config.anonymous_ttl.as_micros()).unwrap_or(i64::MAX);
+        let (secret, _) = self
+            .store
+            .create_secret(&NewSecret {
+                workspace_id: caller.workspace_id().to_owned(),
+                environment_id: env.id,
+                kind: SecretKind::Anonymous {
+                    app_id,
+                    expires_at: now_micros().saturating_add(ttl),
+                },
+                created_by: caller.token().name.clone(),
+                contents,
+                on_conflict: OnConflict::Fail,
+            })
+            .await?;
+        Ok(secret)
+    }
+
+    /// Named secrets of an environment, newest first.
+    pub async fn list_secrets(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        created_before: Option<Micros>,
+        max_objects: Option<u32>,
+    ) -> Result<(Environment, Vec<SecretSummary>), Error> {
+        let env = self.environment(caller, environment_name).await?;
+        let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let items = self
+            .store
+            .list_secrets(caller.workspace_id(), &env.id, created_before, limit)
+            .await?;
+        Ok((env, items))
+    }
+
+    /// A secret by id, if the caller may see its environment.
+    pub async fn secret(&self, caller: &Caller, secret_id: &str) -> Result<Secret, Error> {
+        let secret = self
+            .store
+            .secret_by_id(caller.workspace_id(), secret_id)
+            .await?;
+        caller.check_environment(&secret.summary.environment_name)?;
+        Ok(secret)
+    }
+
+    /// Merges `changes` into a secret like `dict.update` (`None` removes a key).
+    pub async fn update_secret(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error> {
+        caller.require(Role::Developer, "update secrets")?;
+        for (key, value) in changes {
+            rules::check_key(key)?;
+            if let Some(value) = value {
+                rules::check_value(key, value)?;
+            }
+        }
+        self.secret(caller, secret_id).await?;
+        self.store
+            .update_secret(caller.workspace_id(), secret_id, changes)
+            .await
+    }
+
+    /// Deletes a secret by id.
+    pub async fn delete_secret(&self, caller: &Caller, secret_id: &str) -> Result<(), Error> {
+        caller.require(Role::Developer, "delete secrets")?;
+        self.secret(caller, secret_id).await?;
+        self.store
+            .delete_secret(caller.workspace_id(), secret_id)
+            .await
+    }
+
+    /// Records that secrets' values reached a running process.
+    pub async fn mark_used(&self, caller: &Caller, secret_ids: &[String]) -> Result<(), Error> {
+        self.store
+            .mark_used(caller.workspace_id(), secret_ids, now_micros())
+            .await
+    }
+
+    /// The environments the caller may see, the default first.
+    pub async fn list_environments(&self, caller: &Caller) -> Result<Vec<Environment>, Error> {
+        let all = self.store.list_environments(caller.workspace_id()).await?;
+        Ok(all
+            .into_iter()
+            .filter(|e| caller.check_environment(&e.name).is_ok())
+            .collect())
+    }
+
+    /// Creates an environment.
+    pub async fn create_environment(
+        &self,
+        caller: &Caller,
+        name: &str,
+    ) -> Result<Environment, Error> {
+        caller.require(Role::Admin, "create environments")?;
+        rules::check_environment_name(name)?;
+        self.store
+            .create_environment(caller.workspace_id(), name)
+            .await
+    }
+
+    /// The environment `name` (empty: the default), created first when
+    /// `create` and it does not exist.
+    pub async fn get_or_create_environment(
+        &self,
+        caller: &Caller,
+        name: &str,
+        create: bool,
+    ) -> Result<Environment, Error> {
+        match self.environment(caller, name).await {
+            Err(e)
+                if create && e.kind() == latchkey_core::ErrorKind::NotFound && !name.is_empty() =>
+            {
+                match self.create_environment(caller, name).await {
+                    // Another request created it meanwhile.
+                    Err(e) if e.kind() == latchkey_core::ErrorKind::AlreadyExists => {
+                        self.environment(caller, name).await
+                    }
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// Renames an environment or changes its webhook suffix.
+    pub async fn update_environment(
+        &self,
+        caller: &Caller,
+        current_name: &str,
+        update: EnvironmentUpdate,
+    ) -> Result<Environment, Error> {
+        caller.require(Role::Admin, "change environments")?;
+        rules::check_environment_name(current_name)?;
+        if let Some(name) = &update.name {
+            rules::check_environment_name(name)?;
+        }
+        if let Some(suffix) = &update.webhook_suffix {
+            if suffix.len() > 64
+                || !suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(Error::invalid(format!(
+                    "Invalid web suffix: '{}': use at most 64 letters, digits and '-'",
+                    rules::echo(suffix)
+                )));
+            }
+        }
+        self.store
+            .update_environment(caller.workspace_id(), current_name, &update)
+            .await
+    }
+
+    /// Deletes an environment; with `with_secrets`, also the secrets in it.
+    pub async fn delete_environment(
+        &self,
+        caller: &Caller,
+        name: &str,
+        with_secrets: bool,
+    ) -> Result<(), Error> {
+        caller.require(Role::Admin, "delete environments")?;
+        rules::check_environment_name(name)?;
+        self.store
+            .delete_environment(caller.workspace_id(), name, with_secrets)
+            .await
+    }
+
+    /// Removes expired anonymous secrets.
+    pub async fn sweep_expired(&self) -> Result<u64, Error> {
+        self.store.sweep_expired(now_micros()).await
+    }
+}

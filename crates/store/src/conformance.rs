@@ -1,0 +1,503 @@
+//! The behaviour every [`Store`] adapter must show, as one suite.
+//!
+//! An adapter's tests open a fresh, empty store and call [`run_all`]; a
+//! failing check panics with a message naming what broke. The suite is part
+//! of the library (not `#[cfg(test)]`) so that every backend's crate or test
+//! runs the same code unchanged.
+
+use futures::future::join_all;
+use latchkey_core::{ids, time::now_micros, EnvDict, ErrorKind};
+
+use crate::{
+    crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Role,
+    SecretKind, Store,
+};
+
+/// The admin token the suite bootstraps with.
+pub fn admin_token() -> NewToken {
+    NewToken {
+        id: ids::new_id(ids::TOKEN_ID),
+        workspace_id: ids::new_id(ids::WORKSPACE),
+        name: "admin".to_owned(),
+        role: Role::Admin,
+        environments: None,
+        secret_hash: hash_token_secret("as-conformance"),
+    }
+}
+
+fn dict(pairs: &[(&str, &str)]) -> EnvDict {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn named(ws: &str, env: &str, name: &str, contents: EnvDict, on_conflict: OnConflict) -> NewSecret {
+    NewSecret {
+        workspace_id: ws.to_owned(),
+        environment_id: env.to_owned(),
+        kind: SecretKind::Named(name.to_owned()),
+        created_by: "admin".to_owned(),
+        contents,
+        on_conflict,
+    }
+}
+
+/// Runs every check against `store`, which must be new and empty.
+pub async fn run_all(store: &dyn Store) {
+    let admin = admin_token();
+    assert!(
+        store.bootstrap(&admin).await.unwrap(),
+        "bootstrap of an empty store"
+    );
+    assert!(
+        !store.bootstrap(&admin_token()).await.unwrap(),
+        "second bootstrap is a no-op"
+    );
+    store.ping().await.expect("ping");
+    let ws = admin.workspace_id.clone();
+    assert_eq!(store.workspace(&ws).await.unwrap().name, "default");
+
+    environments(store, &ws).await;
+    tokens(store, &admin).await;
+    secrets_create_and_read(store, &ws).await;
+    secrets_update(store, &ws).await;
+    secrets_list_paging(store, &ws).await;
+    secrets_anonymous_and_sweep(store, &ws).await;
+    environment_delete_with_secrets(store, &ws).await;
+}
+
+async fn environments(store: &dyn Store, ws: &str) {
+    let main = store.environment(ws, "").await.unwrap();
+    assert_eq!((main.name.as_str(), main.is_default), ("main", true));
+    assert_eq!(store.environment(ws, "main").await.unwrap(), main);
+    let dev = store.create_environment(ws, "dev").await.unwrap();
+    let err = store.create_environment(ws, "dev").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+    let listed = store.list_environments(ws).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["main", "dev"],
+        "default first"
+    );
+    let err = store.environment(ws, "nope").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(err.message(), "Environment 'nope' not found");
+    assert_eq!(
+        store
+            .environment("ac-other", "main")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound,
+        "another workspace sees nothing"
+    );
+
+    let renamed = store
+        .update_environment(
+            ws,
+            "dev",
+            &EnvironmentUpdate {
+                name: Some("develop".to_owned()),
+                webhook_suffix: Some("sfx".to_owned()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.id.as_str(), renamed.name.as_str()),
+        (dev.id.as_str(), "develop")
+    );
+    assert_eq!(renamed.webhook_suffix, "sfx");
+    let err = store
+        .update_environment(
+            ws,
+            "develop",
+            &EnvironmentUpdate {
+                name: Some("main".to_owned()),
+                webhook_suffix: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::AlreadyExists,
+        "rename onto a taken name"
+    );
+    assert_eq!(
+        store
+            .environment(ws, "develop")
+            .await
+            .unwrap()
+            .webhook_suffix,
+        "sfx"
+    );
+
+    let err = store
+        .delete_environment(ws, "main", true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::FailedPrecondition,
+        "the default cannot go"
+    );
+    store
+        .delete_environment(ws, "develop", false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .delete_environment(ws, "develop", false)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+async fn tokens(store: &dyn Store, admin: &NewToken) {
+    let (token, hash) = store
+        .token_for_auth(&admin.id)
+        .await
+        .unwrap()
+        .expect("admin token");
+    assert_eq!((token.name.as_str(), token.role), ("admin", Role::Admin));
+    assert_eq!(hash, admin.secret_hash.to_vec());
+    let reader = NewToken {
+        id: ids::new_id(ids::TOKEN_ID),
+        name: "ci".to_owned(),
+        role: Role::Reader,
+        environments: Some(vec!["main".to_owned()]),
+        ..admin.clone()
+    };
+    let created = store.create_token(&reader).await.unwrap();
+    assert_eq!(created.environments, Some(vec!["main".to_owned()]));
+    let (fetched, _) = store.token_for_auth(&reader.id).await.unwrap().unwrap();
+    assert_eq!(fetched, created);
+    assert_eq!(
+        store.list_tokens(&admin.workspace_id).await.unwrap().len(),
+        2
+    );
+    store
+        .revoke_token(&admin.workspace_id, &reader.id)
+        .await
+        .unwrap();
+    assert!(
+        store.token_for_auth(&reader.id).await.unwrap().is_none(),
+        "revoked"
+    );
+    assert_eq!(
+        store
+            .revoke_token(&admin.workspace_id, &reader.id)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    assert!(store.token_for_auth("ak-unknown").await.unwrap().is_none());
+}
+
+async fn secrets_create_and_read(store: &dyn Store, ws: &str) {
+    let env = store.environment(ws, "").await.unwrap().id;
+    let first = dict(&[("A", "1"), ("B", "2")]);
+    let (created, was_new) = store
+        .create_secret(&named(ws, &env, "s1", first.clone(), OnConflict::Fail))
+        .await
+        .unwrap();
+    assert!(was_new);
+    assert_eq!(created.contents, first);
+    assert_eq!(created.summary.keys, ["A", "B"]);
+    assert_eq!(created.summary.name(), Some("s1"));
+    assert_eq!(created.summary.created_by, "admin");
+    assert_eq!(created.summary.last_used_at, None);
+    let id = created.summary.id.clone();
+    assert!(ids::has_shape(&id, ids::SECRET, ids::ID_RANDOM_LEN), "{id}");
+
+    let err = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "s1",
+            dict(&[("X", "y")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    assert_eq!(err.message(), "Secret 's1' already exists");
+
+    let (same, was_new) = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "s1",
+            dict(&[("X", "y")]),
+            OnConflict::ReturnExisting,
+        ))
+        .await
+        .unwrap();
+    assert!(!was_new);
+    assert_eq!(
+        (same.summary.id.as_str(), &same.contents),
+        (id.as_str(), &first)
+    );
+
+    let replaced = dict(&[("C", "3")]);
+    let (over, _) = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "s1",
+            replaced.clone(),
+            OnConflict::Overwrite,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(over.summary.id, id, "overwrite keeps the id");
+    assert_eq!(over.summary.created_at, created.summary.created_at);
+    assert_eq!(over.contents, replaced);
+
+    assert_eq!(
+        store.secret_by_name(ws, &env, "s1").await.unwrap().contents,
+        replaced
+    );
+    assert_eq!(
+        store.secret_by_id(ws, &id).await.unwrap().contents,
+        replaced
+    );
+    let err = store.secret_by_name(ws, &env, "missing").await.unwrap_err();
+    assert_eq!(
+        (err.kind(), err.message()),
+        (ErrorKind::NotFound, "Secret 'missing' not found")
+    );
+    assert_eq!(
+        store
+            .secret_by_id("ac-other", &id)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound,
+        "another workspace cannot read it"
+    );
+
+    store
+        .mark_used(ws, std::slice::from_ref(&id), 1234)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .secret_by_id(ws, &id)
+            .await
+            .unwrap()
+            .summary
+            .last_used_at,
+        Some(1234)
+    );
+
+    store.delete_secret(ws, &id).await.unwrap();
+    let err = store.secret_by_id(ws, &id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    assert_eq!(
+        store.delete_secret(ws, &id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // The name is free again.
+    store
+        .create_secret(&named(ws, &env, "s1", first, OnConflict::Fail))
+        .await
+        .unwrap();
+}
+
+async fn secrets_update(store: &dyn Store, ws: &str) {
+    let env = store.environment(ws, "").await.unwrap().id;
+    let (s, _) = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "upd",
+            dict(&[("KEEP", "k"), ("CHANGE", "old"), ("DROP", "d")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    let id = s.summary.id;
+    let updated = store
+        .update_secret(
+            ws,
+            &id,
+            &[
+                ("CHANGE".to_owned(), Some("new".to_owned())),
+                ("DROP".to_owned(), None),
+                ("ADD".to_owned(), Some("a".to_owned())),
+                ("NEVER_THERE".to_owned(), None),
+            ],
+        )
+        .await
+        .unwrap();
+    let expected = dict(&[("ADD", "a"), ("CHANGE", "new"), ("KEEP", "k")]);
+    assert_eq!(updated.contents, expected);
+    assert_eq!(updated.summary.version, s.summary.version + 1);
+    assert_eq!(
+        store.secret_by_id(ws, &id).await.unwrap().contents,
+        expected
+    );
+
+    // Too many keys: refused, nothing written.
+    let many: Vec<(String, Option<String>)> = (0..1000)
+        .map(|i| (format!("K{i}"), Some(String::new())))
+        .collect();
+    let err = store.update_secret(ws, &id, &many).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Invalid, "{err:?}");
+    assert_eq!(
+        store.secret_by_id(ws, &id).await.unwrap().contents,
+        expected
+    );
+
+    // Concurrent updates of different keys all survive.
+    let updates = (0..24).map(|i| {
+        let id = id.clone();
+        async move {
+            store
+                .update_secret(ws, &id, &[(format!("C{i}"), Some(i.to_string()))])
+                .await
+        }
+    });
+    for result in join_all(updates).await {
+        result.unwrap();
+    }
+    let after = store.secret_by_id(ws, &id).await.unwrap().contents;
+    for i in 0..24 {
+        assert_eq!(
+            after.get(&format!("C{i}")),
+            Some(&i.to_string()),
+            "update C{i} lost"
+        );
+    }
+    assert_eq!(
+        store
+            .update_secret(ws, "st-missing", &[])
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+async fn secrets_list_paging(store: &dyn Store, ws: &str) {
+    let env = store.create_environment(ws, "paging").await.unwrap().id;
+    let total = 260;
+    for i in 0..total {
+        store
+            .create_secret(&named(
+                ws,
+                &env,
+                &format!("p{i:03}"),
+                dict(&[("I", "x")]),
+                OnConflict::Fail,
+            ))
+            .await
+            .unwrap();
+    }
+    // Concurrent creations still get unique creation times.
+    let extra = (0..16).map(|i| {
+        let env = env.clone();
+        async move {
+            store
+                .create_secret(&named(
+                    ws,
+                    &env,
+                    &format!("q{i:02}"),
+                    EnvDict::new(),
+                    OnConflict::Fail,
+                ))
+                .await
+        }
+    });
+    for r in join_all(extra).await {
+        r.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.list_secrets(ws, &env, before, 37).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 37);
+        assert!(
+            page.windows(2).all(|w| w[0].created_at > w[1].created_at),
+            "newest first, unique"
+        );
+        before = Some(page.last().unwrap().created_at);
+        seen.extend(page.into_iter().map(|s| s.name().unwrap().to_owned()));
+    }
+    assert_eq!(seen.len(), total + 16, "every secret once");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no repeats");
+    assert_eq!(seen.last().unwrap(), "p000", "oldest last");
+    let first = store.list_secrets(ws, &env, None, 1).await.unwrap();
+    assert_eq!(first[0].keys, Vec::<String>::new());
+    assert_eq!(first[0].environment_name, "paging");
+}
+
+async fn secrets_anonymous_and_sweep(store: &dyn Store, ws: &str) {
+    let env = store.environment(ws, "").await.unwrap().id;
+    let now = now_micros();
+    let make = |expires_at, app_id: Option<&str>| NewSecret {
+        workspace_id: ws.to_owned(),
+        environment_id: env.clone(),
+        kind: SecretKind::Anonymous {
+            app_id: app_id.map(str::to_owned),
+            expires_at,
+        },
+        created_by: "admin".to_owned(),
+        contents: dict(&[("ANON", "v")]),
+        on_conflict: OnConflict::Fail,
+    };
+    let (expired, _) = store.create_secret(&make(now - 1, None)).await.unwrap();
+    let (alive, _) = store
+        .create_secret(&make(now + 3_600_000_000, Some("ap-x")))
+        .await
+        .unwrap();
+    let listed = store.list_secrets(ws, &env, None, 1000).await.unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|s| s.id != expired.summary.id && s.id != alive.summary.id),
+        "anonymous secrets are never listed"
+    );
+    assert_eq!(store.sweep_expired(now).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .secret_by_id(ws, &expired.summary.id)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let kept = store.secret_by_id(ws, &alive.summary.id).await.unwrap();
+    assert_eq!(kept.summary.name(), None);
+    assert_eq!(kept.contents, dict(&[("ANON", "v")]));
+}
+
+async fn environment_delete_with_secrets(store: &dyn Store, ws: &str) {
+    let err = store
+        .delete_environment(ws, "paging", false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("holds 276 secret(s)"),
+        "{}",
+        err.message()
+    );
+    store.delete_environment(ws, "paging", true).await.unwrap();
+    assert_eq!(
+        store.environment(ws, "paging").await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}

@@ -1,0 +1,155 @@
+//! latchkey's storage.
+//!
+//! [`Store`] is what the server needs from a database; each backend is an
+//! adapter behind it (SQLite now, PostgreSQL next), and [`conformance`] is the
+//! one suite of behaviour every adapter must pass unchanged.
+//!
+//! Adapters receive and return plaintext [`EnvDict`]s and do the sealing
+//! themselves through a [`Keyring`](crypto::Keyring), inside the same
+//! transaction as the read or write: that is what lets `update()` merge
+//! atomically, and it keeps the rows' layout (wrapped data key, ciphertext,
+//! version bound into the associated data) in one place per backend.
+
+pub mod conformance;
+pub mod crypto;
+mod model;
+mod rows;
+mod sqlite;
+
+pub use model::*;
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use latchkey_core::{time::Micros, EnvDict, Error};
+
+/// Everything the server reads and writes. Every method is one transaction.
+///
+/// Errors are [`latchkey_core::Error`]s with user-facing messages: NotFound,
+/// AlreadyExists and Invalid for the caller's mistakes, Unavailable when the
+/// database cannot be reached, Internal (details only in the log) otherwise.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<(), Error>;
+
+    /// Creates the workspace `default`, its environment `main` and the first
+    /// admin token when the store holds no workspace; does nothing otherwise.
+    /// Returns whether it created them.
+    async fn bootstrap(&self, admin: &NewToken) -> Result<bool, Error>;
+
+    /// The workspace with this id.
+    async fn workspace(&self, id: &str) -> Result<Workspace, Error>;
+
+    /// The environments of a workspace, the default first, then by creation.
+    async fn list_environments(&self, workspace_id: &str) -> Result<Vec<Environment>, Error>;
+
+    /// The environment named `name`, or the workspace default when `name` is empty.
+    async fn environment(&self, workspace_id: &str, name: &str) -> Result<Environment, Error>;
+
+    /// A new environment. AlreadyExists when the name is taken.
+    async fn create_environment(
+        &self,
+        workspace_id: &str,
+        name: &str,
+    ) -> Result<Environment, Error>;
+
+    /// Renames an environment and/or changes its webhook suffix.
+    async fn update_environment(
+        &self,
+        workspace_id: &str,
+        current_name: &str,
+        update: &EnvironmentUpdate,
+    ) -> Result<Environment, Error>;
+
+    /// Deletes an environment and, when `with_secrets`, every secret in it.
+    /// Refuses the workspace default, and an environment holding named
+    /// secrets unless `with_secrets`.
+    async fn delete_environment(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        with_secrets: bool,
+    ) -> Result<(), Error>;
+
+    /// Stores a new token (only the hash of its secret).
+    async fn create_token(&self, token: &NewToken) -> Result<Token, Error>;
+
+    /// The token with this id, with the stored hash of its secret, if any and
+    /// not revoked. Never fails for an unknown id: authentication decides.
+    async fn token_for_auth(&self, token_id: &str) -> Result<Option<(Token, Vec<u8>)>, Error>;
+
+    /// The tokens of a workspace (revoked ones included), oldest first.
+    async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error>;
+
+    /// Revokes a token; NotFound if the workspace has no such token.
+    async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error>;
+
+    /// Creates a secret, or, for a named one whose name exists, acts as
+    /// `secret.on_conflict` says. Returns the secret and whether it was created.
+    async fn create_secret(&self, secret: &NewSecret) -> Result<(Secret, bool), Error>;
+
+    /// A named secret, with its contents.
+    async fn secret_by_name(
+        &self,
+        workspace_id: &str,
+        environment_id: &str,
+        name: &str,
+    ) -> Result<Secret, Error>;
+
+    /// Any secret of the workspace, by id, with its contents.
+    async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error>;
+
+    /// Applies `changes` in order (a value sets the key, `None` removes it) in
+    /// one transaction, so that concurrent updates of different keys all
+    /// survive. Returns the new state.
+    async fn update_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error>;
+
+    /// Deletes a secret and its ciphertext. NotFound if there is none.
+    async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error>;
+
+    /// Named secrets of an environment, newest first, created strictly before
+    /// `created_before` when given, at most `limit`.
+    async fn list_secrets(
+        &self,
+        workspace_id: &str,
+        environment_id: &str,
+        created_before: Option<Micros>,
+        limit: u32,
+    ) -> Result<Vec<SecretSummary>, Error>;
+
+    /// Records that these secrets were delivered to a running process.
+    async fn mark_used(
+        &self,
+        workspace_id: &str,
+        secret_ids: &[String],
+        at: Micros,
+    ) -> Result<(), Error>;
+
+    /// Deletes anonymous secrets whose time to live ended before `now`.
+    /// Returns how many it deleted.
+    async fn sweep_expired(&self, now: Micros) -> Result<u64, Error>;
+}
+
+/// A secret's contents after `changes`, checked against the key limit.
+pub fn apply_changes(
+    mut contents: EnvDict,
+    changes: &[(String, Option<String>)],
+) -> Result<EnvDict, Error> {
+    for (key, value) in changes {
+        match value {
+            Some(value) => {
+                contents.insert(key.clone(), value.clone());
+            }
+            None => {
+                contents.remove(key);
+            }
+        }
+    }
+    latchkey_core::rules::check_key_count(contents.len())?;
+    Ok(contents)
+}

@@ -1,0 +1,223 @@
+use std::fmt;
+
+use latchkey_core::{time::Micros, EnvDict};
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workspace {
+    /// `ac-...`
+    pub id: String,
+    /// Unique name; the first one is `default`.
+    pub name: String,
+    /// Creation time.
+    pub created_at: Micros,
+}
+
+/// A namespace of secrets within a workspace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    /// `en-...`
+    pub id: String,
+    /// The owning workspace.
+    pub workspace_id: String,
+    /// Unique within the workspace.
+    pub name: String,
+    /// Whether an empty environment name in a request means this one.
+    pub is_default: bool,
+    /// Suffix Modal's client shows for web endpoints; kept, not used.
+    pub webhook_suffix: String,
+    /// Creation time.
+    pub created_at: Micros,
+}
+
+/// A change of an environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvironmentUpdate {
+    /// The new name, if it changes.
+    pub name: Option<String>,
+    /// The new webhook suffix, if it changes.
+    pub webhook_suffix: Option<String>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Role {
+    /// Everything in its workspace, including tokens and environments.
+    Admin,
+    /// Read and write secrets, and run code with them.
+    Developer,
+    /// Read secrets' metadata and values, nothing else.
+    Reader,
+}
+
+impl Role {
+    /// The stored and displayed form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Reader => "reader",
+        }
+    }
+
+    /// Parses the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "developer" => Some(Role::Developer),
+            "reader" => Some(Role::Reader),
+            _ => None,
+        }
+    }
+}
+
+/// A token as stored, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    /// `ak-...`, public.
+    pub id: String,
+    /// The workspace it belongs to; it sees nothing of another.
+    pub workspace_id: String,
+    /// Its name: the `created_by` of what it creates.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The environments it is limited to; `None` means all.
+    pub environments: Option<Vec<String>>,
+    /// Creation time.
+    pub created_at: Micros,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Micros>,
+}
+
+/// A token to store. `secret_hash` is the SHA-256 of its secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewToken {
+    /// `ak-...`
+    pub id: String,
+    /// The workspace; for [`Store::bootstrap`](crate::Store::bootstrap) it is
+    /// the id the new workspace gets.
+    pub workspace_id: String,
+    /// Its name.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The environments it is limited to; `None` means all.
+    pub environments: Option<Vec<String>>,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+}
+
+impl fmt::Debug for NewToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewToken")
+            .field("id", &self.id)
+            .field("workspace_id", &self.workspace_id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How a secret came to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretKind {
+    /// Named, listed, kept until deleted.
+    Named(String),
+    /// Anonymous (`from_dict` and friends), never listed, removed at `expires_at`.
+    Anonymous {
+        /// The app that owns it, if it was created inside an app.
+        app_id: Option<String>,
+        /// When the sweeper removes it.
+        expires_at: Micros,
+    },
+}
+
+/// What to do when a named secret's name is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnConflict {
+    /// AlreadyExists.
+    Fail,
+    /// Return the existing secret unchanged.
+    ReturnExisting,
+    /// Replace the existing secret's contents (a new version, same id).
+    Overwrite,
+}
+
+/// A secret to create.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewSecret {
+    /// The owning workspace.
+    pub workspace_id: String,
+    /// The environment it lives in.
+    pub environment_id: String,
+    /// Named or anonymous.
+    pub kind: SecretKind,
+    /// Name of the token that creates it.
+    pub created_by: String,
+    /// Its contents, already checked against the rules.
+    pub contents: EnvDict,
+    /// For named secrets whose name exists.
+    pub on_conflict: OnConflict,
+}
+
+impl fmt::Debug for NewSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewSecret")
+            .field("environment_id", &self.environment_id)
+            .field("kind", &self.kind)
+            .field("keys", &self.contents.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret's metadata, as listings show it (no contents, no keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSummary {
+    /// `st-...`
+    pub id: String,
+    /// Named or anonymous.
+    pub kind: SecretKind,
+    /// The environment's id.
+    pub environment_id: String,
+    /// The environment's name.
+    pub environment_name: String,
+    /// Creation time, unique among the environment's named secrets.
+    pub created_at: Micros,
+    /// Name of the token that created it.
+    pub created_by: String,
+    /// Last time its values reached a running process.
+    pub last_used_at: Option<Micros>,
+    /// Incremented by every change of contents.
+    pub version: i64,
+    /// Its keys, sorted.
+    pub keys: Vec<String>,
+}
+
+impl SecretSummary {
+    /// The name of a named secret.
+    pub fn name(&self) -> Option<&str> {
+        match &self.kind {
+            SecretKind::Named(name) => Some(name),
+            SecretKind::Anonymous { .. } => None,
+        }
+    }
+}
+
+/// A secret with its contents. `Debug` shows the keys, never the values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    /// Everything but the values.
+    pub summary: SecretSummary,
+    /// The decrypted contents.
+    pub contents: EnvDict,
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("summary", &self.summary)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,195 @@
+//! Row shapes shared by every SQL backend, and their conversion to the model.
+//!
+//! The columns are the same in every backend's schema, so `sqlx::FromRow`
+//! derives one decoder per row shape that each adapter reuses.
+
+use latchkey_core::{time::Micros, Error};
+
+use crate::{
+    crypto::{Binding, Keyring, Sealed},
+    Environment, Role, Secret, SecretKind, SecretSummary, Token, Workspace,
+};
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct WorkspaceRow {
+    id: String,
+    name: String,
+    created_at: i64,
+}
+
+impl From<WorkspaceRow> for Workspace {
+    fn from(r: WorkspaceRow) -> Self {
+        Workspace {
+            id: r.id,
+            name: r.name,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct EnvironmentRow {
+    id: String,
+    workspace_id: String,
+    name: String,
+    is_default: bool,
+    webhook_suffix: String,
+    created_at: i64,
+}
+
+impl From<EnvironmentRow> for Environment {
+    fn from(r: EnvironmentRow) -> Self {
+        Environment {
+            id: r.id,
+            workspace_id: r.workspace_id,
+            name: r.name,
+            is_default: r.is_default,
+            webhook_suffix: r.webhook_suffix,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenRow {
+    id: String,
+    workspace_id: String,
+    name: String,
+    role: String,
+    environments: Option<String>,
+    created_at: i64,
+    revoked_at: Option<i64>,
+    pub(crate) secret_hash: Vec<u8>,
+}
+
+impl TryFrom<TokenRow> for Token {
+    type Error = Error;
+
+    fn try_from(r: TokenRow) -> Result<Self, Error> {
+        let role = Role::parse(&r.role).ok_or_else(|| corrupt("token role", &r.id))?;
+        let environments = r
+            .environments
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(|_| corrupt("token environments", &r.id))?;
+        Ok(Token {
+            id: r.id,
+            workspace_id: r.workspace_id,
+            name: r.name,
+            role,
+            environments,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        })
+    }
+}
+
+/// Encodes a token's environment limit for its column.
+pub(crate) fn environments_column(environments: &Option<Vec<String>>) -> Option<String> {
+    environments
+        .as_ref()
+        .map(|e| serde_json::to_string(e).expect("strings serialize"))
+}
+
+/// A secret row joined with its environment's name.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretRow {
+    pub(crate) id: String,
+    pub(crate) workspace_id: String,
+    environment_id: String,
+    environment_name: String,
+    name: Option<String>,
+    app_id: Option<String>,
+    expires_at: Option<i64>,
+    created_at: i64,
+    created_by: String,
+    last_used_at: Option<i64>,
+    pub(crate) version: i64,
+    key_id: String,
+    wrapped_key: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+/// The select list that decodes into [`SecretRow`]; the query must join
+/// `environments e` to `secrets s`.
+pub(crate) const SECRET_COLUMNS: &str = "s.id, s.workspace_id, s.environment_id, \
+     e.name AS environment_name, s.name, s.app_id, s.expires_at, s.created_at, s.created_by, \
+     s.last_used_at, s.version, s.key_id, s.wrapped_key, s.ciphertext";
+
+impl SecretRow {
+    /// Decrypts the row into a [`Secret`].
+    pub(crate) fn open(self, keyring: &Keyring) -> Result<Secret, Error> {
+        let sealed = Sealed {
+            key_id: self.key_id,
+            wrapped_key: self.wrapped_key,
+            ciphertext: self.ciphertext,
+        };
+        let contents = keyring.open(
+            Binding {
+                workspace_id: &self.workspace_id,
+                secret_id: &self.id,
+                version: self.version,
+            },
+            &sealed,
+        )?;
+        let kind = match self.name {
+            Some(name) => SecretKind::Named(name),
+            None => SecretKind::Anonymous {
+                app_id: self.app_id,
+                expires_at: self.expires_at.unwrap_or_default(),
+            },
+        };
+        Ok(Secret {
+            summary: SecretSummary {
+                id: self.id,
+                kind,
+                environment_id: self.environment_id,
+                environment_name: self.environment_name,
+                created_at: self.created_at,
+                created_by: self.created_by,
+                last_used_at: self.last_used_at,
+                version: self.version,
+                keys: contents.keys().cloned().collect(),
+            },
+            contents,
+        })
+    }
+}
+
+/// The columns of a new secret row.
+pub(crate) struct SecretInsert<'a> {
+    pub(crate) name: Option<&'a str>,
+    pub(crate) app_id: Option<&'a str>,
+    pub(crate) expires_at: Option<Micros>,
+}
+
+impl<'a> SecretInsert<'a> {
+    pub(crate) fn of(kind: &'a SecretKind) -> Self {
+        match kind {
+            SecretKind::Named(name) => SecretInsert {
+                name: Some(name),
+                app_id: None,
+                expires_at: None,
+            },
+            SecretKind::Anonymous { app_id, expires_at } => SecretInsert {
+                name: None,
+                app_id: app_id.as_deref(),
+                expires_at: Some(*expires_at),
+            },
+        }
+    }
+}
+
+fn corrupt(what: &str, id: &str) -> Error {
+    tracing::error!(what, id, "a row holds a value this version cannot read");
+    Error::internal(format!("The stored {what} of '{id}' cannot be read"))
+}
+
+/// Messages for objects that are not there.
+pub(crate) fn secret_not_found(id: &str) -> Error {
+    Error::not_found(format!("Secret '{id}' not found"))
+}
+
+pub(crate) fn environment_not_found(name: &str) -> Error {
+    Error::not_found(format!("Environment '{name}' not found"))
+}

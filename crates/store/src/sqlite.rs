@@ -1,0 +1,797 @@
+//! The embedded SQLite adapter: one file, WAL, durable commits.
+//!
+//! Writes go through a pool of exactly one connection, so SQLite never has to
+//! arbitrate between writers (no `SQLITE_BUSY` upgrades, no lost updates);
+//! reads use a separate pool of read-only connections that WAL lets run
+//! beside the writer. Every commit is durable (`synchronous = FULL`) before
+//! it is acknowledged, and deleted rows are overwritten (`secure_delete`).
+
+use std::{path::PathBuf, str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use latchkey_core::{ids, time::now_micros, time::Micros, Error};
+use sqlx::{
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    Sqlite, SqlitePool, Transaction,
+};
+
+use crate::{
+    crypto::{Binding, Keyring},
+    rows::{
+        environment_not_found, environments_column, secret_not_found, EnvironmentRow, SecretInsert,
+        SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
+    },
+    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Secret, SecretKind,
+    SecretSummary, Store, Token, Workspace,
+};
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store was sealed under another master key.
+    #[error(
+        "the master key (id {given}) cannot decrypt this store, which was created with master key id {stored}; \
+         start with the key this store was created with (--master-key-file or LATCHKEY_MASTER_KEY)"
+    )]
+    WrongMasterKey {
+        /// Id of the key given.
+        given: String,
+        /// Id of the key the store was made with.
+        stored: String,
+    },
+    /// The database URL is not a SQLite URL this adapter understands.
+    #[error("invalid SQLite database URL: {0}")]
+    BadUrl(String),
+    /// The database could not be opened or migrated.
+    #[error("cannot open the SQLite database {path}: {source}")]
+    Database {
+        /// The database file.
+        path: String,
+        /// What failed.
+        source: sqlx::Error,
+    },
+}
+
+/// The SQLite adapter.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    keyring: Keyring,
+}
+
+const META_KEY_CHECK: &str = "key_check";
+const META_KEY_ID: &str = "master_key_id";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://PATH`),
+    /// runs migrations, and checks that `keyring` is the store's master key.
+    ///
+    /// A store sealed under another key is refused before anything is written.
+    pub async fn open(url: &str, keyring: Keyring) -> Result<Self, OpenError> {
+        let base =
+            SqliteConnectOptions::from_str(url).map_err(|e| OpenError::BadUrl(e.to_string()))?;
+        let path = base.get_filename().to_path_buf();
+        let db_err = |source| OpenError::Database {
+            path: path.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            check_key_without_writing(&path, &keyring).await?;
+        } else {
+            create_private_file(&path).map_err(|e| db_err(sqlx::Error::Io(e)))?;
+        }
+        let options = base
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("secure_delete", "ON");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await
+            .map_err(db_err)?;
+        sqlx::migrate!("migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(|e| db_err(e.into()))?;
+        ensure_key_check(&writer, &keyring).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(db_err)?;
+        Ok(Self {
+            writer,
+            reader,
+            keyring,
+        })
+    }
+
+    /// Closes both pools, checkpointing the WAL.
+    pub async fn close(&self) {
+        self.reader.close().await;
+        self.writer.close().await;
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Sqlite>, Error> {
+        self.writer.begin().await.map_err(db_error)
+    }
+
+    fn seal_row(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        version: i64,
+        contents: &latchkey_core::EnvDict,
+    ) -> crate::crypto::Sealed {
+        self.keyring.seal(
+            Binding {
+                workspace_id,
+                secret_id,
+                version,
+            },
+            contents,
+        )
+    }
+}
+
+/// Creates an empty database file readable by its owner only; SQLite gives
+/// the `-wal` and `-shm` files it makes the same permissions.
+fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+}
+
+/// Reads the key check from an existing file opened immutable and read-only,
+/// so that a wrong key is refused without touching the data dir.
+async fn check_key_without_writing(path: &PathBuf, keyring: &Keyring) -> Result<(), OpenError> {
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .read_only(true)
+        .immutable(true);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(|source| OpenError::Database {
+            path: path.display().to_string(),
+            source,
+        })?;
+    // A missing table means a new or half-created store: the normal path checks it.
+    let check: Option<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM meta WHERE key = ?")
+        .bind(META_KEY_CHECK)
+        .fetch_optional(&pool)
+        .await
+        .unwrap_or(None);
+    let stored_id: Option<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM meta WHERE key = ?")
+        .bind(META_KEY_ID)
+        .fetch_optional(&pool)
+        .await
+        .unwrap_or(None);
+    pool.close().await;
+    match check {
+        Some((check,)) if !keyring.verify_key_check(&check) => Err(OpenError::WrongMasterKey {
+            given: keyring.key_id(),
+            stored: stored_id
+                .map(|(id,)| String::from_utf8_lossy(&id).into_owned())
+                .unwrap_or_default(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+async fn ensure_key_check(writer: &SqlitePool, keyring: &Keyring) -> Result<(), OpenError> {
+    let db = |source| OpenError::Database {
+        path: String::from("(store)"),
+        source,
+    };
+    let mut tx = writer.begin().await.map_err(db)?;
+    let existing: Option<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM meta WHERE key = ?")
+        .bind(META_KEY_CHECK)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?;
+    match existing {
+        Some((check,)) if keyring.verify_key_check(&check) => {}
+        Some(_) => {
+            let stored: Option<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM meta WHERE key = ?")
+                .bind(META_KEY_ID)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+            return Err(OpenError::WrongMasterKey {
+                given: keyring.key_id(),
+                stored: stored
+                    .map(|(id,)| String::from_utf8_lossy(&id).into_owned())
+                    .unwrap_or_default(),
+            });
+        }
+        None => {
+            sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?), (?, ?)")
+                .bind(META_KEY_CHECK)
+                .bind(keyring.key_check())
+                .bind(META_KEY_ID)
+                .bind(keyring.key_id().into_bytes())
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+    }
+    tx.commit().await.map_err(db)
+}
+
+/// Maps a database error: unreachable → Unavailable, anything else → Internal
+/// with the cause in the log only.
+fn db_error(e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(error = %e, "storage unavailable");
+            Error::unavailable("The secret store is unavailable; try again shortly")
+        }
+        other => {
+            tracing::error!(error = %other, "storage error");
+            Error::internal("The secret store failed to complete the request")
+        }
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+const SELECT_ENVIRONMENT: &str =
+    "SELECT id, workspace_id, name, is_default, webhook_suffix, created_at FROM environments";
+
+async fn fetch_secret<'e, E>(
+    executor: E,
+    workspace_id: &str,
+    clause: &str,
+    arg: &str,
+    arg2: Option<&str>,
+) -> Result<Option<SecretRow>, Error>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let sql = format!(
+        "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+         WHERE s.workspace_id = ? AND {clause}"
+    );
+    let mut q = sqlx::query_as::<_, SecretRow>(&sql)
+        .bind(workspace_id)
+        .bind(arg);
+    if let Some(arg2) = arg2 {
+        q = q.bind(arg2);
+    }
+    q.fetch_optional(executor).await.map_err(db_error)
+}
+
+/// The next creation time for a named secret of `environment_id`: now, or
+/// one microsecond after the newest, so that creation times stay unique.
+async fn next_created_at(
+    tx: &mut Transaction<'static, Sqlite>,
+    environment_id: &str,
+) -> Result<Micros, Error> {
+    let (newest,): (Option<i64>,) = sqlx::query_as(
+        "SELECT MAX(created_at) FROM secrets WHERE environment_id = ? AND name IS NOT NULL",
+    )
+    .bind(environment_id)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    Ok(newest.map_or(now_micros(), |n| now_micros().max(n + 1)))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<(), Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    async fn bootstrap(&self, admin: &NewToken) -> Result<bool, Error> {
+        let mut tx = self.begin().await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM workspaces")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if count > 0 {
+            return Ok(false);
+        }
+        let now = now_micros();
+        sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES (?, 'default', ?)")
+            .bind(&admin.workspace_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query(
+            "INSERT INTO environments (id, workspace_id, name, is_default, created_at) VALUES (?, ?, 'main', 1, ?)",
+        )
+        .bind(ids::new_id(ids::ENVIRONMENT))
+        .bind(&admin.workspace_id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        insert_token(&mut tx, admin, now).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(true)
+    }
+
+    async fn workspace(&self, id: &str) -> Result<Workspace, Error> {
+        sqlx::query_as::<_, WorkspaceRow>(
+            "SELECT id, name, created_at FROM workspaces WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_error)?
+        .map(Workspace::from)
+        .ok_or_else(|| Error::not_found(format!("Workspace '{id}' not found")))
+    }
+
+    async fn list_environments(&self, workspace_id: &str) -> Result<Vec<Environment>, Error> {
+        let rows = sqlx::query_as::<_, EnvironmentRow>(&format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? ORDER BY is_default DESC, created_at, name"
+        ))
+        .bind(workspace_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?;
+        Ok(rows.into_iter().map(Environment::from).collect())
+    }
+
+    async fn environment(&self, workspace_id: &str, name: &str) -> Result<Environment, Error> {
+        let row = if name.is_empty() {
+            sqlx::query_as::<_, EnvironmentRow>(&format!(
+                "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND is_default = 1"
+            ))
+            .bind(workspace_id)
+            .fetch_optional(&self.reader)
+            .await
+        } else {
+            sqlx::query_as::<_, EnvironmentRow>(&format!(
+                "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
+            ))
+            .bind(workspace_id)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+        };
+        row.map_err(db_error)?
+            .map(Environment::from)
+            .ok_or_else(|| environment_not_found(name))
+    }
+
+    async fn create_environment(
+        &self,
+        workspace_id: &str,
+        name: &str,
+    ) -> Result<Environment, Error> {
+        let env = Environment {
+            id: ids::new_id(ids::ENVIRONMENT),
+            workspace_id: workspace_id.to_owned(),
+            name: name.to_owned(),
+            is_default: false,
+            webhook_suffix: String::new(),
+            created_at: now_micros(),
+        };
+        let result = sqlx::query(
+            "INSERT INTO environments (id, workspace_id, name, is_default, created_at) VALUES (?, ?, ?, 0, ?)",
+        )
+        .bind(&env.id)
+        .bind(workspace_id)
+        .bind(name)
+        .bind(env.created_at)
+        .execute(&self.writer)
+        .await;
+        match result {
+            Ok(_) => Ok(env),
+            Err(e) if is_unique_violation(&e) => Err(Error::already_exists(format!(
+                "Environment '{name}' already exists"
+            ))),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    async fn update_environment(
+        &self,
+        workspace_id: &str,
+        current_name: &str,
+        update: &EnvironmentUpdate,
+    ) -> Result<Environment, Error> {
+        let mut tx = self.begin().await?;
+        let mut env: Environment = sqlx::query_as::<_, EnvironmentRow>(&format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
+        ))
+        .bind(workspace_id)
+        .bind(current_name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .map(Environment::from)
+        .ok_or_else(|| environment_not_found(current_name))?;
+        if let Some(name) = &update.name {
+            env.name.clone_from(name);
+        }
+        if let Some(suffix) = &update.webhook_suffix {
+            env.webhook_suffix.clone_from(suffix);
+        }
+        let result =
+            sqlx::query("UPDATE environments SET name = ?, webhook_suffix = ? WHERE id = ?")
+                .bind(&env.name)
+                .bind(&env.webhook_suffix)
+                .bind(&env.id)
+                .execute(&mut *tx)
+                .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::already_exists(format!(
+                    "Environment '{}' already exists",
+                    env.name
+                )))
+            }
+            Err(e) => return Err(db_error(e)),
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(env)
+    }
+
+    async fn delete_environment(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        with_secrets: bool,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
+        let env: Environment = sqlx::query_as::<_, EnvironmentRow>(&format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
+        ))
+        .bind(workspace_id)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .map(Environment::from)
+        .ok_or_else(|| environment_not_found(name))?;
+        if env.is_default {
+            return Err(Error::failed_precondition(format!(
+                "Environment '{name}' is the workspace's default and cannot be deleted"
+            )));
+        }
+        let (named,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM secrets WHERE environment_id = ? AND name IS NOT NULL",
+        )
+        .bind(&env.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if named > 0 && !with_secrets {
+            return Err(Error::failed_precondition(format!(
+                "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
+            )));
+        }
+        for sql in [
+            "DELETE FROM secrets WHERE environment_id = ?",
+            "DELETE FROM environments WHERE id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(&env.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn create_token(&self, token: &NewToken) -> Result<Token, Error> {
+        let mut tx = self.begin().await?;
+        let created = insert_token(&mut tx, token, now_micros()).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(created)
+    }
+
+    async fn token_for_auth(&self, token_id: &str) -> Result<Option<(Token, Vec<u8>)>, Error> {
+        let row = sqlx::query_as::<_, TokenRow>(
+            "SELECT id, workspace_id, name, role, environments, created_at, revoked_at, secret_hash \
+             FROM tokens WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(token_id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(db_error)?;
+        match row {
+            None => Ok(None),
+            Some(mut row) => {
+                let hash = std::mem::take(&mut row.secret_hash);
+                Ok(Some((Token::try_from(row)?, hash)))
+            }
+        }
+    }
+
+    async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error> {
+        sqlx::query_as::<_, TokenRow>(
+            "SELECT id, workspace_id, name, role, environments, created_at, revoked_at, secret_hash \
+             FROM tokens WHERE workspace_id = ? ORDER BY created_at, id",
+        )
+        .bind(workspace_id)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(Token::try_from)
+        .collect()
+    }
+
+    async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
+        let done = sqlx::query(
+            "UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
+        )
+        .bind(now_micros())
+        .bind(workspace_id)
+        .bind(token_id)
+        .execute(&self.writer)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(Error::not_found(format!("Token '{token_id}' not found")));
+        }
+        Ok(())
+    }
+
+    async fn create_secret(&self, new: &NewSecret) -> Result<(Secret, bool), Error> {
+        let mut tx = self.begin().await?;
+        if let SecretKind::Named(name) = &new.kind {
+            let existing = fetch_secret(
+                &mut *tx,
+                &new.workspace_id,
+                "s.environment_id = ? AND s.name = ?",
+                &new.environment_id,
+                Some(name),
+            )
+            .await?;
+            if let Some(existing) = existing {
+                return match new.on_conflict {
+                    OnConflict::Fail => Err(Error::already_exists(format!(
+                        "Secret '{name}' already exists"
+                    ))),
+                    OnConflict::ReturnExisting => Ok((existing.open(&self.keyring)?, false)),
+                    OnConflict::Overwrite => {
+                        let version = existing.version + 1;
+                        let sealed =
+                            self.seal_row(&new.workspace_id, &existing.id, version, &new.contents);
+                        sqlx::query(
+                            "UPDATE secrets SET version = ?, key_id = ?, wrapped_key = ?, ciphertext = ? WHERE id = ?",
+                        )
+                        .bind(version)
+                        .bind(&sealed.key_id)
+                        .bind(&sealed.wrapped_key)
+                        .bind(&sealed.ciphertext)
+                        .bind(&existing.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
+                        let row = fetch_secret(
+                            &mut *tx,
+                            &new.workspace_id,
+                            "s.id = ?",
+                            &existing.id,
+                            None,
+                        )
+                        .await?
+                        .ok_or_else(|| secret_not_found(&existing.id))?;
+                        tx.commit().await.map_err(db_error)?;
+                        Ok((row.open(&self.keyring)?, false))
+                    }
+                };
+            }
+        }
+        let id = ids::new_id(ids::SECRET);
+        let cols = SecretInsert::of(&new.kind);
+        let created_at = if cols.name.is_some() {
+            next_created_at(&mut tx, &new.environment_id).await?
+        } else {
+            now_micros()
+        };
+        let sealed = self.seal_row(&new.workspace_id, &id, 1, &new.contents);
+        sqlx::query(
+            "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, created_at, \
+             created_by, last_used_at, version, key_id, wrapped_key, ciphertext) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, 1, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(&new.workspace_id)
+        .bind(&new.environment_id)
+        .bind(cols.name)
+        .bind(cols.app_id)
+        .bind(cols.expires_at)
+        .bind(created_at)
+        .bind(&new.created_by)
+        .bind(&sealed.key_id)
+        .bind(&sealed.wrapped_key)
+        .bind(&sealed.ciphertext)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let row = fetch_secret(&mut *tx, &new.workspace_id, "s.id = ?", &id, None)
+            .await?
+            .ok_or_else(|| secret_not_found(&id))?;
+        tx.commit().await.map_err(db_error)?;
+        Ok((row.open(&self.keyring)?, true))
+    }
+
+    async fn secret_by_name(
+        &self,
+        workspace_id: &str,
+        environment_id: &str,
+        name: &str,
+    ) -> Result<Secret, Error> {
+        fetch_secret(
+            &self.reader,
+            workspace_id,
+            "s.environment_id = ? AND s.name = ?",
+            environment_id,
+            Some(name),
+        )
+        .await?
+        .ok_or_else(|| Error::not_found(format!("Secret '{name}' not found")))?
+        .open(&self.keyring)
+    }
+
+    async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {
+        fetch_secret(&self.reader, workspace_id, "s.id = ?", secret_id, None)
+            .await?
+            .ok_or_else(|| secret_not_found(secret_id))?
+            .open(&self.keyring)
+    }
+
+    async fn update_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error> {
+        let mut tx = self.begin().await?;
+        let current = fetch_secret(&mut *tx, workspace_id, "s.id = ?", secret_id, None)
+            .await?
+            .ok_or_else(|| secret_not_found(secret_id))?
+            .open(&self.keyring)?;
+        let contents = crate::apply_changes(current.contents, changes)?;
+        let version = current.summary.version + 1;
+        let sealed = self.seal_row(workspace_id, secret_id, version, &contents);
+        sqlx::query("UPDATE secrets SET version = ?, key_id = ?, wrapped_key = ?, ciphertext = ? WHERE id = ?")
+            .bind(version)
+            .bind(&sealed.key_id)
+            .bind(&sealed.wrapped_key)
+            .bind(&sealed.ciphertext)
+            .bind(secret_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let mut summary = current.summary;
+        summary.version = version;
+        summary.keys = contents.keys().cloned().collect();
+        Ok(Secret { summary, contents })
+    }
+
+    async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error> {
+        let done = sqlx::query("DELETE FROM secrets WHERE workspace_id = ? AND id = ?")
+            .bind(workspace_id)
+            .bind(secret_id)
+            .execute(&self.writer)
+            .await
+            .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(secret_not_found(secret_id));
+        }
+        Ok(())
+    }
+
+    async fn list_secrets(
+        &self,
+        workspace_id: &str,
+        environment_id: &str,
+        created_before: Option<Micros>,
+        limit: u32,
+    ) -> Result<Vec<SecretSummary>, Error> {
+        let sql = format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+             WHERE s.workspace_id = ? AND s.environment_id = ? AND s.name IS NOT NULL \
+             AND s.created_at < ? ORDER BY s.created_at DESC LIMIT ?"
+        );
+        let rows = sqlx::query_as::<_, SecretRow>(&sql)
+            .bind(workspace_id)
+            .bind(environment_id)
+            .bind(created_before.unwrap_or(i64::MAX))
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(db_error)?;
+        rows.into_iter()
+            .map(|row| row.open(&self.keyring).map(|s| s.summary))
+            .collect()
+    }
+
+    async fn mark_used(
+        &self,
+        workspace_id: &str,
+        secret_ids: &[String],
+        at: Micros,
+    ) -> Result<(), Error> {
+        if secret_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for id in secret_ids {
+            sqlx::query("UPDATE secrets SET last_used_at = ? WHERE workspace_id = ? AND id = ?")
+                .bind(at)
+                .bind(workspace_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)
+    }
+
+    async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {
+        sqlx::query("DELETE FROM secrets WHERE expires_at IS NOT NULL AND expires_at < ?")
+            .bind(now)
+            .execute(&self.writer)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(db_error)
+    }
+}
+
+async fn insert_token(
+    tx: &mut Transaction<'static, Sqlite>,
+    token: &NewToken,
+    now: Micros,
+) -> Result<Token, Error> {
+    let result = sqlx::query(
+        "INSERT INTO tokens (id, workspace_id, name, secret_hash, role, environments, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&token.id)
+    .bind(&token.workspace_id)
+    .bind(&token.name)
+    .bind(token.secret_hash.as_slice())
+    .bind(token.role.as_str())
+    .bind(environments_column(&token.environments))
+    .bind(now)
+    .execute(&mut **tx)
+    .await;
+    match result {
+        Ok(_) => Ok(Token {
+            id: token.id.clone(),
+            workspace_id: token.workspace_id.clone(),
+            name: token.name.clone(),
+            role: token.role,
+            environments: token.environments.clone(),
+            created_at: now,
+            revoked_at: None,
+        }),
+        Err(e) if is_unique_violation(&e) => Err(Error::already_exists(format!(
+            "Token '{}' already exists",
+            token.id
+        ))),
+        Err(e) => Err(db_error(e)),
+    }
+}
