@@ -1,4 +1,5 @@
-//! Everything served on the one port: gRPC, health and readiness.
+//! Everything served on the one port: gRPC, the JSON API, the dashboard,
+//! health and readiness.
 
 use axum::{
     extract::{Request, State},
@@ -9,7 +10,9 @@ use axum::{
     Router,
 };
 
-use crate::{grpc, service::Service};
+use latchkey_service::Service;
+
+use crate::{api, grpc};
 
 /// The whole router. Tests drive it with `oneshot`, without a socket.
 pub fn app(service: Service) -> Router {
@@ -19,7 +22,9 @@ pub fn app(service: Service) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(service)
+        .with_state(service.clone())
+        .nest("/api/v1", api::router(service.clone()))
+        .merge(latchkey_dashboard::router(service))
         .merge(grpc_routes)
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))

@@ -1,11 +1,12 @@
-//! The latchkey server: the [`service`] layer that holds the rules, the
-//! [`grpc`] adapter that speaks Modal's protocol over it, the HTTP routes
-//! beside it on the same port ([`http`]), and start-up ([`serve`]).
+//! The latchkey server: the adapters over the service layer
+//! (`latchkey-service`) and start-up. [`grpc`] speaks Modal's protocol,
+//! [`http`] puts everything on one port, [`serve`] opens the store,
+//! bootstraps and serves until stopped.
 
+pub mod api;
 pub mod bootstrap;
 pub mod grpc;
 pub mod http;
 pub mod serve;
-pub mod service;
 
 pub use serve::{serve, ServeConfig};

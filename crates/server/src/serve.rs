@@ -7,10 +7,11 @@ use latchkey_core::paths;
 use latchkey_store::{crypto::Keyring, SqliteStore, Store};
 use tokio::net::TcpListener;
 
+use latchkey_service::{Service, ServiceConfig};
+
 use crate::{
     bootstrap::{self, MasterKeySources},
     http,
-    service::{Service, ServiceConfig},
 };
 
 /// How long in-flight requests may take to finish after a stop signal.

@@ -5,7 +5,7 @@ use latchkey_proto::api;
 use latchkey_store::{Environment, SecretSummary};
 
 use super::IMAGE_BUILDER_VERSION;
-use crate::service::Caller;
+use latchkey_service::Caller;
 
 fn secs(micros: Option<Micros>) -> f64 {
     micros.map_or(0.0, micros_to_secs)

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 pub use unimplemented::name_unimplemented_rpcs;
 pub(crate) use unimplemented::unknown_service;
 
-use crate::service::{Caller, CreateMode, Service};
+use latchkey_service::{Caller, CreateMode, Service};
 
 /// Largest request the server accepts, as Modal's client expects.
 pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;

@@ -11,14 +11,15 @@ use std::{sync::Arc, time::Duration};
 
 pub use auth::Caller;
 use latchkey_core::{
-    rules,
+    ids, rules,
     time::{now_micros, Micros},
     EnvDict, Error,
 };
-use latchkey_store::{
-    Environment, EnvironmentUpdate, NewSecret, OnConflict, Role, Secret, SecretKind, SecretSummary,
-    Store,
+use latchkey_store::{crypto::hash_token_secret, NewSecret, NewToken, OnConflict};
+pub use latchkey_store::{
+    Environment, EnvironmentUpdate, Role, Secret, SecretKind, SecretSummary, Store, Token,
 };
+use zeroize::Zeroizing;
 
 /// Largest page a listing returns; larger requests are cut to this.
 pub const MAX_PAGE: u32 = 1_000;
@@ -37,6 +38,23 @@ pub struct ServiceConfig {
 pub struct Service {
     store: Arc<dyn Store>,
     config: Arc<ServiceConfig>,
+}
+
+/// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`.
+pub fn check_token_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "Invalid token name: '{}': use 1 to 64 letters, digits, '.', '_', '@' and '-'",
+            rules::echo(name)
+        )))
+    }
 }
 
 /// How a named secret is created when its name exists.
@@ -294,6 +312,107 @@ impl Service {
         rules::check_environment_name(name)?;
         self.store
             .delete_environment(caller.workspace_id(), name, with_secrets)
+            .await
+    }
+
+    /// A named secret with its values, for delivery to a process that starts
+    /// now: required keys are checked and its `last_used_at` is updated.
+    pub async fn resolve_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        let secret = self
+            .lookup_secret(caller, environment_name, name, required_keys)
+            .await?;
+        self.mark_used(caller, std::slice::from_ref(&secret.summary.id))
+            .await?;
+        Ok(secret)
+    }
+
+    /// Deletes a named secret.
+    pub async fn delete_secret_by_name(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        caller.require(Role::Developer, "delete secrets")?;
+        let secret = self
+            .lookup_secret(caller, environment_name, name, &[])
+            .await?;
+        self.store
+            .delete_secret(caller.workspace_id(), &secret.summary.id)
+            .await
+    }
+
+    /// Creates a token in the caller's workspace. The returned secret is
+    /// shown once and never stored.
+    pub async fn create_token(
+        &self,
+        caller: &Caller,
+        name: &str,
+        role: Role,
+        environments: Option<Vec<String>>,
+    ) -> Result<(Token, Zeroizing<String>), Error> {
+        caller.require(Role::Admin, "create tokens")?;
+        check_token_name(name)?;
+        if let Some(envs) = &environments {
+            if envs.is_empty() {
+                return Err(Error::invalid(
+                    "A token limited to environments needs at least one environment",
+                ));
+            }
+            for env in envs {
+                self.environment(caller, env).await?;
+            }
+        }
+        let secret = Zeroizing::new(ids::new_token_secret());
+        let token = self
+            .store
+            .create_token(&NewToken {
+                id: ids::new_id(ids::TOKEN_ID),
+                workspace_id: caller.workspace_id().to_owned(),
+                name: name.to_owned(),
+                role,
+                environments,
+                secret_hash: hash_token_secret(&secret),
+            })
+            .await?;
+        Ok((token, secret))
+    }
+
+    /// The tokens of the caller's workspace.
+    pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, Error> {
+        caller.require(Role::Admin, "list tokens")?;
+        self.store.list_tokens(caller.workspace_id()).await
+    }
+
+    /// Revokes a token. The workspace's last active admin token cannot be
+    /// revoked, so that a workspace is never left without one.
+    pub async fn revoke_token(&self, caller: &Caller, token_id: &str) -> Result<(), Error> {
+        caller.require(Role::Admin, "revoke tokens")?;
+        let tokens = self.store.list_tokens(caller.workspace_id()).await?;
+        let active_admins = tokens
+            .iter()
+            .filter(|t| t.role == Role::Admin && t.revoked_at.is_none())
+            .count();
+        let target = tokens
+            .iter()
+            .find(|t| t.id == token_id && t.revoked_at.is_none())
+            .ok_or_else(|| {
+                Error::not_found(format!("Token '{}' not found", rules::echo(token_id)))
+            })?;
+        if target.role == Role::Admin && active_admins == 1 {
+            return Err(Error::failed_precondition(format!(
+                "Token '{}' is the workspace's last admin token; create another admin token first",
+                target.name
+            )));
+        }
+        self.store
+            .revoke_token(caller.workspace_id(), token_id)
             .await
     }
 
