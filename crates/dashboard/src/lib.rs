@@ -7,6 +7,6 @@ use latchkey_service::Service;
 
 /// The dashboard's routes.
 pub fn router(service: Service) -> Router {
-    let _ = service;
+    drop(service);
     Router::new()
 }

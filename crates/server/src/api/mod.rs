@@ -5,6 +5,6 @@ use latchkey_service::Service;
 
 /// The `/api/v1` routes.
 pub fn router(service: Service) -> Router {
-    let _ = service;
+    drop(service);
     Router::new()
 }
