@@ -28,10 +28,10 @@ pub(crate) struct ServeArgs {
     #[arg(long)]
     master_key_file: Option<PathBuf>,
     /// How long anonymous secrets (from_dict, from_dotenv, from_local_environ) live, e.g. 30s, 10m, 24h.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
     anonymous_ttl: Duration,
     /// How often expired anonymous secrets are removed.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     sweep_interval: Duration,
 }
 
@@ -42,6 +42,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let data_dir = match args.data_dir {
         Some(dir) => dir,
@@ -67,15 +71,32 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         sweep_interval: args.sweep_interval,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(latchkey_server::serve(config, stop_signal()))
+    runtime.block_on(async {
+        // Install the handlers before serving, so that a signal arriving
+        // right after start-up stops the server gracefully too.
+        let stop = stop_signal()?;
+        latchkey_server::serve(config, stop).await
+    })
 }
 
-/// Resolves on the first SIGINT or SIGTERM.
-async fn stop_signal() {
+/// A future that resolves on the first SIGINT or SIGTERM, with the handlers
+/// installed now.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
+/// A duration: bare seconds (`90`) or with units (`90s`, `10m`, `24h`).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
     }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30, 30s, 10m, 24h)"))
 }

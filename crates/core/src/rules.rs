@@ -84,7 +84,10 @@ pub fn check_environment_name(name: &str) -> Result<(), Error> {
             "it must start with a letter or digit and hold only letters, digits, '_' and '-'"
                 .to_owned(),
         )
-    } else if name.starts_with(crate::ids::ENVIRONMENT) {
+    } else if name
+        .to_ascii_lowercase()
+        .starts_with(crate::ids::ENVIRONMENT)
+    {
         Some("it may not start with 'en-'".to_owned())
     } else {
         None
@@ -214,7 +217,16 @@ mod tests {
         for ok in ["main", "dev", "Prod_2", "a-b", &"e".repeat(64)] {
             check_environment_name(ok).unwrap();
         }
-        for bad in ["", "-dev", "_x", "a.b", "en-prod", &"e".repeat(65), "a b"] {
+        for bad in [
+            "",
+            "-dev",
+            "_x",
+            "a.b",
+            "en-prod",
+            "EN-prod",
+            &"e".repeat(65),
+            "a b",
+        ] {
             assert!(msg(check_environment_name(bad)).starts_with("Invalid environment name"));
         }
     }

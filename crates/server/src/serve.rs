@@ -34,17 +34,15 @@ pub struct ServeConfig {
     pub sweep_interval: Duration,
 }
 
-impl ServeConfig {
-    /// The URL clients on this machine use to reach the server.
-    pub fn local_url(&self) -> String {
-        let host = match self.listen.ip() {
-            ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
-            ip if ip.is_unspecified() => "[::1]".to_owned(),
-            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-            ip => ip.to_string(),
-        };
-        format!("http://{host}:{}", self.listen.port())
-    }
+/// The URL clients on this machine use to reach a server listening on `addr`.
+pub fn local_url(addr: SocketAddr) -> String {
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
+        ip if ip.is_unspecified() => "[::1]".to_owned(),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+        ip => ip.to_string(),
+    };
+    format!("http://{host}:{}", addr.port())
 }
 
 /// Opens the configured store, creating its file if needed.
@@ -77,7 +75,12 @@ pub async fn serve(
 ) -> Result<()> {
     bootstrap::ensure_data_dir(&config.data_dir)?;
     let store = open_store(&config).await?;
-    let url = config.local_url();
+    // Bind before bootstrapping so that the admin token names the real
+    // address, also when --listen asks for port 0.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let url = local_url(listener.local_addr()?);
     bootstrap::bootstrap_store(store.as_ref(), &config.data_dir, &url).await?;
     let token_file = config.data_dir.join(paths::ADMIN_TOKEN_FILE);
     let service = Service::new(
@@ -87,9 +90,6 @@ pub async fn serve(
             admin_token_hint: token_file.display().to_string(),
         },
     );
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let sweeper = tokio::spawn(sweep_forever(service.clone(), config.sweep_interval));
     tracing::info!(
         url = %url,
@@ -120,6 +120,7 @@ pub async fn serve(
         }
     }
     sweeper.abort();
+    service.store().close().await;
     drop(stop_rx);
     tracing::info!("stopped");
     Ok(())

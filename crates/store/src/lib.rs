@@ -32,6 +32,10 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers (for `/readyz`).
     async fn ping(&self) -> Result<(), Error>;
 
+    /// Closes the store's connections cleanly (SQLite checkpoints its WAL
+    /// and removes it). Called once, after the last request.
+    async fn close(&self) {}
+
     /// Creates the workspace `default`, its environment `main` and the first
     /// admin token when the store holds no workspace; does nothing otherwise.
     /// Returns whether it created them.

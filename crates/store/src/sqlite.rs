@@ -100,6 +100,12 @@ impl SqliteStore {
             .await
             .map_err(|e| db_err(e.into()))?;
         ensure_key_check(&writer, &keyring).await?;
+        // Move the key check (and everything else) from the WAL into the
+        // database file, where a later start reads it without writing.
+        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&writer)
+            .await
+            .map_err(db_err)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(10))
@@ -294,6 +300,10 @@ async fn next_created_at(
 
 #[async_trait]
 impl Store for SqliteStore {
+    async fn close(&self) {
+        SqliteStore::close(self).await;
+    }
+
     async fn ping(&self) -> Result<(), Error> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)
