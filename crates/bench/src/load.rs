@@ -1,0 +1,213 @@
+//! Load generation over a few HTTP/2 connections.
+
+use std::{
+    sync::atomic::{AtomicU64, Ordering},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use latchkey_proto::api::{self, modal_client_client::ModalClientClient};
+use tonic::{
+    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request,
+    Status,
+};
+
+use crate::server::Server;
+
+#[derive(Clone)]
+struct Auth {
+    id: MetadataValue<tonic::metadata::Ascii>,
+    secret: MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl tonic::service::Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let md = request.metadata_mut();
+        md.insert("x-modal-token-id", self.id.clone());
+        md.insert("x-modal-token-secret", self.secret.clone());
+        Ok(request)
+    }
+}
+
+type Client = ModalClientClient<InterceptedService<Channel, Auth>>;
+
+/// What one request does.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// ClientHello: authentication and the gRPC round trip, nothing else.
+    Hello,
+    /// What `from_name(...).hydrate()` sends.
+    Lookup(String),
+    /// Creates a new named secret (prefix + counter).
+    Create(String),
+    /// The newest page of 100 in an environment.
+    ListNewest(String),
+}
+
+pub(crate) struct Load {
+    clients: Vec<Client>,
+    counter: Arc<AtomicU64>,
+}
+
+/// Latencies and throughput of one run.
+pub(crate) struct Stats {
+    histogram: Histogram<u64>,
+    elapsed: Duration,
+}
+
+impl Stats {
+    pub(crate) fn rate(&self) -> f64 {
+        self.histogram.len() as f64 / self.elapsed.as_secs_f64()
+    }
+    pub(crate) fn p99_ms(&self) -> f64 {
+        self.histogram.value_at_quantile(0.99) as f64 / 1000.0
+    }
+    pub(crate) fn p50_ms(&self) -> f64 {
+        self.histogram.value_at_quantile(0.5) as f64 / 1000.0
+    }
+}
+
+impl Load {
+    pub(crate) async fn new(server: &Server, connections: usize) -> Result<Load> {
+        let (id, secret) = server.admin_token()?;
+        let auth = Auth {
+            id: id.parse().context("token id")?,
+            secret: secret.parse().context("token secret")?,
+        };
+        let mut clients = Vec::new();
+        for _ in 0..connections.max(1) {
+            let channel = Channel::from_shared(server.url().to_owned())?
+                .connect()
+                .await?;
+            clients.push(ModalClientClient::with_interceptor(channel, auth.clone()));
+        }
+        Ok(Load {
+            clients,
+            counter: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    async fn once(&self, client: &mut Client, op: &Op) -> Result<(), Status> {
+        match op {
+            Op::Hello => client.client_hello(()).await.map(drop),
+            Op::Lookup(name) => client
+                .secret_get_or_create(api::SecretGetOrCreateRequest {
+                    deployment_name: name.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop),
+            Op::Create(prefix) => {
+                let n = self.counter.fetch_add(1, Ordering::Relaxed);
+                client
+                    .secret_get_or_create(api::SecretGetOrCreateRequest {
+                        deployment_name: format!("{prefix}{n}"),
+                        object_creation_type: api::ObjectCreationType::CreateFailIfExists as i32,
+                        env_dict: [("KEY".to_owned(), format!("value-{n}"))].into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop)
+            }
+            Op::ListNewest(env) => client
+                .secret_list(api::SecretListRequest {
+                    environment_name: env.clone(),
+                    pagination: Some(api::ListPagination {
+                        max_objects: 100,
+                        created_before: 0.0,
+                    }),
+                })
+                .await
+                .map(drop),
+        }
+    }
+
+    /// `op` from `streams` concurrent tasks for `duration`.
+    pub(crate) async fn run(&self, op: Op, streams: usize, duration: Duration) -> Result<Stats> {
+        let started = Instant::now();
+        let deadline = started + duration;
+        let tasks = (0..streams).map(|i| {
+            let mut client = self.clients[i % self.clients.len()].clone();
+            let op = op.clone();
+            async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    self.once(&mut client, &op)
+                        .await
+                        .map_err(|s| anyhow::anyhow!("{op:?}: {s}"))?;
+                    h.record(t.elapsed().as_micros() as u64).ok();
+                }
+                Ok::<_, anyhow::Error>(h)
+            }
+        });
+        let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+        for h in futures::future::join_all(tasks).await {
+            histogram.add(h?).ok();
+        }
+        Ok(Stats {
+            histogram,
+            elapsed: started.elapsed(),
+        })
+    }
+
+    pub(crate) async fn create_named(&self, name: &str, keys: usize) -> Result<()> {
+        let mut client = self.clients[0].clone();
+        client
+            .secret_get_or_create(api::SecretGetOrCreateRequest {
+                deployment_name: name.to_owned(),
+                object_creation_type: api::ObjectCreationType::CreateOverwriteIfExists as i32,
+                env_dict: (0..keys)
+                    .map(|i| (format!("KEY_{i}"), format!("value-{i}-0123456789abcdef")))
+                    .collect(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn create_environment(&self, name: &str) -> Result<()> {
+        let mut client = self.clients[0].clone();
+        client
+            .environment_create(api::EnvironmentCreateRequest {
+                name: name.to_owned(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates `count` secrets in `env`, 32 at a time.
+    pub(crate) async fn fill(&self, env: &str, count: usize) -> Result<()> {
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..32).map(|i| {
+            let mut client = self.clients[i % self.clients.len()].clone();
+            let next = next.clone();
+            let env = env.to_owned();
+            async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count as u64 {
+                        return Ok::<_, anyhow::Error>(());
+                    }
+                    client
+                        .secret_get_or_create(api::SecretGetOrCreateRequest {
+                            deployment_name: format!("fill-{n}"),
+                            environment_name: env.clone(),
+                            object_creation_type: api::ObjectCreationType::CreateFailIfExists
+                                as i32,
+                            env_dict: [("KEY".to_owned(), format!("value-{n}"))].into(),
+                            ..Default::default()
+                        })
+                        .await?;
+                }
+            }
+        });
+        for r in futures::future::join_all(tasks).await {
+            r?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! `latchkey-bench`: starts a real latchkey server on a temp data dir, loads
+//! it from this separate process, and prints each figure beside its baseline
+//! measured in the same run. Nothing here asserts a figure: the numbers are
+//! for people (and the README's table), not for pass/fail.
+//!
+//! Run: `cargo build --release && target/release/latchkey-bench` (add
+//! `--quick` for a short run, `--json` for scripts).
+
+mod load;
+mod server;
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use serde::Serialize;
+
+use crate::{
+    load::{Load, Op},
+    server::Server,
+};
+
+/// Benchmarks of a real latchkey server.
+#[derive(Debug, Parser)]
+#[command(name = "latchkey-bench")]
+struct Args {
+    /// The `latchkey` binary to start [default: beside this executable].
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// A short run (CI checks that it completes): fewer secrets, shorter loads.
+    #[arg(long)]
+    quick: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Seconds each load runs.
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Concurrent streams for the lookup figure.
+    #[arg(long, default_value_t = 64)]
+    streams: usize,
+    /// HTTP/2 connections the streams share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Secrets in the large environment of the list figure.
+    #[arg(long)]
+    large: Option<usize>,
+    /// A PostgreSQL URL for the PostgreSQL figures (each run uses a fresh
+    /// database it creates there); without it they are skipped.
+    #[arg(long, env = "LATCHKEY_BENCH_DATABASE_URL")]
+    postgres: Option<String>,
+}
+
+/// One figure beside its baseline.
+#[derive(Debug, Serialize)]
+struct Figure {
+    name: String,
+    value: f64,
+    unit: &'static str,
+    baseline_name: String,
+    baseline: f64,
+    baseline_unit: &'static str,
+    /// value / baseline.
+    ratio: f64,
+    target: String,
+}
+
+impl Figure {
+    fn new(
+        name: impl Into<String>,
+        (value, unit): (f64, &'static str),
+        baseline_name: impl Into<String>,
+        (baseline, baseline_unit): (f64, &'static str),
+        target: impl Into<String>,
+    ) -> Self {
+        Figure {
+            name: name.into(),
+            value,
+            unit,
+            baseline_name: baseline_name.into(),
+            baseline,
+            baseline_unit,
+            ratio: if baseline == 0.0 {
+                0.0
+            } else {
+                value / baseline
+            },
+            target: target.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("latchkey-bench: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("latchkey-bench: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn server_bin(args: &Args) -> Result<PathBuf> {
+    if let Some(bin) = &args.server_bin {
+        return Ok(bin.clone());
+    }
+    let exe = std::env::current_exe()?;
+    let bin = exe.with_file_name("latchkey");
+    anyhow::ensure!(
+        bin.is_file(),
+        "no latchkey binary beside {} (build it: cargo build --release), or pass --server-bin",
+        exe.display()
+    );
+    Ok(bin)
+}
+
+async fn run(args: Args) -> Result<()> {
+    let bin = server_bin(&args)?;
+    let seconds =
+        Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 }));
+    let large = args
+        .large
+        .unwrap_or(if args.quick { 5_000 } else { 100_000 });
+    let mut figures = Vec::new();
+
+    let server = Server::start(&bin, &[]).await?;
+    let load = Load::new(&server, args.connections).await?;
+    load.create_named("bench", 10).await?;
+
+    eprintln!(
+        "lookup throughput ({} streams over {} connections, {seconds:?} each)",
+        args.streams, args.connections
+    );
+    let hello = load.run(Op::Hello, args.streams, seconds).await?;
+    let lookup = load
+        .run(Op::Lookup("bench".into()), args.streams, seconds)
+        .await?;
+    figures.push(Figure::new(
+        "lookup rate (SecretGetOrCreate type 0)",
+        (lookup.rate(), "req/s"),
+        "ClientHello rate",
+        (hello.rate(), "req/s"),
+        "≥ 0.8 × baseline",
+    ));
+    figures.push(Figure::new(
+        "lookup p99",
+        (lookup.p99_ms(), "ms"),
+        "ClientHello p99",
+        (hello.p99_ms(), "ms"),
+        "≤ 2 ms",
+    ));
+
+    eprintln!("durable writes (16 clients, {seconds:?})");
+    let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
+    let hello16 = load.run(Op::Hello, 16, seconds).await?;
+    figures.push(Figure::new(
+        "creates at 16 clients (durable)",
+        (writes.rate(), "creates/s"),
+        "ClientHello at 16 clients",
+        (hello16.rate(), "req/s"),
+        "≥ 2,000 creates/s",
+    ));
+
+    eprintln!("list at scale (1,000 and {large} secrets)");
+    load.create_environment("small").await?;
+    load.create_environment("large").await?;
+    load.fill("small", 1_000).await?;
+    load.fill("large", large).await?;
+    let small_page = load.run(Op::ListNewest("small".into()), 8, seconds).await?;
+    let large_page = load.run(Op::ListNewest("large".into()), 8, seconds).await?;
+    figures.push(Figure::new(
+        format!("newest page of 100, {large} secrets (median)"),
+        (large_page.p50_ms(), "ms"),
+        "same, 1,000 secrets",
+        (small_page.p50_ms(), "ms"),
+        "≤ 1.5 × baseline",
+    ));
+    drop(load);
+
+    eprintln!("memory and start");
+    let idle_rss = server.rss_kib()?;
+    let data_dir = server.data_dir().to_path_buf();
+    server.stop().await?;
+    let empty = Server::start(&bin, &[]).await?;
+    let empty_rss = empty.rss_kib()?;
+    empty.stop().await?;
+    figures.push(Figure::new(
+        format!("server RSS idle, {} secrets", large + 1_011),
+        (idle_rss as f64 / 1024.0, "MiB"),
+        "server RSS idle, empty store",
+        (empty_rss as f64 / 1024.0, "MiB"),
+        "≤ 64 MB",
+    ));
+    let (start, spawn) =
+        server::time_to_ready(&bin, &data_dir, if args.quick { 3 } else { 10 }).await?;
+    figures.push(Figure::new(
+        "serve → /readyz, existing data dir (median)",
+        (start.as_secs_f64() * 1000.0, "ms"),
+        "latchkey --version (process start, median)",
+        (spawn.as_secs_f64() * 1000.0, "ms"),
+        "≤ 100 ms",
+    ));
+
+    if let Some(url) = &args.postgres {
+        eprintln!("PostgreSQL");
+        let db = server::fresh_postgres_database(url).await?;
+        let pg = Server::start(&bin, &["--database", &db]).await?;
+        let load = Load::new(&pg, args.connections).await?;
+        load.create_named("bench", 10).await?;
+        let hello = load.run(Op::Hello, args.streams, seconds).await?;
+        let lookup = load
+            .run(Op::Lookup("bench".into()), args.streams, seconds)
+            .await?;
+        let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
+        figures.push(Figure::new(
+            "PostgreSQL lookup rate",
+            (lookup.rate(), "req/s"),
+            "ClientHello rate",
+            (hello.rate(), "req/s"),
+            "≥ 0.5 × baseline",
+        ));
+        figures.push(Figure::new(
+            "PostgreSQL creates at 16 clients",
+            (writes.rate(), "creates/s"),
+            "SQLite creates at 16 clients",
+            (figures[2].value, "creates/s"),
+            "(reported)",
+        ));
+        drop(load);
+        pg.stop().await?;
+    }
+
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&figures).context("json")?
+        );
+    } else {
+        print_table(&figures);
+    }
+    Ok(())
+}
+
+fn print_table(figures: &[Figure]) {
+    println!("| figure | value | baseline | ratio | target |\n| --- | ---: | --- | ---: | --- |");
+    for f in figures {
+        println!(
+            "| {} | {:.2} {} | {}: {:.2} {} | {:.2} | {} |",
+            f.name, f.value, f.unit, f.baseline_name, f.baseline, f.unit, f.ratio, f.target
+        );
+    }
+}

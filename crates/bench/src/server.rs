@@ -1,0 +1,215 @@
+//! The server under test: the real binary on a temp data dir.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+pub(crate) struct Server {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts `bin serve` on a new temp data dir and port 0.
+    pub(crate) async fn start(bin: &Path, extra: &[&str]) -> Result<Server> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path().to_path_buf();
+        let mut server = Server::start_in(bin, &dir, extra).await?;
+        server._tmp = Some(tmp);
+        Ok(server)
+    }
+
+    async fn start_in(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Server> {
+        let mut child = spawn(bin, dir, extra)?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let url = loop {
+            match lines.next_line().await? {
+                Some(line) => {
+                    if let Some(rest) = line.strip_prefix("latchkey serving on ") {
+                        break rest
+                            .split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_owned();
+                    }
+                }
+                None => bail!("{} exited before serving", bin.display()),
+            }
+        };
+        // Keep draining its log so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Server {
+            child,
+            url,
+            dir: dir.to_path_buf(),
+            _tmp: None,
+        })
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub(crate) fn data_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The admin token's id and secret.
+    pub(crate) fn admin_token(&self) -> Result<(String, String)> {
+        let text = std::fs::read_to_string(self.dir.join("admin-token"))?;
+        let get = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{key}=")))
+                .map(str::to_owned)
+                .with_context(|| format!("{key} missing in admin-token"))
+        };
+        Ok((get("LATCHKEY_TOKEN_ID")?, get("LATCHKEY_TOKEN_SECRET")?))
+    }
+
+    /// Resident memory of the server process, in KiB.
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
+        let pid = self.child.id().context("server exited")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("VmRSS")
+    }
+
+    /// SIGTERM (via `kill`, to keep this crate free of unsafe code) and wait.
+    pub(crate) async fn stop(mut self) -> Result<()> {
+        let pid = self.child.id().context("server exited")?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        let status = self.child.wait().await?;
+        anyhow::ensure!(status.success(), "server exited with {status}");
+        // Keep the data dir of a started-in server: the caller owns it.
+        Ok(())
+    }
+}
+
+fn spawn(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Child> {
+    Command::new(bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("LATCHKEY_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {}", bin.display()))
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Median time from spawning `latchkey serve` on an existing data dir to a
+/// 200 from `/readyz`, and (the baseline) of `latchkey --version` to exit.
+pub(crate) async fn time_to_ready(
+    bin: &Path,
+    dir: &Path,
+    runs: usize,
+) -> Result<(Duration, Duration)> {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut ready = Vec::new();
+    let mut spawned = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let mut child = Command::new(bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("LATCHKEY_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        loop {
+            if readyz(port).await {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the server did not become ready within 30 s");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        ready.push(started.elapsed());
+        let pid = child.id().context("exited")?;
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await?;
+        child.wait().await?;
+
+        let started = Instant::now();
+        Command::new(bin)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        spawned.push(started.elapsed());
+    }
+    Ok((median(ready), median(spawned)))
+}
+
+async fn readyz(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let request = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await.is_ok() && &head[9..12] == b"200"
+}
+
+/// A new, empty database on the PostgreSQL server of `url` (via `psql`), and its URL.
+pub(crate) async fn fresh_postgres_database(url: &str) -> Result<String> {
+    let name = format!("latchkey_bench_{}", std::process::id());
+    let status = Command::new("psql")
+        .args([
+            url,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {name}"),
+            "-c",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .status()
+        .await
+        .context("psql (Debian's postgresql-client) is needed for the PostgreSQL figures")?;
+    anyhow::ensure!(
+        status.success(),
+        "psql could not create the benchmark database"
+    );
+    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
