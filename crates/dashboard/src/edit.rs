@@ -1,0 +1,358 @@
+//! Editing a secret: add, change and remove keys, merged like `update()`.
+//!
+//! Two people may edit the same secret at once. The form sends only the keys
+//! it changes (a blank value means "keep"), so saving is a merge: keys the
+//! other person changed are never overwritten by stale copies. For the keys
+//! this form does change, it carries the secret's version and, per key, a
+//! fingerprint of the value it was based on (an HMAC under a key that never
+//! leaves this process, so the page reveals nothing about the values). When
+//! the version has moved on by the time of saving, the keys whose current
+//! value no longer matches their fingerprint were changed by both people:
+//! nothing is saved and the editor comes back, rebased on the current
+//! version, naming those keys and keeping what was typed; saving again then
+//! overwrites knowingly. When no changed key was touched by the other person,
+//! the save merges and both people's changes survive.
+//!
+//! A form from before a restart of the server (a new HMAC key) finds every
+//! fingerprint changed, so it errs towards a conflict, never towards losing a
+//! key. The check and the merge are two steps: a concurrent save landing
+//! between them, on the same key, within that instant, is the one case the
+//! check cannot see; a compare-and-swap in the store would close it.
+
+use std::collections::{HashMap, HashSet};
+
+use axum::{
+    body::Bytes,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Redirect, Response},
+};
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
+use hmac::{Hmac, Mac};
+use latchkey_core::{rules, Error};
+use latchkey_service::Secret;
+use maud::{html, Markup};
+use rand::{rngs::OsRng, RngCore};
+use sha2::Sha256;
+
+use crate::{
+    form::Form,
+    layout::{self, Section},
+    rows,
+    secrets::named_secret,
+    session::Auth,
+    App,
+};
+
+/// The fingerprint of a key that does not exist.
+const ABSENT: &str = "-";
+/// Blank rows for new keys.
+const BLANK_ROWS: usize = 2;
+
+/// Keyed fingerprints of values, for conflict detection.
+pub(crate) struct Fingerprints {
+    key: [u8; 32],
+}
+
+impl Fingerprints {
+    /// Fingerprints under a fresh random key.
+    pub(crate) fn random() -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Self { key }
+    }
+
+    /// The fingerprint of `key`'s value (`None`: the key is absent) in
+    /// secret `secret_id`.
+    pub(crate) fn of(&self, secret_id: &str, key: &str, value: Option<&str>) -> String {
+        let Some(value) = value else {
+            return ABSENT.to_owned();
+        };
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            return ABSENT.to_owned();
+        };
+        for part in [secret_id, key, value] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+        URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+/// The editor's state: what it is based on and what has been typed.
+#[derive(Default)]
+struct Editor {
+    base_version: i64,
+    /// Existing keys with the fingerprints of their base values.
+    existing: Vec<(String, String)>,
+    typed: HashMap<String, String>,
+    removed: HashSet<String>,
+    new_rows: Vec<(String, String)>,
+    blank_rows: usize,
+    existing_errors: HashMap<String, String>,
+    new_errors: HashMap<usize, String>,
+    general: Option<String>,
+    conflicts: Vec<String>,
+}
+
+impl Editor {
+    /// A fresh editor on `secret`.
+    fn on(app: &App, secret: &Secret) -> Self {
+        Self {
+            base_version: secret.summary.version,
+            existing: secret
+                .contents
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        app.fingerprints.of(&secret.summary.id, k, Some(v)),
+                    )
+                })
+                .collect(),
+            blank_rows: BLANK_ROWS,
+            ..Self::default()
+        }
+    }
+
+    /// Puts `changes` back into the fields of this editor.
+    fn refill(&mut self, changes: Vec<(String, Option<String>)>) {
+        let existing: HashSet<String> = self.existing.iter().map(|(k, _)| k.clone()).collect();
+        for (key, value) in changes {
+            match value {
+                None if existing.contains(&key) => {
+                    self.removed.insert(key);
+                }
+                None => {}
+                Some(v) if existing.contains(&key) && !v.is_empty() => {
+                    self.typed.insert(key, v);
+                }
+                Some(v) => self.new_rows.push((key, v)),
+            }
+        }
+    }
+}
+
+fn page(auth: &Auth, secret: &Secret, ed: &Editor) -> Markup {
+    let s = &secret.summary;
+    let name = s.name().unwrap_or_default();
+    let body = html! {
+        p.crumbs { a href={ "/secrets/" (s.id) } { (name) } " / edit" }
+        h1 { "Edit " (name) }
+        @if !ed.conflicts.is_empty() {
+            div.conflict role="alert" #conflict {
+                p { strong { "Someone else changed " (ed.conflicts.join(", ")) } " since you opened this editor, so nothing was saved." }
+                p { "Their values are now the current ones (reveal them on the "
+                    a href={ "/secrets/" (s.id) } { "secret's page" } "). Your changes are kept below: "
+                    "save again to replace theirs with yours, or cancel to keep theirs." }
+            }
+        }
+        @if let Some(general) = &ed.general {
+            p.error role="alert" #edit-error { (general) }
+        }
+        form.stack method="post" action={ "/secrets/" (s.id) "/edit" } {
+            (layout::csrf(auth))
+            input type="hidden" name="base" value=(ed.base_version);
+            @if !ed.existing.is_empty() {
+                fieldset {
+                    legend { "Keys" }
+                    p.hint { "Values stay hidden: type a new value to replace one, leave it blank to keep it." }
+                    @for (i, (key, fp)) in ed.existing.iter().enumerate() {
+                        @let error = ed.existing_errors.get(key);
+                        @let error_id = format!("ev-error-{i}");
+                        div.kv-row.existing.invalid[error.is_some()].conflicted[ed.conflicts.contains(key)] {
+                            input type="hidden" name="ek" value=(key);
+                            input type="hidden" name="ef" value=(fp);
+                            div.kv-key { label for={ "ev-" (i) } { code { (key) } } }
+                            div.kv-value {
+                                textarea id={ "ev-" (i) } name="ev" rows="1" placeholder="unchanged"
+                                    autocomplete="off" spellcheck="false" autocapitalize="off"
+                                    aria-invalid=[error.map(|_| "true")]
+                                    aria-describedby=[error.map(|_| error_id.as_str())] {
+                                    (ed.typed.get(key).map_or("", String::as_str))
+                                }
+                            }
+                            label.remove {
+                                input type="checkbox" name="rm" value=(key) checked[ed.removed.contains(key)];
+                                " Remove"
+                                span.sr { " " (key) }
+                            }
+                            (layout::field_error(&error_id, error))
+                        }
+                    }
+                }
+            }
+            fieldset {
+                legend { "Add keys" }
+                p.hint { "A new row may also name an existing key, to set it (even to an empty value)." }
+                @for (i, (key, value)) in ed.new_rows.iter().enumerate() {
+                    (rows::row(("nk", "nv"), i, key, value, ed.new_errors.get(&i)))
+                }
+                @for i in ed.new_rows.len()..ed.new_rows.len() + ed.blank_rows {
+                    (rows::row(("nk", "nv"), i, "", "", None))
+                }
+                button type="submit" name="action" value="more" formnovalidate { "More rows" }
+            }
+            div.actions {
+                button.primary type="submit" name="action" value="save" { "Save" }
+                a href={ "/secrets/" (s.id) } { "Cancel" }
+            }
+        }
+    };
+    layout::page(&format!("Edit {name}"), Some(auth), Section::Secrets, body)
+}
+
+/// The editor on the secret's current version.
+pub(crate) async fn form(auth: Auth, State(app): State<App>, Path(id): Path<String>) -> Response {
+    match named_secret(&app, &auth, &id).await {
+        Ok(secret) => {
+            let ed = Editor::on(&app, &secret);
+            layout::respond(StatusCode::OK, page(&auth, &secret, &ed))
+        }
+        Err(page) => page,
+    }
+}
+
+/// Saves the changed keys, or shows a conflict (see the module docs).
+pub(crate) async fn save(
+    auth: Auth,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    if let Some(refused) = auth.csrf_refusal(&form) {
+        return refused;
+    }
+    let current = match named_secret(&app, &auth, &id).await {
+        Ok(s) => s,
+        Err(page) => return page,
+    };
+    let more_rows = form.get("action") == "more";
+    let (ek, ef, ev) = (form.all("ek"), form.all("ef"), form.all("ev"));
+    let base_version = form.get("base").parse::<i64>();
+    let Ok(base_version) = base_version.map_err(|_| ()).and_then(|v| {
+        (ek.len() == ef.len() && ek.len() == ev.len())
+            .then_some(v)
+            .ok_or(())
+    }) else {
+        return layout::error_page(
+            Some(&auth),
+            &Error::invalid("The edit form was incomplete; open the editor again."),
+        );
+    };
+    let removed: HashSet<&str> = form.all("rm").into_iter().collect();
+    let mut ed = Editor {
+        base_version,
+        existing: ek
+            .iter()
+            .zip(&ef)
+            .map(|(k, f)| ((*k).to_owned(), (*f).to_owned()))
+            .collect(),
+        new_rows: rows::pair(&form.all("nk"), &form.all("nv")),
+        blank_rows: BLANK_ROWS,
+        ..Editor::default()
+    };
+    let base_fp: HashMap<&str, &str> = ek.iter().copied().zip(ef.iter().copied()).collect();
+
+    // What this form changes, in order: existing keys, then new rows.
+    let mut changes: Vec<(String, Option<String>)> = Vec::new();
+    for (key, value) in ek.iter().zip(&ev) {
+        if removed.contains(key) {
+            ed.removed.insert((*key).to_owned());
+            changes.push(((*key).to_owned(), None));
+        } else if !value.is_empty() {
+            if let Err(e) = rules::check_value(key, value) {
+                ed.existing_errors
+                    .insert((*key).to_owned(), e.message().to_owned());
+            }
+            ed.typed.insert((*key).to_owned(), (*value).to_owned());
+            changes.push(((*key).to_owned(), Some((*value).to_owned())));
+        }
+    }
+    let taken: HashSet<&str> = changes.iter().map(|(k, _)| k.as_str()).collect();
+    ed.new_errors = rows::check(&ed.new_rows, &taken);
+    changes.extend(
+        ed.new_rows
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone()))),
+    );
+    let base_fp: HashMap<String, String> = changes
+        .iter()
+        .map(|(k, _)| {
+            let fp = base_fp.get(k.as_str()).copied().unwrap_or(ABSENT);
+            (k.clone(), fp.to_owned())
+        })
+        .collect();
+    drop(form);
+
+    if more_rows || !ed.existing_errors.is_empty() || !ed.new_errors.is_empty() {
+        let status = if ed.existing_errors.is_empty() && ed.new_errors.is_empty() {
+            StatusCode::OK
+        } else {
+            ed.general = Some("Nothing was saved: fix the fields marked below.".to_owned());
+            StatusCode::BAD_REQUEST
+        };
+        if status == StatusCode::OK {
+            ed.blank_rows += 5;
+        }
+        return layout::respond(status, page(&auth, &current, &ed));
+    }
+    if changes.is_empty() {
+        auth.flash_next("Nothing to save: no key was changed.");
+        return Redirect::to(&format!("/secrets/{id}")).into_response();
+    }
+
+    let moved = current.summary.version != base_version;
+    if moved {
+        let conflicts: Vec<String> = changes
+            .iter()
+            .filter(|(key, mine)| {
+                let now = current.contents.get(key).map(String::as_str);
+                let same_result = mine.as_deref() == now;
+                !same_result && app.fingerprints.of(&id, key, now) != base_fp[key]
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !conflicts.is_empty() {
+            let mut rebased = Editor::on(&app, &current);
+            rebased.conflicts = conflicts;
+            rebased.refill(changes);
+            return layout::respond(StatusCode::CONFLICT, page(&auth, &current, &rebased));
+        }
+    }
+    match app.service.update_secret(&auth.caller, &id, &changes).await {
+        Ok(_) => {
+            let n = changes.len();
+            let what = crate::format::plural(n, "key", "keys");
+            auth.flash_next(if moved {
+                format!("Saved {what}. Someone else changed other keys meanwhile; their changes were kept too.")
+            } else {
+                format!("Saved {what}.")
+            });
+            Redirect::to(&format!("/secrets/{id}")).into_response()
+        }
+        Err(e) => {
+            ed.general = Some(e.message().to_owned());
+            layout::respond(layout::status_of(&e), page(&auth, &current, &ed))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_depend_on_secret_key_and_value_and_hide_the_value() {
+        let f = Fingerprints::random();
+        let a = f.of("st-1", "K", Some("v"));
+        assert_eq!(a, f.of("st-1", "K", Some("v")));
+        assert_ne!(a, f.of("st-2", "K", Some("v")));
+        assert_ne!(a, f.of("st-1", "K2", Some("v")));
+        assert_ne!(a, f.of("st-1", "K", Some("w")));
+        assert_ne!(a, Fingerprints::random().of("st-1", "K", Some("v")));
+        assert_eq!(f.of("st-1", "K", None), ABSENT);
+        assert_eq!(a.len(), 22);
+    }
+}

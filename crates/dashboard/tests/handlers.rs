@@ -1,0 +1,1087 @@
+//! The dashboard's handlers, driven with `oneshot` over a real SQLite store
+//! in a temporary directory: no socket, no browser.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    body::{to_bytes, Body},
+    http::{header, HeaderMap, Request, StatusCode},
+    Router,
+};
+use latchkey_core::ids;
+use latchkey_service::{CreateMode, Role, Service, ServiceConfig};
+use latchkey_store::{
+    crypto::{hash_token_secret, Keyring, MasterKey},
+    NewToken, SqliteStore, Store,
+};
+use tower::ServiceExt;
+
+const HOST: &str = "dash.test";
+
+struct Harness {
+    router: Router,
+    service: Service,
+    token_id: String,
+    token_secret: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("latchkey.db").display());
+    let store = SqliteStore::open(&url, Keyring::new(MasterKey::generate()))
+        .await
+        .unwrap();
+    let token_id = ids::new_id(ids::TOKEN_ID);
+    let token_secret = ids::new_token_secret();
+    store
+        .bootstrap(&NewToken {
+            id: token_id.clone(),
+            workspace_id: ids::new_id(ids::WORKSPACE),
+            name: "admin".into(),
+            role: Role::Admin,
+            environments: None,
+            secret_hash: hash_token_secret(&token_secret),
+        })
+        .await
+        .unwrap();
+    let service = Service::new(
+        Arc::new(store),
+        ServiceConfig {
+            anonymous_ttl: Duration::from_secs(3600),
+            admin_token_hint: "admin-token".into(),
+        },
+    );
+    Harness {
+        router: latchkey_dashboard::router(service.clone()),
+        service,
+        token_id,
+        token_secret,
+        _dir: dir,
+    }
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn location(&self) -> &str {
+        self.headers
+            .get(header::LOCATION)
+            .map_or("", |v| v.to_str().unwrap())
+    }
+
+    /// The CSRF token of the first form on the page.
+    fn csrf(&self) -> String {
+        let at = self
+            .body
+            .find("name=\"csrf\" value=\"")
+            .expect("a form with a CSRF token")
+            + "name=\"csrf\" value=\"".len();
+        self.body[at..].split('"').next().unwrap().to_owned()
+    }
+
+    /// The value of the first hidden input `name`.
+    fn hidden(&self, name: &str) -> String {
+        let needle = format!("name=\"{name}\" value=\"");
+        let at = self
+            .body
+            .find(&needle)
+            .unwrap_or_else(|| panic!("no {name} in {}", self.body))
+            + needle.len();
+        self.body[at..].split('"').next().unwrap().to_owned()
+    }
+}
+
+/// A browser: a cookie jar and same-origin headers on posts.
+struct Browser<'a> {
+    h: &'a Harness,
+    cookie: Option<String>,
+}
+
+impl<'a> Browser<'a> {
+    fn new(h: &'a Harness) -> Self {
+        Self { h, cookie: None }
+    }
+
+    async fn send(&mut self, request: Request<Body>) -> Reply {
+        let response = self.h.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        if let Some(set) = headers.get(header::SET_COOKIE) {
+            let pair = set.to_str().unwrap().split(';').next().unwrap().to_owned();
+            self.cookie = (!pair.ends_with('=')).then_some(pair);
+        }
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        Reply {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    fn request(&self, method: &str, path: &str) -> axum::http::request::Builder {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, HOST);
+        if let Some(c) = &self.cookie {
+            b = b.header(header::COOKIE, c);
+        }
+        b
+    }
+
+    async fn get(&mut self, path: &str) -> Reply {
+        let r = self.request("GET", path).body(Body::empty()).unwrap();
+        self.send(r).await
+    }
+
+    async fn post_with(
+        &mut self,
+        path: &str,
+        fields: &[(&str, &str)],
+        origin: &str,
+        site: &str,
+    ) -> Reply {
+        let body = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let r = self
+            .request("POST", path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ORIGIN, origin)
+            .header("sec-fetch-site", site)
+            .body(Body::from(body))
+            .unwrap();
+        self.send(r).await
+    }
+
+    async fn post(&mut self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        self.post_with(path, fields, &format!("http://{HOST}"), "same-origin")
+            .await
+    }
+
+    async fn sign_in(&mut self) {
+        let (id, secret) = (self.h.token_id.clone(), self.h.token_secret.clone());
+        let r = self
+            .post("/signin", &[("token_id", &id), ("token_secret", &secret)])
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    }
+
+    /// A page's CSRF token.
+    async fn csrf(&mut self) -> String {
+        self.get("/").await.csrf()
+    }
+
+    /// Creates a secret through the form; returns its id.
+    async fn create(&mut self, name: &str, rows: &[(&str, &str)]) -> String {
+        let csrf = self.csrf().await;
+        let mut fields = vec![
+            ("csrf", csrf.as_str()),
+            ("name", name),
+            ("action", "create"),
+        ];
+        for (k, v) in rows {
+            fields.push(("k", k));
+            fields.push(("v", v));
+        }
+        let r = self.post("/secrets/new", &fields).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+        r.location().trim_start_matches("/secrets/").to_owned()
+    }
+}
+
+#[tokio::test]
+async fn signed_out_pages_lead_to_sign_in() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    for path in [
+        "/",
+        "/secrets/new",
+        "/environments",
+        "/tokens",
+        "/secrets/st-x",
+    ] {
+        let r = b.get(path).await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
+        assert!(r.location().starts_with("/signin"), "{path}");
+    }
+    let r = b.get("/signin").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("type=\"password\""));
+}
+
+#[tokio::test]
+async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    let wrong = b
+        .post(
+            "/signin",
+            &[("token_id", &h.token_id), ("token_secret", "as-wrong")],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(wrong.body.contains("not accepted"));
+    assert!(b.cookie.is_none());
+
+    let r = b
+        .post(
+            "/signin",
+            &[("token_id", &h.token_id), ("token_secret", &h.token_secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/");
+    let set = r.headers[header::SET_COOKIE].to_str().unwrap();
+    for part in [
+        "latchkey_session=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/",
+        "Max-Age=",
+    ] {
+        assert!(set.contains(part), "{set}");
+    }
+    assert!(!set.contains(&h.token_secret));
+    let old_cookie = b.cookie.clone().unwrap();
+
+    let page = b.get("/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("Secrets") && page.body.contains("admin"));
+    assert!(
+        !page.body.contains(&h.token_secret),
+        "the token secret is never in a page"
+    );
+    // Signed in, the sign-in page sends you on.
+    assert_eq!(b.get("/signin").await.status, StatusCode::SEE_OTHER);
+
+    let csrf = page.csrf();
+    let out = b.post("/signout", &[("csrf", &csrf)]).await;
+    assert_eq!(out.status, StatusCode::SEE_OTHER);
+    assert!(out.headers[header::SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    // The old cookie no longer works: the session is gone on the server.
+    b.cookie = Some(old_cookie);
+    let r = b.get("/").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(r.location().starts_with("/signin"));
+}
+
+#[tokio::test]
+async fn the_admin_token_file_can_be_pasted() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    let file = format!(
+        "LATCHKEY_SERVER_URL=http://127.0.0.1:7420\nLATCHKEY_TOKEN_ID={}\nLATCHKEY_TOKEN_SECRET={}\n",
+        h.token_id, h.token_secret
+    );
+    let r = b
+        .post(
+            "/signin",
+            &[
+                ("token_id", ""),
+                ("token_secret", ""),
+                ("token_file", &file),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_its_sessions() {
+    let h = harness().await;
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    let (token, secret) = h
+        .service
+        .create_token(&admin, "dev", Role::Developer, None)
+        .await
+        .unwrap();
+    let mut b = Browser::new(&h);
+    let r = b
+        .post(
+            "/signin",
+            &[("token_id", &token.id), ("token_secret", &secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = b.get("/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(
+        !page.body.contains("href=\"/tokens\""),
+        "no tokens link for a developer"
+    );
+    h.service.revoke_token(&admin, &token.id).await.unwrap();
+    let r = b.get("/").await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), "/signin?ended=1");
+}
+
+#[tokio::test]
+async fn every_page_has_the_security_headers() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    let mut replies = vec![b.get("/signin").await, b.get("/static/app.css").await];
+    b.sign_in().await;
+    let id = b.create("hdr", &[("A", "1")]).await;
+    replies.push(b.get("/").await);
+    replies.push(b.get(&format!("/secrets/{id}")).await);
+    replies.push(b.get(&format!("/secrets/{id}/value?key=A")).await);
+    replies.push(
+        b.post_with("/signout", &[], "http://evil.test", "cross-site")
+            .await,
+    );
+    for r in &replies {
+        let csp = r.headers["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "style-src 'self'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{csp}");
+        }
+        assert_eq!(r.headers["x-frame-options"], "DENY");
+        assert_eq!(r.headers["referrer-policy"], "same-origin");
+        assert_eq!(r.headers["x-content-type-options"], "nosniff");
+    }
+    // Pages that show names or values are never cached.
+    for r in &replies[2..] {
+        assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    }
+}
+
+#[tokio::test]
+async fn cross_site_and_tokenless_posts_are_refused() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("keep-me", &[("A", "1")]).await;
+    let csrf = b.csrf().await;
+    let path = format!("/secrets/{id}/delete");
+    let fields = [("csrf", csrf.as_str()), ("confirm", "keep-me")];
+
+    let r = b
+        .post_with(&path, &fields, "http://evil.test", "cross-site")
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("another site"));
+    let r = b
+        .post_with(&path, &fields, "http://evil.test", "same-origin")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "Origin alone is checked too"
+    );
+    let r = b
+        .post_with(&path, &fields, &format!("http://{HOST}"), "same-site")
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::FORBIDDEN,
+        "a sibling site is not this origin"
+    );
+    // Same origin, but no or a wrong CSRF token.
+    let r = b.post(&path, &[("confirm", "keep-me")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = b
+        .post(&path, &[("csrf", "forged"), ("confirm", "keep-me")])
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    // Sign-in itself is protected from login CSRF.
+    let r = b
+        .post_with(
+            "/signin",
+            &[("token_id", &h.token_id), ("token_secret", &h.token_secret)],
+            "http://evil.test",
+            "cross-site",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    assert_eq!(
+        b.get(&format!("/secrets/{id}")).await.status,
+        StatusCode::OK,
+        "nothing was deleted"
+    );
+    let r = b.post(&path, &fields).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "the real form works");
+}
+
+#[tokio::test]
+async fn create_from_a_pasted_dotenv_then_reveal_one_value_at_a_time() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    std::env::set_var("DASHBOARD_TEST_OUTER", "server-env");
+    let paste = "# creds\nexport DB_URL=postgres://db/x\nAPI_KEY='s3cr3t-value'\nDERIVED=${DB_URL}/y\nLEAK=${DASHBOARD_TEST_OUTER}\n";
+    // Loading fills the rows without creating anything.
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "app-creds"),
+                ("paste", paste),
+                ("action", "load"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("value=\"DB_URL\"") && r.body.contains(">postgres://db/x</textarea>"));
+    assert!(
+        !r.body.contains("server-env"),
+        "the server's environment is never read"
+    );
+    assert!(b.get("/").await.body.contains("No secrets in"));
+
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "app-creds"),
+                ("paste", paste),
+                ("action", "create"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let page_url = r.location().to_owned();
+    let page = b.get(&page_url).await;
+    assert!(page.body.contains("was created"));
+    for key in ["API_KEY", "DB_URL", "DERIVED", "LEAK"] {
+        assert!(page.body.contains(key));
+    }
+    assert!(
+        !page.body.contains("s3cr3t-value") && !page.body.contains("postgres://db"),
+        "values are hidden"
+    );
+    assert!(page
+        .body
+        .contains("modal.Secret.from_name(&quot;app-creds&quot;)"));
+    assert!(page.body.contains("latchkey run --secret app-creds"));
+    assert!(page
+        .body
+        .contains("Secret::from_name(&quot;app-creds&quot;)"));
+
+    let revealed = b.get(&format!("{page_url}?reveal=API_KEY")).await;
+    assert!(revealed.body.contains("s3cr3t-value"));
+    assert!(
+        !revealed.body.contains("postgres://db"),
+        "only one value at a time"
+    );
+    assert_eq!(revealed.headers[header::CACHE_CONTROL], "no-store");
+
+    let value = b.get(&format!("{page_url}/value?key=DERIVED")).await;
+    assert_eq!(value.status, StatusCode::OK);
+    assert_eq!(value.body, "postgres://db/x/y");
+    assert_eq!(value.headers[header::CACHE_CONTROL], "no-store");
+    assert!(value.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(b.get(&format!("{page_url}/value?key=LEAK")).await.body, "");
+    assert_eq!(
+        b.get(&format!("{page_url}/value?key=NOPE")).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The service sees it like any other secret.
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    let s = h
+        .service
+        .lookup_secret(&admin, "", "app-creds", &["API_KEY".into()])
+        .await
+        .unwrap();
+    assert_eq!(s.contents["API_KEY"], "s3cr3t-value");
+    assert_eq!(s.summary.created_by, "admin");
+}
+
+#[tokio::test]
+async fn bad_inputs_are_shown_inline_and_nothing_is_created() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "bad name!"),
+                ("action", "create"),
+                ("k", "1BAD"),
+                ("v", "x"),
+                ("k", "NUL"),
+                ("v", "a\0b"),
+                ("k", "DUP"),
+                ("v", "1"),
+                ("k", "DUP"),
+                ("v", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    for reason in [
+        "Invalid Secret name: &#39;bad name!&#39;",
+        "Invalid key &#39;1BAD&#39;: a key must match",
+        "contains a NUL character",
+        "Key &#39;DUP&#39; is given more than once",
+        "aria-invalid=\"true\"",
+    ] {
+        assert!(
+            r.body.contains(reason) || r.body.contains(&reason.replace("&#39;", "'")),
+            "{reason} in {}",
+            r.body
+        );
+    }
+    // The client-side rules are on the fields.
+    let form = b.get("/secrets/new").await;
+    assert!(form.body.contains("pattern=\"[A-Za-z_][A-Za-z0-9_]*\""));
+    assert!(form.body.contains("maxlength=\"64\""));
+
+    let big = "v".repeat(32_769);
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "big"),
+                ("action", "create"),
+                ("k", "K"),
+                ("v", &big),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("32769 bytes; the limit is 32768 bytes"));
+
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "js"),
+                ("action", "load"),
+                ("paste", "{\"A\": 1}"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("Non-string value for key"));
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "env"),
+                ("action", "create"),
+                ("paste", "A=1\nB=\"unterminated\n"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("line 2"));
+    let r = b
+        .post(
+            "/secrets/new",
+            &[("csrf", &csrf), ("name", "empty"), ("action", "create")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("Add at least one key"));
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "x"),
+                ("env", "nope"),
+                ("action", "create"),
+                ("k", "A"),
+                ("v", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        r.status,
+        StatusCode::NOT_FOUND,
+        "the service's answer is shown"
+    );
+    assert!(r.body.contains("nope"));
+
+    assert!(
+        b.get("/").await.body.contains("No secrets in"),
+        "nothing was created"
+    );
+
+    // A name that exists: the service refuses, and says so next to the name.
+    b.create("taken", &[("A", "1")]).await;
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "taken"),
+                ("action", "create"),
+                ("k", "A"),
+                ("v", "2"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("already exists"), "{}", r.body);
+}
+
+/// The fields of an edit form as the browser would send them, with `set`
+/// typed into existing keys' value boxes and `remove` ticked.
+fn edit_fields(
+    form: &Reply,
+    set: &[(&str, &str)],
+    remove: &[&str],
+    add: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut fields = vec![
+        ("csrf".to_owned(), form.csrf()),
+        ("base".to_owned(), form.hidden("base")),
+        ("action".to_owned(), "save".to_owned()),
+    ];
+    let mut rest = form.body.as_str();
+    while let Some(at) = rest.find("name=\"ek\" value=\"") {
+        rest = &rest[at + 17..];
+        let key = rest.split('"').next().unwrap().to_owned();
+        let at = rest.find("name=\"ef\" value=\"").unwrap() + 17;
+        let fp = rest[at..].split('"').next().unwrap().to_owned();
+        let typed = set.iter().find(|(k, _)| *k == key).map_or("", |(_, v)| v);
+        fields.push(("ek".into(), key.clone()));
+        fields.push(("ef".into(), fp));
+        fields.push(("ev".into(), typed.to_owned()));
+        if remove.contains(&key.as_str()) {
+            fields.push(("rm".into(), key));
+        }
+    }
+    for (k, v) in add {
+        fields.push(("nk".into(), (*k).to_owned()));
+        fields.push(("nv".into(), (*v).to_owned()));
+    }
+    fields
+}
+
+async fn post_owned(b: &mut Browser<'_>, path: &str, fields: &[(String, String)]) -> Reply {
+    let borrowed: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    b.post(path, &borrowed).await
+}
+
+#[tokio::test]
+async fn edits_merge_and_concurrent_edits_of_one_key_conflict() {
+    let h = harness().await;
+    let mut alice = Browser::new(&h);
+    let mut bob = Browser::new(&h);
+    alice.sign_in().await;
+    bob.sign_in().await;
+    let id = alice
+        .create("shared", &[("A", "1"), ("B", "2"), ("C", "3")])
+        .await;
+    let edit = format!("/secrets/{id}/edit");
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    let contents = || async { h.service.secret(&admin, &id).await.unwrap().contents };
+
+    // The editor shows keys, not values.
+    let form_a = alice.get(&edit).await;
+    assert!(form_a.body.contains("value=\"A\"") && !form_a.body.contains(">1</textarea>"));
+    let form_b = bob.get(&edit).await;
+
+    // Different keys: both survive.
+    let r = post_owned(
+        &mut alice,
+        &edit,
+        &edit_fields(&form_a, &[("A", "alice")], &["C"], &[("D", "new")]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    let r = post_owned(
+        &mut bob,
+        &edit,
+        &edit_fields(&form_b, &[("B", "bob")], &[], &[]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert!(bob
+        .get(&format!("/secrets/{id}"))
+        .await
+        .body
+        .contains("their changes were kept"));
+    let now = contents().await;
+    assert_eq!(now.get("A").map(String::as_str), Some("alice"));
+    assert_eq!(now.get("B").map(String::as_str), Some("bob"));
+    assert_eq!(now.get("C"), None);
+    assert_eq!(now.get("D").map(String::as_str), Some("new"));
+
+    // The same key: the second save is a conflict and saves nothing.
+    let form_a = alice.get(&edit).await;
+    let form_b = bob.get(&edit).await;
+    let r = post_owned(
+        &mut alice,
+        &edit,
+        &edit_fields(&form_a, &[("A", "alice-2")], &[], &[]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let conflict = post_owned(
+        &mut bob,
+        &edit,
+        &edit_fields(&form_b, &[("A", "bob-2"), ("B", "bob-2")], &[], &[]),
+    )
+    .await;
+    assert_eq!(conflict.status, StatusCode::CONFLICT, "{}", conflict.body);
+    assert!(
+        conflict.body.contains("Someone else changed A"),
+        "{}",
+        conflict.body
+    );
+    assert!(
+        conflict.body.contains(">bob-2</textarea>"),
+        "what Bob typed is kept"
+    );
+    assert!(
+        !conflict.body.contains("alice-2"),
+        "the other person's value is not shown"
+    );
+    assert_eq!(contents().await["A"], "alice-2");
+    assert_eq!(contents().await["B"], "bob", "nothing was half-saved");
+
+    // Saving the rebased form again overwrites knowingly.
+    let again = edit_fields(&conflict, &[("A", "bob-2"), ("B", "bob-2")], &[], &[]);
+    let r = post_owned(&mut bob, &edit, &again).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(contents().await["A"], "bob-2");
+
+    // Removing a key the other person changed is a conflict too.
+    let form_a = alice.get(&edit).await;
+    let form_b = bob.get(&edit).await;
+    post_owned(
+        &mut alice,
+        &edit,
+        &edit_fields(&form_a, &[("D", "changed")], &[], &[]),
+    )
+    .await;
+    let r = post_owned(&mut bob, &edit, &edit_fields(&form_b, &[], &["D"], &[])).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert_eq!(contents().await["D"], "changed");
+}
+
+#[tokio::test]
+async fn edit_refuses_bad_keys_and_values_inline() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("e", &[("A", "1")]).await;
+    let edit = format!("/secrets/{id}/edit");
+    let form = b.get(&edit).await;
+    let fields = edit_fields(
+        &form,
+        &[("A", "x\0y")],
+        &[],
+        &[("bad-key", "v"), ("A", "dup")],
+    );
+    let r = post_owned(&mut b, &edit, &fields).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("NUL"));
+    assert!(
+        r.body.contains("Invalid key &#39;bad-key&#39;")
+            || r.body.contains("Invalid key 'bad-key'")
+    );
+    assert!(r.body.contains("more than once"));
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.service.secret(&admin, &id).await.unwrap().contents["A"],
+        "1"
+    );
+    // A new row naming an existing key sets it, even to empty.
+    let form = b.get(&edit).await;
+    let r = post_owned(&mut b, &edit, &edit_fields(&form, &[], &[], &[("A", "")])).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        h.service.secret(&admin, &id).await.unwrap().contents["A"],
+        ""
+    );
+}
+
+#[tokio::test]
+async fn delete_needs_the_typed_name() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("doomed", &[("A", "1")]).await;
+    let page = b.get(&format!("/secrets/{id}/delete")).await;
+    assert!(page.body.contains("irreversible") && page.body.contains("Every app"));
+    let csrf = page.csrf();
+    let r = b
+        .post(
+            &format!("/secrets/{id}/delete"),
+            &[("csrf", &csrf), ("confirm", "doome")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("nothing was deleted"));
+    let r = b
+        .post(
+            &format!("/secrets/{id}/delete"),
+            &[("csrf", &csrf), ("confirm", "doomed")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(b.get("/").await.body.contains("was deleted"));
+    assert_eq!(
+        b.get(&format!("/secrets/{id}")).await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn the_list_pages_newest_first_and_filters_by_name() {
+    let h = harness().await;
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    for i in 0..120 {
+        let name = format!("{}-{i:03}", if i % 10 == 0 { "db" } else { "app" });
+        let contents = [("K".to_owned(), "v".to_owned())].into();
+        h.service
+            .create_secret(&admin, "", &name, contents, CreateMode::Fail, &[])
+            .await
+            .unwrap();
+    }
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let first = b.get("/").await;
+    assert!(first.body.contains("app-119"));
+    assert!(
+        first.body.find("app-119").unwrap() < first.body.find("app-118").unwrap(),
+        "newest first"
+    );
+    assert!(!first.body.contains("app-069"), "50 a page");
+    let next = first.body.split("rel=\"next\"").next().unwrap();
+    let href = next
+        .rsplit("href=\"")
+        .next()
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .replace("&amp;", "&");
+    let second = b.get(&href).await;
+    assert!(second.body.contains("app-069") && !second.body.contains("app-119"));
+    assert!(second.body.contains("Newest"));
+
+    let filtered = b.get("/?q=DB-").await;
+    let hits = filtered.body.matches("href=\"/secrets/").count();
+    assert_eq!(
+        hits,
+        12 + 1,
+        "case-insensitive substring (and the New secret link)"
+    );
+    assert!(!filtered.body.contains("rel=\"next\""));
+    let none = b.get("/?q=zzz").await;
+    assert!(none.body.contains("No secret whose name contains"));
+    assert_eq!(b.get("/?env=nope").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn environments_are_created_renamed_and_deleted_with_confirmation() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let r = b
+        .post("/environments", &[("csrf", &csrf), ("name", "dev")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let r = b
+        .post("/environments", &[("csrf", &csrf), ("name", "en-bad")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("Invalid environment name"));
+    let r = b
+        .post(
+            "/environments/rename",
+            &[("csrf", &csrf), ("name", "dev"), ("new_name", "staging")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = b.get("/environments").await;
+    assert!(page.body.contains("staging") && page.body.contains("is now"));
+
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("env", "staging"),
+        ("name", "in-staging"),
+        ("action", "create"),
+        ("k", "A"),
+        ("v", "1"),
+    ];
+    assert_eq!(
+        b.post("/secrets/new", &fields).await.status,
+        StatusCode::SEE_OTHER
+    );
+    let r = b
+        .post(
+            "/environments/delete",
+            &[("csrf", &csrf), ("name", "staging")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    assert!(r.body.contains("holds 1 secret") && r.body.contains("confirm-env"));
+    let r = b
+        .post(
+            "/environments/delete",
+            &[
+                ("csrf", &csrf),
+                ("name", "staging"),
+                ("with_secrets", "yes"),
+                ("confirm", "wrong"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = b
+        .post(
+            "/environments/delete",
+            &[
+                ("csrf", &csrf),
+                ("name", "staging"),
+                ("with_secrets", "yes"),
+                ("confirm", "staging"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(!b.get("/environments").await.body.contains("staging<"));
+}
+
+#[tokio::test]
+async fn tokens_are_created_once_listed_and_revoked() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let r = b
+        .post(
+            "/tokens",
+            &[
+                ("csrf", &csrf),
+                ("name", "ci"),
+                ("role", "reader"),
+                ("env", "main"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CACHE_CONTROL], "no-store");
+    let at = r.body.find("LATCHKEY_TOKEN_SECRET=").unwrap() + 22;
+    let secret = r.body[at..at + 35].to_owned();
+    assert!(secret.starts_with("as-"));
+    let list = b.get("/tokens").await;
+    assert!(
+        list.body.contains(">ci") && !list.body.contains(&secret),
+        "shown once"
+    );
+
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    let token = h
+        .service
+        .list_tokens(&admin)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.name == "ci")
+        .unwrap();
+    assert_eq!(token.environments, Some(vec!["main".to_owned()]));
+    assert!(h.service.authenticate(&token.id, &secret).await.is_ok());
+    let r = b
+        .post("/tokens/revoke", &[("csrf", &csrf), ("id", &token.id)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(h.service.authenticate(&token.id, &secret).await.is_err());
+    // The last admin token cannot be revoked; the service says why.
+    let r = b
+        .post("/tokens/revoke", &[("csrf", &csrf), ("id", &h.token_id)])
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert!(r.body.contains("last admin token"));
+}
+
+#[tokio::test]
+async fn a_reader_sees_but_cannot_change() {
+    let h = harness().await;
+    let admin = h
+        .service
+        .authenticate(&h.token_id, &h.token_secret)
+        .await
+        .unwrap();
+    let (token, secret) = h
+        .service
+        .create_token(&admin, "viewer", Role::Reader, None)
+        .await
+        .unwrap();
+    let mut b = Browser::new(&h);
+    b.post(
+        "/signin",
+        &[("token_id", &token.id), ("token_secret", &secret)],
+    )
+    .await;
+    let page = b.get("/").await;
+    assert!(!page.body.contains("New secret"));
+    let csrf = page.csrf();
+    let r = b
+        .post(
+            "/secrets/new",
+            &[
+                ("csrf", &csrf),
+                ("name", "x"),
+                ("action", "create"),
+                ("k", "A"),
+                ("v", "1"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(r.body.contains("may not create secrets"));
+}
