@@ -118,6 +118,25 @@ impl Service {
         rules::check_secret_name(name)?;
         rules::check_env_dict(&contents)?;
         let env = self.environment(caller, environment_name).await?;
+        // Nothing is half-written: contents that lack a required key are
+        // refused before the store is touched. Only an existing secret
+        // (kept by ReturnExisting) can then still satisfy the request.
+        let keys = || required_keys.iter().map(String::as_str);
+        if let Err(missing) = rules::check_required_keys(&contents, keys()) {
+            if mode != CreateMode::ReturnExisting {
+                return Err(missing);
+            }
+            let existing = match self
+                .store
+                .secret_by_name(caller.workspace_id(), &env.id, name)
+                .await
+            {
+                Err(e) if e.kind() == latchkey_core::ErrorKind::NotFound => return Err(missing),
+                other => other?,
+            };
+            rules::check_required_keys(&existing.contents, keys())?;
+            return Ok((existing, false));
+        }
         let (secret, created) = self
             .store
             .create_secret(&NewSecret {

@@ -1,0 +1,208 @@
+//! Tokens: who may call the server, and what they may do.
+
+use std::{fmt, future::IntoFuture, str::FromStr};
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{objects::BoxFuture, time::Timestamp, Client, Error, Result};
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Role {
+    /// Everything in its workspace, including tokens and environments.
+    Admin,
+    /// Read and write secrets.
+    Developer,
+    /// Read secrets' metadata and values.
+    Reader,
+}
+
+impl Role {
+    /// `admin`, `developer` or `reader`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Developer => "developer",
+            Role::Reader => "reader",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Role {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "admin" => Ok(Role::Admin),
+            "developer" => Ok(Role::Developer),
+            "reader" => Ok(Role::Reader),
+            _ => Err(Error::invalid(format!(
+                "Invalid role '{s}': use admin, developer or reader"
+            ))),
+        }
+    }
+}
+
+/// A token, without its secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TokenInfo {
+    /// Its id (`ak-...`), public.
+    pub id: String,
+    /// Its name: the `created_by` of what it creates.
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The environments it is limited to; `None` means all.
+    pub environments: Option<Vec<String>>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it was revoked, if it was.
+    pub revoked_at: Option<Timestamp>,
+}
+
+/// A token's secret (`as-...`). `Debug` and `Display` hide it; it is wiped
+/// from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenSecret(Zeroizing<String>);
+
+impl TokenSecret {
+    /// The secret itself: show it once, store it safely, never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TokenSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TokenSecret(<redacted>)")
+    }
+}
+
+/// A token just created, with its secret: the only time the server shows it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NewToken {
+    /// The token.
+    pub info: TokenInfo,
+    /// Its secret.
+    pub secret: TokenSecret,
+}
+
+impl NewToken {
+    /// A [`Config`](crate::Config) that uses this token on `server_url`.
+    pub fn config(&self, server_url: impl Into<String>) -> crate::Config {
+        crate::Config::new(server_url, &self.info.id, self.secret.expose())
+    }
+}
+
+/// Token management, from [`Client::tokens`]. Needs an admin token.
+#[derive(Debug, Clone)]
+pub struct Tokens {
+    client: Client,
+}
+
+impl Tokens {
+    pub(crate) fn new(client: Client) -> Self {
+        Self { client }
+    }
+
+    /// The workspace's tokens, oldest first, revoked ones included.
+    pub async fn list(&self) -> Result<Vec<TokenInfo>> {
+        #[derive(Deserialize)]
+        struct List {
+            items: Vec<TokenInfo>,
+        }
+        let list: List = self
+            .client
+            .call(Method::GET, &["tokens"], &[], None::<&()>)
+            .await?;
+        Ok(list.items)
+    }
+
+    /// Creates a token named `name` with `role`; see
+    /// [`environments`](CreateToken::environments).
+    pub fn create(&self, name: impl Into<String>, role: Role) -> CreateToken {
+        CreateToken {
+            client: self.client.clone(),
+            name: name.into(),
+            role,
+            environments: None,
+        }
+    }
+
+    /// Revokes the token `id` (`ak-...`). The workspace's last admin token
+    /// cannot be revoked.
+    pub async fn revoke(&self, id: &str) -> Result<()> {
+        self.client
+            .call_empty(Method::DELETE, &["tokens", id], &[])
+            .await
+    }
+}
+
+/// A pending token creation; `.await` it.
+#[must_use = "a builder does nothing until it is awaited"]
+#[derive(Debug, Clone)]
+pub struct CreateToken {
+    client: Client,
+    name: String,
+    role: Role,
+    environments: Option<Vec<String>>,
+}
+
+impl CreateToken {
+    /// Limit the token to these environments (default: all).
+    pub fn environments<I: IntoIterator<Item = S>, S: Into<String>>(mut self, envs: I) -> Self {
+        self.environments = Some(envs.into_iter().map(Into::into).collect());
+        self
+    }
+}
+
+impl IntoFuture for CreateToken {
+    type Output = Result<NewToken>;
+    type IntoFuture = BoxFuture<Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            #[derive(Serialize)]
+            struct Body<'a> {
+                name: &'a str,
+                role: Role,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                environments: Option<&'a [String]>,
+            }
+            #[derive(Deserialize)]
+            struct Answer {
+                token: TokenInfo,
+                secret: String,
+            }
+            let answer: Answer = self
+                .client
+                .call(
+                    Method::POST,
+                    &["tokens"],
+                    &[],
+                    Some(&Body {
+                        name: &self.name,
+                        role: self.role,
+                        environments: self.environments.as_deref(),
+                    }),
+                )
+                .await?;
+            Ok(NewToken {
+                info: answer.token,
+                secret: TokenSecret(Zeroizing::new(answer.secret)),
+            })
+        })
+    }
+}

@@ -1,0 +1,236 @@
+//! The JSON shapes the API answers with, and the conversions from the domain.
+//!
+//! Instants are RFC 3339 strings in UTC with exactly six fractional digits
+//! (`2025-01-01T00:00:00.123456Z`): microseconds are what the store keeps, so
+//! a `created_at` sent back as `created_before` pages without loss.
+
+use latchkey_core::{time::Micros, Error};
+use latchkey_service::{Caller, Environment, SecretSummary, Token};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// `micros` as RFC 3339 with microseconds, in UTC.
+pub(crate) fn rfc3339(micros: Micros) -> String {
+    match jiff::Timestamp::from_microsecond(micros) {
+        Ok(ts) => format!("{ts:.6}"),
+        // Out of jiff's range (beyond year 9999): never stored in practice.
+        Err(_) => micros.to_string(),
+    }
+}
+
+/// Parses an instant given by a client: an RFC 3339 date-time (`Z` or an
+/// offset), a date-time without offset (UTC) or a date (its midnight, UTC).
+pub(crate) fn parse_instant(field: &str, text: &str) -> Result<Micros, Error> {
+    let text = text.trim();
+    let parsed = text
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .or_else(|| {
+            text.parse::<jiff::civil::DateTime>()
+                .ok()
+                .and_then(|dt| jiff::tz::TimeZone::UTC.to_timestamp(dt).ok())
+        })
+        .or_else(|| {
+            text.parse::<jiff::civil::Date>().ok().and_then(|d| {
+                let midnight = d.to_datetime(jiff::civil::Time::midnight());
+                jiff::tz::TimeZone::UTC.to_timestamp(midnight).ok()
+            })
+        });
+    match parsed {
+        Some(ts) if ts.as_microsecond() >= 0 => Ok(ts.as_microsecond()),
+        _ => Err(Error::invalid(format!(
+            "Invalid {field}: '{}': expected an RFC 3339 date-time such as \
+             2025-01-01T12:00:00Z or a date such as 2025-01-01",
+            latchkey_core::rules::echo(text)
+        ))),
+    }
+}
+
+/// The `environment` query parameter of most routes.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct EnvironmentQuery {
+    /// The environment; empty or absent means the workspace default.
+    #[serde(default)]
+    pub(crate) environment: String,
+}
+
+/// A named secret's metadata: everything but its values.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct SecretInfo {
+    /// `st-...`
+    #[schema(example = "st-3kTMd9zK0p1fQx7YbWcR2a")]
+    pub(crate) id: String,
+    /// The secret's name, unique in its environment.
+    #[schema(example = "my-secret")]
+    pub(crate) name: String,
+    /// The environment it lives in.
+    #[schema(example = "main")]
+    pub(crate) environment: String,
+    /// When it was created (unique within the environment).
+    #[schema(example = "2025-01-01T12:00:00.000001Z")]
+    pub(crate) created_at: String,
+    /// The name of the token that created it.
+    pub(crate) created_by: String,
+    /// The last time its values were resolved for a process, if ever.
+    pub(crate) last_used_at: Option<String>,
+    /// Its keys, sorted.
+    pub(crate) keys: Vec<String>,
+    /// Incremented by every change of its contents.
+    pub(crate) version: i64,
+}
+
+impl From<&SecretSummary> for SecretInfo {
+    fn from(s: &SecretSummary) -> Self {
+        Self {
+            id: s.id.clone(),
+            name: s.name().unwrap_or_default().to_owned(),
+            environment: s.environment_name.clone(),
+            created_at: rfc3339(s.created_at),
+            created_by: s.created_by.clone(),
+            last_used_at: s.last_used_at.map(rfc3339),
+            keys: s.keys.clone(),
+            version: s.version,
+        }
+    }
+}
+
+/// An environment.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct EnvironmentInfo {
+    /// `en-...`
+    pub(crate) id: String,
+    /// Its name.
+    #[schema(example = "dev")]
+    pub(crate) name: String,
+    /// Whether an empty environment name means this one.
+    pub(crate) is_default: bool,
+    /// The suffix Modal's client shows for web endpoints.
+    pub(crate) webhook_suffix: String,
+    /// When it was created.
+    pub(crate) created_at: String,
+}
+
+impl From<&Environment> for EnvironmentInfo {
+    fn from(e: &Environment) -> Self {
+        Self {
+            id: e.id.clone(),
+            name: e.name.clone(),
+            is_default: e.is_default,
+            webhook_suffix: e.webhook_suffix.clone(),
+            created_at: rfc3339(e.created_at),
+        }
+    }
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RoleName {
+    /// Everything in its workspace, including tokens and environments.
+    Admin,
+    /// Read and write secrets.
+    Developer,
+    /// Read secrets' metadata and values.
+    Reader,
+}
+
+impl From<latchkey_service::Role> for RoleName {
+    fn from(role: latchkey_service::Role) -> Self {
+        match role {
+            latchkey_service::Role::Admin => RoleName::Admin,
+            latchkey_service::Role::Developer => RoleName::Developer,
+            _ => RoleName::Reader,
+        }
+    }
+}
+
+impl From<RoleName> for latchkey_service::Role {
+    fn from(role: RoleName) -> Self {
+        match role {
+            RoleName::Admin => latchkey_service::Role::Admin,
+            RoleName::Developer => latchkey_service::Role::Developer,
+            RoleName::Reader => latchkey_service::Role::Reader,
+        }
+    }
+}
+
+/// A token, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct TokenInfo {
+    /// `ak-...`, public.
+    #[schema(example = "ak-3kTMd9zK0p1fQx7YbWcR2a")]
+    pub(crate) id: String,
+    /// Its name: the `created_by` of what it creates.
+    pub(crate) name: String,
+    /// What it may do.
+    pub(crate) role: RoleName,
+    /// The environments it is limited to; `null` means all.
+    pub(crate) environments: Option<Vec<String>>,
+    /// When it was created.
+    pub(crate) created_at: String,
+    /// When it was revoked, if it was.
+    pub(crate) revoked_at: Option<String>,
+}
+
+impl From<&Token> for TokenInfo {
+    fn from(t: &Token) -> Self {
+        Self {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            role: t.role.into(),
+            environments: t.environments.clone(),
+            created_at: rfc3339(t.created_at),
+            revoked_at: t.revoked_at.map(rfc3339),
+        }
+    }
+}
+
+/// The caller: its token and workspace.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct WhoAmI {
+    /// The workspace's id (`ac-...`).
+    pub(crate) workspace_id: String,
+    /// The workspace's name.
+    pub(crate) workspace_name: String,
+    /// The token making the request.
+    pub(crate) token: TokenInfo,
+}
+
+impl From<&Caller> for WhoAmI {
+    fn from(caller: &Caller) -> Self {
+        Self {
+            workspace_id: caller.workspace().id.clone(),
+            workspace_name: caller.workspace().name.clone(),
+            token: caller.token().into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_round_trip_to_the_microsecond() {
+        let t = 1_735_732_800_000_001;
+        assert_eq!(rfc3339(t), "2025-01-01T12:00:00.000001Z");
+        assert_eq!(parse_instant("x", &rfc3339(t)).unwrap(), t);
+        assert_eq!(parse_instant("x", &rfc3339(0)).unwrap(), 0);
+    }
+
+    #[test]
+    fn instants_accept_dates_offsets_and_naive_times() {
+        let midnight = 1_735_689_600_000_000;
+        assert_eq!(parse_instant("x", "2025-01-01").unwrap(), midnight);
+        assert_eq!(parse_instant("x", "2025-01-01T00:00:00").unwrap(), midnight);
+        assert_eq!(
+            parse_instant("x", "2025-01-01T01:00:00+01:00").unwrap(),
+            midnight
+        );
+        let e = parse_instant("created_before", "yesterday").unwrap_err();
+        assert_eq!(e.kind(), latchkey_core::ErrorKind::Invalid);
+        assert!(e.message().contains("created_before"), "{e}");
+    }
+}

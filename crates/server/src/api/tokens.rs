@@ -1,0 +1,124 @@
+//! `/whoami` and `/tokens`: the caller, and the workspace's tokens.
+
+use axum::{extract::State, http::StatusCode, Json};
+use latchkey_service::Service;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use zeroize::Zeroizing;
+
+use super::{
+    error::{ApiError, ErrorBody},
+    extract::{Auth, Body, PathParams},
+    model::{RoleName, TokenInfo, WhoAmI},
+};
+
+/// The caller's token and workspace.
+#[utoipa::path(
+    get, path = "/whoami", tag = "tokens",
+    responses(
+        (status = 200, description = "The caller", body = WhoAmI),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn whoami(Auth(caller): Auth) -> Json<WhoAmI> {
+    Json(WhoAmI::from(&caller))
+}
+
+/// The workspace's tokens.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct TokenList {
+    /// Oldest first, revoked ones included.
+    items: Vec<TokenInfo>,
+}
+
+/// List the workspace's tokens (admin).
+#[utoipa::path(
+    get, path = "/tokens", tag = "tokens",
+    responses(
+        (status = 200, description = "The tokens", body = TokenList),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list(
+    State(service): State<Service>,
+    Auth(caller): Auth,
+) -> Result<Json<TokenList>, ApiError> {
+    let tokens = service.list_tokens(&caller).await?;
+    Ok(Json(TokenList {
+        items: tokens.iter().map(TokenInfo::from).collect(),
+    }))
+}
+
+/// Body of `POST /tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateToken {
+    /// Its name (1 to 64 of `[A-Za-z0-9._@-]`): the `created_by` of what it creates.
+    #[schema(example = "ci")]
+    name: String,
+    /// What it may do.
+    role: RoleName,
+    /// Limit it to these environments; absent or `null` means all.
+    environments: Option<Vec<String>>,
+}
+
+/// A new token and its secret, shown this once.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct CreatedToken {
+    /// The token.
+    token: TokenInfo,
+    /// Its secret (`as-...`). The server keeps only a hash: it cannot show it again.
+    #[schema(value_type = String)]
+    #[serde(serialize_with = "expose")]
+    secret: Zeroizing<String>,
+}
+
+fn expose<S: serde::Serializer>(secret: &Zeroizing<String>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(secret)
+}
+
+/// Create a token (admin). The answer holds its secret, once.
+#[utoipa::path(
+    post, path = "/tokens", tag = "tokens",
+    request_body = CreateToken,
+    responses(
+        (status = 201, description = "Created", body = CreatedToken),
+        (status = 400, description = "Invalid name or environments", body = ErrorBody),
+        (status = 403, description = "Not an admin token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn create(
+    State(service): State<Service>,
+    Auth(caller): Auth,
+    Body(body): Body<CreateToken>,
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let (token, secret) = service
+        .create_token(&caller, &body.name, body.role.into(), body.environments)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            token: TokenInfo::from(&token),
+            secret,
+        }),
+    ))
+}
+
+/// Revoke a token (admin). The workspace's last admin token cannot be revoked.
+#[utoipa::path(
+    delete, path = "/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id (`ak-...`)")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 404, description = "No such active token", body = ErrorBody),
+        (status = 412, description = "The last admin token", body = ErrorBody),
+    )
+)]
+pub(crate) async fn revoke(
+    State(service): State<Service>,
+    Auth(caller): Auth,
+    PathParams(id): PathParams<String>,
+) -> Result<StatusCode, ApiError> {
+    service.revoke_token(&caller, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
