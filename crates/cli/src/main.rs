@@ -1,5 +1,6 @@
 //! The `latchkey` command.
 
+mod db;
 mod serve;
 
 use std::process::ExitCode;
@@ -18,6 +19,8 @@ struct Cli {
 enum Command {
     /// Run the server (gRPC for Modal's client, health checks) on one port.
     Serve(serve::ServeArgs),
+    /// Work on a store's database directly: `db copy` between SQLite and PostgreSQL.
+    Db(db::DbArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,5 +37,6 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Db(args) => db::run(args),
     }
 }

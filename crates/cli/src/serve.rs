@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
 use latchkey_server::{bootstrap::MasterKeySources, ServeConfig};
+use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 
 /// Run the latchkey server.
@@ -23,6 +24,20 @@ pub(crate) struct ServeArgs {
     /// Database URL [default: sqlite://DATA_DIR/latchkey.db].
     #[arg(long, env = "LATCHKEY_DATABASE_URL")]
     database: Option<String>,
+    /// PostgreSQL: most connections this server opens (each replica has its
+    /// own pool; replicas × size must stay below the server's max_connections).
+    #[arg(long, env = "LATCHKEY_DATABASE_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    database_pool_size: u32,
+    /// PostgreSQL: how long a request waits for a connection before it fails
+    /// with UNAVAILABLE (e.g. while the database is down).
+    #[arg(long, env = "LATCHKEY_DATABASE_ACQUIRE_TIMEOUT", default_value = "3s",
+          value_parser = parse_duration)]
+    database_acquire_timeout: Duration,
+    /// PostgreSQL: the longest one statement may run (statement_timeout).
+    #[arg(long, env = "LATCHKEY_DATABASE_STATEMENT_TIMEOUT", default_value = "10s",
+          value_parser = parse_duration)]
+    database_statement_timeout: Duration,
     /// File holding the master key (one line of base64). The key may instead
     /// come from LATCHKEY_MASTER_KEY; without either, DATA_DIR/master.key.
     #[arg(long)]
@@ -59,10 +74,20 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     if args.sweep_interval.is_zero() {
         anyhow::bail!("--sweep-interval must be greater than zero");
     }
+    if args.database_acquire_timeout.is_zero() || args.database_statement_timeout.is_zero() {
+        anyhow::bail!(
+            "--database-acquire-timeout and --database-statement-timeout must be greater than zero"
+        );
+    }
     let config = ServeConfig {
         listen: args.listen,
         data_dir,
         database: args.database,
+        postgres: PgOptions {
+            pool_size: args.database_pool_size,
+            acquire_timeout: args.database_acquire_timeout,
+            statement_timeout: args.database_statement_timeout,
+        },
         master_key: MasterKeySources {
             file: args.master_key_file,
             env: env_key,

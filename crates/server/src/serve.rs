@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use anyhow::{bail, Context, Result};
 use latchkey_core::paths;
-use latchkey_store::{crypto::Keyring, SqliteStore, Store};
+use latchkey_store::{crypto::Keyring, PgOptions, PgStore, SqliteStore, Store};
 use tokio::net::TcpListener;
 
 use latchkey_service::{Service, ServiceConfig};
@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Database URL; default `sqlite://DIR/latchkey.db`.
     pub database: Option<String>,
+    /// Connection pool and timeouts, for a `postgres://` database.
+    pub postgres: PgOptions,
     /// Where the master key comes from.
     pub master_key: MasterKeySources,
     /// Lifetime of anonymous secrets.
@@ -61,11 +63,18 @@ async fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>> {
         return Ok(Arc::new(store));
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        bail!(
-            "PostgreSQL storage is not available in this build yet; use the default SQLite store"
-        );
+        // Several replicas share this database and must share its key: a
+        // key is generated only for a database that holds no store yet.
+        let exists = PgStore::exists(&url, config.postgres)
+            .await
+            .context("cannot open the store")?;
+        let key = bootstrap::master_key(&config.data_dir, &config.master_key, exists)?;
+        let store = PgStore::open(&url, Keyring::new(key), config.postgres)
+            .await
+            .context("cannot open the store")?;
+        return Ok(Arc::new(store));
     }
-    bail!("unsupported --database URL (expected sqlite://PATH)");
+    bail!("unsupported --database URL (expected sqlite://PATH or postgres://USER@HOST:PORT/DB)");
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.

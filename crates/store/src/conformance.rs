@@ -501,3 +501,199 @@ async fn environment_delete_with_secrets(store: &dyn Store, ws: &str) {
         ErrorKind::NotFound
     );
 }
+
+/// Runs the checks that hold when several servers share one database: `a`
+/// and `b` are two independent handles (two replicas' stores) on the same
+/// new, empty database. Backends made for one process (SQLite) skip it.
+pub async fn replicas(a: &dyn Store, b: &dyn Store) {
+    let (admin_a, admin_b) = (admin_token(), admin_token());
+    let (first, second) = futures::join!(a.bootstrap(&admin_a), b.bootstrap(&admin_b));
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert!(first ^ second, "concurrent bootstraps create one workspace");
+    let ws = if first {
+        admin_a.workspace_id
+    } else {
+        admin_b.workspace_id
+    };
+    let env = b.environment(&ws, "").await.unwrap().id;
+    replicas_read_your_writes(a, b, &ws, &env).await;
+    replicas_concurrent_updates(a, b, &ws, &env).await;
+    replicas_concurrent_creates(a, b, &ws, &env).await;
+    replicas_paging_while_writing(a, b, &ws).await;
+    replicas_sweep(a, b, &ws, &env).await;
+}
+
+async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+    for round in 0..20 {
+        let name = format!("ryw{round}");
+        let value = format!("v{round}");
+        let (created, _) = a
+            .create_secret(&named(
+                ws,
+                env,
+                &name,
+                dict(&[("V", &value)]),
+                OnConflict::Fail,
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            b.secret_by_name(ws, env, &name).await.unwrap().contents["V"],
+            value,
+            "a write on one handle is seen by the next read on the other"
+        );
+        b.update_secret(
+            ws,
+            &created.summary.id,
+            &[("W".to_owned(), Some(value.clone()))],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            a.secret_by_id(ws, &created.summary.id)
+                .await
+                .unwrap()
+                .contents["W"],
+            value
+        );
+        a.delete_secret(ws, &created.summary.id).await.unwrap();
+        assert_eq!(
+            b.secret_by_name(ws, env, &name).await.unwrap_err().kind(),
+            ErrorKind::NotFound,
+            "a delete is seen at once"
+        );
+    }
+}
+
+async fn replicas_concurrent_updates(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+    let (s, _) = a
+        .create_secret(&named(ws, env, "shared", EnvDict::new(), OnConflict::Fail))
+        .await
+        .unwrap();
+    let id = s.summary.id;
+    let updates = (0..40).map(|i| {
+        let store = if i % 2 == 0 { a } else { b };
+        let id = id.clone();
+        async move {
+            store
+                .update_secret(ws, &id, &[(format!("K{i}"), Some(i.to_string()))])
+                .await
+        }
+    });
+    for result in join_all(updates).await {
+        result.unwrap();
+    }
+    let after = b.secret_by_id(ws, &id).await.unwrap();
+    assert_eq!(after.contents.len(), 40, "every update survives");
+    assert_eq!(after.summary.version, 41);
+}
+
+async fn replicas_concurrent_creates(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+    for round in 0..10 {
+        let name = format!("race{round}");
+        let make = |v: &str| named(ws, env, &name, dict(&[("BY", v)]), OnConflict::Fail);
+        let (na, nb) = (make("a"), make("b"));
+        let (ra, rb) = futures::join!(a.create_secret(&na), b.create_secret(&nb));
+        let oks = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(oks, 1, "exactly one of two concurrent creates succeeds");
+        let err = ra.err().or(rb.err()).unwrap();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
+        assert_eq!(err.message(), format!("Secret '{name}' already exists"));
+
+        let name = format!("race-existing{round}");
+        let make = |v: &str| {
+            named(
+                ws,
+                env,
+                &name,
+                dict(&[("BY", v)]),
+                OnConflict::ReturnExisting,
+            )
+        };
+        let (na, nb) = (make("a"), make("b"));
+        let (ra, rb) = futures::join!(a.create_secret(&na), b.create_secret(&nb));
+        let ((sa, new_a), (sb, new_b)) = (ra.unwrap(), rb.unwrap());
+        assert!(new_a ^ new_b, "one creates, the other finds it");
+        assert_eq!(sa.summary.id, sb.summary.id);
+        assert_eq!(sa.contents, sb.contents);
+    }
+}
+
+async fn replicas_paging_while_writing(a: &dyn Store, b: &dyn Store, ws: &str) {
+    let env = a.create_environment(ws, "busy").await.unwrap().id;
+    let before: Vec<String> = (0..120).map(|i| format!("old{i:03}")).collect();
+    for name in &before {
+        a.create_secret(&named(ws, &env, name, EnvDict::new(), OnConflict::Fail))
+            .await
+            .unwrap();
+    }
+    let writer = async {
+        for i in 0..120 {
+            b.create_secret(&named(
+                ws,
+                &env,
+                &format!("new{i:03}"),
+                EnvDict::new(),
+                OnConflict::Fail,
+            ))
+            .await
+            .unwrap();
+        }
+    };
+    let reader = async {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = a.list_secrets(ws, &env, cursor, 7).await.unwrap();
+            let Some(last) = page.last() else { break };
+            assert!(
+                page.windows(2).all(|w| w[0].created_at > w[1].created_at),
+                "newest first, unique"
+            );
+            cursor = Some(last.created_at);
+            seen.extend(page.iter().map(|s| s.name().unwrap().to_owned()));
+            tokio::task::yield_now().await;
+        }
+        seen
+    };
+    let ((), seen) = futures::join!(writer, reader);
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no secret listed twice");
+    for name in &before {
+        assert!(
+            seen.contains(name),
+            "{name} was lost while another handle wrote"
+        );
+    }
+    assert_eq!(
+        a.list_secrets(ws, &env, None, 1000).await.unwrap().len(),
+        240
+    );
+    a.delete_environment(ws, "busy", true).await.unwrap();
+}
+
+async fn replicas_sweep(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+    let now = now_micros();
+    for _ in 0..30 {
+        a.create_secret(&NewSecret {
+            workspace_id: ws.to_owned(),
+            environment_id: env.to_owned(),
+            kind: SecretKind::Anonymous {
+                app_id: None,
+                expires_at: now - 1,
+            },
+            created_by: "admin".to_owned(),
+            contents: dict(&[("A", "1")]),
+            on_conflict: OnConflict::Fail,
+        })
+        .await
+        .unwrap();
+    }
+    let (ra, rb) = futures::join!(a.sweep_expired(now), b.sweep_expired(now));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    // The second sweep either waited and found nothing, or skipped its turn.
+    let after = a.sweep_expired(now).await.unwrap() + b.sweep_expired(now).await.unwrap();
+    assert_eq!(ra + rb + after, 30, "every expired secret removed once");
+}

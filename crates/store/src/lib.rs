@@ -1,8 +1,10 @@
 //! latchkey's storage.
 //!
 //! [`Store`] is what the server needs from a database; each backend is an
-//! adapter behind it (SQLite now, PostgreSQL next), and [`conformance`] is the
-//! one suite of behaviour every adapter must pass unchanged.
+//! adapter behind it ([`SqliteStore`] for one machine, [`PgStore`] for several
+//! replicas on one PostgreSQL database), and [`conformance`] is the one suite
+//! of behaviour every adapter must pass unchanged. [`copy`] moves a whole
+//! store, still sealed, from one backend to another.
 //!
 //! Adapters receive and return plaintext [`EnvDict`]s and do the sealing
 //! themselves through a [`Keyring`](crypto::Keyring), inside the same
@@ -11,16 +13,51 @@
 //! version bound into the associated data) in one place per backend.
 
 pub mod conformance;
+pub mod copy;
 pub mod crypto;
 mod model;
+mod postgres;
 mod rows;
 mod sqlite;
 
 pub use model::*;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 use async_trait::async_trait;
 use latchkey_core::{time::Micros, EnvDict, Error};
+
+/// Why a store could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store was sealed under another master key.
+    #[error(
+        "the master key (id {given}) cannot decrypt this store, which was created with master key id {stored}; \
+         start with the key this store was created with (--master-key-file or LATCHKEY_MASTER_KEY)"
+    )]
+    WrongMasterKey {
+        /// Id of the key given.
+        given: String,
+        /// Id of the key the store was made with.
+        stored: String,
+    },
+    /// The database URL is not one an adapter understands.
+    #[error("invalid database URL: {0}")]
+    BadUrl(String),
+    /// The database could not be reached, opened or migrated.
+    // The cause is part of the message rather than a `source()`, so that an
+    // error chain printed in full says it once.
+    #[error("cannot open the {backend} database {target}: {cause}")]
+    Database {
+        /// `SQLite` or `PostgreSQL`.
+        backend: &'static str,
+        /// The file, or the server and database name (never a password).
+        target: String,
+        /// What failed.
+        cause: sqlx::Error,
+    },
+}
 
 /// Everything the server reads and writes. Every method is one transaction.
 ///

@@ -21,37 +21,9 @@ use crate::{
         environment_not_found, environments_column, secret_not_found, EnvironmentRow, SecretInsert,
         SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
     },
-    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Secret, SecretKind,
+    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, OpenError, Secret, SecretKind,
     SecretSummary, Store, Token, Workspace,
 };
-
-/// Why a store could not be opened.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpenError {
-    /// The store was sealed under another master key.
-    #[error(
-        "the master key (id {given}) cannot decrypt this store, which was created with master key id {stored}; \
-         start with the key this store was created with (--master-key-file or LATCHKEY_MASTER_KEY)"
-    )]
-    WrongMasterKey {
-        /// Id of the key given.
-        given: String,
-        /// Id of the key the store was made with.
-        stored: String,
-    },
-    /// The database URL is not a SQLite URL this adapter understands.
-    #[error("invalid SQLite database URL: {0}")]
-    BadUrl(String),
-    /// The database could not be opened or migrated.
-    #[error("cannot open the SQLite database {path}: {source}")]
-    Database {
-        /// The database file.
-        path: String,
-        /// What failed.
-        source: sqlx::Error,
-    },
-}
 
 /// The SQLite adapter.
 #[derive(Debug, Clone)]
@@ -70,12 +42,13 @@ impl SqliteStore {
     ///
     /// A store sealed under another key is refused before anything is written.
     pub async fn open(url: &str, keyring: Keyring) -> Result<Self, OpenError> {
-        let base =
-            SqliteConnectOptions::from_str(url).map_err(|e| OpenError::BadUrl(e.to_string()))?;
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|e| OpenError::BadUrl(format!("{url}: {e}")))?;
         let path = base.get_filename().to_path_buf();
         let db_err = |source| OpenError::Database {
-            path: path.display().to_string(),
-            source,
+            backend: "SQLite",
+            target: path.display().to_string(),
+            cause: source,
         };
         if path.exists() {
             check_key_without_writing(&path, &keyring).await?;
@@ -95,10 +68,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(db_err)?;
-        sqlx::migrate!("migrations/sqlite")
-            .run(&writer)
-            .await
-            .map_err(|e| db_err(e.into()))?;
+        MIGRATOR.run(&writer).await.map_err(|e| db_err(e.into()))?;
         ensure_key_check(&writer, &keyring).await?;
         // Move the key check (and everything else) from the WAL into the
         // database file, where a later start reads it without writing.
@@ -147,6 +117,58 @@ impl SqliteStore {
     }
 }
 
+/// The SQLite schema's migrations.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// The file of a `sqlite://` URL, for messages.
+pub(crate) fn describe(url: &str) -> String {
+    SqliteConnectOptions::from_str(url)
+        .map(|o| o.get_filename().display().to_string())
+        .unwrap_or_else(|_| url.to_owned())
+}
+
+/// A one-connection pool on the store at `url` for `latchkey db copy`, which
+/// needs no master key: to read (`write == false`: the file must exist and is
+/// opened read-only), or to write (created 0600 and migrated if needed, with
+/// the same durability settings as the server's).
+pub(crate) async fn open_raw(url: &str, write: bool) -> Result<SqlitePool, OpenError> {
+    let base = SqliteConnectOptions::from_str(url)
+        .map_err(|e| OpenError::BadUrl(format!("{url}: {e}")))?;
+    let path = base.get_filename().to_path_buf();
+    let db_err = |source| OpenError::Database {
+        backend: "SQLite",
+        target: path.display().to_string(),
+        cause: source,
+    };
+    let options = if write {
+        if !path.exists() {
+            create_private_file(&path).map_err(|e| db_err(sqlx::Error::Io(e)))?;
+        }
+        base.journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .pragma("secure_delete", "ON")
+    } else {
+        if !path.exists() {
+            return Err(db_err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            ))));
+        }
+        base.read_only(true).busy_timeout(Duration::from_secs(10))
+    };
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .map_err(db_err)?;
+    if write {
+        MIGRATOR.run(&pool).await.map_err(|e| db_err(e.into()))?;
+    }
+    Ok(pool)
+}
+
 /// Creates an empty database file readable by its owner only; SQLite gives
 /// the `-wal` and `-shm` files it makes the same permissions.
 fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
@@ -171,8 +193,9 @@ async fn check_key_without_writing(path: &PathBuf, keyring: &Keyring) -> Result<
         .connect_with(options)
         .await
         .map_err(|source| OpenError::Database {
-            path: path.display().to_string(),
-            source,
+            backend: "SQLite",
+            target: path.display().to_string(),
+            cause: source,
         })?;
     // A missing table means a new or half-created store: the normal path checks it.
     let check: Option<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM meta WHERE key = ?")
@@ -199,8 +222,9 @@ async fn check_key_without_writing(path: &PathBuf, keyring: &Keyring) -> Result<
 
 async fn ensure_key_check(writer: &SqlitePool, keyring: &Keyring) -> Result<(), OpenError> {
     let db = |source| OpenError::Database {
-        path: String::from("(store)"),
-        source,
+        backend: "SQLite",
+        target: String::from("(store)"),
+        cause: source,
     };
     let mut tx = writer.begin().await.map_err(db)?;
     let existing: Option<(Vec<u8>,)> = sqlx::query_as("SELECT value FROM meta WHERE key = ?")

@@ -1,0 +1,755 @@
+//! Copying a whole store from one backend to another (`latchkey db copy`).
+//!
+//! Rows move verbatim: sealed secrets stay sealed (their associated data names
+//! the workspace, the secret and the version, never the backend), so no master
+//! key is needed and no plaintext exists at any point of a copy.
+//!
+//! A copy reads the source in one read-only snapshot and writes the destination
+//! in one transaction. Before that transaction commits, the destination's rows
+//! are read back and compared with what the snapshot held, table by table (row
+//! count and a digest of every row); on any failure it rolls back and the
+//! destination is left as empty as it was. [`CopyReport`] carries the
+//! verification of the committed result.
+//!
+//! Both backends share one schema ([`TABLES`] lists it, in the order foreign
+//! keys need); the tests check that the list matches both migrations, so a
+//! table or column added later cannot be silently left behind.
+
+use std::fmt;
+
+use sha2::{Digest as _, Sha256};
+use sqlx::{
+    pool::PoolConnection, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, PgPool,
+    Row, SqlitePool, Type,
+};
+use tokio::sync::mpsc;
+
+use crate::{postgres, sqlite, OpenError, PgOptions};
+
+/// The type of a column, as both schemas declare it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `TEXT`.
+    Text,
+    /// `INTEGER` / `BIGINT` (times, versions).
+    Int,
+    /// `INTEGER` 0/1 in SQLite, `BOOLEAN` in PostgreSQL.
+    Bool,
+    /// `BLOB` / `BYTEA`.
+    Bytes,
+}
+
+/// One table of the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Table {
+    /// Its name.
+    pub name: &'static str,
+    /// Every column, in schema order.
+    pub columns: &'static [(&'static str, Kind)],
+}
+
+use Kind::{Bool, Bytes, Int, Text};
+
+/// Every table of a latchkey store, parents before children.
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "meta",
+        columns: &[("key", Text), ("value", Bytes)],
+    },
+    Table {
+        name: "workspaces",
+        columns: &[("id", Text), ("name", Text), ("created_at", Int)],
+    },
+    Table {
+        name: "environments",
+        columns: &[
+            ("id", Text),
+            ("workspace_id", Text),
+            ("name", Text),
+            ("is_default", Bool),
+            ("webhook_suffix", Text),
+            ("created_at", Int),
+        ],
+    },
+    Table {
+        name: "tokens",
+        columns: &[
+            ("id", Text),
+            ("workspace_id", Text),
+            ("name", Text),
+            ("secret_hash", Bytes),
+            ("role", Text),
+            ("environments", Text),
+            ("created_at", Int),
+            ("revoked_at", Int),
+        ],
+    },
+    Table {
+        name: "secrets",
+        columns: &[
+            ("id", Text),
+            ("workspace_id", Text),
+            ("environment_id", Text),
+            ("name", Text),
+            ("app_id", Text),
+            ("expires_at", Int),
+            ("created_at", Int),
+            ("created_by", Text),
+            ("last_used_at", Int),
+            ("version", Int),
+            ("key_id", Text),
+            ("wrapped_key", Bytes),
+            ("ciphertext", Bytes),
+        ],
+    },
+];
+
+/// Rows per multi-row INSERT: 500 × 13 columns stays far below both
+/// backends' limits on bound parameters.
+const BATCH_ROWS: usize = 500;
+
+/// Why a copy failed. The destination's transaction is rolled back in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CopyError {
+    /// A store could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// The URL names no backend latchkey has (the scheme it has is given).
+    #[error("unsupported database URL scheme {0:?} (expected sqlite://PATH or postgres://USER@HOST:PORT/DB)")]
+    Unsupported(String),
+    /// The source is not a latchkey store this version can read as is.
+    #[error("the source {target} {problem}")]
+    Source {
+        /// Which store.
+        target: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The destination already holds data.
+    #[error(
+        "the destination {target} is not empty (table {table} holds {rows} row(s)); \
+         copy only into a new, empty store"
+    )]
+    NotEmpty {
+        /// Which store.
+        target: String,
+        /// The first non-empty table.
+        table: &'static str,
+        /// Its row count.
+        rows: u64,
+    },
+    /// The destination holds tables of something other than latchkey.
+    #[error(
+        "the destination {target} holds a table {table:?} that is not latchkey's; \
+         copy only into a new, empty database"
+    )]
+    Foreign {
+        /// Which store.
+        target: String,
+        /// A table that is not latchkey's.
+        table: String,
+    },
+    /// Reading or writing failed.
+    #[error("{during} {target} failed: {cause}")]
+    Database {
+        /// `reading` or `writing`.
+        during: &'static str,
+        /// Which store.
+        target: String,
+        /// What failed.
+        cause: sqlx::Error,
+    },
+    /// What the destination holds differs from what the source held.
+    #[error(
+        "verification failed: table {table} has {source_rows} row(s) with digest {source_digest} \
+         in the source and {destination_rows} row(s) with digest {destination_digest} in the destination"
+    )]
+    Mismatch {
+        /// The first table that differs.
+        table: &'static str,
+        /// Rows in the source snapshot.
+        source_rows: u64,
+        /// Digest of the source rows.
+        source_digest: String,
+        /// Rows in the destination.
+        destination_rows: u64,
+        /// Digest of the destination rows.
+        destination_digest: String,
+    },
+}
+
+/// A table's row count and the digest of its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSummary {
+    /// The table.
+    pub table: &'static str,
+    /// How many rows it holds.
+    pub rows: u64,
+    /// SHA-256 over the sorted SHA-256s of its rows (so independent of the
+    /// order a backend returns them in), hex.
+    pub digest: String,
+}
+
+/// The verified result of a copy: the source snapshot's summary, equal to the
+/// committed destination's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyReport {
+    /// One entry per table of [`TABLES`].
+    pub tables: Vec<TableSummary>,
+}
+
+impl CopyReport {
+    /// Rows copied in all.
+    pub fn total_rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.rows).sum()
+    }
+}
+
+/// A value of one column, as both backends decode and encode it.
+#[derive(Clone, PartialEq, Eq)]
+enum Cell {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(bool),
+    Bytes(Option<Vec<u8>>),
+}
+
+impl fmt::Debug for Cell {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Sealed bytes and token hashes are not for logs.
+        f.write_str("Cell")
+    }
+}
+
+impl Cell {
+    /// An unambiguous encoding for the digest.
+    fn hash_into(&self, h: &mut Sha256) {
+        fn bytes(h: &mut Sha256, tag: u8, b: &[u8]) {
+            h.update([tag]);
+            h.update((b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+        match self {
+            Cell::Text(None) | Cell::Int(None) | Cell::Bytes(None) => h.update([0]),
+            Cell::Text(Some(s)) => bytes(h, 1, s.as_bytes()),
+            Cell::Int(Some(i)) => {
+                h.update([2]);
+                h.update(i.to_le_bytes());
+            }
+            Cell::Bool(b) => h.update([3, u8::from(*b)]),
+            Cell::Bytes(Some(b)) => bytes(h, 4, b),
+        }
+    }
+}
+
+/// Rows of one table, on their way from source to destination.
+enum Message {
+    Rows {
+        table: &'static Table,
+        rows: Vec<Vec<Cell>>,
+    },
+    /// The source snapshot was read completely; this is its summary.
+    End(Vec<TableSummary>),
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// One end of a copy: a store opened for reading or writing its rows as they
+/// are stored, without its master key.
+#[derive(Clone)]
+pub struct RawStore {
+    pool: Pool,
+    target: String,
+}
+
+impl fmt::Debug for RawStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RawStore")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// PostgreSQL settings for a copy: a whole table is streamed by one statement.
+fn copy_pg_options() -> PgOptions {
+    PgOptions {
+        pool_size: 2,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        statement_timeout: std::time::Duration::from_secs(3600),
+    }
+}
+
+fn unsupported(url: &str) -> CopyError {
+    // Only the scheme: the rest may hold a password.
+    CopyError::Unsupported(url.split(':').next().unwrap_or_default().to_owned())
+}
+
+fn is_postgres(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+impl RawStore {
+    /// Opens an existing store to read, changing nothing in it.
+    pub async fn open_source(url: &str) -> Result<Self, CopyError> {
+        let (pool, target) = if url.starts_with("sqlite:") {
+            let target = sqlite::describe(url);
+            if !std::path::Path::new(&target).exists() {
+                return Err(CopyError::Source {
+                    target,
+                    problem: "does not exist".to_owned(),
+                });
+            }
+            (Pool::Sqlite(sqlite::open_raw(url, false).await?), target)
+        } else if is_postgres(url) {
+            let pool = postgres::connect(url, copy_pg_options()).await?;
+            (Pool::Postgres(pool), postgres::describe(url))
+        } else {
+            return Err(unsupported(url));
+        };
+        let store = Self { pool, target };
+        store.check_source_schema().await?;
+        Ok(store)
+    }
+
+    /// Opens (creating and migrating if needed) a store to write; refuses one
+    /// that holds any row.
+    pub async fn open_destination(url: &str) -> Result<Self, CopyError> {
+        let store = if url.starts_with("sqlite:") {
+            let target = sqlite::describe(url);
+            if std::path::Path::new(&target).exists() {
+                let pool = sqlite::open_raw(url, false).await?;
+                let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
+                pool.close().await;
+                refuse_foreign_tables(&target, tables)?;
+            }
+            let pool = sqlite::open_raw(url, true).await?;
+            Self {
+                pool: Pool::Sqlite(pool),
+                target,
+            }
+        } else if is_postgres(url) {
+            let target = postgres::describe(url);
+            let pool = postgres::connect(url, copy_pg_options()).await?;
+            let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
+            refuse_foreign_tables(&target, tables)?;
+            postgres::migrate(&pool)
+                .await
+                .map_err(|source| OpenError::Database {
+                    backend: "PostgreSQL",
+                    target: target.clone(),
+                    cause: source,
+                })?;
+            Self {
+                pool: Pool::Postgres(pool),
+                target,
+            }
+        } else {
+            return Err(unsupported(url));
+        };
+        store.check_empty().await?;
+        Ok(store)
+    }
+
+    /// The store, for messages (a path, or `host:port/db`; never a password).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Row counts per table, for a progress bar's length.
+    pub async fn counts(&self) -> Result<Vec<(&'static str, u64)>, CopyError> {
+        let mut out = Vec::new();
+        for table in TABLES {
+            let sql = format!("SELECT COUNT(*) FROM {}", table.name);
+            let (n,): (i64,) = match &self.pool {
+                Pool::Sqlite(p) => sqlx::query_as(&sql).fetch_one(p).await,
+                Pool::Postgres(p) => sqlx::query_as(&sql).fetch_one(p).await,
+            }
+            .map_err(|e| self.db_err("reading", e))?;
+            out.push((table.name, u64::try_from(n).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// Every table's row count and digest, from one consistent snapshot.
+    pub async fn summary(&self) -> Result<Vec<TableSummary>, CopyError> {
+        match &self.pool {
+            Pool::Sqlite(p) => export(p, None, None).await,
+            Pool::Postgres(p) => export(p, Some(PG_SNAPSHOT), None).await,
+        }
+        .map_err(|e| self.db_err("reading", e))
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        match &self.pool {
+            Pool::Sqlite(p) => p.close().await,
+            Pool::Postgres(p) => p.close().await,
+        }
+    }
+
+    fn db_err(&self, during: &'static str, source: sqlx::Error) -> CopyError {
+        CopyError::Database {
+            during,
+            target: self.target.clone(),
+            cause: source,
+        }
+    }
+
+    async fn check_empty(&self) -> Result<(), CopyError> {
+        for (table, rows) in self.counts().await? {
+            if rows > 0 {
+                return Err(CopyError::NotEmpty {
+                    target: self.target.clone(),
+                    table,
+                    rows,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The source must be a store at exactly this version's schema: an older
+    /// one is migrated by starting `latchkey serve` on it once, a newer one
+    /// needs a newer latchkey.
+    async fn check_source_schema(&self) -> Result<(), CopyError> {
+        let (applied, expected): (Result<Vec<(i64,)>, _>, Vec<i64>) = match &self.pool {
+            Pool::Sqlite(p) => (
+                sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
+                sqlite::MIGRATOR.iter().map(|m| m.version).collect(),
+            ),
+            Pool::Postgres(p) => (
+                sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
+                postgres::MIGRATOR.iter().map(|m| m.version).collect(),
+            ),
+        };
+        let problem = |problem: String| CopyError::Source {
+            target: self.target.clone(),
+            problem,
+        };
+        let applied: Vec<i64> = applied
+            .map_err(|_| problem("is not a latchkey store (it has no migration history)".into()))?
+            .into_iter()
+            .map(|(v,)| v)
+            .collect();
+        if applied != expected {
+            return Err(problem(format!(
+                "has schema version(s) {applied:?} but this latchkey copies {expected:?}; \
+                 start the matching `latchkey serve` on it once to migrate it"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The tables of a database, to tell a latchkey store from anything else
+/// before creating tables in it.
+const SQLITE_TABLES: &str =
+    "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'";
+const PG_TABLES: &str = "SELECT table_name::text FROM information_schema.tables \
+     WHERE table_schema = current_schema()";
+
+/// Refuses a destination holding tables that are not a latchkey store's.
+fn refuse_foreign_tables(
+    target: &str,
+    tables: Result<Vec<(String,)>, sqlx::Error>,
+) -> Result<(), CopyError> {
+    let tables = tables.map_err(|source| CopyError::Database {
+        during: "reading",
+        target: target.to_owned(),
+        cause: source,
+    })?;
+    let ours = |name: &str| name == "_sqlx_migrations" || TABLES.iter().any(|t| t.name == name);
+    match tables.into_iter().find(|(name,)| !ours(name)) {
+        Some((table,)) => Err(CopyError::Foreign {
+            target: target.to_owned(),
+            table,
+        }),
+        None => Ok(()),
+    }
+}
+
+const APPLIED_MIGRATIONS: &str =
+    "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
+
+/// One read-only snapshot for the whole export.
+const PG_SNAPSHOT: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
+
+/// Copies every row of `from` into `to` (which [`RawStore::open_destination`]
+/// found empty), calling `progress` with the number of rows written so far.
+///
+/// Stop the servers on both stores first: rows a server writes to the source
+/// after the copy's snapshot are not copied.
+pub async fn copy(
+    from: &RawStore,
+    to: &RawStore,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<CopyReport, CopyError> {
+    let (sender, receiver) = mpsc::channel(4);
+    let export = async {
+        let result = match &from.pool {
+            Pool::Sqlite(p) => export(p, None, Some(&sender)).await,
+            Pool::Postgres(p) => export(p, Some(PG_SNAPSHOT), Some(&sender)).await,
+        };
+        drop(sender);
+        result
+    };
+    let import = async {
+        match &to.pool {
+            Pool::Sqlite(p) => import(p, receiver, progress).await,
+            Pool::Postgres(p) => import(p, receiver, progress).await,
+        }
+    };
+    let (exported, imported) = tokio::join!(export, import);
+    // A failed import drops the receiver, which makes the export fail too:
+    // report the import's cause first.
+    let source = match (exported, imported) {
+        (_, Err(ImportError::Database(e))) => return Err(to.db_err("writing", e)),
+        (_, Err(ImportError::Mismatch(e))) => return Err(e),
+        (Err(e), _) => return Err(from.db_err("reading", e)),
+        (Ok(source), Ok(())) => source,
+    };
+    // What is committed, read afresh.
+    let committed = to.summary().await?;
+    compare(&source, &committed)?;
+    Ok(CopyReport { tables: committed })
+}
+
+enum ImportError {
+    Database(sqlx::Error),
+    Mismatch(CopyError),
+}
+
+impl From<sqlx::Error> for ImportError {
+    fn from(e: sqlx::Error) -> Self {
+        ImportError::Database(e)
+    }
+}
+
+fn compare(source: &[TableSummary], destination: &[TableSummary]) -> Result<(), CopyError> {
+    for (s, d) in source.iter().zip(destination) {
+        if s != d {
+            return Err(CopyError::Mismatch {
+                table: s.table,
+                source_rows: s.rows,
+                source_digest: s.digest.clone(),
+                destination_rows: d.rows,
+                destination_digest: d.digest.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads every table of `pool` in one transaction (begun with `snapshot`, if
+/// any), sending the rows to `out` when given, and returns their summary. A
+/// send to `out` fails only when the importer gave up.
+async fn export<DB>(
+    pool: &sqlx::Pool<DB>,
+    snapshot: Option<&str>,
+    out: Option<&mpsc::Sender<Message>>,
+) -> Result<Vec<TableSummary>, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> Option<String>: Decode<'r, DB>,
+    for<'r> Option<i64>: Decode<'r, DB>,
+    for<'r> Option<Vec<u8>>: Decode<'r, DB>,
+    for<'r> bool: Decode<'r, DB>,
+    String: Type<DB>,
+    i64: Type<DB>,
+    Vec<u8>: Type<DB>,
+    bool: Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut tx = pool.begin().await?;
+    if let Some(sql) = snapshot {
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    let mut summary = Vec::new();
+    for table in TABLES {
+        summary.push(read_table(&mut tx, table, out).await?);
+    }
+    tx.commit().await?;
+    if let Some(out) = out {
+        out.send(Message::End(summary.clone()))
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+    }
+    Ok(summary)
+}
+
+async fn read_table<DB>(
+    conn: &mut DB::Connection,
+    table: &'static Table,
+    out: Option<&mpsc::Sender<Message>>,
+) -> Result<TableSummary, sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> Option<String>: Decode<'r, DB>,
+    for<'r> Option<i64>: Decode<'r, DB>,
+    for<'r> Option<Vec<u8>>: Decode<'r, DB>,
+    for<'r> bool: Decode<'r, DB>,
+    String: Type<DB>,
+    i64: Type<DB>,
+    Vec<u8>: Type<DB>,
+    bool: Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    use futures::TryStreamExt;
+
+    let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+    let sql = format!("SELECT {} FROM {}", columns.join(", "), table.name);
+    let mut rows = sqlx::query(&sql).fetch(&mut *conn);
+    let mut hashes: Vec<[u8; 32]> = Vec::new();
+    let mut batch = Vec::with_capacity(BATCH_ROWS);
+    while let Some(row) = rows.try_next().await? {
+        let mut cells = Vec::with_capacity(table.columns.len());
+        for (i, (_, kind)) in table.columns.iter().enumerate() {
+            cells.push(match kind {
+                Kind::Text => Cell::Text(row.try_get(i)?),
+                Kind::Int => Cell::Int(row.try_get(i)?),
+                Kind::Bool => Cell::Bool(row.try_get(i)?),
+                Kind::Bytes => Cell::Bytes(row.try_get(i)?),
+            });
+        }
+        let mut h = Sha256::new();
+        for cell in &cells {
+            cell.hash_into(&mut h);
+        }
+        hashes.push(h.finalize().into());
+        if let Some(out) = out {
+            batch.push(cells);
+            if batch.len() == BATCH_ROWS {
+                let rows = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                out.send(Message::Rows { table, rows })
+                    .await
+                    .map_err(|_| sqlx::Error::PoolClosed)?;
+            }
+        }
+    }
+    if let Some(out) = out {
+        if !batch.is_empty() {
+            out.send(Message::Rows { table, rows: batch })
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+        }
+    }
+    hashes.sort_unstable();
+    let mut h = Sha256::new();
+    for row in &hashes {
+        h.update(row);
+    }
+    Ok(TableSummary {
+        table: table.name,
+        rows: hashes.len() as u64,
+        digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+/// Writes what arrives on `rows` in one transaction, which commits only after
+/// the source's end-of-snapshot summary arrived and the rows read back within
+/// the transaction match it.
+async fn import<DB>(
+    pool: &sqlx::Pool<DB>,
+    mut rows: mpsc::Receiver<Message>,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), ImportError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> Option<String>: Decode<'r, DB>,
+    for<'r> Option<i64>: Decode<'r, DB>,
+    for<'r> Option<Vec<u8>>: Decode<'r, DB>,
+    for<'r> bool: Decode<'r, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
+    for<'q> bool: Encode<'q, DB>,
+    String: Type<DB>,
+    i64: Type<DB>,
+    Vec<u8>: Type<DB>,
+    bool: Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    let mut conn: PoolConnection<DB> = pool.acquire().await?;
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut written = 0u64;
+    let source = loop {
+        match rows.recv().await {
+            Some(Message::Rows { table, rows }) => {
+                written += rows.len() as u64;
+                insert(&mut tx, table, rows).await?;
+                progress(written);
+            }
+            Some(Message::End(summary)) => break summary,
+            // The export failed: nothing is committed.
+            None => return Err(ImportError::Database(sqlx::Error::PoolClosed)),
+        }
+    };
+    let mut written = Vec::new();
+    for table in TABLES {
+        written.push(read_table(&mut tx, table, None).await?);
+    }
+    compare(&source, &written).map_err(ImportError::Mismatch)?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn insert<DB>(
+    conn: &mut DB::Connection,
+    table: &Table,
+    rows: Vec<Vec<Cell>>,
+) -> Result<(), sqlx::Error>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
+    for<'q> bool: Encode<'q, DB>,
+    String: Type<DB>,
+    i64: Type<DB>,
+    Vec<u8>: Type<DB>,
+    bool: Type<DB>,
+{
+    use sqlx::Arguments as _;
+
+    let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+    let mut sql = format!(
+        "INSERT INTO {} ({}) VALUES ",
+        table.name,
+        columns.join(", ")
+    );
+    let mut args = DB::Arguments::default();
+    let bad = |e| sqlx::Error::Encode(e);
+    for (r, row) in rows.into_iter().enumerate() {
+        sql.push_str(if r == 0 { "(" } else { ", (" });
+        for (c, cell) in row.into_iter().enumerate() {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            match cell {
+                Cell::Text(v) => args.add(v),
+                Cell::Int(v) => args.add(v),
+                Cell::Bool(v) => args.add(v),
+                Cell::Bytes(v) => args.add(v),
+            }
+            .map_err(bad)?;
+            args.format_placeholder(&mut sql)
+                .map_err(|e| sqlx::Error::Encode(e.into()))?;
+        }
+        sql.push(')');
+    }
+    sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+    Ok(())
+}
