@@ -1,5 +1,11 @@
 //! Who is calling, and what they may do.
 
+use std::{
+    collections::HashMap,
+    sync::{PoisonError, RwLock},
+    time::{Duration, Instant},
+};
+
 use latchkey_core::Error;
 use latchkey_store::{
     crypto::{hash_token_secret, token_hash_matches},
@@ -86,13 +92,77 @@ impl Service {
         if token_id.is_empty() || token_secret.is_empty() {
             return Err(denied());
         }
+        let presented = hash_token_secret(token_secret);
+        if let Some(caller) = self.tokens.get(token_id, &presented) {
+            return Ok(caller);
+        }
         let Some((token, hash)) = self.store.token_for_auth(token_id).await? else {
             return Err(denied());
         };
-        if !token_hash_matches(&hash, &hash_token_secret(token_secret)) {
+        if !token_hash_matches(&hash, &presented) {
             return Err(denied());
         }
         let workspace = self.store.workspace(&token.workspace_id).await?;
-        Ok(Caller { token, workspace })
+        let caller = Caller { token, workspace };
+        self.tokens.put(token_id, presented, &caller);
+        Ok(caller)
+    }
+}
+
+/// Tokens verified in the last [`TOKEN_CACHE_TTL`], so that a client's
+/// stream of requests does not read the token and its workspace from the
+/// store on every call.
+///
+/// An entry holds the SHA-256 of the secret that was verified and is used
+/// only when the presented secret hashes to the same value (compared in
+/// constant time). Revoking a token through this server drops its entry at
+/// once; a revocation made through another replica takes effect here within
+/// the TTL. The dashboard re-reads the token from the store on every page.
+#[derive(Default)]
+pub(crate) struct TokenCache {
+    entries: RwLock<HashMap<String, CachedToken>>,
+}
+
+struct CachedToken {
+    secret_hash: [u8; 32],
+    caller: Caller,
+    verified_at: Instant,
+}
+
+/// How long a verified token is trusted without asking the store again.
+pub const TOKEN_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Most tokens remembered; past this the cache starts over.
+const TOKEN_CACHE_MAX: usize = 10_000;
+
+impl TokenCache {
+    fn get(&self, token_id: &str, presented: &[u8; 32]) -> Option<Caller> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let entry = entries.get(token_id)?;
+        (entry.verified_at.elapsed() < TOKEN_CACHE_TTL
+            && token_hash_matches(&entry.secret_hash, presented))
+        .then(|| entry.caller.clone())
+    }
+
+    fn put(&self, token_id: &str, secret_hash: [u8; 32], caller: &Caller) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= TOKEN_CACHE_MAX {
+            entries.clear();
+        }
+        entries.insert(
+            token_id.to_owned(),
+            CachedToken {
+                secret_hash,
+                caller: caller.clone(),
+                verified_at: Instant::now(),
+            },
+        );
+    }
+
+    pub(crate) fn forget(&self, token_id: &str) {
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(token_id);
     }
 }

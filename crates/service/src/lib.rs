@@ -9,7 +9,7 @@ mod auth;
 
 use std::{sync::Arc, time::Duration};
 
-pub use auth::Caller;
+pub use auth::{Caller, TOKEN_CACHE_TTL};
 use latchkey_core::{
     ids, rules,
     time::{now_micros, Micros},
@@ -38,6 +38,7 @@ pub struct ServiceConfig {
 pub struct Service {
     store: Arc<dyn Store>,
     config: Arc<ServiceConfig>,
+    tokens: Arc<auth::TokenCache>,
 }
 
 /// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`.
@@ -66,6 +67,7 @@ impl Service {
         Self {
             store,
             config: Arc::new(config),
+            tokens: Arc::new(auth::TokenCache::default()),
         }
     }
 
@@ -94,11 +96,19 @@ impl Service {
         required_keys: &[String],
     ) -> Result<Secret, Error> {
         rules::check_secret_name(name)?;
-        let env = self.environment(caller, environment_name).await?;
-        let secret = self
+        if !environment_name.is_empty() {
+            rules::check_environment_name(environment_name)?;
+        }
+        let found = self
             .store
-            .secret_by_name(caller.workspace_id(), &env.id, name)
+            .secret_in_environment(caller.workspace_id(), environment_name, name)
             .await?;
+        let Some(secret) = found else {
+            // Say which is missing: the environment, or the secret in it.
+            self.environment(caller, environment_name).await?;
+            return Err(Error::not_found(format!("Secret '{name}' not found")));
+        };
+        caller.check_environment(&secret.summary.environment_name)?;
         rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
         Ok(secret)
     }
@@ -432,7 +442,9 @@ impl Service {
         }
         self.store
             .revoke_token(caller.workspace_id(), token_id)
-            .await
+            .await?;
+        self.tokens.forget(token_id);
+        Ok(())
     }
 
     /// Removes expired anonymous secrets.

@@ -137,6 +137,33 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
     ) -> Result<Secret, Error>;
 
+    /// A named secret found by its environment's name (empty: the workspace
+    /// default) rather than its id: the lookup on every container start, so
+    /// backends answer it in one round trip. `None` when the environment or
+    /// the secret is missing ([`environment`](Self::environment) tells which).
+    async fn secret_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<Secret>, Error> {
+        let not_found = |e: Error| {
+            if e.kind() == latchkey_core::ErrorKind::NotFound {
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        };
+        let env = match self.environment(workspace_id, environment_name).await {
+            Ok(env) => env,
+            Err(e) => return not_found(e),
+        };
+        match self.secret_by_name(workspace_id, &env.id, name).await {
+            Ok(secret) => Ok(Some(secret)),
+            Err(e) => not_found(e),
+        }
+    }
+
     /// Any secret of the workspace, by id, with its contents.
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error>;
 

@@ -687,6 +687,28 @@ impl Store for SqliteStore {
         .open(&self.keyring)
     }
 
+    async fn secret_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<Secret>, Error> {
+        let sql = format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+             WHERE s.workspace_id = ?1 AND s.name = ?3 \
+             AND (CASE WHEN ?2 = '' THEN e.is_default = 1 ELSE e.name = ?2 END)"
+        );
+        sqlx::query_as::<_, SecretRow>(&sql)
+            .bind(workspace_id)
+            .bind(environment_name)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_error)?
+            .map(|row| row.open(&self.keyring))
+            .transpose()
+    }
+
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {
         fetch_secret(&self.reader, workspace_id, "s.id = ?", secret_id, None)
             .await?
