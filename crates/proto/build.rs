@@ -1,22 +1,29 @@
-//! Compiles `proto/modal/client/api.proto` with `protox` (pure Rust, no system
-//! `protoc`) and generates prost messages plus tonic server and client code.
+//! Compiles `proto/modal/client/api.proto` and
+//! `proto/modal/task_command_router/task_command_router.proto` with `protox`
+//! (pure Rust, no system `protoc`) and generates prost messages plus tonic
+//! server and client code.
 //! Also writes the encoded `FileDescriptorSet` (with imports) to
 //! `$OUT_DIR/latchkey_descriptor.bin` for gRPC reflection.
 
 use std::{env, fs, path::PathBuf};
 
-const PROTO: &str = "proto/modal/client/api.proto";
+const PROTOS: [&str; 2] = [
+    "proto/modal/client/api.proto",
+    "proto/modal/task_command_router/task_command_router.proto",
+];
 const INCLUDE: &str = "proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed={PROTO}");
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
     println!("cargo:rerun-if-changed=build.rs");
 
     let mut compiler = protox::Compiler::new([INCLUDE])?;
     compiler
         .include_source_info(true)
         .include_imports(true)
-        .open_file(PROTO)?;
+        .open_files(PROTOS)?;
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").ok_or("OUT_DIR not set")?);
     fs::write(

@@ -1,11 +1,12 @@
-"""Check latchkey's own .proto against the installed `modal` client package.
+"""Check latchkey's own .proto files against the installed `modal` client package.
 
 The `modal` package ships no .proto, only compiled descriptors in
-`modal_proto.api_pb2`. We keep our own subset in
-`crates/proto/proto/modal/client/api.proto`. This test compiles it with
-`grpc_tools.protoc` into a FileDescriptorSet and checks, for every message
-(nested ones included), enum and RPC we declare, that the installed package
-has one with the same full name and the same wire shape.
+`modal_proto.api_pb2` and `modal_proto.task_command_router_pb2`. We keep our own
+subsets in `crates/proto/proto/modal/client/api.proto` and
+`crates/proto/proto/modal/task_command_router/task_command_router.proto`. This
+test compiles them with `grpc_tools.protoc` into a FileDescriptorSet and checks,
+for every message (nested ones included), enum and RPC we declare, that the
+installed package has one with the same full name and the same wire shape.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROTO_ROOT = REPO / "crates" / "proto" / "proto"
 PROTO_FILE = "modal/client/api.proto"
 SERVICE = "ModalClient"
+ROUTER_PROTO_FILE = "modal/task_command_router/task_command_router.proto"
+ROUTER_SERVICE = "TaskCommandRouter"
 
 FDP = descriptor_pb2.FieldDescriptorProto
 TYPE_NAMES = {v: k for k, v in FDP.Type.items()}
@@ -46,6 +49,7 @@ def compile_ours() -> descriptor_pb2.FileDescriptorSet:
             f"--descriptor_set_out={out}",
             "--include_imports",
             PROTO_FILE,
+            ROUTER_PROTO_FILE,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
         assert proc.returncode == 0, f"protoc failed ({' '.join(cmd)}):\n{proc.stderr}"
@@ -54,20 +58,21 @@ def compile_ours() -> descriptor_pb2.FileDescriptorSet:
     return fds
 
 
-def installed_file() -> descriptor_pb2.FileDescriptorProto:
-    """The installed package's modal.client API file as a FileDescriptorProto."""
-    from modal_proto import api_pb2
+def installed_file(module=None) -> descriptor_pb2.FileDescriptorProto:
+    """An installed package's API file (default: modal.client) as a FileDescriptorProto."""
+    if module is None:
+        from modal_proto import api_pb2 as module
 
     fd = descriptor_pb2.FileDescriptorProto()
-    api_pb2.DESCRIPTOR.CopyToProto(fd)
+    module.DESCRIPTOR.CopyToProto(fd)
     return fd
 
 
-def our_file(fds: descriptor_pb2.FileDescriptorSet) -> descriptor_pb2.FileDescriptorProto:
+def our_file(fds: descriptor_pb2.FileDescriptorSet, name: str = PROTO_FILE) -> descriptor_pb2.FileDescriptorProto:
     for f in fds.file:
-        if f.name == PROTO_FILE:
+        if f.name == name:
             return f
-    raise AssertionError(f"{PROTO_FILE} not in compiled descriptor set")
+    raise AssertionError(f"{name} not in compiled descriptor set")
 
 
 def index(fd: descriptor_pb2.FileDescriptorProto):
@@ -176,8 +181,25 @@ def compare(ours: descriptor_pb2.FileDescriptorProto, theirs: descriptor_pb2.Fil
 
 
 @pytest.fixture(scope="module")
-def ours() -> descriptor_pb2.FileDescriptorProto:
-    return our_file(compile_ours())
+def compiled() -> descriptor_pb2.FileDescriptorSet:
+    return compile_ours()
+
+
+@pytest.fixture(scope="module")
+def ours(compiled) -> descriptor_pb2.FileDescriptorProto:
+    return our_file(compiled)
+
+
+@pytest.fixture(scope="module")
+def ours_router(compiled) -> descriptor_pb2.FileDescriptorProto:
+    return our_file(compiled, ROUTER_PROTO_FILE)
+
+
+@pytest.fixture(scope="module")
+def theirs_router() -> descriptor_pb2.FileDescriptorProto:
+    from modal_proto import task_command_router_pb2
+
+    return installed_file(task_command_router_pb2)
 
 
 @pytest.fixture(scope="module")
@@ -198,10 +220,50 @@ def test_declares_the_served_rpcs(ours):
         "ClientHello", "SecretGetOrCreate", "SecretList", "SecretDelete", "SecretUpdate",
         "SecretGetInfo", "EnvironmentList", "EnvironmentCreate", "EnvironmentDelete",
         "EnvironmentUpdate", "EnvironmentGetOrCreate", "WorkspaceNameLookup", "TokenInfoGet",
+        # Sandboxes (`latchkey serve --sandboxes`), Modal's V2 flow.
+        "AppGetOrCreate", "ImageGetOrCreate", "AuthTokenGet", "SandboxCreateV2", "SandboxWaitV2",
+        "SandboxTerminateV2", "SandboxGetTaskIdV2", "SandboxGetCommandRouterAccess",
     }
     [svc] = [s for s in ours.service if s.name == SERVICE]
     assert {m.name for m in svc.method} == expected
     assert ours.package == "modal.client"
+
+
+def test_router_proto_matches_installed_package(ours_router, theirs_router):
+    diffs = compare(ours_router, theirs_router)
+    assert not diffs, (
+        f"{len(diffs)} difference(s) between {ROUTER_PROTO_FILE} and the installed "
+        "modal_proto.task_command_router_pb2:\n  " + "\n  ".join(diffs)
+    )
+
+
+def test_router_declares_the_served_rpcs(ours_router):
+    [svc] = [s for s in ours_router.service if s.name == ROUTER_SERVICE]
+    assert {m.name for m in svc.method} == {"SandboxStdioReadV2", "SandboxStdinWriteV2", "SandboxWaitUntilReady"}
+    assert ours_router.package == "modal.task_command_router"
+    [read] = [m for m in svc.method if m.name == "SandboxStdioReadV2"]
+    assert read.server_streaming and not read.client_streaming
+
+
+def test_router_file_is_self_contained(ours_router):
+    msgs, enums = index(ours_router)
+    known = set(msgs) | set(enums)
+    refs = [f.type_name for m in msgs.values() for f in m.field if f.type_name]
+    refs += [t for s in ours_router.service for m in s.method for t in (m.input_type, m.output_type)]
+    missing = sorted({r for r in refs if r.startswith(".modal.") and r not in known})
+    assert not missing, f"referenced but not declared: {missing}"
+
+
+def test_comparison_detects_router_differences(ours_router, theirs_router):
+    baseline = set(compare(ours_router, theirs_router))
+    bad = copy.deepcopy(ours_router)
+    field = next(f for m in bad.message_type if m.name == "SandboxStdioReadV2Response" for f in m.field
+                 if f.name == "starting_offset")
+    field.type = FDP.TYPE_INT64
+    assert set(compare(bad, theirs_router)) - baseline
+    bad = copy.deepcopy(ours_router)
+    next(e for e in bad.enum_type if e.name == "SandboxStdioFileDescriptor").value[0].number = 5
+    assert set(compare(bad, theirs_router)) - baseline
 
 
 def test_every_referenced_type_is_declared_in_our_file(ours):

@@ -5,7 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
-use latchkey_server::{bootstrap::MasterKeySources, ServeConfig};
+use latchkey_server::{
+    bootstrap::MasterKeySources,
+    sandbox::{Isolation, SandboxConfig},
+    ServeConfig,
+};
 use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 
@@ -48,6 +52,8 @@ pub(crate) struct ServeArgs {
     /// How often expired anonymous secrets are removed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     sweep_interval: Duration,
+    #[command(flatten)]
+    sandbox: SandboxArgs,
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
@@ -94,6 +100,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         },
         anonymous_ttl: args.anonymous_ttl,
         sweep_interval: args.sweep_interval,
+        sandboxes: args.sandbox.config(),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -124,4 +131,62 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30, 30s, 10m, 24h)"))
+}
+
+/// The options of Modal sandboxes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Modal sandboxes")]
+pub(crate) struct SandboxArgs {
+    /// Run Modal sandboxes (`modal.Sandbox.create(...)`) as processes on
+    /// this host, with exactly their secrets in their environment. Only
+    /// tokens of role developer or admin may create them. Off by default.
+    #[arg(long)]
+    sandboxes: bool,
+    /// How sandboxes are isolated: `bwrap` (bubblewrap: own PID namespace,
+    /// read-only view of the host, data dir hidden), `process` (a plain child
+    /// process with the server's rights) or `auto` (bwrap when it works here).
+    #[arg(long, value_enum, default_value = "auto", requires = "sandboxes")]
+    sandbox_isolation: IsolationArg,
+    /// Most sandboxes held at once, running or finished (finished ones make
+    /// room for new ones).
+    #[arg(long, default_value_t = 16, requires = "sandboxes",
+          value_parser = clap::value_parser!(u16).range(1..=4096))]
+    sandbox_max: u16,
+    /// MiB kept of each sandbox's stdout and of its stderr: a reader that
+    /// falls further behind loses the oldest output. Memory for output is
+    /// bounded by sandbox-max × 2 × this.
+    #[arg(long, default_value_t = 4, requires = "sandboxes",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    sandbox_output_mib: u16,
+    /// How long a finished sandbox's exit code and output stay readable.
+    #[arg(long, default_value = "15m", requires = "sandboxes", value_parser = parse_duration)]
+    sandbox_keep_finished: Duration,
+    /// URL at which clients reach this server's sandbox command router
+    /// [default: the URL of each client's own request].
+    #[arg(long, requires = "sandboxes")]
+    sandbox_router_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum IsolationArg {
+    Auto,
+    Bwrap,
+    Process,
+}
+
+impl SandboxArgs {
+    fn config(&self) -> Option<SandboxConfig> {
+        self.sandboxes.then(|| SandboxConfig {
+            isolation: match self.sandbox_isolation {
+                IsolationArg::Auto => Isolation::Auto,
+                IsolationArg::Bwrap => Isolation::Bubblewrap,
+                IsolationArg::Process => Isolation::Process,
+            },
+            output_buffer_bytes: usize::from(self.sandbox_output_mib) * 1024 * 1024,
+            max_sandboxes: usize::from(self.sandbox_max),
+            keep_finished: self.sandbox_keep_finished,
+            router_url: self.sandbox_router_url.clone(),
+            hidden_paths: Vec::new(),
+        })
+    }
 }

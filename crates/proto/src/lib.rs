@@ -14,6 +14,10 @@
 //!
 //! - server trait: [`api::modal_client_server::ModalClient`], wrapped by
 //!   [`api::modal_client_server::ModalClientServer`];
+//! - the sandbox stdio service of Modal's V2 sandboxes,
+//!   `modal.task_command_router.TaskCommandRouter`, from
+//!   `proto/modal/task_command_router/task_command_router.proto`:
+//!   [`tcr::task_command_router_server::TaskCommandRouter`];
 //! - client: [`api::modal_client_client::ModalClientClient`];
 //! - `google.protobuf.Empty` is `()`, `google.protobuf.StringValue` is
 //!   `Option<String>`, `google.protobuf.Timestamp` is
@@ -36,16 +40,31 @@ pub mod modal {
     pub mod client {
         tonic::include_proto!("modal.client");
     }
+
+    /// Protobuf package `modal.task_command_router` (generated code).
+    #[allow(
+        missing_docs,
+        unreachable_pub,
+        clippy::all,
+        clippy::pedantic,
+        clippy::nursery,
+        rustdoc::all
+    )]
+    pub mod task_command_router {
+        tonic::include_proto!("modal.task_command_router");
+    }
 }
 
 /// Short alias: `latchkey_proto::api::...` is `latchkey_proto::modal::client::...`.
 pub use modal::client as api;
+/// Short alias: `latchkey_proto::tcr::...` is `latchkey_proto::modal::task_command_router::...`.
+pub use modal::task_command_router as tcr;
 
 pub use prost;
 pub use prost_types;
 
-/// Encoded `google.protobuf.FileDescriptorSet` of `modal/client/api.proto`
-/// and its imports (well-known types), e.g. for gRPC server reflection.
+/// Encoded `google.protobuf.FileDescriptorSet` of `modal/client/api.proto`,
+/// `modal/task_command_router/task_command_router.proto` and their imports (well-known types), e.g. for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/latchkey_descriptor.bin"));
 
@@ -68,6 +87,13 @@ mod tests {
             .file
             .iter()
             .any(|f| f.name() == "google/protobuf/empty.proto"));
+        let router = set
+            .file
+            .iter()
+            .find(|f| f.name() == "modal/task_command_router/task_command_router.proto")
+            .unwrap();
+        assert_eq!(router.package(), "modal.task_command_router");
+        assert_eq!(router.service[0].name(), "TaskCommandRouter");
     }
 
     #[test]

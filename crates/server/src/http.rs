@@ -12,13 +12,22 @@ use axum::{
 
 use latchkey_service::Service;
 
-use crate::{api, grpc};
+use crate::{api, grpc, sandbox};
 
-/// The whole router. Tests drive it with `oneshot`, without a socket.
+/// The whole router, without sandboxes. Tests drive it with `oneshot`,
+/// without a socket.
 pub fn app(service: Service) -> Router {
-    let grpc_routes =
-        tonic::service::Routes::new(grpc::ModalApi::new(service.clone()).into_server())
-            .into_axum_router();
+    app_with_sandboxes(service, None)
+}
+
+/// The whole router; `sandboxes` serves Modal's sandbox RPCs (`None`: they
+/// answer that sandboxes are disabled).
+pub fn app_with_sandboxes(service: Service, sandboxes: Option<sandbox::Sandboxes>) -> Router {
+    let modal = grpc::ModalApi::new(service.clone()).with_sandboxes(sandboxes.clone());
+    let grpc_routes = tonic::service::Routes::new(modal.into_server())
+        .add_service(sandbox::router::RouterApi::new(sandboxes).into_server())
+        .into_axum_router()
+        .layer(middleware::from_fn(sandbox::rpc::remember_origin));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

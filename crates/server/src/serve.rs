@@ -12,6 +12,7 @@ use latchkey_service::{Service, ServiceConfig};
 use crate::{
     bootstrap::{self, MasterKeySources},
     http,
+    sandbox::{SandboxConfig, Sandboxes},
 };
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -34,6 +35,8 @@ pub struct ServeConfig {
     pub anonymous_ttl: Duration,
     /// How often expired anonymous secrets are removed.
     pub sweep_interval: Duration,
+    /// Modal sandboxes (`--sandboxes`); `None`: disabled.
+    pub sandboxes: Option<SandboxConfig>,
 }
 
 /// The URL clients on this machine use to reach a server listening on `addr`.
@@ -99,6 +102,7 @@ pub async fn serve(
             admin_token_hint: token_file.display().to_string(),
         },
     );
+    let sandboxes = start_sandboxes(&config).await?;
     let sweeper = tokio::spawn(sweep_forever(service.clone(), config.sweep_interval));
     tracing::info!(
         url = %url,
@@ -112,12 +116,17 @@ pub async fn serve(
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server =
-        axum::serve(listener, http::app(service.clone())).with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("stop requested: finishing in-flight requests");
-            let _ = stop_tx.send(true);
-        });
+    let app = http::app_with_sandboxes(service.clone(), sandboxes.clone());
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("stop requested: finishing in-flight requests");
+        // Sandbox output streams and waits last as long as their processes:
+        // end those first.
+        if let Some(sandboxes) = sandboxes {
+            sandboxes.shutdown().await;
+        }
+        let _ = stop_tx.send(true);
+    });
     let mut stop_rx_grace = stop_rx.clone();
     tokio::select! {
         result = server => result.context("the server failed")?,
@@ -133,6 +142,29 @@ pub async fn serve(
     drop(stop_rx);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The sandbox manager, when `--sandboxes` is on. Sandboxes never see the
+/// data dir or the master key file.
+async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
+    let Some(sandbox_config) = &config.sandboxes else {
+        return Ok(None);
+    };
+    let mut sandbox_config = sandbox_config.clone();
+    sandbox_config.hidden_paths.push(config.data_dir.clone());
+    sandbox_config
+        .hidden_paths
+        .extend(config.master_key.file.iter().cloned());
+    let sandboxes = Sandboxes::start(sandbox_config)
+        .await
+        .context("cannot enable sandboxes")?;
+    tracing::info!(
+        isolation = sandboxes.isolation(),
+        max = sandboxes.config().max_sandboxes,
+        output_buffer_bytes = sandboxes.config().output_buffer_bytes,
+        "Modal sandboxes are enabled"
+    );
+    Ok(Some(sandboxes))
 }
 
 async fn sweep_forever(service: Service, every: Duration) {

@@ -22,6 +22,8 @@ pub(crate) use unimplemented::unknown_service;
 
 use latchkey_service::{Caller, CreateMode, Service};
 
+use crate::sandbox::Sandboxes;
+
 /// Largest request the server accepts, as Modal's client expects.
 pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
 
@@ -32,12 +34,36 @@ pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
 #[derive(Clone)]
 pub struct ModalApi {
     service: Service,
+    sandboxes: Option<Sandboxes>,
 }
 
 impl ModalApi {
     /// The adapter over `service`.
     pub fn new(service: Service) -> Self {
-        Self { service }
+        Self {
+            service,
+            sandboxes: None,
+        }
+    }
+
+    /// Serves the sandbox RPCs with `sandboxes` (`None`: they answer
+    /// UNIMPLEMENTED, saying that sandboxes are disabled).
+    pub fn with_sandboxes(mut self, sandboxes: Option<Sandboxes>) -> Self {
+        self.sandboxes = sandboxes;
+        self
+    }
+
+    /// The sandbox manager and the caller, for the sandbox RPC `rpc`.
+    async fn sandbox_caller<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &str,
+    ) -> Result<(Caller, &Sandboxes), Status> {
+        let sandboxes = self
+            .sandboxes
+            .as_ref()
+            .ok_or_else(|| crate::sandbox::disabled(rpc))?;
+        Ok((self.caller(request).await?, sandboxes))
     }
 
     /// The tonic service, with Modal's message size limit and no compression.
@@ -349,5 +375,91 @@ impl ModalClient for ModalApi {
     ) -> Result<Response<api::TokenInfoGetResponse>, Status> {
         let caller = self.caller(&request).await?;
         Ok(Response::new(convert::token_info(&caller)))
+    }
+
+    // Sandboxes (`latchkey serve --sandboxes`): see `crate::sandbox`.
+
+    async fn app_get_or_create(
+        &self,
+        request: Request<api::AppGetOrCreateRequest>,
+    ) -> Result<Response<api::AppGetOrCreateResponse>, Status> {
+        let (caller, sandboxes) = self.sandbox_caller(&request, "AppGetOrCreate").await?;
+        sandboxes
+            .app_get_or_create(&self.service, &caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn image_get_or_create(
+        &self,
+        request: Request<api::ImageGetOrCreateRequest>,
+    ) -> Result<Response<api::ImageGetOrCreateResponse>, Status> {
+        let (_, sandboxes) = self.sandbox_caller(&request, "ImageGetOrCreate").await?;
+        Ok(Response::new(
+            sandboxes.image_get_or_create(request.get_ref()),
+        ))
+    }
+
+    async fn auth_token_get(
+        &self,
+        request: Request<api::AuthTokenGetRequest>,
+    ) -> Result<Response<api::AuthTokenGetResponse>, Status> {
+        let (caller, sandboxes) = self.sandbox_caller(&request, "AuthTokenGet").await?;
+        Ok(Response::new(sandboxes.auth_token_get(&caller)))
+    }
+
+    async fn sandbox_create_v2(
+        &self,
+        request: Request<api::SandboxCreateV2Request>,
+    ) -> Result<Response<api::SandboxCreateV2Response>, Status> {
+        let (caller, sandboxes) = self.sandbox_caller(&request, "SandboxCreateV2").await?;
+        sandboxes
+            .sandbox_create_v2(&self.service, &caller, request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn sandbox_wait_v2(
+        &self,
+        request: Request<api::SandboxWaitRequest>,
+    ) -> Result<Response<api::SandboxWaitResponse>, Status> {
+        let (caller, sandboxes) = self.sandbox_caller(&request, "SandboxWaitV2").await?;
+        sandboxes
+            .sandbox_wait_v2(&caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sandbox_terminate_v2(
+        &self,
+        request: Request<api::SandboxTerminateRequest>,
+    ) -> Result<Response<api::SandboxTerminateResponse>, Status> {
+        let (caller, sandboxes) = self.sandbox_caller(&request, "SandboxTerminateV2").await?;
+        sandboxes
+            .sandbox_terminate_v2(&caller, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn sandbox_get_task_id_v2(
+        &self,
+        request: Request<api::SandboxGetTaskIdRequest>,
+    ) -> Result<Response<api::SandboxGetTaskIdResponse>, Status> {
+        let (caller, sandboxes) = self.sandbox_caller(&request, "SandboxGetTaskIdV2").await?;
+        sandboxes
+            .sandbox_get_task_id_v2(&caller, request.get_ref())
+            .map(Response::new)
+    }
+
+    async fn sandbox_get_command_router_access(
+        &self,
+        request: Request<api::SandboxGetCommandRouterAccessRequest>,
+    ) -> Result<Response<api::SandboxGetCommandRouterAccessResponse>, Status> {
+        let (caller, sandboxes) = self
+            .sandbox_caller(&request, "SandboxGetCommandRouterAccess")
+            .await?;
+        sandboxes
+            .sandbox_get_command_router_access(&caller, &request)
+            .map(Response::new)
     }
 }
