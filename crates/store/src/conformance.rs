@@ -308,6 +308,48 @@ async fn secrets_create_and_read(store: &dyn Store, ws: &str) {
         .create_secret(&named(ws, &env, "s1", first, OnConflict::Fail))
         .await
         .unwrap();
+
+    // Concurrent creates, some refused: each answer is its own, and the
+    // refused ones take nothing with them (SQLite commits them together).
+    let attempts = (0..24).map(|i| {
+        let env = env.clone();
+        let name = if i % 4 == 0 {
+            "s1".to_owned()
+        } else {
+            format!("group-{i}")
+        };
+        async move {
+            let result = store
+                .create_secret(&named(
+                    ws,
+                    &env,
+                    &name,
+                    dict(&[("I", &i.to_string())]),
+                    OnConflict::Fail,
+                ))
+                .await;
+            (name, i, result)
+        }
+    });
+    for (name, i, result) in join_all(attempts).await {
+        if name == "s1" {
+            assert_eq!(
+                result.unwrap_err().kind(),
+                ErrorKind::AlreadyExists,
+                "{name}"
+            );
+        } else {
+            let (secret, created) = result.unwrap();
+            assert!(created);
+            assert_eq!(
+                secret.contents,
+                dict(&[("I", &i.to_string())]),
+                "{name} got its own answer"
+            );
+            let stored = store.secret_by_name(ws, &env, &name).await.unwrap();
+            assert_eq!(stored.contents, secret.contents);
+        }
+    }
 }
 
 async fn secrets_update(store: &dyn Store, ws: &str) {
