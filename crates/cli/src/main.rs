@@ -1,15 +1,46 @@
-//! The `latchkey` command.
+//! The `latchkey` command: the server (`serve`, `db`) and its client
+//! (`secret`, `environment`, `token`, `profile`, `login`, ...), the client
+//! commands being a thin layer over the SDK (crate `latchkey`).
 
+mod completions;
+mod connect;
 mod db;
+mod environment;
+mod input;
+mod login;
+mod modal_env;
+mod output;
+mod profile;
+mod run;
+mod secret;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 /// latchkey: named secrets, encrypted at rest, delivered as environment variables.
+///
+/// Client commands find their server and token in LATCHKEY_SERVER_URL,
+/// LATCHKEY_TOKEN_ID and LATCHKEY_TOKEN_SECRET, else the active profile of
+/// ~/.latchkey.toml (LATCHKEY_CONFIG_PATH, LATCHKEY_PROFILE), else the admin
+/// token of a local server started with `latchkey serve`.
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, about, propagate_version = true)]
+#[command(
+    name = "latchkey",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "Examples:
+  latchkey serve                              # in one terminal
+  latchkey secret create demo A=1             # in another: no set-up needed
+  latchkey secret list
+  latchkey login --server https://secrets.example.com --token-id ak-...
+  eval \"$(latchkey modal-env)\"                # point Modal's client here
+
+Exit codes: 0 success, 1 failure, 2 usage error. NO_COLOR turns colour off."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,16 +52,31 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Work on a store's database directly: `db copy` between SQLite and PostgreSQL.
     Db(db::DbArgs),
+    /// Create, list, inspect, update and delete named secrets.
+    Secret(secret::SecretArgs),
+    /// List, create, rename and delete environments.
+    Environment(environment::EnvironmentArgs),
+    /// Create, list and revoke API tokens.
+    Token(token::TokenArgs),
+    /// List and activate the profiles of ~/.latchkey.toml.
+    Profile(profile::ProfileArgs),
+    /// Check a token and save it as a profile.
+    Login(login::LoginArgs),
+    /// Show the token in use and its workspace.
+    Whoami(login::WhoamiArgs),
+    /// Print the MODAL_* variables that point Modal's client at this server.
+    ModalEnv(modal_env::ModalEnvArgs),
+    /// Print a shell completion script (bash, zsh, fish...).
+    Completions(completions::CompletionsArgs),
+    /// Run a command with secrets in its environment.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("latchkey: error: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => output::fail(&err),
     }
 }
 
@@ -38,5 +84,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Db(args) => db::run(args),
+        Command::Secret(args) => secret::run(args),
+        Command::Environment(args) => environment::run(args),
+        Command::Token(args) => token::run(args),
+        Command::Profile(args) => profile::run(args),
+        Command::Login(args) => login::login(args),
+        Command::Whoami(args) => login::whoami(&args),
+        Command::ModalEnv(args) => modal_env::run(&args),
+        Command::Completions(args) => completions::run(&args),
+        Command::Run(args) => run::run(&args),
     }
 }

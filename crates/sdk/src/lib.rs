@@ -223,6 +223,7 @@
 
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod blocking;
 mod client;
 mod config;
@@ -236,6 +237,7 @@ pub mod testing;
 mod time;
 mod tokens;
 
+pub use app::{App, Function, FunctionCall, FunctionError, Isolation};
 pub use client::{Client, WhoAmI};
 pub use config::{Config, ConfigSource, DEFAULT_SERVER_URL};
 pub use environments::{DeleteEnvironment, EnvironmentInfo, Environments};

@@ -1,5 +1,7 @@
 //! Integration tests: the real `latchkey` binary, started on a free port.
 
+mod cli;
 mod grpc;
 mod harness;
+mod run;
 mod serve;

@@ -1,0 +1,576 @@
+//! `latchkey run`: runs a command with secrets in its environment.
+//!
+//! Sources (`--secret`, `--env-file`, `--local`, `--set`) are applied in the
+//! order they are given, later ones overriding earlier ones key by key, as
+//! Modal does with `secrets=[a, b]`. Everything that can fail (the command is
+//! not found, a file cannot be read, a secret is unknown or lacks a required
+//! key) fails before the command starts, with exit code 1.
+//!
+//! # Why spawn and wait rather than `exec`
+//!
+//! `exec` would hand the process over to the command, so signals would reach
+//! it directly; but then `--mask` could not filter its output, and a command
+//! killed by a signal would show as latchkey killed by that signal rather
+//! than the promised exit code 128+signal. So in every mode latchkey spawns
+//! the command (directly, no shell), waits for it and exits with its code.
+//! While it waits, SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent
+//! to latchkey are forwarded to the command. A signal the terminal sends to
+//! the whole foreground process group (Ctrl-C, hang-up) has already reached
+//! the command, which shares latchkey's process group, so it is not sent a
+//! second time.
+//!
+//! The signals are blocked and read from a `signalfd` (no handler, no unsafe
+//! code). A blocked mask is inherited by a child and across exec, and
+//! resetting it between fork and exec would need unsafe code, so the command
+//! is started through `latchkey run --internal-exec` (hidden), which
+//! unblocks them and execs the command in place: same pid, no shell.
+
+use std::{
+    collections::BTreeSet,
+    ffi::OsString,
+    io::{Read, Write},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{bail, Context};
+use clap::{ArgMatches, Args, FromArgMatches};
+use latchkey::{Client, EnvDict, Secret};
+use nix::{
+    sys::{
+        signal::{kill, SigSet, Signal},
+        signalfd::SignalFd,
+    },
+    unistd::{getpgid, getpgrp, Pid},
+};
+
+/// The variables `--isolate` keeps from the caller's environment.
+const ISOLATED_BASE: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
+
+/// What replaces a secret value in masked output.
+const MASK: &[u8] = b"*****";
+
+/// Values shorter than this (in characters) are not masked: masking `1` or
+/// `no` would garble the output and hide nothing.
+const MASK_MIN_CHARS: usize = 4;
+
+/// The signals forwarded to the command.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// `si_code` of a signal sent by the kernel (e.g. the terminal driver).
+const SI_KERNEL: i32 = 0x80;
+
+/// The flags of `latchkey run`, as clap parses them.
+#[derive(Debug, Args)]
+struct RawRunArgs {
+    /// A named secret, optionally with keys it must hold: NAME or
+    /// NAME:KEY,KEY,... (checked by the server). Repeatable.
+    #[arg(long = "secret", value_name = "NAME[:KEY,KEY...]")]
+    secret: Vec<String>,
+    /// Variables from a dotenv file. Repeatable.
+    #[arg(long = "env-file", value_name = "PATH")]
+    env_file: Vec<PathBuf>,
+    /// Copy this variable from the caller's environment. Repeatable.
+    #[arg(long = "local", value_name = "KEY")]
+    local: Vec<String>,
+    /// Set KEY to VALUE. Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// The environment of the named secrets (default: the client's).
+    #[arg(long = "env", value_name = "E")]
+    env: Option<String>,
+    /// Give the command only PATH, HOME, LANG, TERM, USER and the secrets,
+    /// not the caller's environment.
+    #[arg(long)]
+    isolate: bool,
+    /// Replace every secret value (of 4 characters or more) in the
+    /// command's stdout and stderr with *****.
+    #[arg(long)]
+    mask: bool,
+    /// Internal: the second step of starting the command. latchkey starts
+    /// itself with this flag and the command's final environment; it
+    /// unblocks the forwarded signals (a blocked mask is inherited across
+    /// exec and the standard library does not reset it) and execs the
+    /// command, giving it ARG0 as its name.
+    #[arg(long = "internal-exec", hide = true, value_name = "ARG0")]
+    internal_exec: Option<OsString>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    command: Vec<OsString>,
+}
+
+/// One source of variables, in command-line order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Secret(String),
+    EnvFile(PathBuf),
+    Local(String),
+    Set(String),
+}
+
+/// The arguments of `latchkey run`: clap's flags plus the order in which the
+/// sources were given, which clap's derive does not keep across flags.
+#[derive(Debug)]
+pub(crate) struct RunArgs {
+    raw: RawRunArgs,
+    sources: Vec<Source>,
+}
+
+impl FromArgMatches for RunArgs {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let raw = RawRunArgs::from_arg_matches(matches)?;
+        let mut indexed: Vec<(usize, Source)> = Vec::new();
+        let mut collect = |id: &str, make: &dyn Fn(usize) -> Source| {
+            if let Some(indices) = matches.indices_of(id) {
+                for (n, index) in indices.enumerate() {
+                    indexed.push((index, make(n)));
+                }
+            }
+        };
+        collect("secret", &|n| Source::Secret(raw.secret[n].clone()));
+        collect("env_file", &|n| Source::EnvFile(raw.env_file[n].clone()));
+        collect("local", &|n| Source::Local(raw.local[n].clone()));
+        collect("set", &|n| Source::Set(raw.set[n].clone()));
+        indexed.sort_by_key(|(index, _)| *index);
+        let sources = indexed.into_iter().map(|(_, s)| s).collect();
+        Ok(Self { raw, sources })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Self::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for RunArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        RawRunArgs::augment_args(cmd)
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        RawRunArgs::augment_args_for_update(cmd)
+    }
+}
+
+/// Runs the command; on success this does not return: the process exits
+/// with the command's code. An `Err` means nothing was run.
+pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
+    if let Some(arg0) = &args.raw.internal_exec {
+        return exec_unblocked(arg0, &args.raw.command);
+    }
+    let program = find_program(&args.raw.command[0])?;
+    let secrets = sources_to_secrets(&args.sources, args.raw.env.as_deref())?;
+    let layers = resolve(&secrets, args.raw.env.as_deref())?;
+    let mask_values = if args.raw.mask {
+        values_to_mask(&layers)
+    } else {
+        Vec::new()
+    };
+    let env = latchkey::merge(layers);
+
+    // Started through `latchkey run --internal-exec`: see `exec_unblocked`.
+    let mut command = Command::new(std::env::current_exe().context("cannot find latchkey itself")?);
+    command
+        .arg("run")
+        .arg("--internal-exec")
+        .arg(&args.raw.command[0])
+        .arg("--")
+        .arg(&program)
+        .args(&args.raw.command[1..]);
+    if args.raw.isolate {
+        command.env_clear();
+        for key in ISOLATED_BASE {
+            if let Some(value) = std::env::var_os(key) {
+                command.env(key, value);
+            }
+        }
+    }
+    command.envs(&env);
+    drop(env);
+
+    let code = supervise(command, &program, mask_values)?;
+    std::process::exit(code)
+}
+
+/// The last step before the command: the signals `supervise` blocked are
+/// unblocked (the mask is inherited across exec, and the standard library
+/// does not reset it in a child; doing it between fork and exec would take
+/// unsafe code), then this process becomes the command, keeping its pid.
+fn exec_unblocked(arg0: &std::ffi::OsStr, command: &[OsString]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    forwarded_set()
+        .thread_unblock()
+        .context("cannot unblock signals")?;
+    let err = Command::new(&command[0])
+        .arg0(arg0)
+        .args(&command[1..])
+        .exec();
+    Err(anyhow::Error::new(err).context(format!("cannot run {}", command[0].to_string_lossy())))
+}
+
+fn forwarded_set() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in FORWARDED {
+        set.add(signal);
+    }
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// The program to run: `name` itself when it holds a `/`, else the first
+/// executable `name` in the caller's `PATH`.
+fn find_program(name: &std::ffi::OsStr) -> anyhow::Result<PathBuf> {
+    let shown = name.to_string_lossy();
+    if name.is_empty() {
+        bail!("no command given");
+    }
+    let path = Path::new(name);
+    if path.components().count() > 1 || shown.contains('/') {
+        if is_executable(path) {
+            return Ok(path.to_path_buf());
+        }
+        bail!("command not found or not executable: {shown}");
+    }
+    let search = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&search)
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+        .with_context(|| format!("command not found: {shown} (not in PATH)"))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The sources as SDK secrets; local files and variables are read here.
+fn sources_to_secrets(
+    sources: &[Source],
+    environment: Option<&str>,
+) -> anyhow::Result<Vec<Secret>> {
+    sources
+        .iter()
+        .map(|source| match source {
+            Source::Secret(spec) => {
+                let (name, keys) = match spec.split_once(':') {
+                    Some((name, keys)) => (
+                        name,
+                        keys.split(',')
+                            .map(str::trim)
+                            .filter(|k| !k.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    ),
+                    None => (spec.as_str(), Vec::new()),
+                };
+                if name.is_empty() {
+                    bail!("--secret {spec:?}: no secret name before ':'");
+                }
+                let mut secret = Secret::from_name(name).required_keys(keys);
+                if let Some(e) = environment {
+                    secret = secret.environment_name(e);
+                }
+                Ok(secret)
+            }
+            Source::EnvFile(path) => read_env_file(path),
+            Source::Local(key) => Ok(Secret::from_local_environ([key])?),
+            Source::Set(pair) => match pair.split_once('=') {
+                Some((key, value)) => Ok(Secret::from_dict([(key, value)])),
+                None => bail!("--set {pair:?}: expected KEY=VALUE"),
+            },
+        })
+        .collect()
+}
+
+fn read_env_file(path: &Path) -> anyhow::Result<Secret> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read env file {}", path.display()))?,
+    );
+    let entries = latchkey_core::dotenv::parse_with_process_env(&text)
+        .map_err(|e| anyhow::anyhow!("env file {}: {e}", path.display()))?;
+    Ok(Secret::from_dict(latchkey_core::dotenv::into_env_dict(
+        entries,
+    )))
+}
+
+/// Each secret's values, in order. The server checks named secrets' required
+/// keys and records their use (`last_used_at`). The runtime is dropped before
+/// returning, so that no thread of it outlives the resolution: signals must
+/// then reach only the thread that forwards them.
+fn resolve(secrets: &[Secret], environment: Option<&str>) -> anyhow::Result<Vec<EnvDict>> {
+    let client = if secrets.iter().any(|s| s.name().is_some()) {
+        let client = Client::from_env()?;
+        Some(match environment {
+            Some(e) => client.with_environment(Some(e)),
+            None => client,
+        })
+    } else {
+        None
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let layers = runtime.block_on(async {
+        let mut layers = Vec::with_capacity(secrets.len());
+        for secret in secrets {
+            let layer = match &client {
+                Some(client) => secret.resolve_with(client).await,
+                // A local secret never contacts the server.
+                None => secret.resolve().await,
+            };
+            let layer = layer.with_context(|| match secret.name() {
+                Some(name) => format!("secret '{name}'"),
+                None => "local secret".to_owned(),
+            })?;
+            layers.push(layer);
+        }
+        anyhow::Ok(layers)
+    })?;
+    drop(runtime);
+    Ok(layers)
+}
+
+/// Every value of every layer (overridden ones too) long enough to mask.
+fn values_to_mask(layers: &[EnvDict]) -> Vec<Vec<u8>> {
+    let set: BTreeSet<&str> = layers
+        .iter()
+        .flat_map(|layer| layer.values())
+        .map(String::as_str)
+        .filter(|v| v.chars().count() >= MASK_MIN_CHARS)
+        .collect();
+    set.into_iter().map(|v| v.as_bytes().to_vec()).collect()
+}
+
+/// Starts the command, forwards signals, filters its output if asked, and
+/// returns the exit code to exit with.
+fn supervise(mut command: Command, program: &Path, mask: Vec<Vec<u8>>) -> anyhow::Result<i32> {
+    // Blocked before the command and the output threads start, so that
+    // every thread of this process inherits the mask and the signals wait
+    // in the signalfd. SIGCHLD tells that the command has ended.
+    let set = forwarded_set();
+    set.thread_block().context("cannot block signals")?;
+    let signals = SignalFd::new(&set).context("cannot create a signalfd")?;
+
+    let masking = !mask.is_empty();
+    if masking {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("cannot start {}", program.display()))?;
+    let pid = Pid::from_raw(i32::try_from(child.id()).context("pid out of range")?);
+
+    let mut pumps = Vec::new();
+    if masking {
+        let matcher = std::sync::Arc::new(Masker::new(&mask));
+        if let Some(out) = child.stdout.take() {
+            let m = matcher.clone();
+            pumps.push(std::thread::spawn(move || {
+                m.pump(out, std::io::stdout());
+            }));
+        }
+        if let Some(err) = child.stderr.take() {
+            pumps.push(std::thread::spawn(move || {
+                matcher.pump(err, std::io::stderr());
+            }));
+        }
+    }
+    drop(mask);
+
+    let status = loop {
+        if let Some(status) = child.try_wait().context("cannot wait for the command")? {
+            break status;
+        }
+        let Some(info) = signals.read_signal().context("cannot read signals")? else {
+            continue;
+        };
+        let Ok(signal) = Signal::try_from(i32::try_from(info.ssi_signo).unwrap_or(0)) else {
+            continue;
+        };
+        if signal == Signal::SIGCHLD {
+            continue;
+        }
+        // The terminal signals the whole foreground process group: the
+        // command got it already unless it left our group.
+        let from_terminal = info.ssi_code == SI_KERNEL;
+        let same_group = getpgid(Some(pid)).is_ok_and(|g| g == getpgrp());
+        if !(from_terminal && same_group) {
+            let _ = kill(pid, signal);
+        }
+    };
+    for pump in pumps {
+        let _ = pump.join();
+    }
+    use std::os::unix::process::ExitStatusExt;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(signal)) => 128 + signal,
+        (None, None) => 1,
+    })
+}
+
+/// A streaming filter that replaces secret values with [`MASK`], also when
+/// a value is split across reads.
+struct Masker {
+    matcher: aho_corasick::AhoCorasick,
+    patterns: Vec<Vec<u8>>,
+    max_len: usize,
+}
+
+impl Masker {
+    fn new(patterns: &[Vec<u8>]) -> Self {
+        let matcher = aho_corasick::AhoCorasick::builder()
+            .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+            .build(patterns)
+            .unwrap_or_else(|e| panic!("secret values form a valid automaton: {e}"));
+        Self {
+            matcher,
+            patterns: patterns.to_vec(),
+            max_len: patterns.iter().map(Vec::len).max().unwrap_or(0),
+        }
+    }
+
+    /// Copies `input` to `output`, masked, until `input` ends. A failed
+    /// write (the reader went away) still drains `input` so that the
+    /// command is not blocked on a full pipe.
+    fn pump(&self, mut input: impl Read, mut output: impl Write) {
+        let mut pending = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut out = Vec::new();
+        let mut write_ok = true;
+        loop {
+            let n = match input.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            pending.extend_from_slice(&buf[..n]);
+            out.clear();
+            self.feed(&mut pending, &mut out, false);
+            if write_ok && !out.is_empty() {
+                write_ok = output.write_all(&out).and_then(|()| output.flush()).is_ok();
+            }
+        }
+        out.clear();
+        self.feed(&mut pending, &mut out, true);
+        if write_ok {
+            let _ = output.write_all(&out).and_then(|()| output.flush());
+        }
+    }
+
+    /// Moves the part of `pending` that can be decided to `out`, masked;
+    /// keeps in `pending` the tail that may be the start of a value (all of
+    /// it when `eof`, the caller's last call, is false and it may grow).
+    fn feed(&self, pending: &mut Vec<u8>, out: &mut Vec<u8>, eof: bool) {
+        let boundary = if eof {
+            pending.len()
+        } else {
+            self.undecided_from(pending)
+        };
+        let mut pos = 0;
+        for m in self.matcher.find_iter(pending.as_slice()) {
+            if m.start() >= boundary {
+                break;
+            }
+            out.extend_from_slice(&pending[pos..m.start()]);
+            out.extend_from_slice(MASK);
+            pos = m.end();
+        }
+        let keep_from = pos.max(boundary);
+        out.extend_from_slice(&pending[pos..keep_from]);
+        pending.drain(..keep_from);
+    }
+
+    /// The first position of the last `max_len - 1` bytes from which the
+    /// rest of `data` is a proper prefix of a value: output from there on
+    /// may still turn into a value and must wait for more. Everything before
+    /// it is decided (a match starting there is complete).
+    fn undecided_from(&self, data: &[u8]) -> usize {
+        let start = data.len().saturating_sub(self.max_len.saturating_sub(1));
+        (start..data.len())
+            .find(|&p| {
+                let tail = &data[p..];
+                self.patterns
+                    .iter()
+                    .any(|pat| pat.len() > tail.len() && pat.starts_with(tail))
+            })
+            .unwrap_or(data.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask_chunks(patterns: &[&str], chunks: &[&str]) -> String {
+        let patterns: Vec<Vec<u8>> = patterns.iter().map(|p| p.as_bytes().to_vec()).collect();
+        let masker = Masker::new(&patterns);
+        let mut pending = Vec::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            pending.extend_from_slice(chunk.as_bytes());
+            masker.feed(&mut pending, &mut out, false);
+        }
+        masker.feed(&mut pending, &mut out, true);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn values_split_across_reads_are_masked() {
+        let s = "token=hunter2!";
+        for split in 0..s.len() {
+            let (a, b) = s.split_at(split);
+            assert_eq!(
+                mask_chunks(&["hunter2"], &[a, b]),
+                "token=*****!",
+                "{split}"
+            );
+        }
+        let bytes: Vec<String> = s.chars().map(String::from).collect();
+        let chunks: Vec<&str> = bytes.iter().map(String::as_str).collect();
+        assert_eq!(mask_chunks(&["hunter2"], &chunks), "token=*****!");
+    }
+
+    #[test]
+    fn longest_value_wins_and_partial_values_pass() {
+        assert_eq!(
+            mask_chunks(&["abcd", "abcdefgh"], &["xabcdefghx"]),
+            "x*****x"
+        );
+        assert_eq!(
+            mask_chunks(&["abcd", "abcdefgh"], &["xabcd", "efx"]),
+            "x*****efx"
+        );
+        assert_eq!(
+            mask_chunks(&["secret"], &["secre", "t", "secr"]),
+            "*****secr"
+        );
+        assert_eq!(mask_chunks(&["aaaa"], &["aaaaaaaaa"]), "**********a");
+    }
+
+    #[test]
+    fn undecided_output_is_only_a_possible_value_start() {
+        let masker = Masker::new(&[b"hunter2".to_vec()]);
+        let mut pending = b"Password: ".to_vec();
+        let mut out = Vec::new();
+        masker.feed(&mut pending, &mut out, false);
+        assert_eq!(out, b"Password: ");
+        let mut pending = b"x hun".to_vec();
+        out.clear();
+        masker.feed(&mut pending, &mut out, false);
+        assert_eq!(
+            (out.as_slice(), pending.as_slice()),
+            (&b"x "[..], &b"hun"[..])
+        );
+    }
+}
