@@ -283,7 +283,8 @@ fn sources_to_secrets(
             Source::Local(key) => Ok(Secret::from_local_environ([key])?),
             Source::Set(pair) => match pair.split_once('=') {
                 Some((key, value)) => Ok(Secret::from_dict([(key, value)])),
-                None => bail!("--set {pair:?}: expected KEY=VALUE"),
+                // Not echoed: text without '=' may be a value typed without its key.
+                None => bail!("a --set argument has no '=': expected KEY=VALUE"),
             },
         })
         .collect()

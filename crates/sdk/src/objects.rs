@@ -102,9 +102,10 @@ pub struct CreatedSecret {
     pub info: SecretInfo,
 }
 
-/// A pending `Secret.objects.create(...)`; `.await` it.
+/// A pending `Secret.objects.create(...)`; `.await` it. Its `Debug` shows
+/// the keys, never the values.
 #[must_use = "a builder does nothing until it is awaited"]
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CreateSecret {
     client: Option<Client>,
     name: String,
@@ -338,5 +339,14 @@ impl IntoFuture for DeleteSecret {
 
     fn into_future(self) -> Self::IntoFuture {
         Box::pin(self.run())
+    }
+}
+
+impl std::fmt::Debug for CreateSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateSecret")
+            .field("name", &self.name)
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
     }
 }

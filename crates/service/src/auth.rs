@@ -50,6 +50,20 @@ impl Caller {
         }
     }
 
+    /// Admin work that spans the workspace (environments, tokens): an admin
+    /// token that is not limited to some environments. A limited token could
+    /// otherwise widen its own reach, e.g. by minting an unlimited token.
+    pub fn require_workspace_admin(&self, what: &str) -> Result<(), Error> {
+        self.require(Role::Admin, what)?;
+        if self.token.environments.is_some() {
+            return Err(Error::permission_denied(format!(
+                "Token '{}' is limited to some environments and may not {what}",
+                self.token.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the token's role is at least `role`; `what` completes
     /// "Token 'x' may not ...".
     pub fn require(&self, role: Role, what: &str) -> Result<(), Error> {

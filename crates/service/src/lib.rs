@@ -171,6 +171,7 @@ impl Service {
         app_id: Option<String>,
         required_keys: &[String],
     ) -> Result<Secret, Error> {
+        caller.require(Role::Developer, "create secrets")?;
         rules::check_env_dict(&contents)?;
         rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
         let env = self.environment(caller, environment_name).await?;
@@ -270,7 +271,7 @@ impl Service {
         caller: &Caller,
         name: &str,
     ) -> Result<Environment, Error> {
-        caller.require(Role::Admin, "create environments")?;
+        caller.require_workspace_admin("create environments")?;
         rules::check_environment_name(name)?;
         self.store
             .create_environment(caller.workspace_id(), name)
@@ -308,7 +309,7 @@ impl Service {
         current_name: &str,
         update: EnvironmentUpdate,
     ) -> Result<Environment, Error> {
-        caller.require(Role::Admin, "change environments")?;
+        caller.require_workspace_admin("change environments")?;
         rules::check_environment_name(current_name)?;
         if let Some(name) = &update.name {
             rules::check_environment_name(name)?;
@@ -325,6 +326,28 @@ impl Service {
                 )));
             }
         }
+        if let Some(new_name) = update.name.as_deref().filter(|n| *n != current_name) {
+            // Token limits name environments: a rename would lock such tokens
+            // out of theirs, or point them at another one.
+            let tokens = self.store.list_tokens(caller.workspace_id()).await?;
+            let bound: Vec<&str> = tokens
+                .iter()
+                .filter(|t| t.revoked_at.is_none())
+                .filter(|t| {
+                    t.environments
+                        .as_ref()
+                        .is_some_and(|e| e.iter().any(|n| n == current_name || n == new_name))
+                })
+                .map(|t| t.name.as_str())
+                .collect();
+            if !bound.is_empty() {
+                return Err(Error::failed_precondition(format!(
+                    "Environment '{current_name}' cannot be renamed to '{new_name}' while tokens \
+                     are limited to either name ({}); revoke them first",
+                    bound.join(", ")
+                )));
+            }
+        }
         self.store
             .update_environment(caller.workspace_id(), current_name, &update)
             .await
@@ -337,7 +360,7 @@ impl Service {
         name: &str,
         with_secrets: bool,
     ) -> Result<(), Error> {
-        caller.require(Role::Admin, "delete environments")?;
+        caller.require_workspace_admin("delete environments")?;
         rules::check_environment_name(name)?;
         self.store
             .delete_environment(caller.workspace_id(), name, with_secrets)
@@ -386,7 +409,7 @@ impl Service {
         role: Role,
         environments: Option<Vec<String>>,
     ) -> Result<(Token, Zeroizing<String>), Error> {
-        caller.require(Role::Admin, "create tokens")?;
+        caller.require_workspace_admin("create tokens")?;
         check_token_name(name)?;
         if let Some(envs) = &environments {
             if envs.is_empty() {
@@ -415,14 +438,14 @@ impl Service {
 
     /// The tokens of the caller's workspace.
     pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, Error> {
-        caller.require(Role::Admin, "list tokens")?;
+        caller.require_workspace_admin("list tokens")?;
         self.store.list_tokens(caller.workspace_id()).await
     }
 
     /// Revokes a token. The workspace's last active admin token cannot be
     /// revoked, so that a workspace is never left without one.
     pub async fn revoke_token(&self, caller: &Caller, token_id: &str) -> Result<(), Error> {
-        caller.require(Role::Admin, "revoke tokens")?;
+        caller.require_workspace_admin("revoke tokens")?;
         let tokens = self.store.list_tokens(caller.workspace_id()).await?;
         let active_admins = tokens
             .iter()

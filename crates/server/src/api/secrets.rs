@@ -90,8 +90,8 @@ pub(crate) enum IfExists {
     Overwrite,
 }
 
-/// Body of `POST /secrets`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Body of `POST /secrets`. No `Debug`: it holds values.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSecret {
     /// The new secret's name.
@@ -279,8 +279,8 @@ pub(crate) async fn resolve(
     }))
 }
 
-/// Body of `PATCH /secrets/{name}`.
-#[derive(Debug, Deserialize, ToSchema)]
+/// Body of `PATCH /secrets/{name}`. No `Debug`: it holds values.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UpdateSecret {
     /// Keys to set (a string) or remove (`null`); keys not named stay.

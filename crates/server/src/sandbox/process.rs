@@ -94,15 +94,13 @@ impl Runner {
         match (probe, isolation) {
             (Ok(bwrap), _) => Ok(Self::Bubblewrap { bwrap, hidden }),
             (Err(e), Isolation::Bubblewrap) => Err(e.context("--sandbox-isolation bwrap")),
-            (Err(e), _) => {
-                tracing::warn!(
-                    reason = %format!("{e:#}"),
-                    "sandboxes run as plain processes with the server's user and rights: \
-                     they can read what the server can read, its data dir included; \
-                     install bubblewrap to isolate them"
-                );
-                Ok(Self::Process)
-            }
+            // Never fall back silently: a plain process can read the data
+            // dir and the master key, so that must be an explicit choice.
+            (Err(e), _) => Err(e.context(
+                "sandboxes need bubblewrap to be isolated; install it, or choose \
+                 --sandbox-isolation process to run them as plain processes with the \
+                 server's user and rights (they can then read its data dir)",
+            )),
         }
     }
 
@@ -209,6 +207,11 @@ fn bwrap_args(hidden: &[PathBuf], block_network: bool, cwd: &str) -> Result<Vec<
         // read-only bind: hide them.
         "--tmpfs",
         "/run",
+        // Users' homes hold profiles with tokens, SSH keys and the like.
+        "--tmpfs",
+        "/home",
+        "--tmpfs",
+        "/root",
     ]
     .map(str::to_owned)
     .into();

@@ -1,0 +1,163 @@
+//! Permissions the service layer enforces for every interface, over a real
+//! SQLite store.
+
+use std::{sync::Arc, time::Duration};
+
+use latchkey_core::{EnvDict, ErrorKind};
+use latchkey_service::{Caller, EnvironmentUpdate, Role, Service, ServiceConfig};
+use latchkey_store::{
+    conformance::admin_token,
+    crypto::{hash_token_secret, Keyring, MasterKey},
+    NewToken, SqliteStore, Store,
+};
+
+async fn service() -> (Service, Caller, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/latchkey.db", dir.path().display());
+    let store = SqliteStore::open(&url, Keyring::new(MasterKey::generate()))
+        .await
+        .unwrap();
+    let admin = NewToken {
+        secret_hash: hash_token_secret("as-admin"),
+        ..admin_token()
+    };
+    store.bootstrap(&admin).await.unwrap();
+    let service = Service::new(
+        Arc::new(store) as Arc<dyn Store>,
+        ServiceConfig {
+            anonymous_ttl: Duration::from_secs(60),
+            admin_token_hint: "DIR/admin-token".to_owned(),
+        },
+    );
+    let caller = service.authenticate(&admin.id, "as-admin").await.unwrap();
+    (service, caller, dir)
+}
+
+async fn token(service: &Service, admin: &Caller, role: Role, envs: Option<Vec<String>>) -> Caller {
+    let (token, secret) = service
+        .create_token(admin, &format!("t-{}", role.as_str()), role, envs)
+        .await
+        .unwrap();
+    service.authenticate(&token.id, &secret).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_token_limited_to_environments_cannot_reach_beyond_them() {
+    let (service, admin, _dir) = service().await;
+    service.create_environment(&admin, "prod").await.unwrap();
+    let limited = token(&service, &admin, Role::Admin, Some(vec!["main".to_owned()])).await;
+
+    let denied = |r: Result<(), latchkey_core::Error>| {
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("limited to some environments"),
+            "{e:?}"
+        );
+    };
+    denied(
+        service
+            .create_token(&limited, "wider", Role::Admin, None)
+            .await
+            .map(drop),
+    );
+    denied(service.list_tokens(&limited).await.map(drop));
+    denied(service.revoke_token(&limited, &admin.token().id).await);
+    denied(
+        service
+            .create_environment(&limited, "other")
+            .await
+            .map(drop),
+    );
+    denied(service.delete_environment(&limited, "prod", true).await);
+    denied(
+        service
+            .update_environment(
+                &limited,
+                "prod",
+                EnvironmentUpdate {
+                    name: Some("main2".into()),
+                    webhook_suffix: None,
+                },
+            )
+            .await
+            .map(drop),
+    );
+    assert_eq!(
+        service
+            .environment(&limited, "prod")
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::PermissionDenied
+    );
+    assert!(
+        service.environment(&admin, "prod").await.is_ok(),
+        "prod survives"
+    );
+}
+
+#[tokio::test]
+async fn renaming_an_environment_that_tokens_are_limited_to_is_refused() {
+    let (service, admin, _dir) = service().await;
+    service.create_environment(&admin, "dev").await.unwrap();
+    token(
+        &service,
+        &admin,
+        Role::Developer,
+        Some(vec!["dev".to_owned()]),
+    )
+    .await;
+    let rename = |from: &'static str, to: &'static str| {
+        let service = service.clone();
+        let admin = admin.clone();
+        async move {
+            service
+                .update_environment(
+                    &admin,
+                    from,
+                    EnvironmentUpdate {
+                        name: Some(to.into()),
+                        webhook_suffix: None,
+                    },
+                )
+                .await
+        }
+    };
+    let e = rename("dev", "x").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+    assert!(e.message().contains("t-developer"), "{e:?}");
+    service.create_environment(&admin, "prod").await.unwrap();
+    assert_eq!(
+        rename("prod", "dev").await.unwrap_err().kind(),
+        ErrorKind::FailedPrecondition
+    );
+    assert_eq!(rename("prod", "staging").await.unwrap().name, "staging");
+}
+
+#[tokio::test]
+async fn a_reader_may_read_but_not_write_even_anonymously() {
+    let (service, admin, _dir) = service().await;
+    let reader = token(&service, &admin, Role::Reader, None).await;
+    let contents: EnvDict = [("A".to_owned(), "1".to_owned())].into();
+    let e = service
+        .create_anonymous_secret(&reader, "", contents.clone(), None, &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied);
+    service
+        .create_secret(
+            &admin,
+            "",
+            "s",
+            contents,
+            latchkey_service::CreateMode::Fail,
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(service
+        .lookup_secret(&reader, "", "s", &["A".to_owned()])
+        .await
+        .is_ok());
+}
