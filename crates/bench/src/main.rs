@@ -158,6 +158,17 @@ async fn run(args: Args) -> Result<()> {
         "≤ 2 ms",
     ));
 
+    eprintln!("resolve for a start (latchkey run --secret bench -- true)");
+    let runs = if args.quick { 5 } else { 30 };
+    let (with_secret, bare) = server::time_run(&bin, &server, runs).await?;
+    figures.push(Figure::new(
+        "latchkey run --secret bench -- true (median)",
+        (with_secret.as_secs_f64() * 1000.0, "ms"),
+        "true alone (median)",
+        (bare.as_secs_f64() * 1000.0, "ms"),
+        "≤ baseline + 10 ms",
+    ));
+
     eprintln!("durable writes (16 clients, {seconds:?})");
     let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
     let hello16 = load.run(Op::Hello, 16, seconds).await?;

@@ -213,3 +213,44 @@ pub(crate) async fn fresh_postgres_database(url: &str) -> Result<String> {
     let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
     Ok(format!("{base}/{name}"))
 }
+
+/// Median wall time of `latchkey run --secret bench -- true` against
+/// `server` (named secret resolved, last_used_at recorded, child started and
+/// waited for), and of `true` alone.
+pub(crate) async fn time_run(
+    bin: &Path,
+    server: &Server,
+    runs: usize,
+) -> Result<(Duration, Duration)> {
+    let (id, secret) = server.admin_token()?;
+    let truth = which("true").context("`true` is not on PATH")?;
+    let mut with_secret = Vec::new();
+    let mut bare = Vec::new();
+    for _ in 0..runs {
+        let started = Instant::now();
+        let status = Command::new(bin)
+            .args(["run", "--secret", "bench", "--"])
+            .arg(&truth)
+            .env("LATCHKEY_SERVER_URL", server.url())
+            .env("LATCHKEY_TOKEN_ID", &id)
+            .env("LATCHKEY_TOKEN_SECRET", &secret)
+            .stdin(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "latchkey run failed: {status}");
+        with_secret.push(started.elapsed());
+
+        let started = Instant::now();
+        Command::new(&truth).status().await?;
+        bare.push(started.elapsed());
+    }
+    Ok((median(with_secret), median(bare)))
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
