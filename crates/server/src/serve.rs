@@ -117,6 +117,13 @@ pub async fn serve(
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let app = http::app_with_sandboxes(service.clone(), sandboxes.clone());
+    // Small gRPC answers must not wait for the peer's delayed ACK (Nagle):
+    // that is a 40 ms stall on some responses.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("stop requested: finishing in-flight requests");
