@@ -203,6 +203,28 @@ pub trait Store: Send + Sync + 'static {
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error>;
 }
 
+/// Whether `env` may be deleted: never the workspace default, and not while
+/// it holds `named` named secrets unless `with_secrets`. One rule for every
+/// backend.
+pub(crate) fn check_environment_deletable(
+    env: &Environment,
+    named: i64,
+    with_secrets: bool,
+) -> Result<(), Error> {
+    let name = &env.name;
+    if env.is_default {
+        return Err(Error::failed_precondition(format!(
+            "Environment '{name}' is the workspace's default and cannot be deleted"
+        )));
+    }
+    if named > 0 && !with_secrets {
+        return Err(Error::failed_precondition(format!(
+            "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
+        )));
+    }
+    Ok(())
+}
+
 /// A secret's contents after `changes`, checked against the key limit.
 pub fn apply_changes(
     mut contents: EnvDict,

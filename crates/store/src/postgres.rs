@@ -609,11 +609,6 @@ impl Store for PgStore {
             .map_err(db_error)?
             .map(Environment::from)
             .ok_or_else(|| environment_not_found(name))?;
-            if env.is_default {
-                return Err(Error::failed_precondition(format!(
-                    "Environment '{name}' is the workspace's default and cannot be deleted"
-                )));
-            }
             let (named,): (i64,) = sqlx::query_as(
                 "SELECT COUNT(*) FROM secrets WHERE environment_id = $1 AND name IS NOT NULL",
             )
@@ -621,11 +616,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?;
-            if named > 0 && !with_secrets {
-                return Err(Error::failed_precondition(format!(
-                    "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
-                )));
-            }
+            crate::check_environment_deletable(&env, named, with_secrets)?;
             for sql in [
                 "DELETE FROM secrets WHERE environment_id = $1",
                 "DELETE FROM environments WHERE id = $1",

@@ -497,11 +497,6 @@ impl Store for SqliteStore {
         .map_err(db_error)?
         .map(Environment::from)
         .ok_or_else(|| environment_not_found(name))?;
-        if env.is_default {
-            return Err(Error::failed_precondition(format!(
-                "Environment '{name}' is the workspace's default and cannot be deleted"
-            )));
-        }
         let (named,): (i64,) = sqlx::query_as(
             "SELECT COUNT(*) FROM secrets WHERE environment_id = ? AND name IS NOT NULL",
         )
@@ -509,11 +504,7 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        if named > 0 && !with_secrets {
-            return Err(Error::failed_precondition(format!(
-                "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
-            )));
-        }
+        crate::check_environment_deletable(&env, named, with_secrets)?;
         for sql in [
             "DELETE FROM secrets WHERE environment_id = ?",
             "DELETE FROM environments WHERE id = ?",
