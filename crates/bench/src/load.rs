@@ -58,11 +58,30 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// The merged latencies of `tasks`, which began at `started`.
+    async fn of(
+        started: Instant,
+        tasks: impl IntoIterator<Item = impl std::future::Future<Output = Result<Histogram<u64>>>>,
+    ) -> Result<Stats> {
+        let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+        for h in futures::future::join_all(tasks).await {
+            histogram.add(h?).ok();
+        }
+        Ok(Stats {
+            histogram,
+            elapsed: started.elapsed(),
+        })
+    }
+
     pub(crate) fn rate(&self) -> f64 {
         self.histogram.len() as f64 / self.elapsed.as_secs_f64()
     }
     pub(crate) fn p99_ms(&self) -> f64 {
         self.histogram.value_at_quantile(0.99) as f64 / 1000.0
+    }
+    /// How many requests completed.
+    pub(crate) fn count(&self) -> usize {
+        usize::try_from(self.histogram.len()).unwrap_or(usize::MAX)
     }
     pub(crate) fn p50_ms(&self) -> f64 {
         self.histogram.value_at_quantile(0.5) as f64 / 1000.0
@@ -134,23 +153,58 @@ impl Load {
             async move {
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
                 while Instant::now() < deadline {
-                    let t = Instant::now();
-                    self.once(&mut client, &op)
-                        .await
-                        .map_err(|s| anyhow::anyhow!("{op:?}: {s}"))?;
-                    h.record(t.elapsed().as_micros() as u64).ok();
+                    self.timed(&mut client, &op, &mut h).await?;
                 }
                 Ok::<_, anyhow::Error>(h)
             }
         });
-        let mut histogram = Histogram::<u64>::new(3).expect("histogram");
-        for h in futures::future::join_all(tasks).await {
-            histogram.add(h?).ok();
-        }
-        Ok(Stats {
-            histogram,
-            elapsed: started.elapsed(),
-        })
+        Stats::of(started, tasks).await
+    }
+
+    /// One request, its latency recorded in `h`.
+    async fn timed(&self, client: &mut Client, op: &Op, h: &mut Histogram<u64>) -> Result<()> {
+        let sent = Instant::now();
+        self.once(client, op)
+            .await
+            .map_err(|s| anyhow::anyhow!("{op:?}: {s}"))?;
+        h.record(sent.elapsed().as_micros() as u64).ok();
+        Ok(())
+    }
+
+    /// `op` at a fixed total `rate` (requests per second) from `streams`
+    /// tasks for `duration`: an open loop, so that latency is measured at a
+    /// load the server keeps up with rather than in a queue. Each latency
+    /// counts from when the request was sent. (Counting from when it was due
+    /// would add the client's timer granularity, a millisecond in tokio,
+    /// to every request; at the loads used here, below the server's peak,
+    /// a request is rarely sent late for any other reason.)
+    pub(crate) async fn run_at_rate(
+        &self,
+        op: Op,
+        streams: usize,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<Stats> {
+        let started = Instant::now();
+        let streams = streams.max(1);
+        let interval = Duration::from_secs_f64(streams as f64 / rate.max(1.0));
+        let tasks = (0..streams).map(|i| {
+            let mut client = self.clients[i % self.clients.len()].clone();
+            let op = op.clone();
+            // Spread the streams' first requests over one interval.
+            let first = started + interval.mul_f64(i as f64 / streams as f64);
+            async move {
+                let mut h = Histogram::<u64>::new(3).expect("histogram");
+                let mut due = first;
+                while due < started + duration {
+                    tokio::time::sleep_until(due.into()).await;
+                    self.timed(&mut client, &op, &mut h).await?;
+                    due += interval;
+                }
+                Ok::<_, anyhow::Error>(h)
+            }
+        });
+        Stats::of(started, tasks).await
     }
 
     pub(crate) async fn create_named(&self, name: &str, keys: usize) -> Result<()> {
@@ -179,10 +233,12 @@ impl Load {
         Ok(())
     }
 
-    /// Creates `count` secrets in `env`, 32 at a time.
-    pub(crate) async fn fill(&self, env: &str, count: usize) -> Result<()> {
-        let next = Arc::new(AtomicU64::new(0));
-        let tasks = (0..32).map(|i| {
+    /// Creates the secrets `fill-N` for each N of `range` in `env`, 128 at
+    /// a time (as many as one group commit takes).
+    pub(crate) async fn fill(&self, env: &str, range: std::ops::Range<usize>) -> Result<()> {
+        let count = range.end;
+        let next = Arc::new(AtomicU64::new(range.start as u64));
+        let tasks = (0..128).map(|i| {
             let mut client = self.clients[i % self.clients.len()].clone();
             let next = next.clone();
             let env = env.to_owned();

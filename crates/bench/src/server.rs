@@ -77,8 +77,15 @@ impl Server {
         Ok((get("LATCHKEY_TOKEN_ID")?, get("LATCHKEY_TOKEN_SECRET")?))
     }
 
+    /// Resident memory of the server process, in KiB, once it has been
+    /// idle for a second (background work such as WAL checkpoints settled).
+    pub(crate) async fn idle_rss_kib(&self) -> Result<u64> {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.rss_kib()
+    }
+
     /// Resident memory of the server process, in KiB.
-    pub(crate) fn rss_kib(&self) -> Result<u64> {
+    fn rss_kib(&self) -> Result<u64> {
         let pid = self.child.id().context("server exited")?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
@@ -217,34 +224,65 @@ pub(crate) async fn fresh_postgres_database(url: &str) -> Result<String> {
 /// Median wall time of `latchkey run --secret bench -- true` against
 /// `server` (named secret resolved, last_used_at recorded, child started and
 /// waited for), and of `true` alone.
-pub(crate) async fn time_run(
-    bin: &Path,
-    server: &Server,
-    runs: usize,
-) -> Result<(Duration, Duration)> {
+/// Medians of starting `true` through `latchkey run`, alone, and through
+/// `dotenvx` when it is installed.
+pub(crate) struct Starts {
+    pub(crate) latchkey: Duration,
+    pub(crate) bare: Duration,
+    pub(crate) dotenvx: Option<Duration>,
+}
+
+/// Times `runs` starts of `true` each way, interleaved so that a busy moment
+/// of the machine falls on all of them alike.
+pub(crate) async fn time_run(bin: &Path, server: &Server, runs: usize) -> Result<Starts> {
     let (id, secret) = server.admin_token()?;
     let truth = which("true").context("`true` is not on PATH")?;
-    let mut with_secret = Vec::new();
-    let mut bare = Vec::new();
-    for _ in 0..runs {
+    // The same ten variables the secret `bench` holds, as a .env file.
+    let dotenvx = match which("dotenvx") {
+        Some(dotenvx) => {
+            let env_file = server.data_dir().join("bench.env");
+            let lines: String = (0..10)
+                .map(|i| format!("KEY_{i}=value-{i}-0123456789abcdef\n"))
+                .collect();
+            std::fs::write(&env_file, lines)?;
+            Some((dotenvx, env_file))
+        }
+        None => None,
+    };
+    let timed = |mut command: Command| async move {
         let started = Instant::now();
-        let status = Command::new(bin)
-            .args(["run", "--secret", "bench", "--"])
+        let status = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "{command:?} failed: {status}");
+        Ok::<_, anyhow::Error>(started.elapsed())
+    };
+    let (mut with_secret, mut bare, mut with_dotenvx) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let mut run = Command::new(bin);
+        run.args(["run", "--secret", "bench", "--"])
             .arg(&truth)
             .env("LATCHKEY_SERVER_URL", server.url())
             .env("LATCHKEY_TOKEN_ID", &id)
-            .env("LATCHKEY_TOKEN_SECRET", &secret)
-            .stdin(Stdio::null())
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "latchkey run failed: {status}");
-        with_secret.push(started.elapsed());
-
-        let started = Instant::now();
-        Command::new(&truth).status().await?;
-        bare.push(started.elapsed());
+            .env("LATCHKEY_TOKEN_SECRET", &secret);
+        with_secret.push(timed(run).await?);
+        bare.push(timed(Command::new(&truth)).await?);
+        if let Some((dotenvx, env_file)) = &dotenvx {
+            let mut run = Command::new(dotenvx);
+            run.args(["run", "-q", "-f"])
+                .arg(env_file)
+                .arg("--")
+                .arg(&truth);
+            with_dotenvx.push(timed(run).await?);
+        }
     }
-    Ok((median(with_secret), median(bare)))
+    Ok(Starts {
+        latchkey: median(with_secret),
+        bare: median(bare),
+        dotenvx: dotenvx.map(|_| median(with_dotenvx)),
+    })
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -446,23 +446,8 @@ impl Service {
     /// revoked, so that a workspace is never left without one.
     pub async fn revoke_token(&self, caller: &Caller, token_id: &str) -> Result<(), Error> {
         caller.require_workspace_admin("revoke tokens")?;
-        let tokens = self.store.list_tokens(caller.workspace_id()).await?;
-        let active_admins = tokens
-            .iter()
-            .filter(|t| t.role == Role::Admin && t.revoked_at.is_none())
-            .count();
-        let target = tokens
-            .iter()
-            .find(|t| t.id == token_id && t.revoked_at.is_none())
-            .ok_or_else(|| {
-                Error::not_found(format!("Token '{}' not found", rules::echo(token_id)))
-            })?;
-        if target.role == Role::Admin && active_admins == 1 {
-            return Err(Error::failed_precondition(format!(
-                "Token '{}' is the workspace's last admin token; create another admin token first",
-                target.name
-            )));
-        }
+        // The store refuses the workspace's last admin token, in the same
+        // transaction as the revocation.
         self.store
             .revoke_token(caller.workspace_id(), token_id)
             .await?;

@@ -9,7 +9,7 @@ use futures::future::join_all;
 use latchkey_core::{ids, time::now_micros, EnvDict, ErrorKind};
 
 use crate::{
-    crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Role,
+    crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Role, Secret,
     SecretKind, Store,
 };
 
@@ -62,6 +62,7 @@ pub async fn run_all(store: &dyn Store) {
     tokens(store, &admin).await;
     secrets_create_and_read(store, &ws).await;
     secrets_update(store, &ws).await;
+    lookups_follow_writes(store, store, &ws, "one").await;
     secrets_list_paging(store, &ws).await;
     secrets_anonymous_and_sweep(store, &ws).await;
     environment_delete_with_secrets(store, &ws).await;
@@ -197,6 +198,58 @@ async fn tokens(store: &dyn Store, admin: &NewToken) {
         ErrorKind::NotFound
     );
     assert!(store.token_for_auth("ak-unknown").await.unwrap().is_none());
+    last_admin_token(store, store, &admin.workspace_id, &admin.id).await;
+}
+
+/// The workspace's last active admin token cannot be revoked, even by two
+/// revocations at once (through `a` and `b`) of its last two.
+async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str) {
+    let err = a.revoke_token(ws, admin_id).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert!(err.to_string().contains("last admin token"), "{err}");
+    for round in 0..10 {
+        let second = NewToken {
+            id: ids::new_id(ids::TOKEN_ID),
+            workspace_id: ws.to_owned(),
+            name: format!("admin-{round}"),
+            role: Role::Admin,
+            environments: None,
+            secret_hash: hash_token_secret("as-second"),
+        };
+        a.create_token(&second).await.unwrap();
+        let active = || async {
+            b.list_tokens(ws)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|t| t.role == Role::Admin && t.revoked_at.is_none())
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        };
+        let admins = active().await;
+        assert_eq!(admins.len(), 2, "round {round}");
+        let (first, other) = futures::join!(
+            a.revoke_token(ws, &admins[0]),
+            b.revoke_token(ws, &admins[1])
+        );
+        let refused = [&first, &other]
+            .iter()
+            .filter(|r| {
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == ErrorKind::FailedPrecondition)
+            })
+            .count();
+        assert_eq!(
+            (first.is_ok() as usize + other.is_ok() as usize, refused),
+            (1, 1),
+            "round {round}: exactly one of two concurrent revocations wins: {first:?} {other:?}"
+        );
+        assert_eq!(
+            active().await.len(),
+            1,
+            "round {round}: one admin token is left"
+        );
+    }
 }
 
 async fn secrets_create_and_read(store: &dyn Store, ws: &str) {
@@ -427,6 +480,140 @@ async fn secrets_update(store: &dyn Store, ws: &str) {
     );
 }
 
+/// Lookups by name, which an adapter may serve from a cache, see every kind
+/// of write at once: made through `writer`, looked up through `reader`.
+async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str, tag: &str) {
+    let value = |found: Option<Secret>, what: &str| {
+        found
+            .unwrap_or_else(|| panic!("{what}: the lookup found nothing"))
+            .contents["V"]
+            .clone()
+    };
+    let env_name = format!("look-{tag}");
+    let env = writer.create_environment(ws, &env_name).await.unwrap();
+    let write = |contents: &str, on_conflict| {
+        named(ws, &env.id, "look", dict(&[("V", contents)]), on_conflict)
+    };
+    let (created, _) = writer
+        .create_secret(&write("1", OnConflict::Fail))
+        .await
+        .unwrap();
+    let id = created.summary.id;
+    for _ in 0..2 {
+        let found = reader.secret_in_environment(ws, &env_name, "look").await;
+        assert_eq!(value(found.unwrap(), "created"), "1");
+    }
+
+    writer
+        .update_secret(ws, &id, &[("V".to_owned(), Some("2".to_owned()))])
+        .await
+        .unwrap();
+    let found = reader.secret_in_environment(ws, &env_name, "look").await;
+    assert_eq!(
+        value(found.unwrap(), "updated"),
+        "2",
+        "an update is seen by the next lookup"
+    );
+
+    writer
+        .create_secret(&write("3", OnConflict::Overwrite))
+        .await
+        .unwrap();
+    let found = reader.secret_in_environment(ws, &env_name, "look").await;
+    assert_eq!(
+        value(found.unwrap(), "overwritten"),
+        "3",
+        "an overwrite is seen by the next lookup"
+    );
+
+    writer
+        .mark_used(ws, std::slice::from_ref(&id), 1_234_567)
+        .await
+        .unwrap();
+    let found = reader.secret_in_environment(ws, &env_name, "look").await;
+    assert_eq!(
+        found.unwrap().expect("marked used").summary.last_used_at,
+        Some(1_234_567),
+        "last_used_at is seen by the next lookup"
+    );
+
+    let renamed = format!("look-{tag}-renamed");
+    writer
+        .update_environment(
+            ws,
+            &env_name,
+            &EnvironmentUpdate {
+                name: Some(renamed.clone()),
+                webhook_suffix: None,
+            },
+        )
+        .await
+        .unwrap();
+    let found = reader.secret_in_environment(ws, &env_name, "look").await;
+    assert!(
+        found.unwrap().is_none(),
+        "found under its environment's old name"
+    );
+    let found = reader.secret_in_environment(ws, &renamed, "look").await;
+    let found = found.unwrap().expect("found under the new name");
+    assert_eq!(found.summary.environment_name, renamed);
+
+    writer.delete_secret(ws, &id).await.unwrap();
+    let found = reader.secret_in_environment(ws, &renamed, "look").await;
+    assert!(
+        found.unwrap().is_none(),
+        "a delete is seen by the next lookup"
+    );
+
+    // The default environment is found by its name and by "".
+    let default = writer.environment(ws, "").await.unwrap();
+    let name = format!("look-default-{tag}");
+    let (d, _) = writer
+        .create_secret(&named(
+            ws,
+            &default.id,
+            &name,
+            dict(&[("V", "1")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    for env in ["", default.name.as_str(), ""] {
+        let found = reader.secret_in_environment(ws, env, &name).await;
+        assert_eq!(value(found.unwrap(), "default"), "1");
+    }
+    writer
+        .update_secret(ws, &d.summary.id, &[("V".to_owned(), Some("2".to_owned()))])
+        .await
+        .unwrap();
+    for env in ["", default.name.as_str()] {
+        let found = reader.secret_in_environment(ws, env, &name).await;
+        assert_eq!(value(found.unwrap(), "default, updated"), "2");
+    }
+    writer.delete_secret(ws, &d.summary.id).await.unwrap();
+    for env in ["", default.name.as_str()] {
+        let found = reader.secret_in_environment(ws, env, &name).await;
+        assert!(found.unwrap().is_none(), "deleted, found in '{env}'");
+    }
+
+    // Deleting an environment with its secrets.
+    let (_, _) = writer
+        .create_secret(&named(
+            ws,
+            &env.id,
+            "look",
+            dict(&[("V", "4")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    let found = reader.secret_in_environment(ws, &renamed, "look").await;
+    assert_eq!(value(found.unwrap(), "recreated"), "4");
+    writer.delete_environment(ws, &renamed, true).await.unwrap();
+    let found = reader.secret_in_environment(ws, &renamed, "look").await;
+    assert!(found.unwrap().is_none(), "found in a deleted environment");
+}
+
 async fn secrets_list_paging(store: &dyn Store, ws: &str) {
     let env = store.create_environment(ws, "paging").await.unwrap().id;
     let total = 260;
@@ -559,6 +746,15 @@ pub async fn replicas(a: &dyn Store, b: &dyn Store) {
     };
     let env = b.environment(&ws, "").await.unwrap().id;
     replicas_read_your_writes(a, b, &ws, &env).await;
+    lookups_follow_writes(b, a, &ws, "replicas").await;
+    let admin = b
+        .list_tokens(&ws)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.role == Role::Admin && t.revoked_at.is_none())
+        .expect("an admin token");
+    last_admin_token(a, b, &ws, &admin.id).await;
     replicas_concurrent_updates(a, b, &ws, &env).await;
     replicas_concurrent_creates(a, b, &ws, &env).await;
     replicas_paging_while_writing(a, b, &ws).await;

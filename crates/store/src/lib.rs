@@ -12,6 +12,8 @@
 //! atomically, and it keeps the rows' layout (wrapped data key, ciphertext,
 //! version bound into the associated data) in one place per backend.
 
+mod cache;
+mod changes;
 pub mod conformance;
 pub mod copy;
 pub mod crypto;
@@ -41,6 +43,15 @@ pub enum OpenError {
         given: String,
         /// Id of the key the store was made with.
         stored: String,
+    },
+    /// Another server has the SQLite database open.
+    #[error(
+        "the database {target} is in use by another latchkey server; \
+         stop it first (several replicas need PostgreSQL: --database postgres://...)"
+    )]
+    InUse {
+        /// The database file.
+        target: String,
     },
     /// The database URL is not one an adapter understands.
     #[error("invalid database URL: {0}")]
@@ -122,7 +133,11 @@ pub trait Store: Send + Sync + 'static {
     /// The tokens of a workspace (revoked ones included), oldest first.
     async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error>;
 
-    /// Revokes a token; NotFound if the workspace has no such token.
+    /// Revokes a token; NotFound if the workspace has no such active token,
+    /// FailedPrecondition if it is the workspace's last active admin token.
+    /// The check and the revocation are one transaction, ordered with every
+    /// other revocation in the workspace, so that concurrent revocations
+    /// (through any replica) never leave a workspace without an admin.
     async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error>;
 
     /// Creates a secret, or, for a named one whose name exists, acts as
@@ -146,23 +161,7 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: &str,
         environment_name: &str,
         name: &str,
-    ) -> Result<Option<Secret>, Error> {
-        let not_found = |e: Error| {
-            if e.kind() == latchkey_core::ErrorKind::NotFound {
-                Ok(None)
-            } else {
-                Err(e)
-            }
-        };
-        let env = match self.environment(workspace_id, environment_name).await {
-            Ok(env) => env,
-            Err(e) => return not_found(e),
-        };
-        match self.secret_by_name(workspace_id, &env.id, name).await {
-            Ok(secret) => Ok(Some(secret)),
-            Err(e) => not_found(e),
-        }
-    }
+    ) -> Result<Option<Secret>, Error>;
 
     /// Any secret of the workspace, by id, with its contents.
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error>;
@@ -220,6 +219,22 @@ pub(crate) fn check_environment_deletable(
     if named > 0 && !with_secrets {
         return Err(Error::failed_precondition(format!(
             "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the active token `name` (of `role`) may be revoked when the
+/// workspace has `other_admins` other active admin tokens. One rule for
+/// every backend.
+pub(crate) fn check_token_revocable(
+    name: &str,
+    role: &str,
+    other_admins: i64,
+) -> Result<(), Error> {
+    if role == Role::Admin.as_str() && other_admins == 0 {
+        return Err(Error::failed_precondition(format!(
+            "Token '{name}' is the workspace's last admin token; create another admin token first"
         )));
     }
     Ok(())

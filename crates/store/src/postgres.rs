@@ -1,9 +1,13 @@
 //! The PostgreSQL adapter: one database shared by any number of stateless
 //! replicas.
 //!
-//! Nothing is cached: every read goes to the database, so a write one replica
-//! acknowledged is what the next read on any other replica returns. What the
-//! single SQLite writer gives for free, row locks give here:
+//! A write one replica acknowledged is what the next read on any other
+//! replica returns. Every read goes to the database, except the lookup of a
+//! named secret, which is served from a cache of sealed rows kept exact by
+//! the database's change feed ([`crate::changes`]: each lookup first waits
+//! for a round trip on the listening connection that started after it
+//! arrived, shared by all lookups waiting at the time). What the single
+//! SQLite writer gives for free, row locks give here:
 //!
 //! - `update_secret` reads the row `FOR UPDATE` in its transaction, so
 //!   concurrent merges of different keys queue instead of overwriting each
@@ -29,7 +33,7 @@
 //!
 //! [`ErrorKind::Unavailable`]: latchkey_core::ErrorKind::Unavailable
 
-use std::{fmt, future::Future, str::FromStr, time::Duration};
+use std::{fmt, future::Future, str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use latchkey_core::{ids, time::now_micros, time::Micros, EnvDict, Error};
@@ -39,13 +43,15 @@ use sqlx::{
 };
 
 use crate::{
+    cache::LookupCache,
+    changes::ChangeFeed,
     crypto::{Binding, Keyring, Sealed},
     rows::{
-        environment_not_found, environments_column, secret_not_found, EnvironmentRow, SecretInsert,
-        SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
+        environment_not_found, environments_column, secret_not_found, token_not_found,
+        EnvironmentRow, SecretInsert, SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
     },
-    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, OpenError, Secret, SecretKind,
-    SecretSummary, Store, Token, Workspace,
+    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, OpenError, Role, Secret,
+    SecretKind, SecretSummary, Store, Token, Workspace,
 };
 
 /// How the PostgreSQL adapter uses its connections.
@@ -86,6 +92,9 @@ pub struct PgStore {
     pool: PgPool,
     keyring: Keyring,
     options: PgOptions,
+    /// Rows of named lookups, live while `feed` is connected.
+    cache: Arc<LookupCache>,
+    feed: ChangeFeed,
 }
 
 impl fmt::Debug for PgStore {
@@ -140,10 +149,14 @@ impl PgStore {
             .map_err(db_err)?
             .ok_or_else(|| db_err(sqlx::Error::RowNotFound))?;
         verify(&keyring, &stored)?;
+        let cache = Arc::new(LookupCache::new(false));
+        let feed = ChangeFeed::start(pool.clone(), cache.clone());
         Ok(Self {
             pool,
             keyring,
             options,
+            cache,
+            feed,
         })
     }
 
@@ -585,6 +598,8 @@ impl Store for PgStore {
                 Err(e) => return Err(db_error(e)),
             }
             tx.commit().await.map_err(db_error)?;
+            // The feed announces it too; this replica forgets at once.
+            self.cache.clear();
             Ok(env)
         })
         .await
@@ -627,7 +642,9 @@ impl Store for PgStore {
                     .await
                     .map_err(db_error)?;
             }
-            tx.commit().await.map_err(db_error)
+            tx.commit().await.map_err(db_error)?;
+            self.cache.clear();
+            Ok(())
         })
         .await
     }
@@ -682,19 +699,41 @@ impl Store for PgStore {
 
     async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
         self.bounded(async {
-            let done = sqlx::query(
-                "UPDATE tokens SET revoked_at = $1 WHERE workspace_id = $2 AND id = $3 AND revoked_at IS NULL",
+            let mut tx = self.begin().await?;
+            // The workspace's row lock orders revocations in the workspace,
+            // on every replica: the count below cannot go stale before the
+            // update commits.
+            sqlx::query("SELECT id FROM workspaces WHERE id = $1 FOR UPDATE")
+                .bind(workspace_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            let (name, role): (String, String) = sqlx::query_as(
+                "SELECT name, role FROM tokens WHERE workspace_id = $1 AND id = $2 AND revoked_at IS NULL",
             )
-            .bind(now_micros())
             .bind(workspace_id)
             .bind(token_id)
-            .execute(&self.pool)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| token_not_found(token_id))?;
+            let (other_admins,): (i64,) = sqlx::query_as(
+                "SELECT COUNT(*) FROM tokens WHERE workspace_id = $1 AND role = $2 AND revoked_at IS NULL AND id <> $3",
+            )
+            .bind(workspace_id)
+            .bind(Role::Admin.as_str())
+            .bind(token_id)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?;
-            if done.rows_affected() == 0 {
-                return Err(Error::not_found(format!("Token '{token_id}' not found")));
-            }
-            Ok(())
+            crate::check_token_revocable(&name, &role, other_admins)?;
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
+                .bind(now_micros())
+                .bind(token_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            tx.commit().await.map_err(db_error)
         })
         .await
     }
@@ -778,6 +817,39 @@ impl Store for PgStore {
         .await
     }
 
+    async fn secret_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<Secret>, Error> {
+        self.bounded(async {
+            let sql = format!(
+                "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+                 WHERE s.workspace_id = $1 AND s.name = $3 \
+                 AND (CASE WHEN $2 = '' THEN e.is_default ELSE e.name = $2 END)"
+            );
+            let read = async {
+                sqlx::query_as::<_, SecretRow>(&sql)
+                    .bind(workspace_id)
+                    .bind(environment_name)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error)
+            };
+            let row = if self.feed.sync().await {
+                self.cache
+                    .read_through(workspace_id, environment_name, name, read)
+                    .await?
+            } else {
+                read.await?
+            };
+            row.map(|row| row.open(&self.keyring)).transpose()
+        })
+        .await
+    }
+
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {
         self.bounded(async {
             fetch_secret(&self.pool, workspace_id, SecretKey::Id(secret_id), false)
@@ -817,6 +889,7 @@ impl Store for PgStore {
             .await
             .map_err(db_error)?;
             tx.commit().await.map_err(db_error)?;
+            self.cache.forget(secret_id);
             let mut summary = current.summary;
             summary.version = version;
             summary.keys = contents.keys().cloned().collect();
@@ -833,6 +906,7 @@ impl Store for PgStore {
                 .execute(&self.pool)
                 .await
                 .map_err(db_error)?;
+            self.cache.forget(secret_id);
             if done.rows_affected() == 0 {
                 return Err(secret_not_found(secret_id));
             }
@@ -896,7 +970,12 @@ impl Store for PgStore {
                 .await
                 .map_err(db_error)?;
             }
-            tx.commit().await.map_err(db_error)
+            tx.commit().await.map_err(db_error)?;
+            // `last_used_at` is part of what a lookup returns.
+            for id in &ids {
+                self.cache.forget(id);
+            }
+            Ok(())
         })
         .await
     }
@@ -964,6 +1043,7 @@ impl PgStore {
                 .await?
                 .ok_or_else(|| secret_not_found(&existing.id))?;
                 tx.commit().await.map_err(db_error)?;
+                self.cache.forget(&existing.id);
                 Ok((row.open(&self.keyring)?, false))
             }
         }

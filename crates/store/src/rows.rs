@@ -91,8 +91,9 @@ pub(crate) fn environments_column(environments: &Option<Vec<String>>) -> Option<
         .map(|e| serde_json::to_string(e).expect("strings serialize"))
 }
 
-/// A secret row joined with its environment's name.
-#[derive(sqlx::FromRow)]
+/// A secret row joined with its environment's name. Its contents are still
+/// sealed; no `Debug`, so it is never printed.
+#[derive(sqlx::FromRow, Clone)]
 pub(crate) struct SecretRow {
     pub(crate) id: String,
     pub(crate) workspace_id: String,
@@ -117,6 +118,44 @@ pub(crate) const SECRET_COLUMNS: &str = "s.id, s.workspace_id, s.environment_id,
      s.last_used_at, s.version, s.key_id, s.wrapped_key, s.ciphertext";
 
 impl SecretRow {
+    /// Roughly the bytes the row occupies, for the lookup cache's limit.
+    pub(crate) fn approximate_size(&self) -> usize {
+        let strings = [
+            &self.id,
+            &self.workspace_id,
+            &self.environment_id,
+            &self.environment_name,
+            &self.created_by,
+            &self.key_id,
+        ];
+        std::mem::size_of::<Self>()
+            + strings.iter().map(|s| s.len()).sum::<usize>()
+            + self.name.as_ref().map_or(0, String::len)
+            + self.app_id.as_ref().map_or(0, String::len)
+            + self.wrapped_key.len()
+            + self.ciphertext.len()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, name: &str, version: i64) -> Self {
+        SecretRow {
+            id: id.to_owned(),
+            workspace_id: "ws".to_owned(),
+            environment_id: "en".to_owned(),
+            environment_name: "main".to_owned(),
+            name: Some(name.to_owned()),
+            app_id: None,
+            expires_at: None,
+            created_at: 0,
+            created_by: "test".to_owned(),
+            last_used_at: None,
+            version,
+            key_id: "k".to_owned(),
+            wrapped_key: vec![0; 60],
+            ciphertext: vec![0; 64],
+        }
+    }
+
     /// Decrypts the row into a [`Secret`].
     pub(crate) fn open(self, keyring: &Keyring) -> Result<Secret, Error> {
         let sealed = Sealed {
@@ -188,6 +227,13 @@ fn corrupt(what: &str, id: &str) -> Error {
 /// Messages for objects that are not there.
 pub(crate) fn secret_not_found(id: &str) -> Error {
     Error::not_found(format!("Secret '{id}' not found"))
+}
+
+pub(crate) fn token_not_found(id: &str) -> Error {
+    Error::not_found(format!(
+        "Token '{}' not found",
+        latchkey_core::rules::echo(id)
+    ))
 }
 
 pub(crate) fn environment_not_found(name: &str) -> Error {

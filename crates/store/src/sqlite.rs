@@ -6,7 +6,7 @@
 //! beside the writer. Every commit is durable (`synchronous = FULL`) before
 //! it is acknowledged, and deleted rows are overwritten (`secure_delete`).
 
-use std::{path::PathBuf, str::FromStr, time::Duration};
+use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use latchkey_core::{ids, time::now_micros, time::Micros, Error};
@@ -17,13 +17,14 @@ use sqlx::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
+    cache::LookupCache,
     crypto::{Binding, Keyring},
     rows::{
-        environment_not_found, environments_column, secret_not_found, EnvironmentRow, SecretInsert,
-        SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
+        environment_not_found, environments_column, secret_not_found, token_not_found,
+        EnvironmentRow, SecretInsert, SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
     },
-    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, OpenError, Secret, SecretKind,
-    SecretSummary, Store, Token, Workspace,
+    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, OpenError, Role, Secret,
+    SecretKind, SecretSummary, Store, Token, Workspace,
 };
 
 /// The SQLite adapter.
@@ -33,6 +34,11 @@ pub struct SqliteStore {
     reader: SqlitePool,
     keyring: Keyring,
     creates: mpsc::Sender<CreateJob>,
+    /// Rows of named lookups. Every write to this database goes through
+    /// this store (one server per SQLite file), so the cache is always live.
+    cache: Arc<LookupCache>,
+    /// Held while the store is open: one server per SQLite database.
+    lock: Arc<std::fs::File>,
 }
 
 /// A create waiting for the next group commit, and where its answer goes.
@@ -66,6 +72,12 @@ impl SqliteStore {
         } else {
             create_private_file(&path).map_err(|e| db_err(sqlx::Error::Io(e)))?;
         }
+        let lock = lock_database(&path).map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => OpenError::InUse {
+                target: path.display().to_string(),
+            },
+            std::fs::TryLockError::Error(e) => db_err(sqlx::Error::Io(e)),
+        })?;
         let options = base
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -100,6 +112,8 @@ impl SqliteStore {
             reader,
             keyring,
             creates,
+            cache: Arc::new(LookupCache::new(true)),
+            lock: Arc::new(lock),
         })
     }
 
@@ -107,6 +121,9 @@ impl SqliteStore {
     pub async fn close(&self) {
         self.reader.close().await;
         self.writer.close().await;
+        if let Err(e) = self.lock.unlock() {
+            tracing::warn!(error = %e, "cannot release the database lock");
+        }
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, Error> {
@@ -176,6 +193,25 @@ fn create_private_file(path: &std::path::Path) -> std::io::Result<()> {
         .mode(0o600)
         .open(path)
         .map(drop)
+}
+
+/// Takes the exclusive lock on the database at `path` (on `PATH.lock`
+/// beside it, so that SQLite's own locks on the file are left alone). The
+/// lookup cache and the single writer both rest on every write to the
+/// database going through one store, so a second server is refused.
+fn lock_database(path: &std::path::Path) -> Result<std::fs::File, std::fs::TryLockError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(name)
+        .map_err(std::fs::TryLockError::Error)?;
+    file.try_lock()?;
+    Ok(file)
 }
 
 /// Reads the key check from an existing file opened immutable and read-only,
@@ -477,6 +513,8 @@ impl Store for SqliteStore {
             Err(e) => return Err(db_error(e)),
         }
         tx.commit().await.map_err(db_error)?;
+        // Lookups by the old name (and of the default) must miss now.
+        self.cache.clear();
         Ok(env)
     }
 
@@ -515,7 +553,9 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db_error)?;
         }
-        tx.commit().await.map_err(db_error)
+        tx.commit().await.map_err(db_error)?;
+        self.cache.clear();
+        Ok(())
     }
 
     async fn create_token(&self, token: &NewToken) -> Result<Token, Error> {
@@ -558,19 +598,34 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
-        let done = sqlx::query(
-            "UPDATE tokens SET revoked_at = ? WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
+        // The single writer orders this transaction with every other write.
+        let mut tx = self.begin().await?;
+        let (name, role): (String, String) = sqlx::query_as(
+            "SELECT name, role FROM tokens WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
         )
-        .bind(now_micros())
         .bind(workspace_id)
         .bind(token_id)
-        .execute(&self.writer)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| token_not_found(token_id))?;
+        let (other_admins,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM tokens WHERE workspace_id = ? AND role = ? AND revoked_at IS NULL AND id <> ?",
+        )
+        .bind(workspace_id)
+        .bind(Role::Admin.as_str())
+        .bind(token_id)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        if done.rows_affected() == 0 {
-            return Err(Error::not_found(format!("Token '{token_id}' not found")));
-        }
-        Ok(())
+        crate::check_token_revocable(&name, &role, other_admins)?;
+        sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ?")
+            .bind(now_micros())
+            .bind(token_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)
     }
 
     async fn create_secret(&self, new: &NewSecret) -> Result<(Secret, bool), Error> {
@@ -582,6 +637,10 @@ impl Store for SqliteStore {
         let closed = || Error::unavailable("The secret store is closing; try again shortly");
         self.creates.send(job).await.map_err(|_| closed())?;
         let (row, created) = answer.await.map_err(|_| closed())??;
+        if !created {
+            // Overwritten (or returned as it was): either way, read it afresh.
+            self.cache.forget(&row.id);
+        }
         Ok((row.open(&self.keyring)?, created))
     }
 
@@ -614,13 +673,16 @@ impl Store for SqliteStore {
              WHERE s.workspace_id = ?1 AND s.name = ?3 \
              AND (CASE WHEN ?2 = '' THEN e.is_default = 1 ELSE e.name = ?2 END)"
         );
-        sqlx::query_as::<_, SecretRow>(&sql)
+        let read = sqlx::query_as::<_, SecretRow>(&sql)
             .bind(workspace_id)
             .bind(environment_name)
             .bind(name)
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(db_error)?
+            .fetch_optional(&self.reader);
+        self.cache
+            .read_through(workspace_id, environment_name, name, async {
+                read.await.map_err(db_error)
+            })
+            .await?
             .map(|row| row.open(&self.keyring))
             .transpose()
     }
@@ -656,6 +718,7 @@ impl Store for SqliteStore {
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
+        self.cache.forget(secret_id);
         let mut summary = current.summary;
         summary.version = version;
         summary.keys = contents.keys().cloned().collect();
@@ -669,6 +732,7 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await
             .map_err(db_error)?;
+        self.cache.forget(secret_id);
         if done.rows_affected() == 0 {
             return Err(secret_not_found(secret_id));
         }
@@ -719,7 +783,12 @@ impl Store for SqliteStore {
                 .await
                 .map_err(db_error)?;
         }
-        tx.commit().await.map_err(db_error)
+        tx.commit().await.map_err(db_error)?;
+        // `last_used_at` is part of what a lookup returns.
+        for id in secret_ids {
+            self.cache.forget(id);
+        }
+        Ok(())
     }
 
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {

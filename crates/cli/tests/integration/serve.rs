@@ -87,7 +87,12 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
     let before = snapshot(&dir);
     assert_eq!(
         before.keys().collect::<Vec<_>>(),
-        ["admin-token", "latchkey.db", "master.key"],
+        [
+            "admin-token",
+            "latchkey.db",
+            "latchkey.db.lock",
+            "master.key"
+        ],
         "a clean stop leaves no WAL behind"
     );
     let wrong = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
@@ -114,6 +119,25 @@ async fn a_wrong_master_key_is_refused_and_changes_nothing() {
     )
     .unwrap();
     assert!(server.stop().success());
+}
+
+#[test]
+fn a_second_server_on_the_same_database_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let first = Server::try_start(&dir, &[], &[]).unwrap();
+    let log = Server::try_start(&dir, &[], &[])
+        .err()
+        .expect("a second server on one SQLite database must be refused");
+    assert!(
+        log.contains("is in use by another latchkey server"),
+        "{log}"
+    );
+    // The first goes on serving, and once it stops the data dir is free.
+    assert_eq!(http_get(&first.url, "/readyz").0, 200);
+    assert!(first.stop().success());
+    let again = Server::try_start(&dir, &[], &[]).unwrap();
+    assert!(again.stop().success());
 }
 
 #[test]

@@ -1,0 +1,216 @@
+//! The PostgreSQL change feed that keeps a replica's lookup cache exact.
+//!
+//! Each change to a named secret or an environment is announced on the
+//! channel `latchkey_changes` when it commits (triggers of migration 0002).
+//! One task per replica listens on a connection of its own and applies the
+//! announcements to the [`LookupCache`].
+//!
+//! Listening alone would leave a window: another replica's write is
+//! acknowledged, and a lookup here still finds the old row because the
+//! announcement is in flight. So before a lookup uses the cache it waits for
+//! a *sync*: a `SELECT 1` on the listening connection that was sent after
+//! the lookup arrived. PostgreSQL delivers to a listening session every
+//! announcement committed before it reads a command, ahead of that
+//! command's answer; once the sync returns, every write acknowledged before
+//! the lookup arrived has been applied. One sync serves every lookup that
+//! was waiting when it was sent, so under load a single trivial round trip
+//! stands for many lookups, and a write acknowledged by any replica is what
+//! the next lookup on every replica returns.
+//!
+//! When the connection fails, the cache is switched off (emptied, no fills)
+//! and lookups read the database directly until the task has connected and
+//! subscribed again.
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{postgres::PgListener, PgPool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cache::LookupCache;
+
+/// The channel the triggers announce changes on.
+const CHANNEL: &str = "latchkey_changes";
+
+/// The payload that stands for every secret.
+const EVERYTHING: &str = "*";
+
+/// With no lookup waiting, announcements are still drained this often.
+const IDLE_SYNC: Duration = Duration::from_secs(1);
+
+/// How long to wait before connecting again after a failure; doubled after
+/// each failure in a row, up to [`MAX_RECONNECT_DELAY`].
+const RECONNECT_DELAY: Duration = Duration::from_millis(500);
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// A handle on the listening task; cloned into every user of the cache.
+#[derive(Debug, Clone)]
+pub(crate) struct ChangeFeed {
+    syncs: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+}
+
+impl ChangeFeed {
+    /// Starts listening on `pool`'s database for changes, applying them to
+    /// `cache`, which is live only while the feed is connected. The task
+    /// ends when the pool is closed.
+    pub(crate) fn start(pool: PgPool, cache: Arc<LookupCache>) -> Self {
+        let (syncs, requests) = mpsc::unbounded_channel();
+        tokio::spawn(listen(pool, cache, requests));
+        ChangeFeed { syncs }
+    }
+
+    /// Waits until every change committed before this call has reached the
+    /// cache. False when that cannot be known (the feed is down): the
+    /// caller must then read the database.
+    pub(crate) async fn sync(&self) -> bool {
+        let (done, synced) = oneshot::channel();
+        if self.syncs.send(done).is_err() {
+            return false;
+        }
+        synced.await.unwrap_or(false)
+    }
+}
+
+async fn listen(
+    pool: PgPool,
+    cache: Arc<LookupCache>,
+    mut requests: mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
+) {
+    let mut waiting = Vec::new();
+    // The listener holds a connection of the pool, which `close()` waits
+    // for: let go of it as soon as the pool starts closing.
+    let mut closing = std::pin::pin!(pool.close_event());
+    let mut delay = RECONNECT_DELAY;
+    'connect: while !pool.is_closed() {
+        let mut listener = match subscribe(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                if !pool.is_closed() {
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot listen for changes; named lookups read the database until it works");
+                }
+                answer_all(&mut requests, &mut waiting, false);
+                if !pause(delay, &mut requests, closing.as_mut()).await {
+                    break 'connect;
+                }
+                delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                continue;
+            }
+        };
+        delay = RECONNECT_DELAY;
+        // Subscribed: from here every change reaches us. Start empty.
+        cache.set_live(true);
+        let mut idle = tokio::time::interval(IDLE_SYNC);
+        loop {
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(request) => waiting.push(request),
+                    None => break 'connect, // the store is gone
+                },
+                _ = idle.tick() => {}
+                () = &mut closing => break 'connect,
+            }
+            // Everyone who asked before the sync is sent is answered by it.
+            while let Ok(request) = requests.try_recv() {
+                waiting.push(request);
+            }
+            let synced = sqlx::query("SELECT 1")
+                .execute(&mut listener)
+                .await
+                .map(drop);
+            while let Some(note) = listener.next_buffered() {
+                apply(&cache, note.payload());
+            }
+            if let Err(e) = synced {
+                cache.set_live(false);
+                if !pool.is_closed() {
+                    tracing::warn!(error = %e, "lost the change feed; reconnecting");
+                }
+                answer_all(&mut requests, &mut waiting, false);
+                break;
+            }
+            for request in waiting.drain(..) {
+                let _ = request.send(true);
+            }
+        }
+        if !pause(RECONNECT_DELAY, &mut requests, closing.as_mut()).await {
+            break 'connect;
+        }
+    }
+    cache.set_live(false);
+    answer_all(&mut requests, &mut waiting, false);
+}
+
+/// A listener subscribed to the channel, once a probe announced from
+/// another session has been seen to arrive before a sync's answer. Behind a
+/// proxy that pools by transaction (where a `LISTEN` does not stay with its
+/// session) the probe does not arrive, and the cache stays off rather than
+/// go stale.
+/// Waits `delay` before the next connection attempt, telling every lookup
+/// that asks meanwhile to read the database. False when the store is closing.
+async fn pause(
+    delay: Duration,
+    requests: &mut mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
+    mut closing: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> bool {
+    let mut done = std::pin::pin!(tokio::time::sleep(delay));
+    loop {
+        tokio::select! {
+            () = &mut done => return true,
+            () = &mut closing => return false,
+            request = requests.recv() => match request {
+                Some(request) => {
+                    let _ = request.send(false);
+                }
+                None => return false,
+            },
+        }
+    }
+}
+
+async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    let probe = format!("probe:{}", latchkey_core::ids::new_id("p"));
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(&probe)
+        .execute(pool)
+        .await?;
+    sqlx::query("SELECT 1").execute(&mut listener).await?;
+    let mut arrived = false;
+    while let Some(note) = listener.next_buffered() {
+        arrived |= note.payload() == probe;
+    }
+    if arrived {
+        Ok(listener)
+    } else {
+        Err(sqlx::Error::Protocol(
+            "a change announced by another session did not arrive before the next answer \
+             (is a proxy pooling connections by transaction?)"
+                .to_owned(),
+        ))
+    }
+}
+
+fn apply(cache: &LookupCache, payload: &str) {
+    if payload.starts_with("probe:") {
+        // Another replica checking its feed: nothing changed.
+    } else if payload == EVERYTHING {
+        cache.clear();
+    } else {
+        cache.forget(payload);
+    }
+}
+
+/// Tells every waiting lookup to read the database itself.
+fn answer_all(
+    requests: &mut mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
+    waiting: &mut Vec<oneshot::Sender<bool>>,
+    synced: bool,
+) {
+    while let Ok(request) = requests.try_recv() {
+        waiting.push(request);
+    }
+    for request in waiting.drain(..) {
+        let _ = request.send(synced);
+    }
+}
