@@ -139,16 +139,28 @@ async fn run(args: Args) -> Result<()> {
         "lookup throughput ({} streams over {} connections, {seconds:?} each)",
         args.streams, args.connections
     );
+    let before = server.cpu_time()?;
     let hello = load.run(Op::Hello, args.streams, seconds).await?;
+    let between = server.cpu_time()?;
     let lookup = load
         .run(Op::Lookup("bench".into()), args.streams, seconds)
         .await?;
+    let (hello_cpu, lookup_cpu) = (between - before, server.cpu_time()? - between);
     figures.push(Figure::new(
         "lookup rate (SecretGetOrCreate type 0)",
         (lookup.rate(), "req/s"),
         "ClientHello rate",
         (hello.rate(), "req/s"),
         "≥ 0.8 × baseline",
+    ));
+    let per_request =
+        |cpu: Duration, stats: &load::Stats| cpu.as_secs_f64() * 1e6 / stats.count().max(1) as f64;
+    figures.push(Figure::new(
+        "server CPU per lookup (user + system, all threads)",
+        (per_request(lookup_cpu, &lookup), "µs"),
+        "per ClientHello",
+        (per_request(hello_cpu, &hello), "µs"),
+        "(reported)",
     ));
     figures.push(Figure::new(
         format!("lookup p99, {} streams flat out", args.streams),
@@ -314,7 +326,14 @@ fn print_table(figures: &[Figure]) {
     for f in figures {
         println!(
             "| {} | {:.2} {} | {}: {:.2} {} | {:.2} | {} |",
-            f.name, f.value, f.unit, f.baseline_name, f.baseline, f.unit, f.ratio, f.target
+            f.name,
+            f.value,
+            f.unit,
+            f.baseline_name,
+            f.baseline,
+            f.baseline_unit,
+            f.ratio,
+            f.target
         );
     }
 }

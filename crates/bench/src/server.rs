@@ -84,6 +84,26 @@ impl Server {
         self.rss_kib()
     }
 
+    /// CPU time the server process has used so far (user + system, every
+    /// thread), in clock ticks of 10 ms: Linux reports USER_HZ = 100 to
+    /// user space on every architecture.
+    pub(crate) fn cpu_time(&self) -> Result<Duration> {
+        let pid = self.child.id().context("server exited")?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        // Fields after the command name (which may hold spaces) in ")".
+        let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of the line; the list here
+        // starts at field 3.
+        let ticks = |i: usize| -> Result<u64> {
+            fields
+                .get(i)
+                .and_then(|f| f.parse().ok())
+                .context("utime/stime in /proc/PID/stat")
+        };
+        Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
+    }
+
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> Result<u64> {
         let pid = self.child.id().context("server exited")?;
