@@ -26,7 +26,9 @@ use clap::{Parser, Subcommand};
 /// LATCHKEY_TOKEN_ID and LATCHKEY_TOKEN_SECRET, else the active profile of
 /// ~/.latchkey.toml (LATCHKEY_CONFIG_PATH, LATCHKEY_PROFILE), else the admin
 /// token of a local server started with `latchkey serve`.
-#[derive(Debug, Parser)]
+// No `Debug` here or below where arguments can hold secret values
+// (`secret create K=V`, `run --set K=V`): nothing may print them.
+#[derive(Parser)]
 #[command(
     name = "latchkey",
     version,
@@ -46,7 +48,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum Command {
     /// Run the server (gRPC for Modal's client, health checks) on one port.
     Serve(serve::ServeArgs),

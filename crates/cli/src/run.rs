@@ -67,8 +67,9 @@ const FORWARDED: [Signal; 6] = [
 /// `si_code` of a signal sent by the kernel (e.g. the terminal driver).
 const SI_KERNEL: i32 = 0x80;
 
-/// The flags of `latchkey run`, as clap parses them.
-#[derive(Debug, Args)]
+/// The flags of `latchkey run`, as clap parses them. No `Debug`: `--set`
+/// holds values.
+#[derive(Args)]
 struct RawRunArgs {
     /// A named secret, optionally with keys it must hold: NAME or
     /// NAME:KEY,KEY,... (checked by the server). Repeatable.
@@ -107,7 +108,7 @@ struct RawRunArgs {
 }
 
 /// One source of variables, in command-line order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Source {
     Secret(String),
     EnvFile(PathBuf),
@@ -115,9 +116,23 @@ enum Source {
     Set(String),
 }
 
+/// Names what a source is without the value of `--set KEY=VALUE`.
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Secret(spec) => f.debug_tuple("Secret").field(spec).finish(),
+            Source::EnvFile(path) => f.debug_tuple("EnvFile").field(path).finish(),
+            Source::Local(key) => f.debug_tuple("Local").field(key).finish(),
+            Source::Set(pair) => {
+                let key = pair.split_once('=').map_or(pair.as_str(), |(k, _)| k);
+                write!(f, "Set({key:?}=<hidden>)")
+            }
+        }
+    }
+}
+
 /// The arguments of `latchkey run`: clap's flags plus the order in which the
 /// sources were given, which clap's derive does not keep across flags.
-#[derive(Debug)]
 pub(crate) struct RunArgs {
     raw: RawRunArgs,
     sources: Vec<Source>,
@@ -512,6 +527,17 @@ impl Masker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_of_a_source_never_shows_a_set_value() {
+        let shown = format!("{:?}", Source::Set("TOKEN=hunter2-value".to_owned()));
+        assert!(shown.contains("TOKEN"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert_eq!(
+            format!("{:?}", Source::Local("HOME".to_owned())),
+            "Local(\"HOME\")"
+        );
+    }
 
     fn mask_chunks(patterns: &[&str], chunks: &[&str]) -> String {
         let patterns: Vec<Vec<u8>> = patterns.iter().map(|p| p.as_bytes().to_vec()).collect();

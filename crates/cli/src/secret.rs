@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Named secrets: dictionaries of environment variables, kept encrypted.
-#[derive(Debug, Args)]
+#[derive(Args)]
 #[command(after_help = "Examples:
   latchkey secret create my-secret API_KEY=abc123 DB_URL=postgres://db/app
   latchkey secret list
@@ -24,7 +24,7 @@ pub(crate) struct SecretArgs {
     command: SecretCommand,
 }
 
-#[derive(Debug, Subcommand)]
+#[derive(Subcommand)]
 enum SecretCommand {
     /// Create a named secret from KEY=VALUE pairs and/or files.
     Create(CreateArgs),
@@ -48,7 +48,7 @@ pub(crate) struct EnvArg {
 
 /// Create a named secret. Values given as KEY=- are read from $EDITOR on a
 /// terminal, else from stdin, so that they stay out of shell history.
-#[derive(Debug, Args)]
+#[derive(Args)]
 #[command(after_help = "Examples:
   latchkey secret create my-secret API_KEY=abc123 DEBUG=1
   latchkey secret create my-secret --from-dotenv .env
@@ -112,7 +112,7 @@ struct InfoArgs {
 
 /// Set keys (KEY=VALUE, or KEY=- to type the value) and remove keys
 /// (--unset KEY). Keys not named are left as they are.
-#[derive(Debug, Args)]
+#[derive(Args)]
 #[command(after_help = "Examples:
   latchkey secret update my-secret API_KEY=rotated
   latchkey secret update my-secret --unset OLD_KEY --unset LEGACY

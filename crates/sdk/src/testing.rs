@@ -28,13 +28,23 @@ use crate::{Client, Config, Error, Result};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running `latchkey serve`; stopped (and its data dir removed) on drop.
-#[derive(Debug)]
+/// Its `Debug` shows the URL and token id, never the token's secret.
 pub struct TestServer {
     child: Child,
     dir: tempfile::TempDir,
     url: String,
     token_id: String,
     token_secret: String,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("url", &self.url)
+            .field("data_dir", &self.dir.path())
+            .field("token_id", &self.token_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl TestServer {

@@ -15,8 +15,8 @@ use std::{collections::VecDeque, sync::Mutex};
 use tokio::sync::watch;
 
 /// A bounded, offset-addressed output stream. Writers append; readers read
-/// from an offset and wait for more.
-#[derive(Debug)]
+/// from an offset and wait for more. Its `Debug` shows offsets, never the
+/// bytes: a process may print its secrets.
 pub(crate) struct OutputBuffer {
     capacity: usize,
     state: Mutex<State>,
@@ -24,7 +24,22 @@ pub(crate) struct OutputBuffer {
     changed: watch::Sender<u64>,
 }
 
-#[derive(Debug, Default)]
+impl std::fmt::Debug for OutputBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f.debug_struct("OutputBuffer")
+            .field("capacity", &self.capacity)
+            .field("start", &state.start)
+            .field("end", &state.end())
+            .field("closed", &state.closed)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
 struct State {
     /// The most recent bytes of the stream, at most `capacity`.
     data: VecDeque<u8>,
@@ -165,6 +180,15 @@ mod tests {
     use std::{sync::Arc, time::Duration};
 
     use super::*;
+
+    #[test]
+    fn debug_shows_offsets_never_output() {
+        let buffer = OutputBuffer::new(64);
+        buffer.push(b"API_KEY=sk-live-123456");
+        let shown = format!("{buffer:?}");
+        assert!(!shown.contains("sk-live"), "{shown}");
+        assert!(shown.contains("end: 22"), "{shown}");
+    }
 
     fn data(offset: u64, bytes: &[u8]) -> Chunk {
         Chunk::Data {
