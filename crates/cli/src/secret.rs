@@ -86,10 +86,20 @@ struct CreateArgs {
 #[command(after_help = "Examples:
   latchkey secret list
   latchkey secret list --env prod
+  latchkey secret list --max 20
+  latchkey secret list --created-before 2026-01-01 --max 50
   latchkey secret list --json | jq -r '.[].name'")]
 struct ListArgs {
     #[command(flatten)]
     env: EnvArg,
+    /// Show at most N secrets, the newest first.
+    #[arg(long, value_name = "N")]
+    max: Option<usize>,
+    /// Only secrets created before WHEN: a date (2026-01-01), an RFC 3339
+    /// date-time (2026-01-01T12:00:00Z) or a Unix timestamp in seconds.
+    /// To page, pass the oldest "created_at" of the previous page.
+    #[arg(long, value_name = "WHEN")]
+    created_before: Option<String>,
     /// Print JSON (an array of secrets) instead of a table.
     #[arg(long)]
     json: bool,
@@ -260,7 +270,14 @@ fn keys_phrase(keys: &[String]) -> String {
 
 fn list(args: &ListArgs) -> Result<()> {
     let client = connect::client(args.env.env.as_deref())?;
-    let secrets = client.secrets().list().wait()?;
+    let mut list = client.secrets().list();
+    if let Some(max) = args.max {
+        list = list.max_objects(max);
+    }
+    if let Some(when) = &args.created_before {
+        list = list.created_before(when.as_str());
+    }
+    let secrets = list.wait()?;
     if args.json {
         return output::json(&secrets);
     }

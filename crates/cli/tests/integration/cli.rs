@@ -189,6 +189,18 @@ fn secret_create_list_info_update_delete() {
     let list = cli.run(&["secret", "list", "--json"]).ok().json();
     assert_eq!(names(&list), ["piped", "db", "app"]);
     assert_eq!(list[0]["created_by"], "admin");
+    // Paging: the newest N, then those created before the last one shown.
+    let page = cli
+        .run(&["secret", "list", "--max", "2", "--json"])
+        .ok()
+        .json();
+    assert_eq!(names(&page), ["piped", "db"]);
+    let oldest = page[1]["created_at"].as_str().unwrap().to_owned();
+    let rest = cli
+        .run(&["secret", "list", "--created-before", &oldest, "--json"])
+        .ok()
+        .json();
+    assert_eq!(names(&rest), ["app"], "created before {oldest}");
     assert!(
         list[2]["last_used_at"].is_string(),
         "resolved above: {list}"
@@ -277,6 +289,10 @@ fn bad_input_is_refused_with_a_clear_message_and_the_right_exit_code() {
     // clap's usage errors.
     cli.run(&["secret", "frobnicate"]).fails(2, "frobnicate");
     cli.run(&["secret", "list", "--bogus"]).fails(2, "--bogus");
+    cli.run(&["secret", "list", "--max", "lots"])
+        .fails(2, "lots");
+    cli.run(&["secret", "list", "--created-before", "last-tuesday"])
+        .fails(1, "last-tuesday");
     cli.run(&["completions", "tcsh"]).fails(2, "tcsh");
 
     // No server there: a failure that names the URL.
