@@ -13,6 +13,7 @@ use crate::output::{self, Table};
 #[command(after_help = "Examples:
   latchkey profile list
   latchkey profile activate prod
+  latchkey profile delete old-laptop
   LATCHKEY_PROFILE=staging latchkey secret list   # one command, another profile")]
 pub(crate) struct ProfileArgs {
     #[command(subcommand)]
@@ -25,6 +26,9 @@ enum ProfileCommand {
     List(ListArgs),
     /// Make a profile the active one.
     Activate(ActivateArgs),
+    /// Delete a profile from the file (the token itself stays valid:
+    /// `latchkey token revoke` ends it).
+    Delete(DeleteArgs),
 }
 
 /// List profiles (never their token secrets).
@@ -44,6 +48,15 @@ struct ListArgs {
 #[command(after_help = "Examples:
   latchkey profile activate prod")]
 struct ActivateArgs {
+    /// The profile's name.
+    name: String,
+}
+
+/// Delete a saved profile and the token secret it holds from the file.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latchkey profile delete staging")]
+struct DeleteArgs {
     /// The profile's name.
     name: String,
 }
@@ -97,6 +110,22 @@ pub(crate) fn run(args: ProfileArgs) -> Result<()> {
             output::line(format!("Profile '{}' is now active.", a.name))?;
             warn_if_overridden();
             Ok(())
+        }
+        ProfileCommand::Delete(a) => {
+            file.remove(&a.name)?;
+            file.save()?;
+            output::line(format!(
+                "Profile '{}' deleted from {}.",
+                a.name,
+                file.path().display()
+            ))?;
+            match file.active() {
+                Some((name, _)) => output::line(format!("Profile '{name}' is active.")),
+                None if file.profiles().is_empty() => Ok(()),
+                None => output::line(
+                    "No profile is active now: `latchkey profile activate NAME` picks one.",
+                ),
+            }
         }
     }
 }

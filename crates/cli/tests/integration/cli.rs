@@ -633,6 +633,18 @@ fn login_writes_a_profile_and_profiles_switch() {
     assert_eq!(me["token"]["name"], "admin");
     cli.run(&["profile", "activate", "nope"])
         .fails(1, "No profile 'nope'");
+    // Deleting the active profile leaves the only other one in charge.
+    cli.run(&["profile", "delete", "nope"])
+        .fails(1, "No profile 'nope'");
+    let out = cli.run(&["profile", "delete", "second"]).ok();
+    assert!(
+        out.stdout.contains("Profile 'default' is active"),
+        "{out:?}"
+    );
+    let profiles = cli.run(&["profile", "list", "--json"]).ok().json();
+    assert_eq!(names(&profiles), ["default"]);
+    let me = cli.run(&["whoami", "--json"]).ok().json();
+    assert_eq!(me["token"]["name"], "admin");
 }
 
 impl Cli {
