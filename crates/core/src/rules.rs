@@ -170,9 +170,28 @@ pub fn check_required_keys<'a>(
     dict: &EnvDict,
     required: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), Error> {
+    check_required(|key| dict.contains_key(key), required)
+}
+
+/// [`check_required_keys`] against a secret's sorted list of keys (its
+/// metadata), without its values.
+pub fn check_required_keys_in_sorted<'a>(
+    keys: &[String],
+    required: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
+    check_required(
+        |key| keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok(),
+        required,
+    )
+}
+
+fn check_required<'a>(
+    has: impl Fn(&str) -> bool,
+    required: impl IntoIterator<Item = &'a str>,
+) -> Result<(), Error> {
     let mut missing: Vec<&str> = Vec::new();
     for key in required {
-        if !dict.contains_key(key) && !missing.contains(&key) {
+        if !has(key) && !missing.contains(&key) {
             missing.push(key);
         }
     }
@@ -261,6 +280,11 @@ mod tests {
         let e = check_required_keys(&dict, ["C", "A", "B", "C"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
         assert_eq!(e.message(), "Secret is missing key(s): C, B");
+
+        let keys = ["A".to_owned(), "D".to_owned(), "M".to_owned()];
+        check_required_keys_in_sorted(&keys, ["M", "A", "D"]).unwrap();
+        let e = check_required_keys_in_sorted(&keys, ["C", "A", "B", "C", "Z"]).unwrap_err();
+        assert_eq!(e.message(), "Secret is missing key(s): C, B, Z");
     }
 
     #[test]

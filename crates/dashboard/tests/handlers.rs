@@ -510,7 +510,7 @@ async fn create_from_a_pasted_dotenv_then_reveal_one_value_at_a_time() {
         .unwrap();
     let s = h
         .service
-        .lookup_secret(&admin, "", "app-creds", &["API_KEY".into()])
+        .resolve_secret(&admin, "", "app-creds", &["API_KEY".into()])
         .await
         .unwrap();
     assert_eq!(s.contents["API_KEY"], "s3cr3t-value");

@@ -58,6 +58,15 @@ pub fn check_token_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// The names of a lookup, checked before the store is asked.
+fn check_lookup(name: &str, environment_name: &str) -> Result<(), Error> {
+    rules::check_secret_name(name)?;
+    if !environment_name.is_empty() {
+        rules::check_environment_name(environment_name)?;
+    }
+    Ok(())
+}
+
 /// How a named secret is created when its name exists.
 pub use latchkey_store::OnConflict as CreateMode;
 
@@ -87,30 +96,66 @@ impl Service {
         Ok(env)
     }
 
-    /// Looks up a named secret and checks that it holds `required_keys`.
+    /// Looks up a named secret's metadata (its keys, never its values) and
+    /// checks that it holds `required_keys`: the lookup on every container
+    /// start, answered without decrypting when the store has it cached.
     pub async fn lookup_secret(
         &self,
         caller: &Caller,
         environment_name: &str,
         name: &str,
         required_keys: &[String],
+    ) -> Result<SecretSummary, Error> {
+        check_lookup(name, environment_name)?;
+        let found = self
+            .store
+            .secret_summary_in_environment(caller.workspace_id(), environment_name, name)
+            .await?;
+        let summary = self.found(caller, environment_name, name, found).await?;
+        caller.check_environment(&summary.environment_name)?;
+        rules::check_required_keys_in_sorted(
+            &summary.keys,
+            required_keys.iter().map(String::as_str),
+        )?;
+        Ok(summary)
+    }
+
+    /// Looks up a named secret with its values and checks that it holds
+    /// `required_keys`.
+    async fn lookup_secret_values(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
     ) -> Result<Secret, Error> {
-        rules::check_secret_name(name)?;
-        if !environment_name.is_empty() {
-            rules::check_environment_name(environment_name)?;
-        }
+        check_lookup(name, environment_name)?;
         let found = self
             .store
             .secret_in_environment(caller.workspace_id(), environment_name, name)
             .await?;
-        let Some(secret) = found else {
-            // Say which is missing: the environment, or the secret in it.
-            self.environment(caller, environment_name).await?;
-            return Err(Error::not_found(format!("Secret '{name}' not found")));
-        };
+        let secret = self.found(caller, environment_name, name, found).await?;
         caller.check_environment(&secret.summary.environment_name)?;
         rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
         Ok(secret)
+    }
+
+    /// What a lookup found, or NotFound saying which is missing: the
+    /// environment, or the secret in it.
+    async fn found<T>(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        found: Option<T>,
+    ) -> Result<T, Error> {
+        match found {
+            Some(found) => Ok(found),
+            None => {
+                self.environment(caller, environment_name).await?;
+                Err(Error::not_found(format!("Secret '{name}' not found")))
+            }
+        }
     }
 
     /// Creates a named secret; `mode` says what happens when the name exists.
@@ -377,7 +422,7 @@ impl Service {
         required_keys: &[String],
     ) -> Result<Secret, Error> {
         let secret = self
-            .lookup_secret(caller, environment_name, name, required_keys)
+            .lookup_secret_values(caller, environment_name, name, required_keys)
             .await?;
         self.mark_used(caller, std::slice::from_ref(&secret.summary.id))
             .await?;
@@ -396,7 +441,7 @@ impl Service {
             .lookup_secret(caller, environment_name, name, &[])
             .await?;
         self.store
-            .delete_secret(caller.workspace_id(), &secret.summary.id)
+            .delete_secret(caller.workspace_id(), &secret.id)
             .await
     }
 

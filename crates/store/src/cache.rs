@@ -6,9 +6,12 @@
 //! [`Store::secret_in_environment`](crate::Store::secret_in_environment)
 //! here, so a repeated lookup costs no database round trip.
 //!
-//! What is kept is the row as stored: still sealed. Every hit is opened
-//! again under the master key, with its binding checked, so the cache never
-//! holds plaintext and a hit costs one small AES-GCM decryption.
+//! What is kept is the row as stored, still sealed, beside its metadata
+//! (name, version, keys: never a value) as read when the row was first
+//! opened and its binding checked. A lookup that needs only the metadata
+//! (`SecretGetOrCreate`, required keys) is answered without decrypting; one
+//! that needs the values opens the sealed row again under the master key.
+//! The cache never holds a value in plaintext.
 //!
 //! Freshness: an adapter forgets a secret after every write that changes it
 //! (update, overwrite, delete, `last_used_at`) and forgets everything when an
@@ -27,9 +30,11 @@ use std::{
     sync::{PoisonError, RwLock},
 };
 
+use std::sync::Arc;
+
 use latchkey_core::Error;
 
-use crate::rows::SecretRow;
+use crate::{crypto::Keyring, rows::SecretRow, Secret, SecretSummary};
 
 /// The most bytes of rows the cache keeps; past this it starts over. Far
 /// above the working set of a deployment's named lookups (a row is a few
@@ -47,7 +52,7 @@ struct State {
     generation: u64,
     /// Whether every change to the database reaches this cache.
     live: bool,
-    rows: HashMap<String, SecretRow>,
+    rows: HashMap<String, Arc<Entry>>,
     /// The keys each secret is cached under (its environment's name, and ""
     /// for the default environment).
     keys_of: HashMap<String, Vec<String>>,
@@ -63,6 +68,30 @@ impl fmt::Debug for LookupCache {
             .field("bytes", &state.bytes)
             .finish()
     }
+}
+
+/// A cached lookup: the sealed row and the metadata it opened to.
+pub(crate) struct Entry {
+    row: SecretRow,
+    summary: SecretSummary,
+}
+
+impl Entry {
+    fn size(&self) -> usize {
+        self.row.approximate_size()
+            + self
+                .summary
+                .keys
+                .iter()
+                .map(|k| k.len() + 24)
+                .sum::<usize>()
+    }
+}
+
+/// What a lookup found: a cached entry, or a row it read and opened.
+enum Found {
+    Cached(Arc<Entry>),
+    Read(Secret),
 }
 
 /// Proof of the generation a database read started in; see
@@ -88,49 +117,91 @@ impl LookupCache {
         format!("{workspace_id}\0{environment_name}\0{name}")
     }
 
-    /// The row of a lookup: from the cache, or else from `read` (whose row
-    /// is then kept, if no write intervened).
-    pub(crate) async fn read_through<F>(
+    /// A named secret with its values: the cached row opened again, or
+    /// `read`'s row opened (and kept, if no write intervened).
+    pub(crate) async fn secret<F>(
         &self,
-        workspace_id: &str,
-        environment_name: &str,
-        name: &str,
+        keyring: &Keyring,
+        lookup: (&str, &str, &str),
         read: F,
-    ) -> Result<Option<SecretRow>, Error>
+    ) -> Result<Option<Secret>, Error>
+    where
+        F: Future<Output = Result<Option<SecretRow>, Error>>,
+    {
+        Ok(match self.find(keyring, lookup, read).await? {
+            Some(Found::Cached(entry)) => Some(entry.row.clone().open(keyring)?),
+            Some(Found::Read(secret)) => Some(secret),
+            None => None,
+        })
+    }
+
+    /// A named secret's metadata: from the cache without decrypting, or from
+    /// `read`'s row opened (and kept, if no write intervened).
+    pub(crate) async fn summary<F>(
+        &self,
+        keyring: &Keyring,
+        lookup: (&str, &str, &str),
+        read: F,
+    ) -> Result<Option<SecretSummary>, Error>
+    where
+        F: Future<Output = Result<Option<SecretRow>, Error>>,
+    {
+        Ok(match self.find(keyring, lookup, read).await? {
+            Some(Found::Cached(entry)) => Some(entry.summary.clone()),
+            Some(Found::Read(secret)) => Some(secret.summary),
+            None => None,
+        })
+    }
+
+    /// `lookup` is (workspace id, environment name, secret name).
+    async fn find<F>(
+        &self,
+        keyring: &Keyring,
+        (workspace_id, environment_name, name): (&str, &str, &str),
+        read: F,
+    ) -> Result<Option<Found>, Error>
     where
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
         let key = Self::key(workspace_id, environment_name, name);
         let ticket = match self.get(&key) {
-            Ok(row) => return Ok(Some(row)),
+            Ok(entry) => return Ok(Some(Found::Cached(entry))),
             Err(ticket) => ticket,
         };
-        let row = read.await?;
-        if let Some(row) = &row {
-            self.fill(key, ticket, row);
-        }
-        Ok(row)
+        let Some(row) = read.await? else {
+            return Ok(None);
+        };
+        let secret = row.clone().open(keyring)?;
+        self.fill(
+            key,
+            ticket,
+            Entry {
+                row,
+                summary: secret.summary.clone(),
+            },
+        );
+        Ok(Some(Found::Read(secret)))
     }
 
-    /// The cached row for `key`, or the ticket to fill it with after reading
-    /// the database.
-    pub(crate) fn get(&self, key: &str) -> Result<SecretRow, Ticket> {
+    /// The cached entry for `key`, or the ticket to fill it with after
+    /// reading the database.
+    fn get(&self, key: &str) -> Result<Arc<Entry>, Ticket> {
         let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
         match state.rows.get(key) {
-            Some(row) => Ok(row.clone()),
+            Some(entry) => Ok(entry.clone()),
             None => Err(Ticket(state.generation)),
         }
     }
 
-    /// Keeps `row` under `key`, unless something was forgotten since
+    /// Keeps `entry` under `key`, unless something was forgotten since
     /// `ticket` was issued (the row may predate that write) or the cache is
     /// not live.
-    pub(crate) fn fill(&self, key: String, ticket: Ticket, row: &SecretRow) {
+    fn fill(&self, key: String, ticket: Ticket, entry: Entry) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         if !state.live || state.generation != ticket.0 || state.rows.contains_key(&key) {
             return;
         }
-        let size = key.len() + row.approximate_size();
+        let size = key.len() + entry.size();
         if state.bytes + size > MAX_BYTES {
             state.rows.clear();
             state.keys_of.clear();
@@ -139,10 +210,10 @@ impl LookupCache {
         state.bytes += size;
         state
             .keys_of
-            .entry(row.id.clone())
+            .entry(entry.row.id.clone())
             .or_default()
             .push(key.clone());
-        state.rows.insert(key, row.clone());
+        state.rows.insert(key, Arc::new(entry));
     }
 
     /// Forgets the secret with this id, after a write that changed it.
@@ -153,8 +224,8 @@ impl LookupCache {
             return;
         };
         for key in keys {
-            if let Some(row) = state.rows.remove(&key) {
-                state.bytes -= key.len() + row.approximate_size();
+            if let Some(entry) = state.rows.remove(&key) {
+                state.bytes -= key.len() + entry.size();
             }
         }
     }
@@ -202,8 +273,20 @@ mod tests {
         }
     }
 
-    fn row(id: &str, name: &str) -> SecretRow {
-        SecretRow::for_test(id, name, 1)
+    fn row(id: &str, name: &str) -> Entry {
+        let row = SecretRow::for_test(id, name, 1);
+        let summary = SecretSummary {
+            id: id.to_owned(),
+            kind: crate::SecretKind::Named(name.to_owned()),
+            environment_id: "en".to_owned(),
+            environment_name: "main".to_owned(),
+            created_at: 0,
+            created_by: "test".to_owned(),
+            last_used_at: None,
+            version: 1,
+            keys: vec!["K".to_owned()],
+        };
+        Entry { row, summary }
     }
 
     #[test]
@@ -211,13 +294,20 @@ mod tests {
         let cache = LookupCache::new(true);
         let key = LookupCache::key("ws", "main", "db");
         let ticket = miss(&cache, &key, "empty cache");
-        cache.fill(key.clone(), ticket, &row("st-1", "db"));
-        assert_eq!(cache.get(&key).map(|r| r.id).ok().as_deref(), Some("st-1"));
+        cache.fill(key.clone(), ticket, row("st-1", "db"));
+        assert_eq!(
+            cache
+                .get(&key)
+                .ok()
+                .map(|e| e.summary.id.clone())
+                .as_deref(),
+            Some("st-1")
+        );
 
         // The same secret under its default-environment key as well.
         let default_key = LookupCache::key("ws", "", "db");
         let ticket = miss(&cache, &default_key, "not cached yet");
-        cache.fill(default_key.clone(), ticket, &row("st-1", "db"));
+        cache.fill(default_key.clone(), ticket, row("st-1", "db"));
         assert_eq!(cache.len(), 2);
 
         cache.forget("st-2");
@@ -238,7 +328,7 @@ mod tests {
         let ticket = miss(&cache, &key, "empty cache");
         // A write commits and forgets (any secret) while the read is running.
         cache.forget("st-9");
-        cache.fill(key.clone(), ticket, &row("st-1", "db"));
+        cache.fill(key.clone(), ticket, row("st-1", "db"));
         assert!(
             cache.get(&key).is_err(),
             "a row that may predate the write was kept"
@@ -246,7 +336,7 @@ mod tests {
 
         let ticket = miss(&cache, &key, "still empty");
         cache.clear();
-        cache.fill(key.clone(), ticket, &row("st-1", "db"));
+        cache.fill(key.clone(), ticket, row("st-1", "db"));
         assert!(
             cache.get(&key).is_err(),
             "a fill from before clear() was kept"
@@ -258,12 +348,12 @@ mod tests {
         let cache = LookupCache::new(false);
         let key = LookupCache::key("ws", "main", "db");
         let ticket = miss(&cache, &key, "empty cache");
-        cache.fill(key.clone(), ticket, &row("st-1", "db"));
+        cache.fill(key.clone(), ticket, row("st-1", "db"));
         assert!(cache.get(&key).is_err());
 
         cache.set_live(true);
         let ticket = miss(&cache, &key, "empty cache");
-        cache.fill(key.clone(), ticket, &row("st-1", "db"));
+        cache.fill(key.clone(), ticket, row("st-1", "db"));
         assert!(cache.get(&key).is_ok());
 
         cache.set_live(false);
@@ -279,7 +369,7 @@ mod tests {
         loop {
             let key = LookupCache::key("ws", "main", &format!("s{n}"));
             let ticket = miss(&cache, &key, "new key");
-            cache.fill(key, ticket, &row(&format!("st-{n}"), "x"));
+            cache.fill(key, ticket, row(&format!("st-{n}"), "x"));
             n += 1;
             let len = cache.len();
             if len < previous {

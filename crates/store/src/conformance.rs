@@ -489,6 +489,17 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
             .contents["V"]
             .clone()
     };
+    // The metadata lookup, which may be answered without decrypting:
+    // (version, keys, last_used_at).
+    let summary = |env: String, what: &'static str| async move {
+        let found = reader
+            .secret_summary_in_environment(ws, &env, "look")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{what}: the metadata lookup found nothing"));
+        (found.version, found.keys, found.last_used_at)
+    };
+    let keys = |k: &[&str]| k.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
     let env_name = format!("look-{tag}");
     let env = writer.create_environment(ws, &env_name).await.unwrap();
     let write = |contents: &str, on_conflict| {
@@ -502,10 +513,21 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
     for _ in 0..2 {
         let found = reader.secret_in_environment(ws, &env_name, "look").await;
         assert_eq!(value(found.unwrap(), "created"), "1");
+        assert_eq!(
+            summary(env_name.clone(), "created").await,
+            (1, keys(&["V"]), None)
+        );
     }
 
     writer
-        .update_secret(ws, &id, &[("V".to_owned(), Some("2".to_owned()))])
+        .update_secret(
+            ws,
+            &id,
+            &[
+                ("V".to_owned(), Some("2".to_owned())),
+                ("W".to_owned(), Some("w".to_owned())),
+            ],
+        )
         .await
         .unwrap();
     let found = reader.secret_in_environment(ws, &env_name, "look").await;
@@ -514,11 +536,21 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
         "2",
         "an update is seen by the next lookup"
     );
+    assert_eq!(
+        summary(env_name.clone(), "updated").await,
+        (2, keys(&["V", "W"]), None),
+        "an update is seen by the next metadata lookup"
+    );
 
     writer
         .create_secret(&write("3", OnConflict::Overwrite))
         .await
         .unwrap();
+    assert_eq!(
+        summary(env_name.clone(), "overwritten").await,
+        (3, keys(&["V"]), None),
+        "an overwrite is seen by the next metadata lookup"
+    );
     let found = reader.secret_in_environment(ws, &env_name, "look").await;
     assert_eq!(
         value(found.unwrap(), "overwritten"),
@@ -530,6 +562,11 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
         .mark_used(ws, std::slice::from_ref(&id), 1_234_567)
         .await
         .unwrap();
+    assert_eq!(
+        summary(env_name.clone(), "marked used").await,
+        (3, keys(&["V"]), Some(1_234_567)),
+        "last_used_at is seen by the next metadata lookup"
+    );
     let found = reader.secret_in_environment(ws, &env_name, "look").await;
     assert_eq!(
         found.unwrap().expect("marked used").summary.last_used_at,
@@ -554,6 +591,10 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
         found.unwrap().is_none(),
         "found under its environment's old name"
     );
+    let found = reader
+        .secret_summary_in_environment(ws, &env_name, "look")
+        .await;
+    assert!(found.unwrap().is_none(), "metadata under the old name");
     let found = reader.secret_in_environment(ws, &renamed, "look").await;
     let found = found.unwrap().expect("found under the new name");
     assert_eq!(found.summary.environment_name, renamed);
@@ -564,6 +605,10 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
         found.unwrap().is_none(),
         "a delete is seen by the next lookup"
     );
+    let found = reader
+        .secret_summary_in_environment(ws, &renamed, "look")
+        .await;
+    assert!(found.unwrap().is_none(), "metadata of a deleted secret");
 
     // The default environment is found by its name and by "".
     let default = writer.environment(ws, "").await.unwrap();

@@ -152,16 +152,28 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
     ) -> Result<Secret, Error>;
 
-    /// A named secret found by its environment's name (empty: the workspace
-    /// default) rather than its id: the lookup on every container start, so
-    /// backends answer it in one round trip. `None` when the environment or
-    /// the secret is missing ([`environment`](Self::environment) tells which).
+    /// A named secret, with its values, found by its environment's name
+    /// (empty: the workspace default) rather than its id: what a process
+    /// that starts with the secret reads. `None` when the environment or the
+    /// secret is missing ([`environment`](Self::environment) tells which).
+    /// Adapters may answer from a cache of sealed rows, kept exact.
     async fn secret_in_environment(
         &self,
         workspace_id: &str,
         environment_name: &str,
         name: &str,
     ) -> Result<Option<Secret>, Error>;
+
+    /// The metadata (keys included, never values) of a named secret found
+    /// like [`secret_in_environment`](Self::secret_in_environment): the
+    /// lookup on every container start. Adapters may answer from cache
+    /// without decrypting.
+    async fn secret_summary_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<SecretSummary>, Error>;
 
     /// Any secret of the workspace, by id, with its contents.
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error>;

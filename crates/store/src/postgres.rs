@@ -33,7 +33,13 @@
 //!
 //! [`ErrorKind::Unavailable`]: latchkey_core::ErrorKind::Unavailable
 
-use std::{fmt, future::Future, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    str::FromStr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use latchkey_core::{ids, time::now_micros, time::Micros, EnvDict, Error};
@@ -181,6 +187,19 @@ impl PgStore {
         self.pool.close().await;
     }
 
+    /// Reads the row of a named lookup (workspace id, environment name,
+    /// secret name); nothing happens unless the cache misses and awaits it.
+    async fn read_named(&self, lookup: (&str, &str, &str)) -> Result<Option<SecretRow>, Error> {
+        let (workspace_id, environment_name, name) = lookup;
+        sqlx::query_as::<_, SecretRow>(&SECRET_IN_ENVIRONMENT)
+            .bind(workspace_id)
+            .bind(environment_name)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Postgres>, Error> {
         self.pool.begin().await.map_err(db_error)
     }
@@ -220,6 +239,15 @@ async fn bounded<T>(
         }
     }
 }
+
+/// A named secret by its environment's name ('' for the default).
+static SECRET_IN_ENVIRONMENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+         WHERE s.workspace_id = $1 AND s.name = $3 \
+         AND (CASE WHEN $2 = '' THEN e.is_default ELSE e.name = $2 END)"
+    )
+});
 
 /// The connection options for `url`, with latchkey's session settings.
 pub(crate) fn connect_options(
@@ -823,29 +851,36 @@ impl Store for PgStore {
         environment_name: &str,
         name: &str,
     ) -> Result<Option<Secret>, Error> {
+        let lookup = (workspace_id, environment_name, name);
         self.bounded(async {
-            let sql = format!(
-                "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
-                 WHERE s.workspace_id = $1 AND s.name = $3 \
-                 AND (CASE WHEN $2 = '' THEN e.is_default ELSE e.name = $2 END)"
-            );
-            let read = async {
-                sqlx::query_as::<_, SecretRow>(&sql)
-                    .bind(workspace_id)
-                    .bind(environment_name)
-                    .bind(name)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_error)
-            };
-            let row = if self.feed.sync().await {
-                self.cache
-                    .read_through(workspace_id, environment_name, name, read)
-                    .await?
+            let read = self.read_named(lookup);
+            if self.feed.sync().await {
+                self.cache.secret(&self.keyring, lookup, read).await
             } else {
-                read.await?
-            };
-            row.map(|row| row.open(&self.keyring)).transpose()
+                read.await?.map(|row| row.open(&self.keyring)).transpose()
+            }
+        })
+        .await
+    }
+
+    async fn secret_summary_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<SecretSummary>, Error> {
+        let lookup = (workspace_id, environment_name, name);
+        self.bounded(async {
+            let read = self.read_named(lookup);
+            if self.feed.sync().await {
+                self.cache.summary(&self.keyring, lookup, read).await
+            } else {
+                let row = read.await?;
+                Ok(row
+                    .map(|row| row.open(&self.keyring))
+                    .transpose()?
+                    .map(|s| s.summary))
+            }
         })
         .await
     }

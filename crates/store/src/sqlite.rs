@@ -6,7 +6,12 @@
 //! beside the writer. Every commit is durable (`synchronous = FULL`) before
 //! it is acknowledged, and deleted rows are overwritten (`secure_delete`).
 
-use std::{path::PathBuf, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    str::FromStr,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use latchkey_core::{ids, time::now_micros, time::Micros, Error};
@@ -124,6 +129,19 @@ impl SqliteStore {
         if let Err(e) = self.lock.unlock() {
             tracing::warn!(error = %e, "cannot release the database lock");
         }
+    }
+
+    /// Reads the row of a named lookup (workspace id, environment name,
+    /// secret name); nothing happens unless the cache misses and awaits it.
+    async fn read_named(&self, lookup: (&str, &str, &str)) -> Result<Option<SecretRow>, Error> {
+        let (workspace_id, environment_name, name) = lookup;
+        sqlx::query_as::<_, SecretRow>(&SECRET_IN_ENVIRONMENT)
+            .bind(workspace_id)
+            .bind(environment_name)
+            .bind(name)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(db_error)
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, Error> {
@@ -312,6 +330,15 @@ fn db_error(e: sqlx::Error) -> Error {
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
+
+/// A named secret by its environment's name ('' for the default).
+static SECRET_IN_ENVIRONMENT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+         WHERE s.workspace_id = ?1 AND s.name = ?3 \
+         AND (CASE WHEN ?2 = '' THEN e.is_default = 1 ELSE e.name = ?2 END)"
+    )
+});
 
 const SELECT_ENVIRONMENT: &str =
     "SELECT id, workspace_id, name, is_default, webhook_suffix, created_at FROM environments";
@@ -668,23 +695,20 @@ impl Store for SqliteStore {
         environment_name: &str,
         name: &str,
     ) -> Result<Option<Secret>, Error> {
-        let sql = format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
-             WHERE s.workspace_id = ?1 AND s.name = ?3 \
-             AND (CASE WHEN ?2 = '' THEN e.is_default = 1 ELSE e.name = ?2 END)"
-        );
-        let read = sqlx::query_as::<_, SecretRow>(&sql)
-            .bind(workspace_id)
-            .bind(environment_name)
-            .bind(name)
-            .fetch_optional(&self.reader);
-        self.cache
-            .read_through(workspace_id, environment_name, name, async {
-                read.await.map_err(db_error)
-            })
-            .await?
-            .map(|row| row.open(&self.keyring))
-            .transpose()
+        let lookup = (workspace_id, environment_name, name);
+        let read = self.read_named(lookup);
+        self.cache.secret(&self.keyring, lookup, read).await
+    }
+
+    async fn secret_summary_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<SecretSummary>, Error> {
+        let lookup = (workspace_id, environment_name, name);
+        let read = self.read_named(lookup);
+        self.cache.summary(&self.keyring, lookup, read).await
     }
 
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {

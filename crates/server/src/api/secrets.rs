@@ -229,7 +229,7 @@ pub(crate) async fn get(
             &split_keys(&q.required_keys),
         )
         .await?;
-    Ok(Json(SecretInfo::from(&secret.summary)))
+    Ok(Json(SecretInfo::from(&secret)))
 }
 
 /// Body of `POST /secrets/{name}/resolve` (may be empty).
@@ -327,9 +327,7 @@ pub(crate) async fn update(
     let secret = service
         .lookup_secret(&caller, &q.environment, &name, &[])
         .await?;
-    let updated = service
-        .update_secret(&caller, &secret.summary.id, &changes)
-        .await?;
+    let updated = service.update_secret(&caller, &secret.id, &changes).await?;
     Ok(Json(SecretInfo::from(&updated.summary)))
 }
 

@@ -182,7 +182,7 @@ impl ModalClient for ModalApi {
                 }));
             }
         };
-        let secret = match named_mode {
+        let summary = match named_mode {
             None => {
                 if !contents.is_empty() {
                     return Err(invalid("A Secret lookup cannot carry values; use an object_creation_type that creates"));
@@ -195,12 +195,12 @@ impl ModalClient for ModalApi {
                 .service
                 .create_secret(&caller, &req.environment_name, &req.deployment_name, contents, mode, &req.required_keys)
                 .await
-                .map(|(secret, _)| secret),
+                .map(|(secret, _)| secret.summary),
         }
         .map_err(status)?;
         Ok(Response::new(api::SecretGetOrCreateResponse {
-            secret_id: secret.summary.id.clone(),
-            metadata: Some(convert::secret_metadata(&secret.summary)),
+            secret_id: summary.id.clone(),
+            metadata: Some(convert::secret_metadata(&summary)),
         }))
     }
 
