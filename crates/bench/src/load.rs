@@ -58,6 +58,20 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
+    /// No requests yet; [`add`](Self::add) runs to it.
+    pub(crate) fn empty() -> Stats {
+        Stats {
+            histogram: Histogram::<u64>::new(3).expect("histogram"),
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    /// Adds another run of the same load.
+    pub(crate) fn add(&mut self, other: Stats) {
+        self.histogram.add(other.histogram).ok();
+        self.elapsed += other.elapsed;
+    }
+
     /// The merged latencies of `tasks`, which began at `started`.
     async fn of(
         started: Instant,

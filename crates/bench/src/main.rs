@@ -139,13 +139,8 @@ async fn run(args: Args) -> Result<()> {
         "lookup throughput ({} streams over {} connections, {seconds:?} each)",
         args.streams, args.connections
     );
-    let before = server.cpu_time()?;
-    let hello = load.run(Op::Hello, args.streams, seconds).await?;
-    let between = server.cpu_time()?;
-    let lookup = load
-        .run(Op::Lookup("bench".into()), args.streams, seconds)
-        .await?;
-    let (hello_cpu, lookup_cpu) = (between - before, server.cpu_time()? - between);
+    let [(hello, hello_cpu), (lookup, lookup_cpu)] =
+        paired(&load, &server, Pace::FlatOut, args.streams, seconds).await?;
     figures.push(Figure::new(
         "lookup rate (SecretGetOrCreate type 0)",
         (lookup.rate(), "req/s"),
@@ -175,12 +170,8 @@ async fn run(args: Args) -> Result<()> {
     // half and a quarter of the empty RPC's peak) show a lookup's latency.
     for share in [2.0, 4.0] {
         let fixed = (hello.rate() / share).floor().max(100.0);
-        let hello_at = load
-            .run_at_rate(Op::Hello, args.streams, fixed, seconds)
-            .await?;
-        let lookup_at = load
-            .run_at_rate(Op::Lookup("bench".into()), args.streams, fixed, seconds)
-            .await?;
+        let [(hello_at, _), (lookup_at, _)] =
+            paired(&load, &server, Pace::Rate(fixed), args.streams, seconds).await?;
         figures.push(Figure::new(
             format!(
                 "lookup p99 at {fixed:.0} req/s (1/{share} of peak, {} streams)",
@@ -287,10 +278,8 @@ async fn run(args: Args) -> Result<()> {
         let pg = Server::start(&bin, &["--database", &db]).await?;
         let load = Load::new(&pg, args.connections).await?;
         load.create_named("bench", 10).await?;
-        let hello = load.run(Op::Hello, args.streams, seconds).await?;
-        let lookup = load
-            .run(Op::Lookup("bench".into()), args.streams, seconds)
-            .await?;
+        let [(hello, _), (lookup, _)] =
+            paired(&load, &pg, Pace::FlatOut, args.streams, seconds).await?;
         let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
         figures.push(Figure::new(
             "PostgreSQL lookup rate",
@@ -319,6 +308,49 @@ async fn run(args: Args) -> Result<()> {
         print_table(&figures);
     }
     Ok(())
+}
+
+/// How requests are sent: flat out, or at a fixed total rate.
+#[derive(Debug, Clone, Copy)]
+enum Pace {
+    FlatOut,
+    Rate(f64),
+}
+
+/// ClientHello and the lookup, each for `duration` in all, taking turns in
+/// short rounds so that whatever else the machine does (and where the
+/// runtime happens to place the connections) falls on both alike. Each with
+/// the server CPU time it used.
+async fn paired(
+    load: &Load,
+    server: &Server,
+    pace: Pace,
+    streams: usize,
+    duration: Duration,
+) -> Result<[(load::Stats, Duration); 2]> {
+    const ROUNDS: u32 = 5;
+    let mut results = [
+        (load::Stats::empty(), Duration::ZERO),
+        (load::Stats::empty(), Duration::ZERO),
+    ];
+    for _ in 0..ROUNDS {
+        for (op, (stats, cpu)) in [Op::Hello, Op::Lookup("bench".into())]
+            .into_iter()
+            .zip(results.iter_mut())
+        {
+            let before = server.cpu_time()?;
+            let run = match pace {
+                Pace::FlatOut => load.run(op, streams, duration / ROUNDS).await?,
+                Pace::Rate(rate) => {
+                    load.run_at_rate(op, streams, rate, duration / ROUNDS)
+                        .await?
+                }
+            };
+            stats.add(run);
+            *cpu += server.cpu_time()? - before;
+        }
+    }
+    Ok(results)
 }
 
 fn print_table(figures: &[Figure]) {
