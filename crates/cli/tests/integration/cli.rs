@@ -103,7 +103,11 @@ impl Cli {
             .spawn()
             .unwrap();
         let mut input = child.stdin.take().unwrap();
-        input.write_all(stdin.as_bytes()).unwrap();
+        // A command that does not need its stdin may exit before reading it.
+        match input.write_all(stdin.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.unwrap(),
+        }
         drop(input);
         let out = child.wait_with_output().unwrap();
         Out {
