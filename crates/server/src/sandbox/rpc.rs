@@ -49,8 +49,19 @@ pub(crate) struct App {
 #[derive(Debug, Clone)]
 pub(crate) struct RequestOrigin(String);
 
-/// Middleware: remembers each request's origin for [`RequestOrigin`].
+/// The RPCs that answer with the command router's address, from
+/// [`RequestOrigin`].
+const NEED_ORIGIN: [&str; 2] = [
+    "/modal.client.ModalClient/SandboxCreateV2",
+    "/modal.client.ModalClient/SandboxGetCommandRouterAccess",
+];
+
+/// Middleware: remembers the origin of the requests that need it, for
+/// [`RequestOrigin`] (every other request passes untouched).
 pub(crate) async fn remember_origin(mut request: HttpRequest, next: Next) -> Response {
+    if !NEED_ORIGIN.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
     let uri = request.uri();
     let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
         request
