@@ -46,16 +46,24 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub(crate) struct ChangeFeed {
     syncs: mpsc::UnboundedSender<oneshot::Sender<bool>>,
+    /// The listening connection's own one-connection pool.
+    listening: PgPool,
 }
 
 impl ChangeFeed {
-    /// Starts listening on `pool`'s database for changes, applying them to
-    /// `cache`, which is live only while the feed is connected. The task
-    /// ends when the pool is closed.
-    pub(crate) fn start(pool: PgPool, cache: Arc<LookupCache>) -> Self {
-        let (syncs, requests) = mpsc::unbounded_channel();
-        tokio::spawn(listen(pool, cache, requests));
-        ChangeFeed { syncs }
+    /// Starts listening for changes on a connection of `listening` (a pool
+    /// of its own), applying them to `cache`, which is live only while the
+    /// feed is connected; `requests` is the store's pool, from which the
+    /// feed's probes are sent. The task ends at [`close`](Self::close).
+    pub(crate) fn start(listening: PgPool, requests: PgPool, cache: Arc<LookupCache>) -> Self {
+        let (syncs, waiting) = mpsc::unbounded_channel();
+        tokio::spawn(listen(listening.clone(), requests, cache, waiting));
+        ChangeFeed { syncs, listening }
+    }
+
+    /// Stops listening and closes the connection.
+    pub(crate) async fn close(&self) {
+        self.listening.close().await;
     }
 
     /// Waits until every change committed before this call has reached the
@@ -72,6 +80,7 @@ impl ChangeFeed {
 
 async fn listen(
     pool: PgPool,
+    probes: PgPool,
     cache: Arc<LookupCache>,
     mut requests: mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
 ) {
@@ -81,7 +90,7 @@ async fn listen(
     let mut closing = std::pin::pin!(pool.close_event());
     let mut delay = RECONNECT_DELAY;
     'connect: while !pool.is_closed() {
-        let mut listener = match subscribe(&pool).await {
+        let mut listener = match subscribe(&pool, &probes).await {
             Ok(listener) => listener,
             Err(e) => {
                 if !pool.is_closed() {
@@ -166,14 +175,14 @@ async fn pause(
     }
 }
 
-async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+async fn subscribe(pool: &PgPool, probes: &PgPool) -> Result<PgListener, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     let probe = format!("probe:{}", latchkey_core::ids::new_id("p"));
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(&probe)
-        .execute(pool)
+        .execute(probes)
         .await?;
     sqlx::query("SELECT 1").execute(&mut listener).await?;
     let mut arrived = false;

@@ -63,8 +63,9 @@ use crate::{
 /// How the PostgreSQL adapter uses its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
-    /// Most connections this process opens. Every replica has its own pool,
-    /// so replicas × pool size must stay below the server's `max_connections`.
+    /// Most connections this process opens for requests; one more listens
+    /// for changes. Every replica has its own, so replicas × (pool size + 1)
+    /// must stay below the server's `max_connections`.
     pub pool_size: u32,
     /// How long a request waits for a connection (including opening one)
     /// before it fails with Unavailable.
@@ -156,7 +157,14 @@ impl PgStore {
             .ok_or_else(|| db_err(sqlx::Error::RowNotFound))?;
         verify(&keyring, &stored)?;
         let cache = Arc::new(LookupCache::new(false));
-        let feed = ChangeFeed::start(pool.clone(), cache.clone());
+        // The feed listens on a connection of its own, outside the pool, so
+        // that it never takes one a request could use.
+        let feed_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect_options(url, options)?);
+        let feed = ChangeFeed::start(feed_pool, pool.clone(), cache.clone());
         Ok(Self {
             pool,
             keyring,
@@ -184,6 +192,7 @@ impl PgStore {
 
     /// Closes the pool, waiting for connections in use to be returned.
     pub async fn close(&self) {
+        self.feed.close().await;
         self.pool.close().await;
     }
 

@@ -412,3 +412,50 @@ async fn lookups_are_served_from_the_cache_and_announcements_refresh_it() {
     );
     store.close().await;
 }
+
+/// The change feed listens on a connection of its own: a store whose pool
+/// holds one connection still serves requests, and its lookups still
+/// follow writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_one_connection_is_not_taken_by_the_feed() {
+    let db = TestDb::create().await;
+    let options = PgOptions {
+        pool_size: 1,
+        acquire_timeout: Duration::from_secs(2),
+        ..PgOptions::default()
+    };
+    let store = PgStore::open(&db.url, Keyring::new(MasterKey::generate()), options)
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    let ws = admin.workspace_id.clone();
+    let env = store.environment(&ws, "").await.unwrap().id;
+    let (secret, _) = store
+        .create_secret(&NewSecret {
+            workspace_id: ws.clone(),
+            environment_id: env,
+            kind: SecretKind::Named("one".to_owned()),
+            created_by: "admin".to_owned(),
+            contents: [("V".to_owned(), "0".to_owned())].into(),
+            on_conflict: OnConflict::Fail,
+        })
+        .await
+        .unwrap();
+    // Long enough for the feed to be up and holding its connection.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for round in 1..=5 {
+        let value = round.to_string();
+        store
+            .update_secret(
+                &ws,
+                &secret.summary.id,
+                &[("V".to_owned(), Some(value.clone()))],
+            )
+            .await
+            .unwrap();
+        let found = store.secret_in_environment(&ws, "", "one").await.unwrap();
+        assert_eq!(found.expect("found").contents["V"], value);
+    }
+    store.close().await;
+}
