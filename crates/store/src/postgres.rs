@@ -1,4 +1,4 @@
-//! The PostgreSQL adapter: one database shared by any number of stateless
+//! The PostgreSQL adapter: one database shared by any number of
 //! replicas.
 //!
 //! A write one replica acknowledged is what the next read on any other
