@@ -54,10 +54,17 @@ impl ChangeFeed {
     /// Starts listening for changes on a connection of `listening` (a pool
     /// of its own), applying them to `cache`, which is live only while the
     /// feed is connected; `requests` is the store's pool, from which the
-    /// feed's probes are sent. The task ends at [`close`](Self::close).
-    pub(crate) fn start(listening: PgPool, requests: PgPool, cache: Arc<LookupCache>) -> Self {
+    /// feed's probes are sent. Subscribing and each sync may take at most
+    /// `limit`; past it the feed counts as lost. The task ends at
+    /// [`close`](Self::close).
+    pub(crate) fn start(
+        listening: PgPool,
+        requests: PgPool,
+        limit: Duration,
+        cache: Arc<LookupCache>,
+    ) -> Self {
         let (syncs, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(listen(listening.clone(), requests, cache, waiting));
+        tokio::spawn(listen(listening.clone(), requests, limit, cache, waiting));
         ChangeFeed { syncs, listening }
     }
 
@@ -81,6 +88,7 @@ impl ChangeFeed {
 async fn listen(
     pool: PgPool,
     probes: PgPool,
+    limit: Duration,
     cache: Arc<LookupCache>,
     mut requests: mpsc::UnboundedReceiver<oneshot::Sender<bool>>,
 ) {
@@ -90,7 +98,9 @@ async fn listen(
     let mut closing = std::pin::pin!(pool.close_event());
     let mut delay = RECONNECT_DELAY;
     'connect: while !pool.is_closed() {
-        let mut listener = match subscribe(&pool, &probes).await {
+        let subscribed = tokio::time::timeout(limit, subscribe(&pool, &probes)).await;
+        let subscribed = subscribed.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
+        let mut listener = match subscribed {
             Ok(listener) => listener,
             Err(e) => {
                 if !pool.is_closed() {
@@ -121,10 +131,13 @@ async fn listen(
             while let Ok(request) = requests.try_recv() {
                 waiting.push(request);
             }
-            let synced = sqlx::query("SELECT 1")
-                .execute(&mut listener)
-                .await
-                .map(drop);
+            // Bounded: a connection that hangs without an error (a lost
+            // network) must not hold every lookup.
+            let synced =
+                tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&mut listener))
+                    .await
+                    .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+                    .map(drop);
             while let Some(note) = listener.next_buffered() {
                 apply(&cache, note.payload());
             }

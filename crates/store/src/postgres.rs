@@ -164,7 +164,12 @@ impl PgStore {
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect_options(url, options)?);
-        let feed = ChangeFeed::start(feed_pool, pool.clone(), cache.clone());
+        let feed = ChangeFeed::start(
+            feed_pool,
+            pool.clone(),
+            options.acquire_timeout,
+            cache.clone(),
+        );
         Ok(Self {
             pool,
             keyring,
