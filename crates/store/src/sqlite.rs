@@ -7,6 +7,7 @@
 //! it is acknowledged, and deleted rows are overwritten (`secure_delete`).
 
 use std::{
+    future::Future,
     path::PathBuf,
     str::FromStr,
     sync::{Arc, LazyLock},
@@ -111,13 +112,19 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         let (creates, queue) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(group_commit(writer.clone(), keyring.clone(), queue));
+        let cache = Arc::new(LookupCache::new(true));
+        tokio::spawn(group_commit(
+            writer.clone(),
+            keyring.clone(),
+            cache.clone(),
+            queue,
+        ));
         Ok(Self {
             writer,
             reader,
             keyring,
             creates,
-            cache: Arc::new(LookupCache::new(true)),
+            cache,
             lock: Arc::new(lock),
         })
     }
@@ -142,6 +149,183 @@ impl SqliteStore {
             .fetch_optional(&self.reader)
             .await
             .map_err(db_error)
+    }
+
+    /// Runs a write that changes what lookups return on a task of its own,
+    /// so that it reaches its end (the commit, then the cache's forget) even
+    /// when the caller stops waiting: SQLite carries out a statement it was
+    /// given whatever the caller does, and a forget skipped after a commit
+    /// would leave the cache stale for good.
+    async fn to_completion<T, F, Fut>(&self, write: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(SqliteStore) -> Fut,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        tokio::spawn(write(self.clone())).await.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "a write task failed");
+            Err(Error::internal(
+                "The secret store failed to complete the request",
+            ))
+        })
+    }
+
+    async fn update_environment_now(
+        &self,
+        workspace_id: &str,
+        current_name: &str,
+        update: &EnvironmentUpdate,
+    ) -> Result<Environment, Error> {
+        let mut tx = self.begin().await?;
+        let mut env: Environment = sqlx::query_as::<_, EnvironmentRow>(&format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
+        ))
+        .bind(workspace_id)
+        .bind(current_name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .map(Environment::from)
+        .ok_or_else(|| environment_not_found(current_name))?;
+        if let Some(name) = &update.name {
+            env.name.clone_from(name);
+        }
+        if let Some(suffix) = &update.webhook_suffix {
+            env.webhook_suffix.clone_from(suffix);
+        }
+        let result =
+            sqlx::query("UPDATE environments SET name = ?, webhook_suffix = ? WHERE id = ?")
+                .bind(&env.name)
+                .bind(&env.webhook_suffix)
+                .bind(&env.id)
+                .execute(&mut *tx)
+                .await;
+        match result {
+            Ok(_) => {}
+            Err(e) if is_unique_violation(&e) => {
+                return Err(Error::already_exists(format!(
+                    "Environment '{}' already exists",
+                    env.name
+                )))
+            }
+            Err(e) => return Err(db_error(e)),
+        }
+        tx.commit().await.map_err(db_error)?;
+        // Lookups by the old name (and of the default) must miss now.
+        self.cache.clear();
+        Ok(env)
+    }
+
+    async fn delete_environment_now(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        with_secrets: bool,
+    ) -> Result<(), Error> {
+        let mut tx = self.begin().await?;
+        let env: Environment = sqlx::query_as::<_, EnvironmentRow>(&format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
+        ))
+        .bind(workspace_id)
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?
+        .map(Environment::from)
+        .ok_or_else(|| environment_not_found(name))?;
+        let (named,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM secrets WHERE environment_id = ? AND name IS NOT NULL",
+        )
+        .bind(&env.id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        crate::check_environment_deletable(&env, named, with_secrets)?;
+        for sql in [
+            "DELETE FROM secrets WHERE environment_id = ?",
+            "DELETE FROM environments WHERE id = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(&env.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        self.cache.clear();
+        Ok(())
+    }
+
+    async fn update_secret_now(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error> {
+        let mut tx = self.begin().await?;
+        let current = fetch_secret(&mut *tx, workspace_id, "s.id = ?", secret_id, None)
+            .await?
+            .ok_or_else(|| secret_not_found(secret_id))?
+            .open(&self.keyring)?;
+        let contents = crate::apply_changes(current.contents, changes)?;
+        let version = current.summary.version + 1;
+        let sealed = seal_row(&self.keyring, workspace_id, secret_id, version, &contents);
+        sqlx::query("UPDATE secrets SET version = ?, key_id = ?, wrapped_key = ?, ciphertext = ? WHERE id = ?")
+            .bind(version)
+            .bind(&sealed.key_id)
+            .bind(&sealed.wrapped_key)
+            .bind(&sealed.ciphertext)
+            .bind(secret_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        self.cache.forget(secret_id);
+        let mut summary = current.summary;
+        summary.version = version;
+        summary.keys = contents.keys().cloned().collect();
+        Ok(Secret { summary, contents })
+    }
+
+    async fn delete_secret_now(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error> {
+        let done = sqlx::query("DELETE FROM secrets WHERE workspace_id = ? AND id = ?")
+            .bind(workspace_id)
+            .bind(secret_id)
+            .execute(&self.writer)
+            .await
+            .map_err(db_error)?;
+        self.cache.forget(secret_id);
+        if done.rows_affected() == 0 {
+            return Err(secret_not_found(secret_id));
+        }
+        Ok(())
+    }
+
+    async fn mark_used_now(
+        &self,
+        workspace_id: &str,
+        secret_ids: &[String],
+        at: Micros,
+    ) -> Result<(), Error> {
+        if secret_ids.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin().await?;
+        for id in secret_ids {
+            sqlx::query("UPDATE secrets SET last_used_at = ? WHERE workspace_id = ? AND id = ?")
+                .bind(at)
+                .bind(workspace_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        // `last_used_at` is part of what a lookup returns.
+        for id in secret_ids {
+            self.cache.forget(id);
+        }
+        Ok(())
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Sqlite>, Error> {
@@ -505,44 +689,16 @@ impl Store for SqliteStore {
         current_name: &str,
         update: &EnvironmentUpdate,
     ) -> Result<Environment, Error> {
-        let mut tx = self.begin().await?;
-        let mut env: Environment = sqlx::query_as::<_, EnvironmentRow>(&format!(
-            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
-        ))
-        .bind(workspace_id)
-        .bind(current_name)
-        .fetch_optional(&mut *tx)
+        let (workspace_id, current_name, update) = (
+            workspace_id.to_owned(),
+            current_name.to_owned(),
+            update.clone(),
+        );
+        self.to_completion(|this| async move {
+            this.update_environment_now(&workspace_id, &current_name, &update)
+                .await
+        })
         .await
-        .map_err(db_error)?
-        .map(Environment::from)
-        .ok_or_else(|| environment_not_found(current_name))?;
-        if let Some(name) = &update.name {
-            env.name.clone_from(name);
-        }
-        if let Some(suffix) = &update.webhook_suffix {
-            env.webhook_suffix.clone_from(suffix);
-        }
-        let result =
-            sqlx::query("UPDATE environments SET name = ?, webhook_suffix = ? WHERE id = ?")
-                .bind(&env.name)
-                .bind(&env.webhook_suffix)
-                .bind(&env.id)
-                .execute(&mut *tx)
-                .await;
-        match result {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                return Err(Error::already_exists(format!(
-                    "Environment '{}' already exists",
-                    env.name
-                )))
-            }
-            Err(e) => return Err(db_error(e)),
-        }
-        tx.commit().await.map_err(db_error)?;
-        // Lookups by the old name (and of the default) must miss now.
-        self.cache.clear();
-        Ok(env)
     }
 
     async fn delete_environment(
@@ -551,38 +707,13 @@ impl Store for SqliteStore {
         name: &str,
         with_secrets: bool,
     ) -> Result<(), Error> {
-        let mut tx = self.begin().await?;
-        let env: Environment = sqlx::query_as::<_, EnvironmentRow>(&format!(
-            "{SELECT_ENVIRONMENT} WHERE workspace_id = ? AND name = ?"
-        ))
-        .bind(workspace_id)
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?
-        .map(Environment::from)
-        .ok_or_else(|| environment_not_found(name))?;
-        let (named,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM secrets WHERE environment_id = ? AND name IS NOT NULL",
-        )
-        .bind(&env.id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        crate::check_environment_deletable(&env, named, with_secrets)?;
-        for sql in [
-            "DELETE FROM secrets WHERE environment_id = ?",
-            "DELETE FROM environments WHERE id = ?",
-        ] {
-            sqlx::query(sql)
-                .bind(&env.id)
-                .execute(&mut *tx)
+        let (workspace_id, name, with_secrets) =
+            (workspace_id.to_owned(), name.to_owned(), with_secrets);
+        self.to_completion(|this| async move {
+            this.delete_environment_now(&workspace_id, &name, with_secrets)
                 .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        self.cache.clear();
-        Ok(())
+        })
+        .await
     }
 
     async fn create_token(&self, token: &NewToken) -> Result<Token, Error> {
@@ -664,10 +795,6 @@ impl Store for SqliteStore {
         let closed = || Error::unavailable("The secret store is closing; try again shortly");
         self.creates.send(job).await.map_err(|_| closed())?;
         let (row, created) = answer.await.map_err(|_| closed())??;
-        if !created {
-            // Overwritten (or returned as it was): either way, read it afresh.
-            self.cache.forget(&row.id);
-        }
         Ok((row.open(&self.keyring)?, created))
     }
 
@@ -724,43 +851,24 @@ impl Store for SqliteStore {
         secret_id: &str,
         changes: &[(String, Option<String>)],
     ) -> Result<Secret, Error> {
-        let mut tx = self.begin().await?;
-        let current = fetch_secret(&mut *tx, workspace_id, "s.id = ?", secret_id, None)
-            .await?
-            .ok_or_else(|| secret_not_found(secret_id))?
-            .open(&self.keyring)?;
-        let contents = crate::apply_changes(current.contents, changes)?;
-        let version = current.summary.version + 1;
-        let sealed = seal_row(&self.keyring, workspace_id, secret_id, version, &contents);
-        sqlx::query("UPDATE secrets SET version = ?, key_id = ?, wrapped_key = ?, ciphertext = ? WHERE id = ?")
-            .bind(version)
-            .bind(&sealed.key_id)
-            .bind(&sealed.wrapped_key)
-            .bind(&sealed.ciphertext)
-            .bind(secret_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        self.cache.forget(secret_id);
-        let mut summary = current.summary;
-        summary.version = version;
-        summary.keys = contents.keys().cloned().collect();
-        Ok(Secret { summary, contents })
+        let (workspace_id, secret_id, changes) = (
+            workspace_id.to_owned(),
+            secret_id.to_owned(),
+            changes.to_vec(),
+        );
+        self.to_completion(|this| async move {
+            this.update_secret_now(&workspace_id, &secret_id, &changes)
+                .await
+        })
+        .await
     }
 
     async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error> {
-        let done = sqlx::query("DELETE FROM secrets WHERE workspace_id = ? AND id = ?")
-            .bind(workspace_id)
-            .bind(secret_id)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        self.cache.forget(secret_id);
-        if done.rows_affected() == 0 {
-            return Err(secret_not_found(secret_id));
-        }
-        Ok(())
+        let (workspace_id, secret_id) = (workspace_id.to_owned(), secret_id.to_owned());
+        self.to_completion(
+            |this| async move { this.delete_secret_now(&workspace_id, &secret_id).await },
+        )
+        .await
     }
 
     async fn list_secrets(
@@ -794,25 +902,11 @@ impl Store for SqliteStore {
         secret_ids: &[String],
         at: Micros,
     ) -> Result<(), Error> {
-        if secret_ids.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin().await?;
-        for id in secret_ids {
-            sqlx::query("UPDATE secrets SET last_used_at = ? WHERE workspace_id = ? AND id = ?")
-                .bind(at)
-                .bind(workspace_id)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        // `last_used_at` is part of what a lookup returns.
-        for id in secret_ids {
-            self.cache.forget(id);
-        }
-        Ok(())
+        let (workspace_id, secret_ids, at) = (workspace_id.to_owned(), secret_ids.to_vec(), at);
+        self.to_completion(|this| async move {
+            this.mark_used_now(&workspace_id, &secret_ids, at).await
+        })
+        .await
     }
 
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {
@@ -951,7 +1045,12 @@ async fn create_in(
 /// others) and one fsync makes the whole group durable before any of them is
 /// acknowledged. Under load this turns one fsync per create into one per
 /// group; alone, a create costs what it did.
-async fn group_commit(writer: SqlitePool, keyring: Keyring, mut queue: mpsc::Receiver<CreateJob>) {
+async fn group_commit(
+    writer: SqlitePool,
+    keyring: Keyring,
+    cache: Arc<LookupCache>,
+    mut queue: mpsc::Receiver<CreateJob>,
+) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -962,6 +1061,13 @@ async fn group_commit(writer: SqlitePool, keyring: Keyring, mut queue: mpsc::Rec
         }
         match commit_group(&writer, &keyring, &jobs).await {
             Ok(results) => {
+                // Here, not in the caller, which may have stopped waiting:
+                // the cache must hear of every overwrite that committed.
+                for (row, created) in results.iter().flatten() {
+                    if !created {
+                        cache.forget(&row.id);
+                    }
+                }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(result);
                 }

@@ -102,3 +102,68 @@ fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
     files.sort();
     files
 }
+
+/// A write whose caller stops waiting (a client gone, a deadline) still
+/// commits on SQLite; the lookup cache must hear of it all the same.
+#[tokio::test]
+async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
+    use std::{future::Future, pin::pin, task::Context, task::Waker};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    let ws = admin.workspace_id.clone();
+    let env = store.environment(&ws, "").await.unwrap();
+    let secret = |value: &str, on_conflict| NewSecret {
+        workspace_id: ws.clone(),
+        environment_id: env.id.clone(),
+        kind: SecretKind::Named("dropped".to_owned()),
+        created_by: "admin".to_owned(),
+        contents: [("V".to_owned(), value.to_owned())].into(),
+        on_conflict,
+    };
+    let (created, _) = store
+        .create_secret(&secret("1", OnConflict::Fail))
+        .await
+        .unwrap();
+    let id = created.summary.id;
+    let looked_up = || async {
+        store
+            .secret_in_environment(&ws, "", "dropped")
+            .await
+            .unwrap()
+            .expect("found")
+            .contents["V"]
+            .clone()
+    };
+    let committed = || async { store.secret_by_id(&ws, &id).await.unwrap().contents["V"].clone() };
+    // Polled once (so the write has started), then dropped.
+    fn start_and_drop<F: Future>(write: F) {
+        let mut write = pin!(write);
+        let _ = write.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+    }
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(300));
+
+    assert_eq!(looked_up().await, "1");
+    start_and_drop(store.create_secret(&secret("2", OnConflict::Overwrite)));
+    settle().await;
+    assert_eq!(committed().await, "2", "the overwrite committed");
+    assert_eq!(looked_up().await, "2", "the lookup saw the overwrite");
+
+    let change = [("V".to_owned(), Some("3".to_owned()))];
+    start_and_drop(store.update_secret(&ws, &id, &change));
+    settle().await;
+    assert_eq!(committed().await, "3", "the update committed");
+    assert_eq!(looked_up().await, "3", "the lookup saw the update");
+
+    start_and_drop(store.delete_secret(&ws, &id));
+    settle().await;
+    let found = store
+        .secret_in_environment(&ws, "", "dropped")
+        .await
+        .unwrap();
+    assert!(found.is_none(), "the lookup saw the delete");
+}
