@@ -8,8 +8,9 @@
 //! Listening alone would leave a window: another replica's write is
 //! acknowledged, and a lookup here still finds the old row because the
 //! announcement is in flight. So before a lookup uses the cache it waits for
-//! a *sync*: a `SELECT 1` on the listening connection that was sent after
-//! the lookup arrived. PostgreSQL delivers to a listening session every
+//! a *sync*: a `SELECT pg_backend_pid()` on the listening connection that
+//! was sent after the lookup arrived (and answered by the session that
+//! subscribed). PostgreSQL delivers to a listening session every
 //! announcement committed before it reads a command, ahead of that
 //! command's answer; once the sync returns, every write acknowledged before
 //! the lookup arrived has been applied. One sync serves every lookup that
@@ -36,6 +37,15 @@ const EVERYTHING: &str = "*";
 
 /// With no lookup waiting, announcements are still drained this often.
 const IDLE_SYNC: Duration = Duration::from_secs(1);
+
+/// The PostgreSQL session a command ran in. Every sync asks it, and one
+/// that answers from another session than the one that subscribed (a proxy
+/// pooling by transaction) counts as a lost feed.
+async fn backend_pid(listener: &mut PgListener) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(listener)
+        .await
+}
 
 /// How long to wait before connecting again after a failure; doubled after
 /// each failure in a row, up to [`MAX_RECONNECT_DELAY`].
@@ -100,8 +110,8 @@ async fn listen(
     'connect: while !pool.is_closed() {
         let subscribed = tokio::time::timeout(limit, subscribe(&pool, &probes)).await;
         let subscribed = subscribed.unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut));
-        let mut listener = match subscribed {
-            Ok(listener) => listener,
+        let (mut listener, backend) = match subscribed {
+            Ok(subscribed) => subscribed,
             Err(e) => {
                 if !pool.is_closed() {
                     tracing::warn!(error = %e, retry_in = ?delay, "cannot listen for changes; named lookups read the database until it works");
@@ -133,11 +143,20 @@ async fn listen(
             }
             // Bounded: a connection that hangs without an error (a lost
             // network) must not hold every lookup.
-            let synced =
-                tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&mut listener))
-                    .await
-                    .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
-                    .map(drop);
+            let synced = tokio::time::timeout(limit, backend_pid(&mut listener))
+                .await
+                .unwrap_or_else(|_| Err(sqlx::Error::PoolTimedOut))
+                .and_then(|pid| {
+                    if pid == backend {
+                        Ok(())
+                    } else {
+                        Err(sqlx::Error::Protocol(
+                            "the listening session changed (is a proxy pooling connections by \
+                             transaction?)"
+                                .to_owned(),
+                        ))
+                    }
+                });
             while let Some(note) = listener.next_buffered() {
                 apply(&cache, note.payload());
             }
@@ -188,22 +207,23 @@ async fn pause(
     }
 }
 
-async fn subscribe(pool: &PgPool, probes: &PgPool) -> Result<PgListener, sqlx::Error> {
+async fn subscribe(pool: &PgPool, probes: &PgPool) -> Result<(PgListener, i32), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
+    let backend = backend_pid(&mut listener).await?;
     let probe = format!("probe:{}", latchkey_core::ids::new_id("p"));
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
         .bind(&probe)
         .execute(probes)
         .await?;
-    sqlx::query("SELECT 1").execute(&mut listener).await?;
+    let same_session = backend_pid(&mut listener).await? == backend;
     let mut arrived = false;
     while let Some(note) = listener.next_buffered() {
         arrived |= note.payload() == probe;
     }
-    if arrived {
-        Ok(listener)
+    if arrived && same_session {
+        Ok((listener, backend))
     } else {
         Err(sqlx::Error::Protocol(
             "a change announced by another session did not arrive before the next answer \
