@@ -204,9 +204,21 @@ async fn tokens(store: &dyn Store, admin: &NewToken) {
 /// The workspace's last active admin token cannot be revoked, even by two
 /// revocations at once (through `a` and `b`) of its last two.
 async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str) {
+    // An admin limited to some environments may not manage tokens, so it
+    // does not count: the last unlimited admin stays.
+    let limited = NewToken {
+        id: ids::new_id(ids::TOKEN_ID),
+        workspace_id: ws.to_owned(),
+        name: "limited-admin".to_owned(),
+        role: Role::Admin,
+        environments: Some(vec!["main".to_owned()]),
+        secret_hash: hash_token_secret("as-limited"),
+    };
+    a.create_token(&limited).await.unwrap();
     let err = a.revoke_token(ws, admin_id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
     assert!(err.to_string().contains("last admin token"), "{err}");
+    b.revoke_token(ws, &limited.id).await.unwrap();
     for round in 0..10 {
         let second = NewToken {
             id: ids::new_id(ids::TOKEN_ID),
@@ -222,7 +234,9 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
                 .await
                 .unwrap()
                 .into_iter()
-                .filter(|t| t.role == Role::Admin && t.revoked_at.is_none())
+                .filter(|t| {
+                    t.role == Role::Admin && t.environments.is_none() && t.revoked_at.is_none()
+                })
                 .map(|t| t.id)
                 .collect::<Vec<_>>()
         };

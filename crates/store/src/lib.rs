@@ -134,7 +134,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error>;
 
     /// Revokes a token; NotFound if the workspace has no such active token,
-    /// FailedPrecondition if it is the workspace's last active admin token.
+    /// FailedPrecondition if it is the workspace's last active admin token
+    /// not limited to some environments.
     /// The check and the revocation are one transaction, ordered with every
     /// other revocation in the workspace, so that concurrent revocations
     /// (through any replica) never leave a workspace without an admin.
@@ -236,17 +237,21 @@ pub(crate) fn check_environment_deletable(
     Ok(())
 }
 
-/// Whether the active token `name` (of `role`) may be revoked when the
-/// workspace has `other_admins` other active admin tokens. One rule for
-/// every backend.
+/// Whether the active token `name` (of `role`, limited to some environments
+/// when `limited`) may be revoked when the workspace has `other_admins`
+/// other active admin tokens that are not limited. A workspace always keeps
+/// one: only such a token may create and revoke tokens. One rule for every
+/// backend.
 pub(crate) fn check_token_revocable(
     name: &str,
     role: &str,
+    limited: bool,
     other_admins: i64,
 ) -> Result<(), Error> {
-    if role == Role::Admin.as_str() && other_admins == 0 {
+    if role == Role::Admin.as_str() && !limited && other_admins == 0 {
         return Err(Error::failed_precondition(format!(
-            "Token '{name}' is the workspace's last admin token; create another admin token first"
+            "Token '{name}' is the workspace's last admin token not limited to some environments; \
+             create another such admin token first"
         )));
     }
     Ok(())

@@ -742,16 +742,17 @@ impl Store for PgStore {
     async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
         self.bounded(async {
             let mut tx = self.begin().await?;
-            // The workspace's row lock orders revocations in the workspace,
+            // The workspace's row lock (NO KEY: inserts that reference the
+            // workspace are not held up) orders revocations in the workspace,
             // on every replica: the count below cannot go stale before the
             // update commits.
-            sqlx::query("SELECT id FROM workspaces WHERE id = $1 FOR UPDATE")
+            sqlx::query("SELECT id FROM workspaces WHERE id = $1 FOR NO KEY UPDATE")
                 .bind(workspace_id)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
-            let (name, role): (String, String) = sqlx::query_as(
-                "SELECT name, role FROM tokens WHERE workspace_id = $1 AND id = $2 AND revoked_at IS NULL",
+            let (name, role, environments): (String, String, Option<String>) = sqlx::query_as(
+                "SELECT name, role, environments FROM tokens WHERE workspace_id = $1 AND id = $2 AND revoked_at IS NULL",
             )
             .bind(workspace_id)
             .bind(token_id)
@@ -760,7 +761,8 @@ impl Store for PgStore {
             .map_err(db_error)?
             .ok_or_else(|| token_not_found(token_id))?;
             let (other_admins,): (i64,) = sqlx::query_as(
-                "SELECT COUNT(*) FROM tokens WHERE workspace_id = $1 AND role = $2 AND revoked_at IS NULL AND id <> $3",
+                "SELECT COUNT(*) FROM tokens WHERE workspace_id = $1 AND role = $2 AND environments IS NULL \
+                 AND revoked_at IS NULL AND id <> $3",
             )
             .bind(workspace_id)
             .bind(Role::Admin.as_str())
@@ -768,7 +770,7 @@ impl Store for PgStore {
             .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?;
-            crate::check_token_revocable(&name, &role, other_admins)?;
+            crate::check_token_revocable(&name, &role, environments.is_some(), other_admins)?;
             sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
                 .bind(now_micros())
                 .bind(token_id)

@@ -758,8 +758,8 @@ impl Store for SqliteStore {
     async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
         // The single writer orders this transaction with every other write.
         let mut tx = self.begin().await?;
-        let (name, role): (String, String) = sqlx::query_as(
-            "SELECT name, role FROM tokens WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
+        let (name, role, environments): (String, String, Option<String>) = sqlx::query_as(
+            "SELECT name, role, environments FROM tokens WHERE workspace_id = ? AND id = ? AND revoked_at IS NULL",
         )
         .bind(workspace_id)
         .bind(token_id)
@@ -768,7 +768,8 @@ impl Store for SqliteStore {
         .map_err(db_error)?
         .ok_or_else(|| token_not_found(token_id))?;
         let (other_admins,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM tokens WHERE workspace_id = ? AND role = ? AND revoked_at IS NULL AND id <> ?",
+            "SELECT COUNT(*) FROM tokens WHERE workspace_id = ? AND role = ? AND environments IS NULL \
+             AND revoked_at IS NULL AND id <> ?",
         )
         .bind(workspace_id)
         .bind(Role::Admin.as_str())
@@ -776,7 +777,7 @@ impl Store for SqliteStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        crate::check_token_revocable(&name, &role, other_admins)?;
+        crate::check_token_revocable(&name, &role, environments.is_some(), other_admins)?;
         sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ?")
             .bind(now_micros())
             .bind(token_id)
