@@ -587,6 +587,26 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
         Some(1_234_567),
         "last_used_at is seen by the next lookup"
     );
+    // Kept to the minute: a use within a minute of the recorded one changes
+    // nothing; a later one does.
+    let half = crate::LAST_USED_RESOLUTION / 2;
+    writer
+        .mark_used(ws, std::slice::from_ref(&id), 1_234_567 + half)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(env_name.clone(), "used again").await.2,
+        Some(1_234_567)
+    );
+    let later = 1_234_567 + crate::LAST_USED_RESOLUTION;
+    writer
+        .mark_used(ws, std::slice::from_ref(&id), later)
+        .await
+        .unwrap();
+    assert_eq!(
+        summary(env_name.clone(), "used a minute later").await.2,
+        Some(later)
+    );
 
     let renamed = format!("look-{tag}-renamed");
     writer

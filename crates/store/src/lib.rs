@@ -29,6 +29,9 @@ pub use sqlite::SqliteStore;
 use async_trait::async_trait;
 use latchkey_core::{time::Micros, EnvDict, Error};
 
+/// How precisely `last_used_at` is kept: one minute, in microseconds.
+pub const LAST_USED_RESOLUTION: Micros = 60_000_000;
+
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -202,7 +205,10 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<SecretSummary>, Error>;
 
-    /// Records that these secrets were delivered to a running process.
+    /// Records that these secrets were delivered to a running process, at
+    /// most once per [`LAST_USED_RESOLUTION`]: a use within that time of the
+    /// recorded one changes nothing, so that a secret every container start
+    /// reads is not rewritten (and, on PostgreSQL, announced) each time.
     async fn mark_used(
         &self,
         workspace_id: &str,

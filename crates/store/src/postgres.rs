@@ -1010,20 +1010,26 @@ impl Store for PgStore {
         ids.dedup();
         self.bounded(async {
             let mut tx = self.begin().await?;
+            let mut changed = Vec::new();
             for id in &ids {
-                sqlx::query(
-                    "UPDATE secrets SET last_used_at = $1 WHERE workspace_id = $2 AND id = $3",
+                let done = sqlx::query(
+                    "UPDATE secrets SET last_used_at = $1 WHERE workspace_id = $2 AND id = $3 \
+                     AND (last_used_at IS NULL OR last_used_at <= $4)",
                 )
                 .bind(at)
                 .bind(workspace_id)
                 .bind(id)
+                .bind(at - crate::LAST_USED_RESOLUTION)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
+                if done.rows_affected() > 0 {
+                    changed.push(id);
+                }
             }
             tx.commit().await.map_err(db_error)?;
             // `last_used_at` is part of what a lookup returns.
-            for id in &ids {
+            for id in changed {
                 self.cache.forget(id);
             }
             Ok(())

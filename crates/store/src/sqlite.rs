@@ -311,18 +311,26 @@ impl SqliteStore {
             return Ok(());
         }
         let mut tx = self.begin().await?;
+        let mut changed = Vec::new();
         for id in secret_ids {
-            sqlx::query("UPDATE secrets SET last_used_at = ? WHERE workspace_id = ? AND id = ?")
-                .bind(at)
-                .bind(workspace_id)
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+            let done = sqlx::query(
+                "UPDATE secrets SET last_used_at = ? WHERE workspace_id = ? AND id = ? \
+                 AND (last_used_at IS NULL OR last_used_at <= ?)",
+            )
+            .bind(at)
+            .bind(workspace_id)
+            .bind(id)
+            .bind(at - crate::LAST_USED_RESOLUTION)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if done.rows_affected() > 0 {
+                changed.push(id);
+            }
         }
         tx.commit().await.map_err(db_error)?;
         // `last_used_at` is part of what a lookup returns.
-        for id in secret_ids {
+        for id in changed {
             self.cache.forget(id);
         }
         Ok(())
