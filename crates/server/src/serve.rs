@@ -145,11 +145,21 @@ pub async fn serve(
         }
     }
     sweeper.abort();
-    service.store().close().await;
+    // A database that stopped answering (a lost network) must not keep the
+    // process from exiting: closing waits for connections to be returned.
+    if tokio::time::timeout(STORE_CLOSE_LIMIT, service.store().close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the store did not close within {STORE_CLOSE_LIMIT:?}; stopping anyway");
+    }
     drop(stop_rx);
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long closing the store may take at shutdown.
+const STORE_CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The sandbox manager, when `--sandboxes` is on. Sandboxes never see the
 /// data dir or the master key file.

@@ -78,7 +78,10 @@ impl SqliteStore {
         } else {
             create_private_file(&path).map_err(|e| db_err(sqlx::Error::Io(e)))?;
         }
-        let lock = lock_database(&path).map_err(|e| match e {
+        // Beside the file itself: a database reached through a symlink and
+        // by its own name is one database, with one lock.
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        let lock = lock_database(&real).map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => OpenError::InUse {
                 target: path.display().to_string(),
             },

@@ -167,3 +167,32 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
         .unwrap();
     assert!(found.is_none(), "the lookup saw the delete");
 }
+
+/// One database has one lock, whatever name it is opened by.
+#[tokio::test]
+async fn a_database_in_use_is_refused_by_any_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let store = SqliteStore::open(&url(&dir), Keyring::new(key.clone()))
+        .await
+        .unwrap();
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(dir.path().join("latchkey.db"), &link).unwrap();
+    let err = SqliteStore::open(
+        &format!("sqlite://{}", link.display()),
+        Keyring::new(key.clone()),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("in use by another latchkey server"),
+        "{err}"
+    );
+    store.close().await;
+    SqliteStore::open(&url(&dir), Keyring::new(key))
+        .await
+        .expect("free once closed")
+        .close()
+        .await;
+}
