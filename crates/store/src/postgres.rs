@@ -158,9 +158,11 @@ impl PgStore {
         verify(&keyring, &stored)?;
         let cache = Arc::new(LookupCache::new(false));
         // The feed listens on a connection of its own, outside the pool, so
-        // that it never takes one a request could use.
+        // that it never takes one a request could use. Two at most: one
+        // stuck in being let go (on a hung network) must not keep the feed
+        // from connecting again.
         let feed_pool = PgPoolOptions::new()
-            .max_connections(1)
+            .max_connections(2)
             .min_connections(0)
             .acquire_timeout(options.acquire_timeout)
             .connect_lazy_with(connect_options(url, options)?);
