@@ -118,17 +118,19 @@ impl LookupCache {
     }
 
     /// A named secret with its values: the cached row opened again, or
-    /// `read`'s row opened (and kept, if no write intervened).
+    /// `read`'s row opened (and kept, if no write intervened). See
+    /// [`find`](Self::find) for `current`.
     pub(crate) async fn secret<F>(
         &self,
         keyring: &Keyring,
         lookup: (&str, &str, &str),
+        current: bool,
         read: F,
     ) -> Result<Option<Secret>, Error>
     where
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
-        Ok(match self.find(keyring, lookup, read).await? {
+        Ok(match self.find(keyring, lookup, current, read).await? {
             Some(Found::Cached(entry)) => Some(entry.row.clone().open(keyring)?),
             Some(Found::Read(secret)) => Some(secret),
             None => None,
@@ -136,33 +138,45 @@ impl LookupCache {
     }
 
     /// A named secret's metadata: from the cache without decrypting, or from
-    /// `read`'s row opened (and kept, if no write intervened).
+    /// `read`'s row opened (and kept, if no write intervened). See
+    /// [`find`](Self::find) for `current`.
     pub(crate) async fn summary<F>(
         &self,
         keyring: &Keyring,
         lookup: (&str, &str, &str),
+        current: bool,
         read: F,
     ) -> Result<Option<SecretSummary>, Error>
     where
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
-        Ok(match self.find(keyring, lookup, read).await? {
+        Ok(match self.find(keyring, lookup, current, read).await? {
             Some(Found::Cached(entry)) => Some(entry.summary.clone()),
             Some(Found::Read(secret)) => Some(secret.summary),
             None => None,
         })
     }
 
-    /// `lookup` is (workspace id, environment name, secret name).
+    /// `lookup` is (workspace id, environment name, secret name). `current`
+    /// says whether every change committed before this lookup began has
+    /// reached the cache (PostgreSQL: the feed synced); if not, the cache
+    /// is passed by: `read`'s row is opened and nothing is kept.
     async fn find<F>(
         &self,
         keyring: &Keyring,
         (workspace_id, environment_name, name): (&str, &str, &str),
+        current: bool,
         read: F,
     ) -> Result<Option<Found>, Error>
     where
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
+        if !current {
+            return read
+                .await?
+                .map(|row| row.open(keyring).map(Found::Read))
+                .transpose();
+        }
         let key = Self::key(workspace_id, environment_name, name);
         let ticket = match self.get(&key) {
             Ok(entry) => return Ok(Some(Found::Cached(entry))),

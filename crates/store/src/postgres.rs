@@ -64,8 +64,9 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
     /// Most connections this process opens for requests; one more listens
-    /// for changes. Every replica has its own, so replicas × (pool size + 1)
-    /// must stay below the server's `max_connections`.
+    /// for changes (two while it reconnects). Every replica has its own, so
+    /// replicas × (pool size + 2) must stay below the server's
+    /// `max_connections`.
     pub pool_size: u32,
     /// How long a request waits for a connection (including opening one)
     /// before it fails with Unavailable.
@@ -871,12 +872,11 @@ impl Store for PgStore {
     ) -> Result<Option<Secret>, Error> {
         let lookup = (workspace_id, environment_name, name);
         self.bounded(async {
+            let current = self.feed.sync().await;
             let read = self.read_named(lookup);
-            if self.feed.sync().await {
-                self.cache.secret(&self.keyring, lookup, read).await
-            } else {
-                read.await?.map(|row| row.open(&self.keyring)).transpose()
-            }
+            self.cache
+                .secret(&self.keyring, lookup, current, read)
+                .await
         })
         .await
     }
@@ -889,16 +889,11 @@ impl Store for PgStore {
     ) -> Result<Option<SecretSummary>, Error> {
         let lookup = (workspace_id, environment_name, name);
         self.bounded(async {
+            let current = self.feed.sync().await;
             let read = self.read_named(lookup);
-            if self.feed.sync().await {
-                self.cache.summary(&self.keyring, lookup, read).await
-            } else {
-                let row = read.await?;
-                Ok(row
-                    .map(|row| row.open(&self.keyring))
-                    .transpose()?
-                    .map(|s| s.summary))
-            }
+            self.cache
+                .summary(&self.keyring, lookup, current, read)
+                .await
         })
         .await
     }

@@ -836,7 +836,8 @@ impl Store for SqliteStore {
     ) -> Result<Option<Secret>, Error> {
         let lookup = (workspace_id, environment_name, name);
         let read = self.read_named(lookup);
-        self.cache.secret(&self.keyring, lookup, read).await
+        // Every write goes through this store: the cache is always current.
+        self.cache.secret(&self.keyring, lookup, true, read).await
     }
 
     async fn secret_summary_in_environment(
@@ -847,7 +848,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<SecretSummary>, Error> {
         let lookup = (workspace_id, environment_name, name);
         let read = self.read_named(lookup);
-        self.cache.summary(&self.keyring, lookup, read).await
+        self.cache.summary(&self.keyring, lookup, true, read).await
     }
 
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {

@@ -21,6 +21,27 @@ use latchkey_store::{
 };
 use support::{Proxy, TestDb};
 
+/// Bootstraps `store` and creates the named secret `name` holding `V=0` in
+/// the default environment; returns the workspace's id and the secret's.
+async fn seeded(store: &PgStore, name: &str) -> (String, String) {
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    let ws = admin.workspace_id.clone();
+    let env = store.environment(&ws, "").await.unwrap().id;
+    let (secret, _) = store
+        .create_secret(&NewSecret {
+            workspace_id: ws.clone(),
+            environment_id: env,
+            kind: SecretKind::Named(name.to_owned()),
+            created_by: "admin".to_owned(),
+            contents: [("V".to_owned(), "0".to_owned())].into(),
+            on_conflict: OnConflict::Fail,
+        })
+        .await
+        .unwrap();
+    (ws, secret.summary.id)
+}
+
 async fn open(db: &TestDb, key: &MasterKey) -> PgStore {
     PgStore::open(&db.url, Keyring::new(key.clone()), PgOptions::default())
         .await
@@ -286,21 +307,7 @@ async fn lookups_stay_exact_when_the_change_feed_is_cut() {
     let db = TestDb::create().await;
     let key = MasterKey::generate();
     let (a, b) = (open(&db, &key).await, open(&db, &key).await);
-    let admin = conformance::admin_token();
-    a.bootstrap(&admin).await.unwrap();
-    let ws = admin.workspace_id.clone();
-    let env = a.environment(&ws, "").await.unwrap().id;
-    let (secret, _) = a
-        .create_secret(&NewSecret {
-            workspace_id: ws.clone(),
-            environment_id: env,
-            kind: SecretKind::Named("fed".to_owned()),
-            created_by: "admin".to_owned(),
-            contents: [("V".to_owned(), "0".to_owned())].into(),
-            on_conflict: OnConflict::Fail,
-        })
-        .await
-        .unwrap();
+    let (ws, secret_id) = seeded(&a, "fed").await;
     let looked_up = || async {
         b.secret_in_environment(&ws, "", "fed")
             .await
@@ -330,13 +337,9 @@ async fn lookups_stay_exact_when_the_change_feed_is_cut() {
     while started.elapsed() < Duration::from_secs(2) {
         round += 1;
         let value = round.to_string();
-        a.update_secret(
-            &ws,
-            &secret.summary.id,
-            &[("V".to_owned(), Some(value.clone()))],
-        )
-        .await
-        .unwrap();
+        a.update_secret(&ws, &secret_id, &[("V".to_owned(), Some(value.clone()))])
+            .await
+            .unwrap();
         assert_eq!(looked_up().await, value, "round {round}: a stale lookup");
         assert_eq!(looked_up().await, value, "round {round}: a stale repeat");
     }
@@ -351,22 +354,7 @@ async fn lookups_stay_exact_when_the_change_feed_is_cut() {
 async fn lookups_are_served_from_the_cache_and_announcements_refresh_it() {
     let db = TestDb::create().await;
     let store = open(&db, &MasterKey::generate()).await;
-    let admin = conformance::admin_token();
-    store.bootstrap(&admin).await.unwrap();
-    let ws = admin.workspace_id.clone();
-    let env = store.environment(&ws, "").await.unwrap().id;
-    let (secret, _) = store
-        .create_secret(&NewSecret {
-            workspace_id: ws.clone(),
-            environment_id: env,
-            kind: SecretKind::Named("cached".to_owned()),
-            created_by: "admin".to_owned(),
-            contents: [("V".to_owned(), "0".to_owned())].into(),
-            on_conflict: OnConflict::Fail,
-        })
-        .await
-        .unwrap();
-    let id = secret.summary.id;
+    let (ws, id) = seeded(&store, "cached").await;
     let last_used = || async {
         store
             .secret_in_environment(&ws, "", "cached")
@@ -439,31 +427,13 @@ async fn a_pool_of_one_connection_is_not_taken_by_the_feed() {
     let store = PgStore::open(&db.url, Keyring::new(MasterKey::generate()), options)
         .await
         .unwrap();
-    let admin = conformance::admin_token();
-    store.bootstrap(&admin).await.unwrap();
-    let ws = admin.workspace_id.clone();
-    let env = store.environment(&ws, "").await.unwrap().id;
-    let (secret, _) = store
-        .create_secret(&NewSecret {
-            workspace_id: ws.clone(),
-            environment_id: env,
-            kind: SecretKind::Named("one".to_owned()),
-            created_by: "admin".to_owned(),
-            contents: [("V".to_owned(), "0".to_owned())].into(),
-            on_conflict: OnConflict::Fail,
-        })
-        .await
-        .unwrap();
+    let (ws, secret_id) = seeded(&store, "one").await;
     // Long enough for the feed to be up and holding its connection.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for round in 1..=5 {
         let value = round.to_string();
         store
-            .update_secret(
-                &ws,
-                &secret.summary.id,
-                &[("V".to_owned(), Some(value.clone()))],
-            )
+            .update_secret(&ws, &secret_id, &[("V".to_owned(), Some(value.clone()))])
             .await
             .unwrap();
         let found = store.secret_in_environment(&ws, "", "one").await.unwrap();
