@@ -29,8 +29,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LATCHKEY_DATABASE_URL")]
     database: Option<String>,
     /// PostgreSQL: most connections this server opens for requests, plus one
-    /// that listens for changes (replicas × (size + 1) must stay below the
-    /// database's max_connections).
+    /// that listens for changes (two while it reconnects): replicas ×
+    /// (size + 2) must stay below the database's max_connections.
     #[arg(long, env = "LATCHKEY_DATABASE_POOL_SIZE", default_value_t = 10,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     database_pool_size: u32,
