@@ -337,8 +337,10 @@ impl RawStore {
             let pool = postgres::connect(url, copy_pg_options()).await?;
             let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
             refuse_foreign_tables(&target, tables)?;
-            postgres::migrate(&pool)
+            <sqlx::Postgres as crate::sql::Dialect>::migrator()
+                .run(&pool)
                 .await
+                .map_err(sqlx::Error::from)
                 .map_err(|source| OpenError::Database {
                     backend: "PostgreSQL",
                     target: target.clone(),
@@ -420,11 +422,17 @@ impl RawStore {
         let (applied, expected): (Result<Vec<(i64,)>, _>, Vec<i64>) = match &self.pool {
             Pool::Sqlite(p) => (
                 sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
-                sqlite::MIGRATOR.iter().map(|m| m.version).collect(),
+                <sqlx::Sqlite as crate::sql::Dialect>::migrator()
+                    .iter()
+                    .map(|m| m.version)
+                    .collect(),
             ),
             Pool::Postgres(p) => (
                 sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
-                postgres::MIGRATOR.iter().map(|m| m.version).collect(),
+                <sqlx::Postgres as crate::sql::Dialect>::migrator()
+                    .iter()
+                    .map(|m| m.version)
+                    .collect(),
             ),
         };
         let problem = |problem: String| CopyError::Source {

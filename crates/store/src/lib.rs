@@ -20,6 +20,7 @@ pub mod crypto;
 mod model;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 
 pub use model::*;
