@@ -473,9 +473,9 @@ where
     ///
     /// Creating a named secret first locks its environment's row, which
     /// orders creations per environment on every replica: a second create of
-    /// one name waits for the first and then sees it, and `MAX(created_at)
-    /// + 1` stays unique so that paging by `created_before` is exact (the
-    /// unique indexes back this up). On SQLite the one writer does the same.
+    /// one name waits for the first and then sees it, and the next creation
+    /// time (`MAX(created_at) + 1` at least) stays unique so that paging by
+    /// `created_before` is exact (the unique indexes back this up). On SQLite the one writer does the same.
     pub(crate) async fn create(
         conn: &mut DB::Connection,
         keyring: &Keyring,
