@@ -24,7 +24,7 @@ use sqlx::{
 };
 use tokio::sync::mpsc;
 
-use crate::{postgres, sqlite, OpenError, PgOptions};
+use crate::{postgres, sqlite, Backend, OpenError, PgOptions};
 
 /// The type of a column, as both schemas declare it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,27 +289,25 @@ fn unsupported(url: &str) -> CopyError {
     CopyError::Unsupported(url.split(':').next().unwrap_or_default().to_owned())
 }
 
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 impl RawStore {
     /// Opens an existing store to read, changing nothing in it.
     pub async fn open_source(url: &str) -> Result<Self, CopyError> {
-        let (pool, target) = if url.starts_with("sqlite:") {
-            let target = sqlite::describe(url);
-            if !std::path::Path::new(&target).exists() {
-                return Err(CopyError::Source {
-                    target,
-                    problem: "does not exist".to_owned(),
-                });
+        let (pool, target) = match Backend::of(url) {
+            Some(Backend::Sqlite) => {
+                let target = sqlite::describe(url);
+                if !std::path::Path::new(&target).exists() {
+                    return Err(CopyError::Source {
+                        target,
+                        problem: "does not exist".to_owned(),
+                    });
+                }
+                (Pool::Sqlite(sqlite::open_raw(url, false).await?), target)
             }
-            (Pool::Sqlite(sqlite::open_raw(url, false).await?), target)
-        } else if is_postgres(url) {
-            let pool = postgres::connect(url, copy_pg_options()).await?;
-            (Pool::Postgres(pool), postgres::describe(url))
-        } else {
-            return Err(unsupported(url));
+            Some(Backend::Postgres) => {
+                let pool = postgres::connect(url, copy_pg_options()).await?;
+                (Pool::Postgres(pool), postgres::describe(url))
+            }
+            None => return Err(unsupported(url)),
         };
         let store = Self { pool, target };
         store.check_source_schema().await?;
@@ -319,39 +317,41 @@ impl RawStore {
     /// Opens (creating and migrating if needed) a store to write; refuses one
     /// that holds any row.
     pub async fn open_destination(url: &str) -> Result<Self, CopyError> {
-        let store = if url.starts_with("sqlite:") {
-            let target = sqlite::describe(url);
-            if std::path::Path::new(&target).exists() {
-                let pool = sqlite::open_raw(url, false).await?;
-                let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
-                pool.close().await;
+        let store = match Backend::of(url) {
+            Some(Backend::Sqlite) => {
+                let target = sqlite::describe(url);
+                if std::path::Path::new(&target).exists() {
+                    let pool = sqlite::open_raw(url, false).await?;
+                    let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
+                    pool.close().await;
+                    refuse_foreign_tables(&target, tables)?;
+                }
+                let pool = sqlite::open_raw(url, true).await?;
+                Self {
+                    pool: Pool::Sqlite(pool),
+                    target,
+                }
+            }
+            Some(Backend::Postgres) => {
+                let target = postgres::describe(url);
+                let pool = postgres::connect(url, copy_pg_options()).await?;
+                let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
                 refuse_foreign_tables(&target, tables)?;
+                <sqlx::Postgres as crate::sql::Dialect>::migrator()
+                    .run(&pool)
+                    .await
+                    .map_err(sqlx::Error::from)
+                    .map_err(|source| OpenError::Database {
+                        backend: "PostgreSQL",
+                        target: target.clone(),
+                        cause: source,
+                    })?;
+                Self {
+                    pool: Pool::Postgres(pool),
+                    target,
+                }
             }
-            let pool = sqlite::open_raw(url, true).await?;
-            Self {
-                pool: Pool::Sqlite(pool),
-                target,
-            }
-        } else if is_postgres(url) {
-            let target = postgres::describe(url);
-            let pool = postgres::connect(url, copy_pg_options()).await?;
-            let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
-            refuse_foreign_tables(&target, tables)?;
-            <sqlx::Postgres as crate::sql::Dialect>::migrator()
-                .run(&pool)
-                .await
-                .map_err(sqlx::Error::from)
-                .map_err(|source| OpenError::Database {
-                    backend: "PostgreSQL",
-                    target: target.clone(),
-                    cause: source,
-                })?;
-            Self {
-                pool: Pool::Postgres(pool),
-                target,
-            }
-        } else {
-            return Err(unsupported(url));
+            None => return Err(unsupported(url)),
         };
         store.check_empty().await?;
         Ok(store)

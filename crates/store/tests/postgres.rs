@@ -441,3 +441,52 @@ async fn a_pool_of_one_connection_is_not_taken_by_the_feed() {
     }
     store.close().await;
 }
+
+/// The server closes its store through the [`Store`] trait: that must end
+/// every connection the store opened, the change feed's included (it did
+/// not: the trait's `close` closed the request pool only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_through_the_store_trait_ends_every_connection() {
+    let db = TestDb::create().await;
+    let options = latchkey_store::Options::default();
+    let store = latchkey_store::open(&db.url, Keyring::new(MasterKey::generate()), &options)
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    let look = db.pool().await;
+    let ours = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'latchkey'",
+        )
+        .fetch_one(&look)
+        .await
+        .unwrap();
+        n
+    };
+    // A lookup waits for the feed: once it is answered, the feed listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours().await < 2 {
+        assert!(Instant::now() < deadline, "the store never connected twice");
+        store
+            .secret_in_environment(&admin.workspace_id, "", "none")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = ours().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} connection(s) of the store still open after Store::close"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    look.close().await;
+}
