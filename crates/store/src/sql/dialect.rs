@@ -33,6 +33,10 @@ pub(crate) trait Dialect: sqlx::Database {
     /// whether it did.
     const TRY_ADVISORY_LOCK: Option<&'static str>;
 
+    /// Begins a read-only transaction that sees one snapshot throughout
+    /// (`None` where every transaction already does: SQLite's WAL).
+    const SNAPSHOT: Option<&'static str>;
+
     /// Answers whether the table named `$1` exists.
     const TABLE_EXISTS: &'static str;
 
@@ -62,6 +66,7 @@ impl Dialect for Sqlite {
     const FOR_NO_KEY_UPDATE: &'static str = "";
     const ADVISORY_LOCK: Option<&'static str> = None;
     const TRY_ADVISORY_LOCK: Option<&'static str> = None;
+    const SNAPSHOT: Option<&'static str> = None;
     const TABLE_EXISTS: &'static str =
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
 
@@ -88,6 +93,8 @@ impl Dialect for Postgres {
     const FOR_NO_KEY_UPDATE: &'static str = " FOR NO KEY UPDATE";
     const ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
     const TRY_ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_try_advisory_xact_lock($1)");
+    const SNAPSHOT: Option<&'static str> =
+        Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
     const TABLE_EXISTS: &'static str = "SELECT to_regclass($1) IS NOT NULL";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {
