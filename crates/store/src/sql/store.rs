@@ -26,6 +26,29 @@ async fn connection<DB: Dialect>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, 
     pool.acquire().await.map_err(db_error::<DB>)
 }
 
+/// A lookup by name, through the cache when the engine says it is current;
+/// `$answer` is the cache's method that makes the answer (values, or
+/// metadata only). A macro: a generic function would need the `where` clause
+/// below once more.
+macro_rules! named_lookup {
+    ($store:ident, $lookup:expr, $answer:ident) => {{
+        let lookup = $lookup;
+        $store
+            .read(async {
+                let current = $store.lookups_current().await;
+                let read = async {
+                    let mut conn = connection($store.reader()).await?;
+                    Sql::<E::DB>::read_named(&mut conn, lookup).await
+                };
+                $store
+                    .cache()
+                    .$answer($store.keyring(), lookup, current, read)
+                    .await
+            })
+            .await
+    }};
+}
+
 // The `where` clause is that of [`Sql`]: what its statements need of the
 // database, stated per type because the compiler does not carry it over.
 #[async_trait]
@@ -218,18 +241,7 @@ where
         environment_name: &str,
         name: &str,
     ) -> Result<Option<Secret>, Error> {
-        let lookup = (workspace_id, environment_name, name);
-        self.read(async {
-            let current = self.lookups_current().await;
-            let read = async {
-                let mut conn = connection(self.reader()).await?;
-                Sql::<E::DB>::read_named(&mut conn, lookup).await
-            };
-            self.cache()
-                .secret(self.keyring(), lookup, current, read)
-                .await
-        })
-        .await
+        named_lookup!(self, (workspace_id, environment_name, name), secret)
     }
 
     async fn secret_summary_in_environment(
@@ -238,18 +250,7 @@ where
         environment_name: &str,
         name: &str,
     ) -> Result<Option<SecretSummary>, Error> {
-        let lookup = (workspace_id, environment_name, name);
-        self.read(async {
-            let current = self.lookups_current().await;
-            let read = async {
-                let mut conn = connection(self.reader()).await?;
-                Sql::<E::DB>::read_named(&mut conn, lookup).await
-            };
-            self.cache()
-                .summary(self.keyring(), lookup, current, read)
-                .await
-        })
-        .await
+        named_lookup!(self, (workspace_id, environment_name, name), summary)
     }
 
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {
