@@ -7,7 +7,7 @@
 //! store, still sealed, from one backend to another.
 //!
 //! Adapters receive and return plaintext [`EnvDict`]s and do the sealing
-//! themselves through a [`Keyring`](crypto::Keyring), inside the same
+//! themselves through a [`crypto::Keyring`], inside the same
 //! transaction as the read or write: that is what lets `update()` merge
 //! atomically, and it keeps the rows' layout (wrapped data key, ciphertext,
 //! version bound into the associated data) in one place per backend.
