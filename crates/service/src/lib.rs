@@ -11,6 +11,8 @@
 mod auth;
 mod environments;
 mod secrets;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tokens;
 
 use std::{sync::Arc, time::Duration};
