@@ -101,8 +101,8 @@ pub fn check_environment_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`. `@` is allowed
-/// because a token is often named after the person or mail address it is for.
+/// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`. It is the
+/// `created_by` of what the token makes, so `@` lets it be a mail address.
 pub fn check_token_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
