@@ -1,8 +1,6 @@
-//! Environments: workspace-wide admin work, and the visibility every other
-//! request goes through.
-//!
-//! [`Service::environment`] is where a token limited to some environments is
-//! stopped, so the secret operations resolve their environment through it.
+//! Environments: workspace-wide admin work (create, rename, delete), and
+//! [`Service::environment`], which resolves a name for the secret calls and
+//! stops a token limited to other environments.
 
 use latchkey_core::{rules, Error};
 

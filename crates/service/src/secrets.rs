@@ -1,8 +1,9 @@
-//! Secrets: named and anonymous, looked up on every container start.
+//! Secrets, named and anonymous.
 //!
-//! A lookup answers from metadata (keys, never values) when it can, so that
-//! the hot path neither decrypts nor writes; only a delivery to a process
-//! ([`Service::resolve_secret`]) reads the values and marks the secret used.
+//! A lookup ([`Service::lookup_secret`]) answers from metadata (keys, never
+//! values), so the check on every container start neither decrypts nor
+//! writes; a delivery to a process ([`Service::resolve_secret`]) decrypts
+//! and marks the secret used.
 
 use latchkey_core::{
     rules,
