@@ -27,10 +27,14 @@ pub enum ErrorKind {
 ///
 /// The message names what was wrong (`Secret 'x' not found`) and never holds a
 /// secret value or a token secret: callers build it from names and keys only.
+///
+/// Some errors also carry data for programs, so that no interface has to
+/// parse it back out of the message: [`Error::missing_keys`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    missing_keys: Vec<String>,
 }
 
 impl Error {
@@ -39,7 +43,15 @@ impl Error {
         Self {
             kind,
             message: message.into(),
+            missing_keys: Vec::new(),
         }
+    }
+
+    /// The same error, naming the required keys a secret lacks (set by
+    /// [`rules::check_required_keys`](crate::rules::check_required_keys)).
+    pub fn with_missing_keys(mut self, keys: Vec<String>) -> Self {
+        self.missing_keys = keys;
+        self
     }
 
     /// [`ErrorKind::NotFound`].
@@ -91,6 +103,13 @@ impl Error {
     /// The user-facing message.
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// The required keys a secret lacks, in the order they were required,
+    /// as they were asked for (the message may shorten them); empty for
+    /// every other error.
+    pub fn missing_keys(&self) -> &[String] {
+        &self.missing_keys
     }
 }
 

@@ -183,7 +183,8 @@ pub fn check_key_count(count: usize) -> Result<(), Error> {
 }
 
 /// The keys of `required` that `dict` lacks, as a `FailedPrecondition` error
-/// `Secret is missing key(s): A, B` (in the order they were required).
+/// `Secret is missing key(s): A, B` (in the order they were required) that
+/// carries them as [`Error::missing_keys`].
 pub fn check_required_keys<'a>(
     dict: &EnvDict,
     required: impl IntoIterator<Item = &'a str>,
@@ -207,23 +208,24 @@ fn check_required<'a>(
     has: impl Fn(&str) -> bool,
     required: impl IntoIterator<Item = &'a str>,
 ) -> Result<(), Error> {
-    let mut missing: Vec<&str> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
     for key in required {
-        if !has(key) && !missing.contains(&key) {
-            missing.push(key);
+        if !has(key) && !missing.iter().any(|m| m == key) {
+            missing.push(key.to_owned());
         }
     }
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::failed_precondition(format!(
+        let message = format!(
             "Secret is missing key(s): {}",
             missing
                 .iter()
                 .map(|k| echo(k))
                 .collect::<Vec<_>>()
                 .join(", ")
-        )))
+        );
+        Err(Error::failed_precondition(message).with_missing_keys(missing))
     }
 }
 
@@ -308,11 +310,13 @@ mod tests {
         let e = check_required_keys(&dict, ["C", "A", "B", "C"]).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
         assert_eq!(e.message(), "Secret is missing key(s): C, B");
+        assert_eq!(e.missing_keys(), ["C", "B"]);
 
         let keys = ["A".to_owned(), "D".to_owned(), "M".to_owned()];
         check_required_keys_in_sorted(&keys, ["M", "A", "D"]).unwrap();
         let e = check_required_keys_in_sorted(&keys, ["C", "A", "B", "C", "Z"]).unwrap_err();
         assert_eq!(e.message(), "Secret is missing key(s): C, B, Z");
+        assert_eq!(e.missing_keys(), ["C", "B", "Z"]);
     }
 
     #[test]

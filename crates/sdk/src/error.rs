@@ -188,6 +188,35 @@ impl Error {
     }
 }
 
+/// A rule of latchkey's domain checked on this side of the wire (a local
+/// secret's keys, a profile name, a time): the variant the server would
+/// answer with for the same error, so a caller handles both alike.
+impl From<latchkey_core::Error> for Error {
+    fn from(e: latchkey_core::Error) -> Self {
+        use latchkey_core::ErrorKind;
+        let message = e.message().to_owned();
+        if !e.missing_keys().is_empty() {
+            return Error::MissingKeys {
+                keys: e.missing_keys().to_vec(),
+                message,
+            };
+        }
+        match e.kind() {
+            ErrorKind::NotFound => Error::NotFound { message },
+            ErrorKind::AlreadyExists => Error::AlreadyExists { message },
+            ErrorKind::Invalid => Error::Invalid { message },
+            ErrorKind::FailedPrecondition => Error::FailedPrecondition { message },
+            ErrorKind::Unauthenticated => Error::Unauthenticated { message },
+            ErrorKind::PermissionDenied => Error::PermissionDenied { message },
+            ErrorKind::Unavailable => Error::Unavailable { message },
+            _ => Error::Server {
+                status: 500,
+                message,
+            },
+        }
+    }
+}
+
 /// The result of this crate's calls.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -211,5 +240,17 @@ mod tests {
         assert_eq!(e.code(), "not_found");
         let e = Error::from_answer(502, b"<html>bad gateway</html>");
         assert!(matches!(e, Error::Server { status: 502, .. }));
+    }
+
+    #[test]
+    fn local_rule_errors_map_like_the_servers_answers() {
+        let dict: latchkey_core::EnvDict = [("A".to_owned(), "1".to_owned())].into();
+        let e = Error::from(
+            latchkey_core::rules::check_required_keys(&dict, ["B", "A", "C"]).unwrap_err(),
+        );
+        assert!(matches!(&e, Error::MissingKeys { keys, .. } if keys == &["B", "C"]));
+        assert_eq!(e.to_string(), "Secret is missing key(s): B, C");
+        let e = Error::from(latchkey_core::rules::check_key("1A").unwrap_err());
+        assert_eq!(e.code(), "invalid");
     }
 }

@@ -422,19 +422,8 @@ impl Secret {
         let Source::Local { values } = &self.source else {
             unreachable!("resolve_local is called on local secrets only")
         };
-        rules::check_env_dict(values).map_err(|e| Error::invalid(e.message()))?;
-        let mut missing: Vec<String> = Vec::new();
-        for key in &self.required_keys {
-            if !values.contains_key(key) && !missing.contains(key) {
-                missing.push(key.clone());
-            }
-        }
-        if !missing.is_empty() {
-            return Err(Error::MissingKeys {
-                message: format!("Secret is missing key(s): {}", missing.join(", ")),
-                keys: missing,
-            });
-        }
+        rules::check_env_dict(values)?;
+        rules::check_required_keys(values, self.required_keys.iter().map(String::as_str))?;
         Ok(values.clone())
     }
 

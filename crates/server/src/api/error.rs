@@ -15,10 +15,6 @@ use latchkey_core::{Error, ErrorKind};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// Prefix of the service layer's message for missing required keys; keys
-/// cannot hold `,` or spaces, so the list after it splits exactly.
-const MISSING_KEYS_PREFIX: &str = "Secret is missing key(s): ";
-
 /// An error answer of the JSON API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -122,11 +118,9 @@ impl From<Error> for ApiError {
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut api = Self::new(status, code, error.message());
-        if error.kind() == ErrorKind::FailedPrecondition {
-            if let Some(list) = error.message().strip_prefix(MISSING_KEYS_PREFIX) {
-                api.code = "missing_keys";
-                api.missing_keys = Some(list.split(", ").map(str::to_owned).collect());
-            }
+        if !error.missing_keys().is_empty() {
+            api.code = "missing_keys";
+            api.missing_keys = Some(error.missing_keys().to_vec());
         }
         api
     }
