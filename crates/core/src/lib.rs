@@ -8,16 +8,22 @@
 //! The server and its local clients also share where things lie on a machine
 //! ([`paths`]) and the admin token file one writes and the others read
 //! ([`admin_token`]).
+//!
+//! The types that cross the wire in the same form everywhere live here too,
+//! so that the server, the SDK and the dashboard cannot drift apart: a
+//! token's [`Role`].
 
 pub mod admin_token;
 pub mod dotenv;
 mod error;
 pub mod ids;
 pub mod paths;
+mod role;
 pub mod rules;
 pub mod time;
 
 pub use error::{Error, ErrorKind};
+pub use role::Role;
 
 /// The contents of a secret: environment variable names to values.
 ///

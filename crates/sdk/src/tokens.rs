@@ -1,57 +1,14 @@
 //! Tokens: who may call the server, and what they may do.
 
-use std::{fmt, future::IntoFuture, str::FromStr};
+use std::{fmt, future::IntoFuture};
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{objects::BoxFuture, time::Timestamp, Client, Error, Result};
+use crate::{objects::BoxFuture, time::Timestamp, Client, Result};
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Role {
-    /// Everything in its workspace, including tokens and environments.
-    Admin,
-    /// Read and write secrets.
-    Developer,
-    /// Read secrets' metadata and values.
-    Reader,
-}
-
-impl Role {
-    /// `admin`, `developer` or `reader`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Developer => "developer",
-            Role::Reader => "reader",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Role {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "admin" => Ok(Role::Admin),
-            "developer" => Ok(Role::Developer),
-            "reader" => Ok(Role::Reader),
-            _ => Err(Error::invalid(format!(
-                "Invalid role '{s}': use admin, developer or reader"
-            ))),
-        }
-    }
-}
+pub use latchkey_core::Role;
 
 /// A token, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

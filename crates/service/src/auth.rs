@@ -67,12 +67,7 @@ impl Caller {
     /// Whether the token's role is at least `role`; `what` completes
     /// "Token 'x' may not ...".
     pub fn require(&self, role: Role, what: &str) -> Result<(), Error> {
-        let rank = |r: Role| match r {
-            Role::Reader => 0,
-            Role::Developer => 1,
-            _ => 2,
-        };
-        if rank(self.token.role) >= rank(role) {
+        if self.token.role.includes(role) {
             Ok(())
         } else {
             Err(Error::permission_denied(format!(

@@ -39,38 +39,7 @@ pub struct EnvironmentUpdate {
     pub webhook_suffix: Option<String>,
 }
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Role {
-    /// Everything in its workspace, including tokens and environments.
-    Admin,
-    /// Read and write secrets, and run code with them.
-    Developer,
-    /// Read secrets' metadata and values, nothing else.
-    Reader,
-}
-
-impl Role {
-    /// The stored and displayed form.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Developer => "developer",
-            Role::Reader => "reader",
-        }
-    }
-
-    /// Parses the stored form.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "developer" => Some(Role::Developer),
-            "reader" => Some(Role::Reader),
-            _ => None,
-        }
-    }
-}
+pub use latchkey_core::Role;
 
 /// A token as stored, without its secret.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! (`2025-01-01T00:00:00.123456Z`): microseconds are what the store keeps, so
 //! a `created_at` sent back as `created_before` pages without loss.
 
-use latchkey_core::{time::Micros, Error};
+use latchkey_core::{time::Micros, Error, Role};
 use latchkey_service::{Caller, Environment, SecretSummary, Token};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -124,38 +124,6 @@ impl From<&Environment> for EnvironmentInfo {
     }
 }
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub(crate) enum RoleName {
-    /// Everything in its workspace, including tokens and environments.
-    Admin,
-    /// Read and write secrets.
-    Developer,
-    /// Read secrets' metadata and values.
-    Reader,
-}
-
-impl From<latchkey_service::Role> for RoleName {
-    fn from(role: latchkey_service::Role) -> Self {
-        match role {
-            latchkey_service::Role::Admin => RoleName::Admin,
-            latchkey_service::Role::Developer => RoleName::Developer,
-            _ => RoleName::Reader,
-        }
-    }
-}
-
-impl From<RoleName> for latchkey_service::Role {
-    fn from(role: RoleName) -> Self {
-        match role {
-            RoleName::Admin => latchkey_service::Role::Admin,
-            RoleName::Developer => latchkey_service::Role::Developer,
-            RoleName::Reader => latchkey_service::Role::Reader,
-        }
-    }
-}
-
 /// A token, without its secret.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub(crate) struct TokenInfo {
@@ -165,7 +133,7 @@ pub(crate) struct TokenInfo {
     /// Its name: the `created_by` of what it creates.
     pub(crate) name: String,
     /// What it may do.
-    pub(crate) role: RoleName,
+    pub(crate) role: Role,
     /// The environments it is limited to; `null` means all.
     pub(crate) environments: Option<Vec<String>>,
     /// When it was created.
@@ -179,7 +147,7 @@ impl From<&Token> for TokenInfo {
         Self {
             id: t.id.clone(),
             name: t.name.clone(),
-            role: t.role.into(),
+            role: t.role,
             environments: t.environments.clone(),
             created_at: rfc3339(t.created_at),
             revoked_at: t.revoked_at.map(rfc3339),

@@ -1,6 +1,7 @@
 //! `/whoami` and `/tokens`: the caller, and the workspace's tokens.
 
 use axum::{extract::State, http::StatusCode, Json};
+use latchkey_core::Role;
 use latchkey_service::Service;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -9,7 +10,7 @@ use zeroize::Zeroizing;
 use super::{
     error::{ApiError, ErrorBody},
     extract::{Auth, Body, PathParams},
-    model::{RoleName, TokenInfo, WhoAmI},
+    model::{TokenInfo, WhoAmI},
 };
 
 /// The caller's token and workspace.
@@ -57,7 +58,7 @@ pub(crate) struct CreateToken {
     #[schema(example = "ci")]
     name: String,
     /// What it may do.
-    role: RoleName,
+    role: Role,
     /// Limit it to these environments; absent or `null` means all.
     environments: Option<Vec<String>>,
 }
@@ -93,7 +94,7 @@ pub(crate) async fn create(
     Body(body): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let (token, secret) = service
-        .create_token(&caller, &body.name, body.role.into(), body.environments)
+        .create_token(&caller, &body.name, body.role, body.environments)
         .await?;
     Ok((
         StatusCode::CREATED,
