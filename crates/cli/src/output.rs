@@ -98,12 +98,7 @@ pub(crate) fn json(value: &impl Serialize) -> Result<()> {
 
 /// An instant for people: `2025-01-01 12:00:00 UTC`.
 pub(crate) fn time(t: Timestamp) -> String {
-    // Display is RFC 3339 with microseconds: keep the seconds.
-    let text = t.to_string();
-    match (text.get(..10), text.get(11..19)) {
-        (Some(date), Some(clock)) if text.ends_with('Z') => format!("{date} {clock} UTC"),
-        _ => text,
-    }
+    t.strftime("%Y-%m-%d %H:%M:%S UTC")
 }
 
 /// An optional instant for people; `empty` when absent.

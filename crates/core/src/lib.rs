@@ -11,7 +11,7 @@
 //!
 //! The types that cross the wire in the same form everywhere live here too,
 //! so that the server, the SDK and the dashboard cannot drift apart: a
-//! token's [`Role`].
+//! token's [`Role`] and the instant of [`time::Timestamp`].
 
 pub mod admin_token;
 pub mod dotenv;

@@ -4,8 +4,19 @@
 //! in both SQLite and PostgreSQL integers, fine enough that creation times can
 //! be made unique, and exactly representable as the `f64` seconds that Modal's
 //! wire protocol uses (2^53 µs is about 285 years).
+//!
+//! [`Timestamp`] is the one type that carries such an instant across the JSON
+//! API, the SDK and the dashboard, so its text form is written once: RFC 3339
+//! in UTC with exactly six fractional digits, which a client can send back
+//! (as `created_before`) without losing the microsecond it pages on.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    fmt,
+    str::FromStr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use crate::Error;
 
 /// Microseconds since the Unix epoch.
 pub type Micros = i64;
@@ -33,6 +44,151 @@ pub fn secs_to_micros(secs: f64) -> Option<Micros> {
     Some((secs * 1_000_000.0).round() as i64)
 }
 
+/// An instant with microsecond precision, in UTC.
+///
+/// `Display` and `Serialize` give the wire form, RFC 3339 with six
+/// fractional digits (`2025-01-01T12:00:00.000001Z`). Parsing ([`FromStr`],
+/// `Deserialize`) accepts what Modal's `created_before` accepts and more:
+///
+/// - a date: `2025-01-01` (its midnight, UTC);
+/// - a date-time: `2025-01-01T12:00:00Z`, `2025-01-01 12:00:00+02:00`, or
+///   without offset `2025-01-01T12:00:00` (taken as UTC, not local time, so
+///   that a script means the same on every machine);
+/// - a Unix timestamp in seconds: `1735732800` or `1735732800.5`.
+///
+/// ```
+/// use latchkey_core::time::Timestamp;
+/// let t: Timestamp = "2025-01-01".parse()?;
+/// assert_eq!(t, "2025-01-01T00:00:00Z".parse()?);
+/// assert_eq!(t, "1735689600".parse()?);
+/// assert_eq!(t.to_string(), "2025-01-01T00:00:00.000000Z");
+/// # Ok::<(), latchkey_core::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp(Micros);
+
+impl Timestamp {
+    /// The instant `micros` microseconds after the Unix epoch.
+    pub const fn from_micros(micros: Micros) -> Self {
+        Self(micros)
+    }
+
+    /// Microseconds since the Unix epoch.
+    pub const fn as_micros(self) -> Micros {
+        self.0
+    }
+
+    /// The instant `secs` seconds after the Unix epoch, rounded to the
+    /// microsecond; `None` when not finite or out of range.
+    pub fn from_unix_seconds(secs: f64) -> Option<Self> {
+        let micros = (secs * 1_000_000.0).round();
+        (micros.is_finite() && micros.abs() < 9.0e18).then_some(Self(micros as i64))
+    }
+
+    /// The current time.
+    pub fn now() -> Self {
+        Self::from(SystemTime::now())
+    }
+
+    /// Parses a date-time or a date, but not a bare number: for inputs where
+    /// a number is more likely a mistake than Unix seconds.
+    ///
+    /// An RFC 3339 date-time (`Z` or an offset), a date-time without offset
+    /// (UTC) or a date (its midnight, UTC).
+    pub fn parse_date_time(text: &str) -> Option<Self> {
+        let text = text.trim();
+        let utc = jiff::tz::TimeZone::UTC;
+        text.parse::<jiff::Timestamp>()
+            .ok()
+            .or_else(|| {
+                let dt = text.parse::<jiff::civil::DateTime>().ok()?;
+                utc.to_timestamp(dt).ok()
+            })
+            .or_else(|| {
+                let d = text.parse::<jiff::civil::Date>().ok()?;
+                utc.to_timestamp(d.to_datetime(jiff::civil::Time::midnight()))
+                    .ok()
+            })
+            .map(|ts| Self(ts.as_microsecond()))
+    }
+
+    /// The instant in a [`strftime`](jiff::fmt::strtime) `format`, in UTC
+    /// (`%Y-%m-%d %H:%M UTC`), for display to people; the wire form when it
+    /// is beyond the years 9999.
+    pub fn strftime(self, format: &str) -> String {
+        match self.jiff() {
+            Some(ts) => ts.strftime(format).to_string(),
+            None => self.to_string(),
+        }
+    }
+
+    fn jiff(self) -> Option<jiff::Timestamp> {
+        jiff::Timestamp::from_microsecond(self.0).ok()
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(t: SystemTime) -> Self {
+        let micros = match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+            Err(e) => -i64::try_from(e.duration().as_micros()).unwrap_or(i64::MAX),
+        };
+        Self(micros)
+    }
+}
+
+impl From<Timestamp> for SystemTime {
+    fn from(t: Timestamp) -> Self {
+        let magnitude = std::time::Duration::from_micros(t.0.unsigned_abs());
+        if t.0 >= 0 {
+            UNIX_EPOCH + magnitude
+        } else {
+            UNIX_EPOCH - magnitude
+        }
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.jiff() {
+            Some(ts) => write!(f, "{ts:.6}"),
+            // Beyond jiff's years ±9999: never stored in practice; the
+            // microseconds still say exactly which instant it is.
+            None => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl FromStr for Timestamp {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let text = s.trim();
+        Self::parse_date_time(text)
+            .or_else(|| text.parse::<f64>().ok().and_then(Self::from_unix_seconds))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "Invalid time '{}': expected a date (2025-01-01), a date-time \
+                     (2025-01-01T12:00:00Z) or a Unix timestamp in seconds",
+                    crate::rules::echo(text)
+                ))
+            })
+    }
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -43,5 +199,51 @@ mod tests {
         assert_eq!(secs_to_micros(micros_to_secs(t)), Some(t));
         assert_eq!(secs_to_micros(f64::NAN), None);
         assert_eq!(secs_to_micros(-1.0), None);
+    }
+
+    #[test]
+    fn the_wire_form_has_six_fractional_digits_and_round_trips() {
+        let t = Timestamp::from_micros(1_735_732_800_000_001);
+        assert_eq!(t.to_string(), "2025-01-01T12:00:00.000001Z");
+        assert_eq!(
+            Timestamp::from_micros(0).to_string(),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2025-01-01T12:00:00.000001Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        assert_eq!(
+            SystemTime::from(t),
+            UNIX_EPOCH + std::time::Duration::from_micros(1_735_732_800_000_001)
+        );
+        assert_eq!(Timestamp::from(SystemTime::from(t)), t);
+    }
+
+    #[test]
+    fn forms_agree() {
+        let t = Timestamp::from_micros(1_735_732_800_000_001);
+        for text in [
+            "2025-01-01T13:00:00.000001+01:00",
+            "2025-01-01T12:00:00.000001",
+            " 2025-01-01 12:00:00.000001Z ",
+        ] {
+            assert_eq!(text.parse::<Timestamp>().unwrap(), t, "{text}");
+        }
+        let midnight = Timestamp::from_micros(1_735_689_600_000_000);
+        assert_eq!(Timestamp::parse_date_time("2025-01-01"), Some(midnight));
+        assert_eq!("1735689600".parse::<Timestamp>().unwrap(), midnight);
+        assert_eq!(Timestamp::parse_date_time("1735689600"), None);
+        let e = "soon".parse::<Timestamp>().unwrap_err();
+        assert!(e.message().contains("'soon'"), "{e}");
+    }
+
+    #[test]
+    fn people_read_it_to_the_second_or_minute() {
+        let t = Timestamp::from_micros(1_767_225_599_999_999);
+        assert_eq!(t.strftime("%Y-%m-%dT%H:%M:%SZ"), "2025-12-31T23:59:59Z");
+        assert_eq!(t.strftime("%Y-%m-%d %H:%M UTC"), "2025-12-31 23:59 UTC");
+        let far = Timestamp::from_micros(i64::MAX);
+        assert_eq!(far.strftime("%Y"), i64::MAX.to_string());
     }
 }

@@ -1,47 +1,28 @@
 //! The JSON shapes the API answers with, and the conversions from the domain.
 //!
-//! Instants are RFC 3339 strings in UTC with exactly six fractional digits
-//! (`2025-01-01T00:00:00.123456Z`): microseconds are what the store keeps, so
-//! a `created_at` sent back as `created_before` pages without loss.
+//! Instants are [`Timestamp`]s, RFC 3339 strings in UTC with exactly six
+//! fractional digits (`2025-01-01T00:00:00.123456Z`): microseconds are what
+//! the store keeps, so a `created_at` sent back as `created_before` pages
+//! without loss.
 
-use latchkey_core::{time::Micros, Error, Role};
+use latchkey_core::{
+    time::{Micros, Timestamp},
+    Error, Role,
+};
 use latchkey_service::{Caller, Environment, SecretSummary, Token};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-/// `micros` as RFC 3339 with microseconds, in UTC.
-pub(crate) fn rfc3339(micros: Micros) -> String {
-    match jiff::Timestamp::from_microsecond(micros) {
-        Ok(ts) => format!("{ts:.6}"),
-        // Out of jiff's range (beyond year 9999): never stored in practice.
-        Err(_) => micros.to_string(),
-    }
-}
-
 /// Parses an instant given by a client: an RFC 3339 date-time (`Z` or an
 /// offset), a date-time without offset (UTC) or a date (its midnight, UTC).
+/// Not Unix seconds: a bare number in a query is more likely a mistake.
 pub(crate) fn parse_instant(field: &str, text: &str) -> Result<Micros, Error> {
-    let text = text.trim();
-    let parsed = text
-        .parse::<jiff::Timestamp>()
-        .ok()
-        .or_else(|| {
-            text.parse::<jiff::civil::DateTime>()
-                .ok()
-                .and_then(|dt| jiff::tz::TimeZone::UTC.to_timestamp(dt).ok())
-        })
-        .or_else(|| {
-            text.parse::<jiff::civil::Date>().ok().and_then(|d| {
-                let midnight = d.to_datetime(jiff::civil::Time::midnight());
-                jiff::tz::TimeZone::UTC.to_timestamp(midnight).ok()
-            })
-        });
-    match parsed {
-        Some(ts) if ts.as_microsecond() >= 0 => Ok(ts.as_microsecond()),
+    match Timestamp::parse_date_time(text) {
+        Some(t) if t.as_micros() >= 0 => Ok(t.as_micros()),
         _ => Err(Error::invalid(format!(
             "Invalid {field}: '{}': expected an RFC 3339 date-time such as \
              2025-01-01T12:00:00Z or a date such as 2025-01-01",
-            latchkey_core::rules::echo(text)
+            latchkey_core::rules::echo(text.trim())
         ))),
     }
 }
@@ -69,12 +50,13 @@ pub(crate) struct SecretInfo {
     #[schema(example = "main")]
     pub(crate) environment: String,
     /// When it was created (unique within the environment).
-    #[schema(example = "2025-01-01T12:00:00.000001Z")]
-    pub(crate) created_at: String,
+    #[schema(value_type = String, example = "2025-01-01T12:00:00.000001Z")]
+    pub(crate) created_at: Timestamp,
     /// The name of the token that created it.
     pub(crate) created_by: String,
     /// The last time its values were resolved for a process, if ever.
-    pub(crate) last_used_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) last_used_at: Option<Timestamp>,
     /// Its keys, sorted.
     pub(crate) keys: Vec<String>,
     /// Incremented by every change of its contents.
@@ -87,9 +69,9 @@ impl From<&SecretSummary> for SecretInfo {
             id: s.id.clone(),
             name: s.name().unwrap_or_default().to_owned(),
             environment: s.environment_name.clone(),
-            created_at: rfc3339(s.created_at),
+            created_at: Timestamp::from_micros(s.created_at),
             created_by: s.created_by.clone(),
-            last_used_at: s.last_used_at.map(rfc3339),
+            last_used_at: s.last_used_at.map(Timestamp::from_micros),
             keys: s.keys.clone(),
             version: s.version,
         }
@@ -109,7 +91,8 @@ pub(crate) struct EnvironmentInfo {
     /// The suffix Modal's client shows for web endpoints.
     pub(crate) webhook_suffix: String,
     /// When it was created.
-    pub(crate) created_at: String,
+    #[schema(value_type = String)]
+    pub(crate) created_at: Timestamp,
 }
 
 impl From<&Environment> for EnvironmentInfo {
@@ -119,7 +102,7 @@ impl From<&Environment> for EnvironmentInfo {
             name: e.name.clone(),
             is_default: e.is_default,
             webhook_suffix: e.webhook_suffix.clone(),
-            created_at: rfc3339(e.created_at),
+            created_at: Timestamp::from_micros(e.created_at),
         }
     }
 }
@@ -137,9 +120,11 @@ pub(crate) struct TokenInfo {
     /// The environments it is limited to; `null` means all.
     pub(crate) environments: Option<Vec<String>>,
     /// When it was created.
-    pub(crate) created_at: String,
+    #[schema(value_type = String)]
+    pub(crate) created_at: Timestamp,
     /// When it was revoked, if it was.
-    pub(crate) revoked_at: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub(crate) revoked_at: Option<Timestamp>,
 }
 
 impl From<&Token> for TokenInfo {
@@ -149,8 +134,8 @@ impl From<&Token> for TokenInfo {
             name: t.name.clone(),
             role: t.role,
             environments: t.environments.clone(),
-            created_at: rfc3339(t.created_at),
-            revoked_at: t.revoked_at.map(rfc3339),
+            created_at: Timestamp::from_micros(t.created_at),
+            revoked_at: t.revoked_at.map(Timestamp::from_micros),
         }
     }
 }
@@ -183,9 +168,10 @@ mod tests {
     #[test]
     fn instants_round_trip_to_the_microsecond() {
         let t = 1_735_732_800_000_001;
-        assert_eq!(rfc3339(t), "2025-01-01T12:00:00.000001Z");
-        assert_eq!(parse_instant("x", &rfc3339(t)).unwrap(), t);
-        assert_eq!(parse_instant("x", &rfc3339(0)).unwrap(), 0);
+        let wire = |m| Timestamp::from_micros(m).to_string();
+        assert_eq!(wire(t), "2025-01-01T12:00:00.000001Z");
+        assert_eq!(parse_instant("x", &wire(t)).unwrap(), t);
+        assert_eq!(parse_instant("x", &wire(0)).unwrap(), 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `/secrets`: named secrets and their values.
 
 use axum::{extract::State, http::StatusCode, Json};
-use latchkey_core::EnvDict;
+use latchkey_core::{time::Timestamp, EnvDict};
 use latchkey_service::{CreateMode, Service, MAX_PAGE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{
     error::{ApiError, ErrorBody},
     extract::{Auth, Body, OptionalBody, Params, PathParams},
-    model::{parse_instant, rfc3339, EnvironmentQuery, SecretInfo},
+    model::{parse_instant, EnvironmentQuery, SecretInfo},
 };
 
 /// Query of `GET /secrets`.
@@ -36,7 +36,8 @@ pub(crate) struct SecretList {
     /// The secrets, newest first.
     items: Vec<SecretInfo>,
     /// When the page is full: the `created_before` of the next page.
-    next_created_before: Option<String>,
+    #[schema(value_type = Option<String>)]
+    next_created_before: Option<Timestamp>,
 }
 
 /// List named secrets, newest first, paged by creation time.
@@ -69,7 +70,10 @@ pub(crate) async fn list(
         .list_secrets(&caller, &q.environment, before, Some(limit))
         .await?;
     let full = u32::try_from(items.len()).unwrap_or(u32::MAX) >= limit;
-    let next_created_before = items.last().filter(|_| full).map(|s| rfc3339(s.created_at));
+    let next_created_before = items
+        .last()
+        .filter(|_| full)
+        .map(|s| Timestamp::from_micros(s.created_at));
     Ok(Json(SecretList {
         environment: env.name,
         items: items.iter().map(SecretInfo::from).collect(),
