@@ -10,6 +10,8 @@ use crate::{EnvDict, Error};
 pub const MAX_SECRET_NAME_LEN: usize = 64;
 /// Longest environment name.
 pub const MAX_ENVIRONMENT_NAME_LEN: usize = 64;
+/// Longest name of a profile in the client's profile file.
+pub const MAX_PROFILE_NAME_LEN: usize = 64;
 /// Longest key.
 pub const MAX_KEY_LEN: usize = 16_384;
 /// Largest value, in bytes of UTF-8.
@@ -101,19 +103,39 @@ pub fn check_environment_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Whether `name` is 1 to `max` characters of `[A-Za-z0-9._-]` and the
+/// bytes of `extra`: the shape of the names people type (tokens, profiles,
+/// apps), which a shell passes, a TOML file takes as a bare key and a log
+/// line shows, as they are.
+fn is_plain_name(name: &str, max: usize, extra: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
+}
+
 /// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`. It is the
 /// `created_by` of what the token makes, so `@` lets it be a mail address.
 pub fn check_token_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if ok {
+    if is_plain_name(name, 64, b"@") {
         Ok(())
     } else {
         Err(Error::invalid(format!(
             "Invalid token name: '{}': use 1 to 64 letters, digits, '.', '_', '@' and '-'",
+            echo(name)
+        )))
+    }
+}
+
+/// A profile name (a table of the client's `~/.latchkey.toml`): 1 to 64
+/// characters of `[A-Za-z0-9._-]`.
+pub fn check_profile_name(name: &str) -> Result<(), Error> {
+    if is_plain_name(name, MAX_PROFILE_NAME_LEN, b"") {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "Invalid profile name '{}': use 1 to {MAX_PROFILE_NAME_LEN} letters, digits, '-', '_' and '.'",
             echo(name)
         )))
     }
@@ -278,6 +300,20 @@ mod tests {
         for bad in ["", "a b", "a/b", "é", &"t".repeat(65)] {
             assert!(msg(check_token_name(bad)).starts_with("Invalid token name"));
         }
+    }
+
+    #[test]
+    fn profile_names() {
+        for ok in ["default", "prod", "a.b_c-9", &"p".repeat(64)] {
+            check_profile_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "[x]", &"p".repeat(65)] {
+            assert!(msg(check_profile_name(bad)).starts_with("Invalid profile name"));
+        }
+        assert_eq!(
+            msg(check_profile_name("a b")),
+            "Invalid profile name 'a b': use 1 to 64 letters, digits, '-', '_' and '.'"
+        );
     }
 
     #[test]

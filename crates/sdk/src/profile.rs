@@ -180,7 +180,7 @@ impl ProfileFile {
     /// (`profile.active` set to `true` makes it the active one).
     pub fn insert(&mut self, name: impl Into<String>, mut profile: Profile) -> Result<()> {
         let name = name.into();
-        check_profile_name(&name)?;
+        latchkey_core::rules::check_profile_name(&name)?;
         let was_active = self.profiles.get(&name).is_some_and(|p| p.active);
         let activate = profile.active;
         profile.active = was_active;
@@ -244,21 +244,6 @@ impl ProfileFile {
             .and_then(|()| file.sync_all())
             .map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))
-    }
-}
-
-fn check_profile_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "Invalid profile name '{name}': use 1 to 64 letters, digits, '-', '_' and '.'"
-        )))
     }
 }
 
