@@ -1,7 +1,10 @@
-//! The rules of DESIGN.md that every interface enforces.
+//! The rules every interface enforces, one place each: names, keys, values,
+//! required keys, how an update merges, and which environments and tokens
+//! may be deleted.
 //!
-//! Each check returns an [`Error`] of kind [`ErrorKind::Invalid`](crate::ErrorKind)
-//! whose message names the offending name or key. Values are never quoted in
+//! Each check of a caller's input returns an [`Error`] of kind
+//! [`ErrorKind::Invalid`](crate::ErrorKind) whose message names the
+//! offending name or key. Values are never quoted in
 //! a message: only their key, their size or what is wrong with them.
 
 use crate::{EnvDict, Error};
@@ -251,6 +254,67 @@ fn check_required<'a>(
     }
 }
 
+/// A secret's contents after the changes of an `update()`: in order, a value
+/// sets its key and `None` removes it (keys not named stay, as
+/// `dict.update` leaves them); the result is checked against [`MAX_KEYS`].
+pub fn apply_changes(
+    mut contents: EnvDict,
+    changes: &[(String, Option<String>)],
+) -> Result<EnvDict, Error> {
+    for (key, value) in changes {
+        match value {
+            Some(value) => {
+                contents.insert(key.clone(), value.clone());
+            }
+            None => {
+                contents.remove(key);
+            }
+        }
+    }
+    check_key_count(contents.len())?;
+    Ok(contents)
+}
+
+/// Whether the environment `name` (the workspace default when `is_default`)
+/// may be deleted while it holds `named` named secrets: never the default,
+/// and not with secrets in it unless `with_secrets` confirms deleting them.
+pub fn check_environment_deletable(
+    name: &str,
+    is_default: bool,
+    named: i64,
+    with_secrets: bool,
+) -> Result<(), Error> {
+    if is_default {
+        return Err(Error::failed_precondition(format!(
+            "Environment '{name}' is the workspace's default and cannot be deleted"
+        )));
+    }
+    if named > 0 && !with_secrets {
+        return Err(Error::failed_precondition(format!(
+            "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the active token `name` may be revoked. A workspace always keeps
+/// one active admin token that is not limited to some environments (only
+/// such a token may create and revoke tokens): `unlimited_admin` says
+/// whether `name` is one, `other_unlimited_admins` how many others there are.
+pub fn check_token_revocable(
+    name: &str,
+    unlimited_admin: bool,
+    other_unlimited_admins: i64,
+) -> Result<(), Error> {
+    if unlimited_admin && other_unlimited_admins == 0 {
+        return Err(Error::failed_precondition(format!(
+            "Token '{name}' is the workspace's last admin token not limited to some environments; \
+             create another such admin token first"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,6 +324,49 @@ mod tests {
         let e = r.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
         e.message().to_owned()
+    }
+
+    #[test]
+    fn updates_merge_and_remove_keys_within_the_limit() {
+        let contents: EnvDict = [("A".into(), "1".into()), ("B".into(), "2".into())].into();
+        let changes = [
+            ("A".into(), Some("9".into())),
+            ("B".into(), None),
+            ("C".into(), Some("3".into())),
+        ];
+        let merged = apply_changes(contents, &changes).unwrap();
+        assert_eq!(
+            merged,
+            [("A".into(), "9".into()), ("C".into(), "3".into())].into()
+        );
+        let many: Vec<_> = (0..=MAX_KEYS)
+            .map(|i| (format!("K{i}"), Some(String::new())))
+            .collect();
+        let err = apply_changes(EnvDict::new(), &many).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Invalid, "{err:?}");
+    }
+
+    #[test]
+    fn environments_are_deleted_only_when_allowed() {
+        let refused = |r: Result<(), Error>| {
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+            e.message().to_owned()
+        };
+        assert!(refused(check_environment_deletable("main", true, 0, true)).contains("default"));
+        assert!(refused(check_environment_deletable("dev", false, 3, false))
+            .contains("holds 3 secret(s)"));
+        check_environment_deletable("dev", false, 3, true).unwrap();
+        check_environment_deletable("dev", false, 0, false).unwrap();
+    }
+
+    #[test]
+    fn the_last_unlimited_admin_token_stays() {
+        let e = check_token_revocable("admin", true, 0).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.message().contains("last admin token"), "{}", e.message());
+        check_token_revocable("admin", true, 1).unwrap();
+        check_token_revocable("ci", false, 0).unwrap();
     }
 
     #[test]

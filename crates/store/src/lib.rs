@@ -32,7 +32,7 @@ use crypto::Keyring;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use latchkey_core::{time::Micros, EnvDict, Error};
+use latchkey_core::{time::Micros, Error};
 
 /// How precisely `last_used_at` is kept: one minute, in microseconds.
 pub const LAST_USED_RESOLUTION: Micros = 60_000_000;
@@ -286,65 +286,4 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes anonymous secrets whose time to live ended before `now`.
     /// Returns how many it deleted.
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error>;
-}
-
-/// Whether `env` may be deleted: never the workspace default, and not while
-/// it holds `named` named secrets unless `with_secrets`. One rule for every
-/// backend.
-pub(crate) fn check_environment_deletable(
-    env: &Environment,
-    named: i64,
-    with_secrets: bool,
-) -> Result<(), Error> {
-    let name = &env.name;
-    if env.is_default {
-        return Err(Error::failed_precondition(format!(
-            "Environment '{name}' is the workspace's default and cannot be deleted"
-        )));
-    }
-    if named > 0 && !with_secrets {
-        return Err(Error::failed_precondition(format!(
-            "Environment '{name}' holds {named} secret(s); delete them first or confirm deleting them with the environment"
-        )));
-    }
-    Ok(())
-}
-
-/// Whether the active token `name` (of `role`, limited to some environments
-/// when `limited`) may be revoked when the workspace has `other_admins`
-/// other active admin tokens that are not limited. A workspace always keeps
-/// one: only such a token may create and revoke tokens. One rule for every
-/// backend.
-pub(crate) fn check_token_revocable(
-    name: &str,
-    role: &str,
-    limited: bool,
-    other_admins: i64,
-) -> Result<(), Error> {
-    if role == Role::Admin.as_str() && !limited && other_admins == 0 {
-        return Err(Error::failed_precondition(format!(
-            "Token '{name}' is the workspace's last admin token not limited to some environments; \
-             create another such admin token first"
-        )));
-    }
-    Ok(())
-}
-
-/// A secret's contents after `changes`, checked against the key limit.
-pub fn apply_changes(
-    mut contents: EnvDict,
-    changes: &[(String, Option<String>)],
-) -> Result<EnvDict, Error> {
-    for (key, value) in changes {
-        match value {
-            Some(value) => {
-                contents.insert(key.clone(), value.clone());
-            }
-            None => {
-                contents.remove(key);
-            }
-        }
-    }
-    latchkey_core::rules::check_key_count(contents.len())?;
-    Ok(contents)
 }

@@ -7,7 +7,7 @@
 
 use std::marker::PhantomData;
 
-use latchkey_core::{ids, time::now_micros, time::Micros, Error};
+use latchkey_core::{ids, rules, time::now_micros, time::Micros, Error};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::{db_error, is_unique_violation, Dialect};
@@ -290,7 +290,7 @@ where
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error::<DB>)?;
-        crate::check_environment_deletable(&env, named, with_secrets)?;
+        rules::check_environment_deletable(&env.name, env.is_default, named, with_secrets)?;
         for sql in [
             "DELETE FROM secrets WHERE environment_id = $1",
             "DELETE FROM environments WHERE id = $1",
@@ -409,7 +409,8 @@ where
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error::<DB>)?;
-        crate::check_token_revocable(&name, &role, environments.is_some(), other_admins)?;
+        let unlimited_admin = Role::parse(&role) == Some(Role::Admin) && environments.is_none();
+        rules::check_token_revocable(&name, unlimited_admin, other_admins)?;
         sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
             .bind(now_micros())
             .bind(token_id)
@@ -573,7 +574,7 @@ where
             .await?
             .ok_or_else(|| secret_not_found(secret_id))?
             .open(keyring)?;
-        let contents = crate::apply_changes(current.contents, changes)?;
+        let contents = rules::apply_changes(current.contents, changes)?;
         let version = current.summary.version + 1;
         let sealed = seal(keyring, workspace_id, secret_id, version, &contents);
         Self::store_version(conn, secret_id, version, sealed).await?;
