@@ -9,10 +9,11 @@ use tokio::net::TcpListener;
 
 use latchkey_service::{Service, ServiceConfig};
 
+use latchkey_sandbox::{SandboxConfig, Sandboxes};
+
 use crate::{
     bootstrap::{self, MasterKeySources},
     http,
-    sandbox::{SandboxConfig, Sandboxes},
 };
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -162,7 +163,8 @@ pub async fn serve(
 const STORE_CLOSE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The sandbox manager, when `--sandboxes` is on. Sandboxes never see the
-/// data dir or the master key file.
+/// data dir, the master key file or a SQLite database kept elsewhere (with
+/// its journal files, which hold recent writes).
 async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
     let Some(sandbox_config) = &config.sandboxes else {
         return Ok(None);
@@ -172,6 +174,15 @@ async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
     sandbox_config
         .hidden_paths
         .extend(config.master_key.file.iter().cloned());
+    let database = config.database.as_deref().unwrap_or_default();
+    if let Some(file) = database.strip_prefix("sqlite://") {
+        let file = file.split('?').next().unwrap_or(file);
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            sandbox_config
+                .hidden_paths
+                .push(PathBuf::from(format!("{file}{suffix}")));
+        }
+    }
     let sandboxes = Sandboxes::start(sandbox_config)
         .await
         .context("cannot enable sandboxes")?;

@@ -6,6 +6,7 @@
 //! codes, so every interface enforces the same rules.
 
 mod auth;
+pub mod sandboxes;
 
 use std::{sync::Arc, time::Duration};
 
