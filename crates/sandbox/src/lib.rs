@@ -4,7 +4,8 @@
 //!
 //! A sandbox is one process on the server host, started from the command of
 //! `modal.Sandbox.create(...)` with exactly the sandbox's secrets in its
-//! environment (see [`process`] for the isolation). The image is not pulled.
+//! environment (bubblewrap or a plain process, see `process.rs` for the
+//! isolation). The image is not pulled.
 //!
 //! The manager ([`Sandboxes`]) keeps every sandbox in memory, with
 //!

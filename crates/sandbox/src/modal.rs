@@ -282,7 +282,7 @@ impl Sandboxes {
         Ok(sandbox)
     }
 
-    /// `SandboxWaitV2`: a long poll of at most [`MAX_WAIT`].
+    /// `SandboxWaitV2`: a long poll of at most 55 s.
     pub async fn sandbox_wait_v2(
         &self,
         caller: &Caller,

@@ -1,6 +1,6 @@
 //! The latchkey server: the adapters over the service layer
 //! (`latchkey-service`) and start-up. [`grpc`] speaks Modal's protocol,
-//! [`http`] puts everything on one port, [`serve`] opens the store,
+//! [`http`] puts everything on one port, [`serve`](mod@serve) opens the store,
 //! bootstraps and serves until stopped. With `--sandboxes` it runs Modal
 //! sandboxes as processes, through `latchkey-sandbox`.
 
