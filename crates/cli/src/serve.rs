@@ -87,10 +87,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         listen: args.listen,
         data_dir,
         database: args.database,
-        postgres: PgOptions {
-            pool_size: args.database_pool_size,
-            acquire_timeout: args.database_acquire_timeout,
-            statement_timeout: args.database_statement_timeout,
+        store: latchkey_store::Options {
+            postgres: PgOptions {
+                pool_size: args.database_pool_size,
+                acquire_timeout: args.database_acquire_timeout,
+                statement_timeout: args.database_statement_timeout,
+            },
         },
         master_key: MasterKeySources {
             file: args.master_key_file,

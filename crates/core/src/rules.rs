@@ -18,7 +18,7 @@ pub const MAX_VALUE_BYTES: usize = 32_768;
 pub const MAX_KEYS: usize = 1_000;
 
 /// Longest piece of a user's input that an error message repeats.
-const ECHO_LEN: usize = 80;
+pub const ECHO_LEN: usize = 80;
 
 /// `s` for an error message: at most [`ECHO_LEN`] characters, control
 /// characters escaped so that a message stays on one line.

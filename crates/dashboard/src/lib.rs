@@ -7,11 +7,11 @@
 //! the binary, only adds copy buttons. Nothing is fetched from elsewhere.
 //!
 //! Security, in one place each:
-//! - [`session`]: server-side sessions behind an HttpOnly, SameSite=Strict
+//! - `session`: server-side sessions behind an HttpOnly, SameSite=Strict
 //!   cookie; a session holds the authenticated caller, never the token
 //!   secret, and the token is re-checked on every request so that revoking
 //!   it ends the session.
-//! - [`security`]: the response headers of every page (a strict
+//! - `security`: the response headers of every page (a strict
 //!   Content-Security-Policy, no framing, no referrer, no caching) and the
 //!   refusal of cross-site form posts; every state-changing form also carries
 //!   the session's CSRF token.

@@ -17,7 +17,7 @@
 //! [`Secret::info_with`], ...).
 //!
 //! Every example below runs against a real server as a test (a hidden first
-//! line starts one with [`testing`]).
+//! line starts one with `latchkey::testing`, behind the `testing` feature).
 //!
 //! # Creating secrets
 //!

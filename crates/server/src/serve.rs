@@ -4,7 +4,7 @@ use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Durat
 
 use anyhow::{bail, Context, Result};
 use latchkey_core::paths;
-use latchkey_store::{crypto::Keyring, PgOptions, PgStore, SqliteStore, Store};
+use latchkey_store::{crypto::Keyring, Backend, Store};
 use tokio::net::TcpListener;
 
 use latchkey_service::{Service, ServiceConfig};
@@ -28,8 +28,8 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Database URL; default `sqlite://DIR/latchkey.db`.
     pub database: Option<String>,
-    /// Connection pool and timeouts, for a `postgres://` database.
-    pub postgres: PgOptions,
+    /// How the store is opened (PostgreSQL's pool and timeouts).
+    pub store: latchkey_store::Options,
     /// Where the master key comes from.
     pub master_key: MasterKeySources,
     /// Lifetime of anonymous secrets.
@@ -51,34 +51,26 @@ pub fn local_url(addr: SocketAddr) -> String {
     format!("http://{host}:{}", addr.port())
 }
 
-/// Opens the configured store, creating its file if needed.
+/// Opens the configured store, creating it if needed.
 async fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>> {
     let url = config
         .database
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", config.data_dir.join("latchkey.db").display()));
-    if let Some(path) = url.strip_prefix("sqlite://") {
-        let path = path.split('?').next().unwrap_or(path);
-        let exists = std::path::Path::new(path).exists();
-        let key = bootstrap::master_key(&config.data_dir, &config.master_key, exists)?;
-        let store = SqliteStore::open(&url, Keyring::new(key))
-            .await
-            .context("cannot open the store")?;
-        return Ok(Arc::new(store));
+    if Backend::of(&url).is_none() {
+        bail!(
+            "unsupported --database URL (expected sqlite://PATH or postgres://USER@HOST:PORT/DB)"
+        );
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        // Several replicas share this database and must share its key: a
-        // key is generated only for a database that holds no store yet.
-        let exists = PgStore::exists(&url, config.postgres)
-            .await
-            .context("cannot open the store")?;
-        let key = bootstrap::master_key(&config.data_dir, &config.master_key, exists)?;
-        let store = PgStore::open(&url, Keyring::new(key), config.postgres)
-            .await
-            .context("cannot open the store")?;
-        return Ok(Arc::new(store));
-    }
-    bail!("unsupported --database URL (expected sqlite://PATH or postgres://USER@HOST:PORT/DB)");
+    // Several PostgreSQL replicas share one database and must share its
+    // key: a key is generated only for a store that does not exist yet.
+    let exists = latchkey_store::exists(&url, &config.store)
+        .await
+        .context("cannot open the store")?;
+    let key = bootstrap::master_key(&config.data_dir, &config.master_key, exists)?;
+    latchkey_store::open(&url, Keyring::new(key), &config.store)
+        .await
+        .context("cannot open the store")
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.

@@ -1,9 +1,79 @@
 //! The behaviour every [`Store`] adapter must show, as one suite.
 //!
-//! An adapter's tests open a fresh, empty store and call [`run_all`]; a
-//! failing check panics with a message naming what broke. The suite is part
-//! of the library (not `#[cfg(test)]`) so that every backend's crate or test
+//! Each check is a function that takes a fresh, empty store (the replica
+//! checks: two handles on one fresh database) and panics with a message
+//! naming what broke. An adapter's tests run every check as a test of its
+//! own with [`conformance_tests!`](crate::conformance_tests) and
+//! [`conformance_replica_tests!`](crate::conformance_replica_tests), so a
+//! failure names its check and the others still run. The suite is part of
+//! the library (not `#[cfg(test)]`) so that every backend's crate or test
 //! runs the same code unchanged.
+
+/// One `#[tokio::test]` per check of the suite, in a module
+/// `conformance_suite`: `$open` names an `async fn` returning a guard (kept
+/// until the test ends: a temporary directory, a test database) and a new,
+/// empty store.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($open:ident) => {
+        $crate::conformance_tests!(@checks $open;
+            bootstrap,
+            environments,
+            tokens,
+            secrets_create_and_read,
+            secrets_update,
+            lookups_follow_writes,
+            secrets_list_paging,
+            secrets_anonymous_and_sweep,
+            environment_delete_with_secrets,
+        );
+    };
+    (@checks $open:ident; $($check:ident,)*) => {
+        mod conformance_suite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let (guard, store) = super::$open().await;
+                    $crate::conformance::$check(&store).await;
+                    $crate::Store::close(&store).await;
+                    drop(guard);
+                }
+            )*
+        }
+    };
+}
+
+/// One `#[tokio::test]` per check that holds when several servers share one
+/// database, in a module `conformance_replicas`: `$open` names an `async fn`
+/// returning a guard and two independent stores on one new, empty database.
+#[macro_export]
+macro_rules! conformance_replica_tests {
+    ($open:ident) => {
+        $crate::conformance_replica_tests!(@checks $open;
+            replicas_read_your_writes,
+            replicas_lookups_follow_writes,
+            replicas_last_admin_token,
+            replicas_concurrent_updates,
+            replicas_concurrent_creates,
+            replicas_paging_while_writing,
+            replicas_sweep,
+        );
+    };
+    (@checks $open:ident; $($check:ident,)*) => {
+        mod conformance_replicas {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $check() {
+                    let (guard, a, b) = super::$open().await;
+                    $crate::conformance::$check(&a, &b).await;
+                    $crate::Store::close(&a).await;
+                    $crate::Store::close(&b).await;
+                    drop(guard);
+                }
+            )*
+        }
+    };
+}
 
 use futures::future::join_all;
 use latchkey_core::{ids, time::now_micros, EnvDict, ErrorKind};
@@ -43,13 +113,19 @@ fn named(ws: &str, env: &str, name: &str, contents: EnvDict, on_conflict: OnConf
     }
 }
 
-/// Runs every check against `store`, which must be new and empty.
-pub async fn run_all(store: &dyn Store) {
+/// Bootstraps `store`, which must be new and empty; returns its admin token.
+async fn setup(store: &dyn Store) -> NewToken {
     let admin = admin_token();
     assert!(
         store.bootstrap(&admin).await.unwrap(),
         "bootstrap of an empty store"
     );
+    admin
+}
+
+/// A new store bootstraps once, then answers.
+pub async fn bootstrap(store: &dyn Store) {
+    let admin = setup(store).await;
     assert!(
         !store.bootstrap(&admin_token()).await.unwrap(),
         "second bootstrap is a no-op"
@@ -57,18 +133,12 @@ pub async fn run_all(store: &dyn Store) {
     store.ping().await.expect("ping");
     let ws = admin.workspace_id.clone();
     assert_eq!(store.workspace(&ws).await.unwrap().name, "default");
-
-    environments(store, &ws).await;
-    tokens(store, &admin).await;
-    secrets_create_and_read(store, &ws).await;
-    secrets_update(store, &ws).await;
-    lookups_follow_writes(store, store, &ws, "one").await;
-    secrets_list_paging(store, &ws).await;
-    secrets_anonymous_and_sweep(store, &ws).await;
-    environment_delete_with_secrets(store, &ws).await;
 }
 
-async fn environments(store: &dyn Store, ws: &str) {
+/// Environments: the default, creation, listing, renaming, deletion.
+pub async fn environments(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
     let main = store.environment(ws, "").await.unwrap();
     assert_eq!((main.name.as_str(), main.is_default), ("main", true));
     assert_eq!(store.environment(ws, "main").await.unwrap(), main);
@@ -158,7 +228,9 @@ async fn environments(store: &dyn Store, ws: &str) {
     );
 }
 
-async fn tokens(store: &dyn Store, admin: &NewToken) {
+/// Tokens: creation, authentication, listing, revocation, the last admin.
+pub async fn tokens(store: &dyn Store) {
+    let admin = &setup(store).await;
     let (token, hash) = store
         .token_for_auth(&admin.id)
         .await
@@ -266,7 +338,10 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
     }
 }
 
-async fn secrets_create_and_read(store: &dyn Store, ws: &str) {
+/// Creating named secrets (every conflict rule) and reading them back.
+pub async fn secrets_create_and_read(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
     let env = store.environment(ws, "").await.unwrap().id;
     let first = dict(&[("A", "1"), ("B", "2")]);
     let (created, was_new) = store
@@ -419,7 +494,10 @@ async fn secrets_create_and_read(store: &dyn Store, ws: &str) {
     }
 }
 
-async fn secrets_update(store: &dyn Store, ws: &str) {
+/// Updates merge key by key and make a new version.
+pub async fn secrets_update(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
     let env = store.environment(ws, "").await.unwrap().id;
     let (s, _) = store
         .create_secret(&named(
@@ -494,9 +572,20 @@ async fn secrets_update(store: &dyn Store, ws: &str) {
     );
 }
 
-/// Lookups by name, which an adapter may serve from a cache, see every kind
-/// of write at once: made through `writer`, looked up through `reader`.
-async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str, tag: &str) {
+/// Lookups by name (values and metadata), which an adapter may serve from
+/// a cache, see every kind of write at once.
+pub async fn lookups_follow_writes(store: &dyn Store) {
+    let admin = setup(store).await;
+    lookups_follow_writes_between(store, store, &admin.workspace_id, "one").await;
+}
+
+/// Writes made through `writer`, looked up through `reader`.
+async fn lookups_follow_writes_between(
+    reader: &dyn Store,
+    writer: &dyn Store,
+    ws: &str,
+    tag: &str,
+) {
     let value = |found: Option<Secret>, what: &str| {
         found
             .unwrap_or_else(|| panic!("{what}: the lookup found nothing"))
@@ -693,9 +782,46 @@ async fn lookups_follow_writes(reader: &dyn Store, writer: &dyn Store, ws: &str,
     assert!(found.unwrap().is_none(), "found in a deleted environment");
 }
 
-async fn secrets_list_paging(store: &dyn Store, ws: &str) {
+/// Paging by creation time returns every secret once, newest first, also
+/// those created concurrently.
+pub async fn secrets_list_paging(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = fill_paging(store, ws).await;
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store.list_secrets(ws, &env, before, 37).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 37);
+        assert!(
+            page.windows(2).all(|w| w[0].created_at > w[1].created_at),
+            "newest first, unique"
+        );
+        before = Some(page.last().unwrap().created_at);
+        seen.extend(page.into_iter().map(|s| s.name().unwrap().to_owned()));
+    }
+    assert_eq!(seen.len(), PAGING_SECRETS, "every secret once");
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "no repeats");
+    assert_eq!(seen.last().unwrap(), "p000", "oldest last");
+    let first = store.list_secrets(ws, &env, None, 1).await.unwrap();
+    assert_eq!(first[0].keys, Vec::<String>::new());
+    assert_eq!(first[0].environment_name, "paging");
+}
+
+/// How many named secrets [`fill_paging`] creates.
+const PAGING_SECRETS: usize = 276;
+
+/// Creates the environment `paging` holding [`PAGING_SECRETS`] named
+/// secrets, 16 of them created concurrently; returns its id.
+async fn fill_paging(store: &dyn Store, ws: &str) -> String {
     let env = store.create_environment(ws, "paging").await.unwrap().id;
-    let total = 260;
+    let total = PAGING_SECRETS - 16;
     for i in 0..total {
         store
             .create_secret(&named(
@@ -726,33 +852,13 @@ async fn secrets_list_paging(store: &dyn Store, ws: &str) {
     for r in join_all(extra).await {
         r.unwrap();
     }
-    let mut seen = Vec::new();
-    let mut before = None;
-    loop {
-        let page = store.list_secrets(ws, &env, before, 37).await.unwrap();
-        if page.is_empty() {
-            break;
-        }
-        assert!(page.len() <= 37);
-        assert!(
-            page.windows(2).all(|w| w[0].created_at > w[1].created_at),
-            "newest first, unique"
-        );
-        before = Some(page.last().unwrap().created_at);
-        seen.extend(page.into_iter().map(|s| s.name().unwrap().to_owned()));
-    }
-    assert_eq!(seen.len(), total + 16, "every secret once");
-    let mut unique = seen.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), seen.len(), "no repeats");
-    assert_eq!(seen.last().unwrap(), "p000", "oldest last");
-    let first = store.list_secrets(ws, &env, None, 1).await.unwrap();
-    assert_eq!(first[0].keys, Vec::<String>::new());
-    assert_eq!(first[0].environment_name, "paging");
+    env
 }
 
-async fn secrets_anonymous_and_sweep(store: &dyn Store, ws: &str) {
+/// Anonymous secrets are never listed and are swept after their time.
+pub async fn secrets_anonymous_and_sweep(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
     let env = store.environment(ws, "").await.unwrap().id;
     let now = now_micros();
     let make = |expires_at, app_id: Option<&str>| NewSecret {
@@ -792,7 +898,11 @@ async fn secrets_anonymous_and_sweep(store: &dyn Store, ws: &str) {
     assert_eq!(kept.contents, dict(&[("ANON", "v")]));
 }
 
-async fn environment_delete_with_secrets(store: &dyn Store, ws: &str) {
+/// An environment holding secrets is deleted only with them.
+pub async fn environment_delete_with_secrets(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    fill_paging(store, ws).await;
     let err = store
         .delete_environment(ws, "paging", false)
         .await
@@ -810,10 +920,10 @@ async fn environment_delete_with_secrets(store: &dyn Store, ws: &str) {
     );
 }
 
-/// Runs the checks that hold when several servers share one database: `a`
-/// and `b` are two independent handles (two replicas' stores) on the same
-/// new, empty database. Backends made for one process (SQLite) skip it.
-pub async fn replicas(a: &dyn Store, b: &dyn Store) {
+/// Bootstraps two replicas' stores (`a` and `b`: two independent handles
+/// on the same new, empty database) at once: one workspace is created.
+/// Returns it and its default environment.
+async fn setup_replicas(a: &dyn Store, b: &dyn Store) -> (String, String) {
     let (admin_a, admin_b) = (admin_token(), admin_token());
     let (first, second) = futures::join!(a.bootstrap(&admin_a), b.bootstrap(&admin_b));
     let (first, second) = (first.unwrap(), second.unwrap());
@@ -824,8 +934,18 @@ pub async fn replicas(a: &dyn Store, b: &dyn Store) {
         admin_b.workspace_id
     };
     let env = b.environment(&ws, "").await.unwrap().id;
-    replicas_read_your_writes(a, b, &ws, &env).await;
-    lookups_follow_writes(b, a, &ws, "replicas").await;
+    (ws, env)
+}
+
+/// A lookup on one replica sees the writes of the other at once.
+pub async fn replicas_lookups_follow_writes(a: &dyn Store, b: &dyn Store) {
+    let (ws, _) = setup_replicas(a, b).await;
+    lookups_follow_writes_between(b, a, &ws, "replicas").await;
+}
+
+/// Two revocations at once, through two replicas, of the last two admins.
+pub async fn replicas_last_admin_token(a: &dyn Store, b: &dyn Store) {
+    let (ws, _) = setup_replicas(a, b).await;
     let admin = b
         .list_tokens(&ws)
         .await
@@ -834,13 +954,12 @@ pub async fn replicas(a: &dyn Store, b: &dyn Store) {
         .find(|t| t.role == Role::Admin && t.revoked_at.is_none())
         .expect("an admin token");
     last_admin_token(a, b, &ws, &admin.id).await;
-    replicas_concurrent_updates(a, b, &ws, &env).await;
-    replicas_concurrent_creates(a, b, &ws, &env).await;
-    replicas_paging_while_writing(a, b, &ws).await;
-    replicas_sweep(a, b, &ws, &env).await;
 }
 
-async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+/// A write through one replica is what the next read on the other returns.
+pub async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store) {
+    let (ws, env) = setup_replicas(a, b).await;
+    let (ws, env) = (ws.as_str(), env.as_str());
     for round in 0..20 {
         let name = format!("ryw{round}");
         let value = format!("v{round}");
@@ -882,7 +1001,10 @@ async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store, ws: &str, env: 
     }
 }
 
-async fn replicas_concurrent_updates(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+/// Concurrent updates of different keys through two replicas all survive.
+pub async fn replicas_concurrent_updates(a: &dyn Store, b: &dyn Store) {
+    let (ws, env) = setup_replicas(a, b).await;
+    let (ws, env) = (ws.as_str(), env.as_str());
     let (s, _) = a
         .create_secret(&named(ws, env, "shared", EnvDict::new(), OnConflict::Fail))
         .await
@@ -905,7 +1027,10 @@ async fn replicas_concurrent_updates(a: &dyn Store, b: &dyn Store, ws: &str, env
     assert_eq!(after.summary.version, 41);
 }
 
-async fn replicas_concurrent_creates(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+/// Two creates of one name through two replicas: one wins, one AlreadyExists.
+pub async fn replicas_concurrent_creates(a: &dyn Store, b: &dyn Store) {
+    let (ws, env) = setup_replicas(a, b).await;
+    let (ws, env) = (ws.as_str(), env.as_str());
     for round in 0..10 {
         let name = format!("race{round}");
         let make = |v: &str| named(ws, env, &name, dict(&[("BY", v)]), OnConflict::Fail);
@@ -936,7 +1061,10 @@ async fn replicas_concurrent_creates(a: &dyn Store, b: &dyn Store, ws: &str, env
     }
 }
 
-async fn replicas_paging_while_writing(a: &dyn Store, b: &dyn Store, ws: &str) {
+/// Paging through one replica stays exact while the other creates.
+pub async fn replicas_paging_while_writing(a: &dyn Store, b: &dyn Store) {
+    let (ws, _) = setup_replicas(a, b).await;
+    let ws = ws.as_str();
     let env = a.create_environment(ws, "busy").await.unwrap().id;
     let before: Vec<String> = (0..120).map(|i| format!("old{i:03}")).collect();
     for name in &before {
@@ -991,7 +1119,10 @@ async fn replicas_paging_while_writing(a: &dyn Store, b: &dyn Store, ws: &str) {
     a.delete_environment(ws, "busy", true).await.unwrap();
 }
 
-async fn replicas_sweep(a: &dyn Store, b: &dyn Store, ws: &str, env: &str) {
+/// Two replicas sweeping at once remove every expired secret once.
+pub async fn replicas_sweep(a: &dyn Store, b: &dyn Store) {
+    let (ws, env) = setup_replicas(a, b).await;
+    let (ws, env) = (ws.as_str(), env.as_str());
     let now = now_micros();
     for _ in 0..30 {
         a.create_secret(&NewSecret {

@@ -15,16 +15,16 @@
 //! keys need); the tests check that the list matches both migrations, so a
 //! table or column added later cannot be silently left behind.
 
-use std::fmt;
+use std::{fmt, marker::PhantomData};
 
 use sha2::{Digest as _, Sha256};
 use sqlx::{
-    pool::PoolConnection, ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, PgPool,
-    Row, SqlitePool, Type,
+    pool::PoolConnection, ColumnIndex, Decode, Encode, Executor, IntoArguments, PgPool, Row,
+    SqlitePool, Type,
 };
 use tokio::sync::mpsc;
 
-use crate::{postgres, sqlite, OpenError, PgOptions};
+use crate::{postgres, sql::Dialect, sqlite, Backend, OpenError, PgOptions};
 
 /// The type of a column, as both schemas declare it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,27 +289,25 @@ fn unsupported(url: &str) -> CopyError {
     CopyError::Unsupported(url.split(':').next().unwrap_or_default().to_owned())
 }
 
-fn is_postgres(url: &str) -> bool {
-    url.starts_with("postgres://") || url.starts_with("postgresql://")
-}
-
 impl RawStore {
     /// Opens an existing store to read, changing nothing in it.
     pub async fn open_source(url: &str) -> Result<Self, CopyError> {
-        let (pool, target) = if url.starts_with("sqlite:") {
-            let target = sqlite::describe(url);
-            if !std::path::Path::new(&target).exists() {
-                return Err(CopyError::Source {
-                    target,
-                    problem: "does not exist".to_owned(),
-                });
+        let (pool, target) = match Backend::of(url) {
+            Some(Backend::Sqlite) => {
+                let target = sqlite::describe(url);
+                if !std::path::Path::new(&target).exists() {
+                    return Err(CopyError::Source {
+                        target,
+                        problem: "does not exist".to_owned(),
+                    });
+                }
+                (Pool::Sqlite(sqlite::open_raw(url, false).await?), target)
             }
-            (Pool::Sqlite(sqlite::open_raw(url, false).await?), target)
-        } else if is_postgres(url) {
-            let pool = postgres::connect(url, copy_pg_options()).await?;
-            (Pool::Postgres(pool), postgres::describe(url))
-        } else {
-            return Err(unsupported(url));
+            Some(Backend::Postgres) => {
+                let pool = postgres::connect(url, copy_pg_options()).await?;
+                (Pool::Postgres(pool), postgres::describe(url))
+            }
+            None => return Err(unsupported(url)),
         };
         let store = Self { pool, target };
         store.check_source_schema().await?;
@@ -319,37 +317,41 @@ impl RawStore {
     /// Opens (creating and migrating if needed) a store to write; refuses one
     /// that holds any row.
     pub async fn open_destination(url: &str) -> Result<Self, CopyError> {
-        let store = if url.starts_with("sqlite:") {
-            let target = sqlite::describe(url);
-            if std::path::Path::new(&target).exists() {
-                let pool = sqlite::open_raw(url, false).await?;
-                let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
-                pool.close().await;
+        let store = match Backend::of(url) {
+            Some(Backend::Sqlite) => {
+                let target = sqlite::describe(url);
+                if std::path::Path::new(&target).exists() {
+                    let pool = sqlite::open_raw(url, false).await?;
+                    let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
+                    pool.close().await;
+                    refuse_foreign_tables(&target, tables)?;
+                }
+                let pool = sqlite::open_raw(url, true).await?;
+                Self {
+                    pool: Pool::Sqlite(pool),
+                    target,
+                }
+            }
+            Some(Backend::Postgres) => {
+                let target = postgres::describe(url);
+                let pool = postgres::connect(url, copy_pg_options()).await?;
+                let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
                 refuse_foreign_tables(&target, tables)?;
+                <sqlx::Postgres as crate::sql::Dialect>::migrator()
+                    .run(&pool)
+                    .await
+                    .map_err(sqlx::Error::from)
+                    .map_err(|source| OpenError::Database {
+                        backend: "PostgreSQL",
+                        target: target.clone(),
+                        cause: source,
+                    })?;
+                Self {
+                    pool: Pool::Postgres(pool),
+                    target,
+                }
             }
-            let pool = sqlite::open_raw(url, true).await?;
-            Self {
-                pool: Pool::Sqlite(pool),
-                target,
-            }
-        } else if is_postgres(url) {
-            let target = postgres::describe(url);
-            let pool = postgres::connect(url, copy_pg_options()).await?;
-            let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
-            refuse_foreign_tables(&target, tables)?;
-            postgres::migrate(&pool)
-                .await
-                .map_err(|source| OpenError::Database {
-                    backend: "PostgreSQL",
-                    target: target.clone(),
-                    cause: source,
-                })?;
-            Self {
-                pool: Pool::Postgres(pool),
-                target,
-            }
-        } else {
-            return Err(unsupported(url));
+            None => return Err(unsupported(url)),
         };
         store.check_empty().await?;
         Ok(store)
@@ -378,8 +380,8 @@ impl RawStore {
     /// Every table's row count and digest, from one consistent snapshot.
     pub async fn summary(&self) -> Result<Vec<TableSummary>, CopyError> {
         match &self.pool {
-            Pool::Sqlite(p) => export(p, None, None).await,
-            Pool::Postgres(p) => export(p, Some(PG_SNAPSHOT), None).await,
+            Pool::Sqlite(p) => Rows::export(p, None).await,
+            Pool::Postgres(p) => Rows::export(p, None).await,
         }
         .map_err(|e| self.db_err("reading", e))
     }
@@ -420,11 +422,17 @@ impl RawStore {
         let (applied, expected): (Result<Vec<(i64,)>, _>, Vec<i64>) = match &self.pool {
             Pool::Sqlite(p) => (
                 sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
-                sqlite::MIGRATOR.iter().map(|m| m.version).collect(),
+                <sqlx::Sqlite as crate::sql::Dialect>::migrator()
+                    .iter()
+                    .map(|m| m.version)
+                    .collect(),
             ),
             Pool::Postgres(p) => (
                 sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
-                postgres::MIGRATOR.iter().map(|m| m.version).collect(),
+                <sqlx::Postgres as crate::sql::Dialect>::migrator()
+                    .iter()
+                    .map(|m| m.version)
+                    .collect(),
             ),
         };
         let problem = |problem: String| CopyError::Source {
@@ -476,9 +484,6 @@ fn refuse_foreign_tables(
 const APPLIED_MIGRATIONS: &str =
     "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version";
 
-/// One read-only snapshot for the whole export.
-const PG_SNAPSHOT: &str = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY";
-
 /// Copies every row of `from` into `to` (which [`RawStore::open_destination`]
 /// found empty), calling `progress` with the number of rows written so far.
 ///
@@ -492,16 +497,16 @@ pub async fn copy(
     let (sender, receiver) = mpsc::channel(4);
     let export = async {
         let result = match &from.pool {
-            Pool::Sqlite(p) => export(p, None, Some(&sender)).await,
-            Pool::Postgres(p) => export(p, Some(PG_SNAPSHOT), Some(&sender)).await,
+            Pool::Sqlite(p) => Rows::export(p, Some(&sender)).await,
+            Pool::Postgres(p) => Rows::export(p, Some(&sender)).await,
         };
         drop(sender);
         result
     };
     let import = async {
         match &to.pool {
-            Pool::Sqlite(p) => import(p, receiver, progress).await,
-            Pool::Postgres(p) => import(p, receiver, progress).await,
+            Pool::Sqlite(p) => Rows::import(p, receiver, progress).await,
+            Pool::Postgres(p) => Rows::import(p, receiver, progress).await,
         }
     };
     let (exported, imported) = tokio::join!(export, import);
@@ -545,211 +550,176 @@ fn compare(source: &[TableSummary], destination: &[TableSummary]) -> Result<(), 
     Ok(())
 }
 
-/// Reads every table of `pool` in one transaction (begun with `snapshot`, if
-/// any), sending the rows to `out` when given, and returns their summary. A
-/// send to `out` fails only when the importer gave up.
-async fn export<DB>(
-    pool: &sqlx::Pool<DB>,
-    snapshot: Option<&str>,
-    out: Option<&mpsc::Sender<Message>>,
-) -> Result<Vec<TableSummary>, sqlx::Error>
+/// The generic row mover. A namespace, never built: its `where` clause is
+/// what moving rows of every column type needs of a database (sqlx states it
+/// per type), written once here rather than on each function.
+struct Rows<DB>(PhantomData<DB>);
+
+impl<DB> Rows<DB>
 where
-    DB: Database,
+    DB: Dialect,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'r> Option<String>: Decode<'r, DB>,
     for<'r> Option<i64>: Decode<'r, DB>,
     for<'r> Option<Vec<u8>>: Decode<'r, DB>,
     for<'r> bool: Decode<'r, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
+    for<'q> bool: Encode<'q, DB>,
     String: Type<DB>,
     i64: Type<DB>,
     Vec<u8>: Type<DB>,
     bool: Type<DB>,
     usize: ColumnIndex<DB::Row>,
 {
-    let mut tx = pool.begin().await?;
-    if let Some(sql) = snapshot {
-        sqlx::query(sql).execute(&mut *tx).await?;
-    }
-    let mut summary = Vec::new();
-    for table in TABLES {
-        summary.push(read_table(&mut tx, table, out).await?);
-    }
-    tx.commit().await?;
-    if let Some(out) = out {
-        out.send(Message::End(summary.clone()))
-            .await
-            .map_err(|_| sqlx::Error::PoolClosed)?;
-    }
-    Ok(summary)
-}
-
-async fn read_table<DB>(
-    conn: &mut DB::Connection,
-    table: &'static Table,
-    out: Option<&mpsc::Sender<Message>>,
-) -> Result<TableSummary, sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'r> Option<String>: Decode<'r, DB>,
-    for<'r> Option<i64>: Decode<'r, DB>,
-    for<'r> Option<Vec<u8>>: Decode<'r, DB>,
-    for<'r> bool: Decode<'r, DB>,
-    String: Type<DB>,
-    i64: Type<DB>,
-    Vec<u8>: Type<DB>,
-    bool: Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    use futures::TryStreamExt;
-
-    let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
-    let sql = format!("SELECT {} FROM {}", columns.join(", "), table.name);
-    let mut rows = sqlx::query(&sql).fetch(&mut *conn);
-    let mut hashes: Vec<[u8; 32]> = Vec::new();
-    let mut batch = Vec::with_capacity(BATCH_ROWS);
-    while let Some(row) = rows.try_next().await? {
-        let mut cells = Vec::with_capacity(table.columns.len());
-        for (i, (_, kind)) in table.columns.iter().enumerate() {
-            cells.push(match kind {
-                Kind::Text => Cell::Text(row.try_get(i)?),
-                Kind::Int => Cell::Int(row.try_get(i)?),
-                Kind::Bool => Cell::Bool(row.try_get(i)?),
-                Kind::Bytes => Cell::Bytes(row.try_get(i)?),
-            });
+    /// Reads every table of `pool` in one transaction (one consistent
+    /// snapshot), sending the rows to `out` when given, and returns their summary. A
+    /// send to `out` fails only when the importer gave up.
+    async fn export(
+        pool: &sqlx::Pool<DB>,
+        out: Option<&mpsc::Sender<Message>>,
+    ) -> Result<Vec<TableSummary>, sqlx::Error> {
+        let mut tx = pool.begin().await?;
+        if let Some(sql) = DB::SNAPSHOT {
+            sqlx::query(sql).execute(&mut *tx).await?;
         }
-        let mut h = Sha256::new();
-        for cell in &cells {
-            cell.hash_into(&mut h);
+        let mut summary = Vec::new();
+        for table in TABLES {
+            summary.push(Self::read_table(&mut tx, table, out).await?);
         }
-        hashes.push(h.finalize().into());
+        tx.commit().await?;
         if let Some(out) = out {
-            batch.push(cells);
-            if batch.len() == BATCH_ROWS {
-                let rows = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
-                out.send(Message::Rows { table, rows })
+            out.send(Message::End(summary.clone()))
+                .await
+                .map_err(|_| sqlx::Error::PoolClosed)?;
+        }
+        Ok(summary)
+    }
+
+    async fn read_table(
+        conn: &mut DB::Connection,
+        table: &'static Table,
+        out: Option<&mpsc::Sender<Message>>,
+    ) -> Result<TableSummary, sqlx::Error> {
+        use futures::TryStreamExt;
+
+        let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+        let sql = format!("SELECT {} FROM {}", columns.join(", "), table.name);
+        let mut rows = sqlx::query(&sql).fetch(&mut *conn);
+        let mut hashes: Vec<[u8; 32]> = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH_ROWS);
+        while let Some(row) = rows.try_next().await? {
+            let mut cells = Vec::with_capacity(table.columns.len());
+            for (i, (_, kind)) in table.columns.iter().enumerate() {
+                cells.push(match kind {
+                    Kind::Text => Cell::Text(row.try_get(i)?),
+                    Kind::Int => Cell::Int(row.try_get(i)?),
+                    Kind::Bool => Cell::Bool(row.try_get(i)?),
+                    Kind::Bytes => Cell::Bytes(row.try_get(i)?),
+                });
+            }
+            let mut h = Sha256::new();
+            for cell in &cells {
+                cell.hash_into(&mut h);
+            }
+            hashes.push(h.finalize().into());
+            if let Some(out) = out {
+                batch.push(cells);
+                if batch.len() == BATCH_ROWS {
+                    let rows = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS));
+                    out.send(Message::Rows { table, rows })
+                        .await
+                        .map_err(|_| sqlx::Error::PoolClosed)?;
+                }
+            }
+        }
+        if let Some(out) = out {
+            if !batch.is_empty() {
+                out.send(Message::Rows { table, rows: batch })
                     .await
                     .map_err(|_| sqlx::Error::PoolClosed)?;
             }
         }
-    }
-    if let Some(out) = out {
-        if !batch.is_empty() {
-            out.send(Message::Rows { table, rows: batch })
-                .await
-                .map_err(|_| sqlx::Error::PoolClosed)?;
+        hashes.sort_unstable();
+        let mut h = Sha256::new();
+        for row in &hashes {
+            h.update(row);
         }
+        Ok(TableSummary {
+            table: table.name,
+            rows: hashes.len() as u64,
+            digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+        })
     }
-    hashes.sort_unstable();
-    let mut h = Sha256::new();
-    for row in &hashes {
-        h.update(row);
-    }
-    Ok(TableSummary {
-        table: table.name,
-        rows: hashes.len() as u64,
-        digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
-    })
-}
 
-/// Writes what arrives on `rows` in one transaction, which commits only after
-/// the source's end-of-snapshot summary arrived and the rows read back within
-/// the transaction match it.
-async fn import<DB>(
-    pool: &sqlx::Pool<DB>,
-    mut rows: mpsc::Receiver<Message>,
-    progress: &(dyn Fn(u64) + Send + Sync),
-) -> Result<(), ImportError>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'r> Option<String>: Decode<'r, DB>,
-    for<'r> Option<i64>: Decode<'r, DB>,
-    for<'r> Option<Vec<u8>>: Decode<'r, DB>,
-    for<'r> bool: Decode<'r, DB>,
-    for<'q> Option<String>: Encode<'q, DB>,
-    for<'q> Option<i64>: Encode<'q, DB>,
-    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
-    for<'q> bool: Encode<'q, DB>,
-    String: Type<DB>,
-    i64: Type<DB>,
-    Vec<u8>: Type<DB>,
-    bool: Type<DB>,
-    usize: ColumnIndex<DB::Row>,
-{
-    let mut conn: PoolConnection<DB> = pool.acquire().await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    let mut written = 0u64;
-    let source = loop {
-        match rows.recv().await {
-            Some(Message::Rows { table, rows }) => {
-                written += rows.len() as u64;
-                insert(&mut tx, table, rows).await?;
-                progress(written);
+    /// Writes what arrives on `rows` in one transaction, which commits only after
+    /// the source's end-of-snapshot summary arrived and the rows read back within
+    /// the transaction match it.
+    async fn import(
+        pool: &sqlx::Pool<DB>,
+        mut rows: mpsc::Receiver<Message>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), ImportError> {
+        let mut conn: PoolConnection<DB> = pool.acquire().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut written = 0u64;
+        let source = loop {
+            match rows.recv().await {
+                Some(Message::Rows { table, rows }) => {
+                    written += rows.len() as u64;
+                    Self::insert(&mut tx, table, rows).await?;
+                    progress(written);
+                }
+                Some(Message::End(summary)) => break summary,
+                // The export failed: nothing is committed.
+                None => return Err(ImportError::Database(sqlx::Error::PoolClosed)),
             }
-            Some(Message::End(summary)) => break summary,
-            // The export failed: nothing is committed.
-            None => return Err(ImportError::Database(sqlx::Error::PoolClosed)),
+        };
+        let mut written = Vec::new();
+        for table in TABLES {
+            written.push(Self::read_table(&mut tx, table, None).await?);
         }
-    };
-    let mut written = Vec::new();
-    for table in TABLES {
-        written.push(read_table(&mut tx, table, None).await?);
+        compare(&source, &written).map_err(ImportError::Mismatch)?;
+        tx.commit().await?;
+        Ok(())
     }
-    compare(&source, &written).map_err(ImportError::Mismatch)?;
-    tx.commit().await?;
-    Ok(())
-}
 
-async fn insert<DB>(
-    conn: &mut DB::Connection,
-    table: &Table,
-    rows: Vec<Vec<Cell>>,
-) -> Result<(), sqlx::Error>
-where
-    DB: Database,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> Option<String>: Encode<'q, DB>,
-    for<'q> Option<i64>: Encode<'q, DB>,
-    for<'q> Option<Vec<u8>>: Encode<'q, DB>,
-    for<'q> bool: Encode<'q, DB>,
-    String: Type<DB>,
-    i64: Type<DB>,
-    Vec<u8>: Type<DB>,
-    bool: Type<DB>,
-{
-    use sqlx::Arguments as _;
+    async fn insert(
+        conn: &mut DB::Connection,
+        table: &Table,
+        rows: Vec<Vec<Cell>>,
+    ) -> Result<(), sqlx::Error> {
+        use sqlx::Arguments as _;
 
-    let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
-    let mut sql = format!(
-        "INSERT INTO {} ({}) VALUES ",
-        table.name,
-        columns.join(", ")
-    );
-    let mut args = DB::Arguments::default();
-    let bad = |e| sqlx::Error::Encode(e);
-    for (r, row) in rows.into_iter().enumerate() {
-        sql.push_str(if r == 0 { "(" } else { ", (" });
-        for (c, cell) in row.into_iter().enumerate() {
-            if c > 0 {
-                sql.push_str(", ");
+        let columns: Vec<&str> = table.columns.iter().map(|(c, _)| *c).collect();
+        let mut sql = format!(
+            "INSERT INTO {} ({}) VALUES ",
+            table.name,
+            columns.join(", ")
+        );
+        let mut args = DB::Arguments::default();
+        let bad = |e| sqlx::Error::Encode(e);
+        for (r, row) in rows.into_iter().enumerate() {
+            sql.push_str(if r == 0 { "(" } else { ", (" });
+            for (c, cell) in row.into_iter().enumerate() {
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                match cell {
+                    Cell::Text(v) => args.add(v),
+                    Cell::Int(v) => args.add(v),
+                    Cell::Bool(v) => args.add(v),
+                    Cell::Bytes(v) => args.add(v),
+                }
+                .map_err(bad)?;
+                args.format_placeholder(&mut sql)
+                    .map_err(|e| sqlx::Error::Encode(e.into()))?;
             }
-            match cell {
-                Cell::Text(v) => args.add(v),
-                Cell::Int(v) => args.add(v),
-                Cell::Bool(v) => args.add(v),
-                Cell::Bytes(v) => args.add(v),
-            }
-            .map_err(bad)?;
-            args.format_placeholder(&mut sql)
-                .map_err(|e| sqlx::Error::Encode(e.into()))?;
+            sql.push(')');
         }
-        sql.push(')');
+        sqlx::query_with(&sql, args).execute(&mut *conn).await?;
+        Ok(())
     }
-    sqlx::query_with(&sql, args).execute(&mut *conn).await?;
-    Ok(())
 }

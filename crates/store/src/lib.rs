@@ -7,7 +7,7 @@
 //! store, still sealed, from one backend to another.
 //!
 //! Adapters receive and return plaintext [`EnvDict`]s and do the sealing
-//! themselves through a [`Keyring`](crypto::Keyring), inside the same
+//! themselves through a [`crypto::Keyring`], inside the same
 //! transaction as the read or write: that is what lets `update()` merge
 //! atomically, and it keeps the rows' layout (wrapped data key, ciphertext,
 //! version bound into the associated data) in one place per backend.
@@ -20,11 +20,16 @@ pub mod crypto;
 mod model;
 mod postgres;
 mod rows;
+mod sql;
 mod sqlite;
 
 pub use model::*;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
+
+use crypto::Keyring;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use latchkey_core::{time::Micros, EnvDict, Error};
@@ -71,6 +76,68 @@ pub enum OpenError {
         /// What failed.
         cause: sqlx::Error,
     },
+}
+
+/// The backend a database URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backend {
+    /// `sqlite://PATH`: one file, one server.
+    Sqlite,
+    /// `postgres://USER@HOST:PORT/DB` (or `postgresql://`): any number of replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend of `url`, if latchkey has one for its scheme.
+    pub fn of(url: &str) -> Option<Self> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+}
+
+/// How stores are opened: the settings of each backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Connections and time bounds, for a `postgres://` database.
+    pub postgres: PgOptions,
+}
+
+/// The scheme of `url` names no backend: an error saying which scheme it
+/// has (only the scheme, as the rest may hold a password).
+fn unsupported(url: &str) -> OpenError {
+    OpenError::BadUrl(format!(
+        "unsupported scheme {:?} (expected sqlite://PATH or postgres://USER@HOST:PORT/DB)",
+        url.split(':').next().unwrap_or_default()
+    ))
+}
+
+/// Whether the database at `url` already holds a latchkey store, without
+/// changing anything: a server may generate a master key only for a store
+/// that does not exist yet.
+pub async fn exists(url: &str, options: &Options) -> Result<bool, OpenError> {
+    match Backend::of(url).ok_or_else(|| unsupported(url))? {
+        Backend::Sqlite => Ok(std::path::Path::new(&sqlite::describe(url)).exists()),
+        Backend::Postgres => PgStore::exists(url, options.postgres).await,
+    }
+}
+
+/// Opens the store at `url` with the backend its scheme names (creating and
+/// migrating it if needed), checking that `keyring` is its master key.
+pub async fn open(
+    url: &str,
+    keyring: Keyring,
+    options: &Options,
+) -> Result<Arc<dyn Store>, OpenError> {
+    Ok(match Backend::of(url).ok_or_else(|| unsupported(url))? {
+        Backend::Sqlite => Arc::new(SqliteStore::open(url, keyring).await?),
+        Backend::Postgres => Arc::new(PgStore::open(url, keyring, options.postgres).await?),
+    })
 }
 
 /// Everything the server reads and writes. Every method is one transaction.

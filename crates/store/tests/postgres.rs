@@ -48,23 +48,28 @@ async fn open(db: &TestDb, key: &MasterKey) -> PgStore {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_suite() {
+/// A new database and a store on it, for each check of the suite.
+async fn fresh() -> (TestDb, PgStore) {
     let db = TestDb::create().await;
     let store = open(&db, &MasterKey::generate()).await;
-    conformance::run_all(&store).await;
-    store.close().await;
+    (db, store)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn conformance_two_replicas() {
+latchkey_store::conformance_tests!(fresh);
+
+/// A new database and two replicas' stores on it, started at once.
+async fn fresh_replicas() -> (TestDb, PgStore, PgStore) {
     let db = TestDb::create().await;
     let key = MasterKey::generate();
-    let (a, b) = tokio::join!(
-        PgStore::open(&db.url, Keyring::new(key.clone()), PgOptions::default()),
-        PgStore::open(&db.url, Keyring::new(key.clone()), PgOptions::default()),
-    );
-    let (a, b) = (a.unwrap(), b.unwrap());
+    let (a, b) = tokio::join!(open(&db, &key), open(&db, &key));
+    (db, a, b)
+}
+
+latchkey_store::conformance_replica_tests!(fresh_replicas);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_starting_at_once_apply_each_migration_once() {
+    let (db, a, b) = fresh_replicas().await;
     let (migrations,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations")
         .fetch_one(&db.pool().await)
         .await
@@ -77,7 +82,6 @@ async fn conformance_two_replicas() {
         files,
         "two replicas starting at once apply each migration once"
     );
-    conformance::replicas(&a, &b).await;
     a.close().await;
     b.close().await;
 }
@@ -440,4 +444,53 @@ async fn a_pool_of_one_connection_is_not_taken_by_the_feed() {
         assert_eq!(found.expect("found").contents["V"], value);
     }
     store.close().await;
+}
+
+/// The server closes its store through the [`Store`] trait: that must end
+/// every connection the store opened, the change feed's included (it did
+/// not: the trait's `close` closed the request pool only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_through_the_store_trait_ends_every_connection() {
+    let db = TestDb::create().await;
+    let options = latchkey_store::Options::default();
+    let store = latchkey_store::open(&db.url, Keyring::new(MasterKey::generate()), &options)
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    let look = db.pool().await;
+    let ours = || async {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'latchkey'",
+        )
+        .fetch_one(&look)
+        .await
+        .unwrap();
+        n
+    };
+    // A lookup waits for the feed: once it is answered, the feed listens.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ours().await < 2 {
+        assert!(Instant::now() < deadline, "the store never connected twice");
+        store
+            .secret_in_environment(&admin.workspace_id, "", "none")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    store.close().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = ours().await;
+        if left == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{left} connection(s) of the store still open after Store::close"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    look.close().await;
 }

@@ -11,14 +11,16 @@ fn url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}/latchkey.db", dir.path().display())
 }
 
-#[tokio::test]
-async fn conformance_suite() {
+/// A new data dir and a store in it, for each check of the suite.
+async fn fresh() -> (tempfile::TempDir, SqliteStore) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
         .await
         .unwrap();
-    conformance::run_all(&store).await;
+    (dir, store)
 }
+
+latchkey_store::conformance_tests!(fresh);
 
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     std::fs::read_dir(dir)

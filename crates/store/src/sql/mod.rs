@@ -1,0 +1,139 @@
+//! The SQL layer both backends share.
+//!
+//! The shape follows a narrow-engine design: everything that is not dialect
+//! is written once above a small [`Engine`] trait, and each adapter keeps
+//! only what really differs.
+//!
+//! - [`dialect`]: the few clauses and facts that differ per database (lock
+//!   clauses, advisory locks, transient errors, migrations).
+//! - [`queries`]: every statement, with `$N` placeholders, run inside the
+//!   connection or transaction it is given.
+//! - [`store`]: the one [`Store`](crate::Store) implementation, for any
+//!   [`Engine`]: transactions, the lookup cache, error mapping.
+//! - The engines, [`SqliteStore`](crate::SqliteStore) (one writer, group
+//!   commit, writes carried to completion) and [`PgStore`](crate::PgStore)
+//!   (row and advisory locks, the change feed, time bounds).
+
+pub(crate) mod dialect;
+pub(crate) mod queries;
+mod store;
+
+use std::future::Future;
+
+use latchkey_core::Error;
+use sqlx::Pool;
+
+pub(crate) use dialect::Dialect;
+
+use crate::{cache::LookupCache, crypto::Keyring, rows::SecretRow, NewSecret};
+
+/// What an adapter supplies below the shared SQL: its connections, and the
+/// few behaviours that differ per backend. The [`Store`](crate::Store)
+/// implementation for every engine is in [`store`].
+pub(crate) trait Engine: Clone + Send + Sync + 'static {
+    /// The database.
+    type DB: Dialect;
+
+    /// The master key's keyring, which seals and opens rows.
+    fn keyring(&self) -> &Keyring;
+
+    /// The cache of named lookups.
+    fn cache(&self) -> &LookupCache;
+
+    /// Connections for reads outside a write.
+    fn reader(&self) -> &Pool<Self::DB>;
+
+    /// Connections for transactions that write.
+    fn writer(&self) -> &Pool<Self::DB>;
+
+    /// Runs one read operation, within the backend's time bound.
+    fn read<T: Send>(
+        &self,
+        op: impl Future<Output = Result<T, Error>> + Send,
+    ) -> impl Future<Output = Result<T, Error>> + Send;
+
+    /// Runs the readiness probe `op`, within the bound a probe may take.
+    fn probe(
+        &self,
+        op: impl Future<Output = Result<(), Error>> + Send,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        self.read(op)
+    }
+
+    /// Runs one write operation (given a handle on the store) to its end:
+    /// committed writes must reach the lookup cache even when the caller
+    /// stops waiting.
+    fn write<T, F, Fut>(&self, op: F) -> impl Future<Output = Result<T, Error>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(Self) -> Fut + Send,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static;
+
+    /// Whether the lookup cache holds every change committed before this
+    /// call; false sends lookups to the database.
+    fn lookups_current(&self) -> impl Future<Output = bool> + Send;
+
+    /// Creates a secret in a transaction of its own (see
+    /// [`queries::Sql::create`]), forgetting an overwritten one in the cache.
+    fn create(
+        &self,
+        new: &NewSecret,
+    ) -> impl Future<Output = Result<(SecretRow, bool), Error>> + Send;
+
+    /// Closes the connections (and whatever else the engine runs).
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Whether `keyring` is the key of the store whose check is `stored` (a
+/// store without a check yet accepts any key).
+pub(crate) fn verify(
+    keyring: &Keyring,
+    stored: Option<&(Vec<u8>, String)>,
+) -> Result<(), crate::OpenError> {
+    match stored {
+        Some((check, stored_id)) if !keyring.verify_key_check(check) => {
+            Err(crate::OpenError::WrongMasterKey {
+                given: keyring.key_id(),
+                stored: stored_id.clone(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn unavailable() -> Error {
+    Error::unavailable("The secret store is unavailable; try again shortly")
+}
+
+/// Maps a database error: transient → Unavailable (clients retry), anything
+/// else → Internal with the cause in the log only.
+#[allow(clippy::needless_pass_by_value)] // by value to read as `.map_err(db_error::<DB>)`
+pub(crate) fn db_error<DB: Dialect>(e: sqlx::Error) -> Error {
+    if DB::is_transient(&e) {
+        tracing::warn!(error = %e, backend = DB::BACKEND, "storage unavailable");
+        unavailable()
+    } else {
+        tracing::error!(error = %e, backend = DB::BACKEND, "storage error");
+        Error::internal("The secret store failed to complete the request")
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// Runs `op` for at most `limit`; past it, Unavailable. This also covers a
+/// connection that hangs without an error (a lost network), which no
+/// server-side timeout can end.
+pub(crate) async fn bounded<T>(
+    limit: std::time::Duration,
+    op: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(limit, op).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(?limit, "a storage operation timed out");
+            Err(unavailable())
+        }
+    }
+}

@@ -1,0 +1,783 @@
+//! Every statement the store runs, written once for every backend.
+//!
+//! Each function runs inside the connection or transaction it is given;
+//! beginning, committing and the cache's forgets belong to the caller
+//! ([`super::store`], and SQLite's group commit). Where the backends differ
+//! the statement takes its clause from the [`Dialect`].
+
+use std::marker::PhantomData;
+
+use latchkey_core::{ids, time::now_micros, time::Micros, Error};
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
+
+use super::{db_error, is_unique_violation, Dialect};
+use crate::{
+    crypto::{Binding, Keyring, Sealed},
+    rows::{
+        environment_not_found, environments_column, secret_not_found, token_not_found,
+        EnvironmentRow, SecretInsert, SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
+    },
+    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Role, Secret, SecretKind,
+    Token, Workspace,
+};
+
+/// `meta` keys of the master key check.
+const META_KEY_CHECK: &str = "key_check";
+const META_KEY_ID: &str = "master_key_id";
+
+const SELECT_ENVIRONMENT: &str =
+    "SELECT id, workspace_id, name, is_default, webhook_suffix, created_at FROM environments";
+
+const SELECT_TOKEN: &str =
+    "SELECT id, workspace_id, name, role, environments, created_at, revoked_at, secret_hash FROM tokens";
+
+/// How a secret is looked up within a workspace.
+#[derive(Clone, Copy)]
+pub(crate) enum SecretKey<'a> {
+    Id(&'a str),
+    Name {
+        environment_id: &'a str,
+        name: &'a str,
+    },
+}
+
+/// A named lookup: (workspace id, environment name or "" for the default,
+/// secret name).
+pub(crate) type Lookup<'a> = (&'a str, &'a str, &'a str);
+
+/// Advisory lock keys (one namespace per database).
+pub(crate) const LOCK_BOOTSTRAP: i64 = 0x6c6b_0001; // "lk" 1
+pub(crate) const LOCK_SWEEP: i64 = 0x6c6b_0002;
+
+/// The statements of the backend `DB`. A namespace, never built: its
+/// `where` clause is what every generic query needs of a database (sqlx
+/// states it per type), written once here rather than on each function.
+pub(crate) struct Sql<DB>(PhantomData<DB>);
+
+impl<DB> Sql<DB>
+where
+    DB: Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> bool: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    usize: ColumnIndex<DB::Row>,
+    for<'r> WorkspaceRow: FromRow<'r, DB::Row>,
+    for<'r> EnvironmentRow: FromRow<'r, DB::Row>,
+    for<'r> TokenRow: FromRow<'r, DB::Row>,
+    for<'r> SecretRow: FromRow<'r, DB::Row>,
+{
+    // --- the master key check -------------------------------------------
+
+    /// The stored key check and the id of the key that made it; `None`
+    /// when the schema or the check is not there yet.
+    pub(crate) async fn read_key_check(
+        conn: &mut DB::Connection,
+    ) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+        let (has_meta,): (bool,) = sqlx::query_as(DB::TABLE_EXISTS)
+            .bind("meta")
+            .fetch_one(&mut *conn)
+            .await?;
+        if !has_meta {
+            return Ok(None);
+        }
+        let rows: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT key, value FROM meta WHERE key IN ($1, $2)")
+                .bind(META_KEY_CHECK)
+                .bind(META_KEY_ID)
+                .fetch_all(&mut *conn)
+                .await?;
+        let get = |k: &str| rows.iter().find(|(key, _)| key == k).map(|(_, v)| v);
+        Ok(get(META_KEY_CHECK).map(|check| {
+            let id = get(META_KEY_ID)
+                .map(|id| String::from_utf8_lossy(id).into_owned())
+                .unwrap_or_default();
+            (check.clone(), id)
+        }))
+    }
+
+    /// Stores `keyring`'s check unless the store has one. Two replicas
+    /// starting on a new database race here: the first insert wins, and
+    /// the other key is then refused by the check read after it.
+    async fn store_key_check(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO meta (key, value) VALUES ($1, $2), ($3, $4) ON CONFLICT (key) DO NOTHING",
+        )
+        .bind(META_KEY_CHECK)
+        .bind(keyring.key_check())
+        .bind(META_KEY_ID)
+        .bind(keyring.key_id().into_bytes())
+        .execute(&mut *conn)
+        .await
+        .map(drop)
+    }
+
+    /// Stores `keyring`'s check unless there is one, then reads the check
+    /// the store holds, which [`verify`](super::verify) compares.
+    pub(crate) async fn ensure_key_check(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+        Self::store_key_check(conn, keyring).await?;
+        Self::read_key_check(conn).await
+    }
+
+    // --- workspaces and environments --------------------------------------
+
+    /// Creates the workspace `default`, its environment `main` and the first
+    /// admin token when there is no workspace. Returns whether it did.
+    pub(crate) async fn bootstrap(
+        conn: &mut DB::Connection,
+        admin: &NewToken,
+    ) -> Result<bool, Error> {
+        // Two replicas starting on an empty database create one workspace.
+        Self::advisory_lock(conn, LOCK_BOOTSTRAP).await?;
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM workspaces")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        if count > 0 {
+            return Ok(false);
+        }
+        let now = now_micros();
+        sqlx::query("INSERT INTO workspaces (id, name, created_at) VALUES ($1, 'default', $2)")
+            .bind(admin.workspace_id.as_str())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        sqlx::query(
+            "INSERT INTO environments (id, workspace_id, name, is_default, created_at) \
+             VALUES ($1, $2, 'main', TRUE, $3)",
+        )
+        .bind(ids::new_id(ids::ENVIRONMENT))
+        .bind(admin.workspace_id.as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        Self::insert_token(conn, admin, now).await?;
+        Ok(true)
+    }
+
+    pub(crate) async fn workspace(conn: &mut DB::Connection, id: &str) -> Result<Workspace, Error> {
+        sqlx::query_as::<_, WorkspaceRow>(
+            "SELECT id, name, created_at FROM workspaces WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?
+        .map(Workspace::from)
+        .ok_or_else(|| Error::not_found(format!("Workspace '{id}' not found")))
+    }
+
+    pub(crate) async fn list_environments(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+    ) -> Result<Vec<Environment>, Error> {
+        let rows = sqlx::query_as::<_, EnvironmentRow>(&format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = $1 ORDER BY is_default DESC, created_at, name"
+        ))
+        .bind(workspace_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        Ok(rows.into_iter().map(Environment::from).collect())
+    }
+
+    /// The environment `name` ("" for the default); with `lock`, its row
+    /// stays locked until the transaction ends.
+    pub(crate) async fn environment(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        name: &str,
+        lock: bool,
+    ) -> Result<Environment, Error> {
+        let lock = if lock { DB::FOR_UPDATE } else { "" };
+        let sql = format!(
+            "{SELECT_ENVIRONMENT} WHERE workspace_id = $1 \
+             AND (CASE WHEN $2 = '' THEN is_default ELSE name = $2 END){lock}"
+        );
+        sqlx::query_as::<_, EnvironmentRow>(&sql)
+            .bind(workspace_id)
+            .bind(name)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?
+            .map(Environment::from)
+            .ok_or_else(|| environment_not_found(name))
+    }
+
+    pub(crate) async fn create_environment(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        name: &str,
+    ) -> Result<Environment, Error> {
+        let env = Environment {
+            id: ids::new_id(ids::ENVIRONMENT),
+            workspace_id: workspace_id.to_owned(),
+            name: name.to_owned(),
+            is_default: false,
+            webhook_suffix: String::new(),
+            created_at: now_micros(),
+        };
+        sqlx::query(
+            "INSERT INTO environments (id, workspace_id, name, is_default, created_at) \
+             VALUES ($1, $2, $3, FALSE, $4)",
+        )
+        .bind(env.id.as_str())
+        .bind(workspace_id)
+        .bind(name)
+        .bind(env.created_at)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Self::name_taken(e, "Environment", name))?;
+        Ok(env)
+    }
+
+    pub(crate) async fn update_environment(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        current_name: &str,
+        update: &EnvironmentUpdate,
+    ) -> Result<Environment, Error> {
+        if current_name.is_empty() {
+            return Err(environment_not_found(current_name));
+        }
+        let mut env = Self::environment(conn, workspace_id, current_name, true).await?;
+        if let Some(name) = &update.name {
+            env.name.clone_from(name);
+        }
+        if let Some(suffix) = &update.webhook_suffix {
+            env.webhook_suffix.clone_from(suffix);
+        }
+        sqlx::query("UPDATE environments SET name = $1, webhook_suffix = $2 WHERE id = $3")
+            .bind(env.name.as_str())
+            .bind(env.webhook_suffix.as_str())
+            .bind(env.id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| Self::name_taken(e, "Environment", &env.name))?;
+        Ok(env)
+    }
+
+    pub(crate) async fn delete_environment(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        name: &str,
+        with_secrets: bool,
+    ) -> Result<(), Error> {
+        if name.is_empty() {
+            return Err(environment_not_found(name));
+        }
+        // The lock orders this after (and before) creations in the environment.
+        let env = Self::environment(conn, workspace_id, name, true).await?;
+        let (named,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM secrets WHERE environment_id = $1 AND name IS NOT NULL",
+        )
+        .bind(env.id.as_str())
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        crate::check_environment_deletable(&env, named, with_secrets)?;
+        for sql in [
+            "DELETE FROM secrets WHERE environment_id = $1",
+            "DELETE FROM environments WHERE id = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(env.id.as_str())
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+        }
+        Ok(())
+    }
+
+    // --- tokens -------------------------------------------------------------
+
+    pub(crate) async fn insert_token(
+        conn: &mut DB::Connection,
+        token: &NewToken,
+        now: Micros,
+    ) -> Result<Token, Error> {
+        sqlx::query(
+            "INSERT INTO tokens (id, workspace_id, name, secret_hash, role, environments, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(token.id.as_str())
+        .bind(token.workspace_id.as_str())
+        .bind(token.name.as_str())
+        .bind(token.secret_hash.as_slice())
+        .bind(token.role.as_str())
+        .bind(environments_column(&token.environments))
+        .bind(now)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Self::name_taken(e, "Token", &token.id))?;
+        Ok(Token {
+            id: token.id.clone(),
+            workspace_id: token.workspace_id.clone(),
+            name: token.name.clone(),
+            role: token.role,
+            environments: token.environments.clone(),
+            created_at: now,
+            revoked_at: None,
+        })
+    }
+
+    pub(crate) async fn token_for_auth(
+        conn: &mut DB::Connection,
+        token_id: &str,
+    ) -> Result<Option<(Token, Vec<u8>)>, Error> {
+        let row = sqlx::query_as::<_, TokenRow>(&format!(
+            "{SELECT_TOKEN} WHERE id = $1 AND revoked_at IS NULL"
+        ))
+        .bind(token_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        match row {
+            None => Ok(None),
+            Some(mut row) => {
+                let hash = std::mem::take(&mut row.secret_hash);
+                Ok(Some((Token::try_from(row)?, hash)))
+            }
+        }
+    }
+
+    pub(crate) async fn list_tokens(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+    ) -> Result<Vec<Token>, Error> {
+        sqlx::query_as::<_, TokenRow>(&format!(
+            "{SELECT_TOKEN} WHERE workspace_id = $1 ORDER BY created_at, id"
+        ))
+        .bind(workspace_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?
+        .into_iter()
+        .map(Token::try_from)
+        .collect()
+    }
+
+    pub(crate) async fn revoke_token(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        token_id: &str,
+    ) -> Result<(), Error> {
+        // The workspace's row lock (NO KEY: inserts that reference the
+        // workspace are not held up) orders revocations in the workspace, on
+        // every replica: the count below cannot go stale before the update
+        // commits. SQLite's one writer orders them already.
+        sqlx::query(&format!(
+            "SELECT id FROM workspaces WHERE id = $1{}",
+            DB::FOR_NO_KEY_UPDATE
+        ))
+        .bind(workspace_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let (name, role, environments): (String, String, Option<String>) = sqlx::query_as(
+            "SELECT name, role, environments FROM tokens \
+             WHERE workspace_id = $1 AND id = $2 AND revoked_at IS NULL",
+        )
+        .bind(workspace_id)
+        .bind(token_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?
+        .ok_or_else(|| token_not_found(token_id))?;
+        let (other_admins,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM tokens WHERE workspace_id = $1 AND role = $2 \
+             AND environments IS NULL AND revoked_at IS NULL AND id <> $3",
+        )
+        .bind(workspace_id)
+        .bind(Role::Admin.as_str())
+        .bind(token_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        crate::check_token_revocable(&name, &role, environments.is_some(), other_admins)?;
+        sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE id = $2")
+            .bind(now_micros())
+            .bind(token_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        Ok(())
+    }
+
+    // --- secrets ------------------------------------------------------------
+
+    /// One secret row; with `lock`, the secret's row stays locked until the
+    /// end of the transaction.
+    pub(crate) async fn fetch_secret(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        key: SecretKey<'_>,
+        lock: bool,
+    ) -> Result<Option<SecretRow>, Error> {
+        let clause = match key {
+            SecretKey::Id(_) => "s.id = $2",
+            SecretKey::Name { .. } => "s.environment_id = $2 AND s.name = $3",
+        };
+        let lock = if lock { DB::FOR_UPDATE_OF_SECRET } else { "" };
+        let sql = format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+             WHERE s.workspace_id = $1 AND {clause}{lock}"
+        );
+        let q = sqlx::query_as::<_, SecretRow>(&sql).bind(workspace_id);
+        let q = match key {
+            SecretKey::Id(id) => q.bind(id),
+            SecretKey::Name {
+                environment_id,
+                name,
+            } => q.bind(environment_id).bind(name),
+        };
+        q.fetch_optional(&mut *conn).await.map_err(db_error::<DB>)
+    }
+
+    /// The row of a named lookup, found by its environment's name.
+    pub(crate) async fn read_named(
+        conn: &mut DB::Connection,
+        (workspace_id, environment_name, name): Lookup<'_>,
+    ) -> Result<Option<SecretRow>, Error> {
+        sqlx::query_as::<_, SecretRow>(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+             WHERE s.workspace_id = $1 AND s.name = $3 \
+             AND (CASE WHEN $2 = '' THEN e.is_default ELSE e.name = $2 END)"
+        ))
+        .bind(workspace_id)
+        .bind(environment_name)
+        .bind(name)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)
+    }
+
+    /// Creates a secret, or, for a named one whose name exists, acts as
+    /// `new.on_conflict` says. Returns the row, not yet decrypted, and
+    /// whether it is new.
+    ///
+    /// Creating a named secret first locks its environment's row, which
+    /// orders creations per environment on every replica: a second create of
+    /// one name waits for the first and then sees it, and the next creation
+    /// time (`MAX(created_at) + 1` at least) stays unique so that paging by
+    /// `created_before` is exact (the unique indexes back this up). On SQLite the one writer does the same.
+    pub(crate) async fn create(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        new: &NewSecret,
+    ) -> Result<(SecretRow, bool), Error> {
+        let cols = SecretInsert::of(&new.kind);
+        let created_at = match &new.kind {
+            SecretKind::Named(name) => {
+                Self::lock_environment(conn, &new.workspace_id, &new.environment_id).await?;
+                let key = SecretKey::Name {
+                    environment_id: &new.environment_id,
+                    name,
+                };
+                if let Some(existing) =
+                    Self::fetch_secret(conn, &new.workspace_id, key, true).await?
+                {
+                    return Self::on_conflict(conn, keyring, new, name, existing).await;
+                }
+                Self::next_created_at(conn, &new.environment_id).await?
+            }
+            SecretKind::Anonymous { .. } => now_micros(),
+        };
+        let id = ids::new_id(ids::SECRET);
+        let sealed = seal(keyring, &new.workspace_id, &id, 1, &new.contents);
+        sqlx::query(
+            "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, created_at, \
+             created_by, last_used_at, version, key_id, wrapped_key, ciphertext) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 1, $9, $10, $11)",
+        )
+        .bind(id.as_str())
+        .bind(new.workspace_id.as_str())
+        .bind(new.environment_id.as_str())
+        .bind(cols.name)
+        .bind(cols.app_id)
+        .bind(cols.expires_at)
+        .bind(created_at)
+        .bind(new.created_by.as_str())
+        .bind(sealed.key_id.as_str())
+        .bind(sealed.wrapped_key.as_slice())
+        .bind(sealed.ciphertext.as_slice())
+        .execute(&mut *conn)
+        .await
+        // The environment lock makes this unreachable for names; the unique
+        // index stays the last word all the same.
+        .map_err(|e| Self::name_taken(e, "Secret", cols.name.unwrap_or_default()))?;
+        let row = Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&id), false)
+            .await?
+            .ok_or_else(|| secret_not_found(&id))?;
+        Ok((row, true))
+    }
+
+    /// A named secret's name is taken: fail, return it, or overwrite it.
+    async fn on_conflict(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        new: &NewSecret,
+        name: &str,
+        existing: SecretRow,
+    ) -> Result<(SecretRow, bool), Error> {
+        match new.on_conflict {
+            OnConflict::Fail => Err(Error::already_exists(format!(
+                "Secret '{name}' already exists"
+            ))),
+            OnConflict::ReturnExisting => Ok((existing, false)),
+            OnConflict::Overwrite => {
+                let version = existing.version + 1;
+                let sealed = seal(
+                    keyring,
+                    &new.workspace_id,
+                    &existing.id,
+                    version,
+                    &new.contents,
+                );
+                Self::store_version(conn, &existing.id, version, sealed).await?;
+                let row =
+                    Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&existing.id), false)
+                        .await?
+                        .ok_or_else(|| secret_not_found(&existing.id))?;
+                Ok((row, false))
+            }
+        }
+    }
+
+    /// Applies `changes` to a secret's contents as one new version.
+    pub(crate) async fn update_secret(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        workspace_id: &str,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error> {
+        // Locked: a concurrent update of this secret, on any replica, waits
+        // here until this one commits, then merges into its result.
+        let current = Self::fetch_secret(conn, workspace_id, SecretKey::Id(secret_id), true)
+            .await?
+            .ok_or_else(|| secret_not_found(secret_id))?
+            .open(keyring)?;
+        let contents = crate::apply_changes(current.contents, changes)?;
+        let version = current.summary.version + 1;
+        let sealed = seal(keyring, workspace_id, secret_id, version, &contents);
+        Self::store_version(conn, secret_id, version, sealed).await?;
+        let mut summary = current.summary;
+        summary.version = version;
+        summary.keys = contents.keys().cloned().collect();
+        Ok(Secret { summary, contents })
+    }
+
+    /// Replaces a secret's sealed contents by `version`'s.
+    async fn store_version(
+        conn: &mut DB::Connection,
+        secret_id: &str,
+        version: i64,
+        sealed: Sealed,
+    ) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE secrets SET version = $1, key_id = $2, wrapped_key = $3, ciphertext = $4 \
+             WHERE id = $5",
+        )
+        .bind(version)
+        .bind(sealed.key_id.as_str())
+        .bind(sealed.wrapped_key.as_slice())
+        .bind(sealed.ciphertext.as_slice())
+        .bind(secret_id)
+        .execute(&mut *conn)
+        .await
+        .map(drop)
+        .map_err(db_error::<DB>)
+    }
+
+    /// Deletes a secret; NotFound when there is none.
+    pub(crate) async fn delete_secret(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        secret_id: &str,
+    ) -> Result<(), Error> {
+        let done = sqlx::query("DELETE FROM secrets WHERE workspace_id = $1 AND id = $2")
+            .bind(workspace_id)
+            .bind(secret_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        if DB::rows_affected(&done) == 0 {
+            return Err(secret_not_found(secret_id));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn list_secrets(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        environment_id: &str,
+        created_before: Option<Micros>,
+        limit: u32,
+    ) -> Result<Vec<SecretRow>, Error> {
+        sqlx::query_as::<_, SecretRow>(&format!(
+            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+             WHERE s.workspace_id = $1 AND s.environment_id = $2 AND s.name IS NOT NULL \
+             AND s.created_at < $3 ORDER BY s.created_at DESC LIMIT $4"
+        ))
+        .bind(workspace_id)
+        .bind(environment_id)
+        .bind(created_before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)
+    }
+
+    /// Sets `last_used_at` of the secrets last used more than
+    /// [`LAST_USED_RESOLUTION`](crate::LAST_USED_RESOLUTION) before `at`;
+    /// returns the ids it changed. `ids` must be sorted: rows are then
+    /// locked in one order by every caller, so two calls cannot deadlock.
+    pub(crate) async fn mark_used<'a>(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        ids: &'a [String],
+        at: Micros,
+    ) -> Result<Vec<&'a str>, Error> {
+        let mut changed = Vec::new();
+        for id in ids {
+            let done = sqlx::query(
+                "UPDATE secrets SET last_used_at = $1 WHERE workspace_id = $2 AND id = $3 \
+                 AND (last_used_at IS NULL OR last_used_at <= $4)",
+            )
+            .bind(at)
+            .bind(workspace_id)
+            .bind(id.as_str())
+            .bind(at - crate::LAST_USED_RESOLUTION)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+            if DB::rows_affected(&done) > 0 {
+                changed.push(id.as_str());
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Deletes anonymous secrets that expired before `now`; `None` when
+    /// another replica is sweeping (it holds the lock).
+    pub(crate) async fn sweep_expired(
+        conn: &mut DB::Connection,
+        now: Micros,
+    ) -> Result<Option<u64>, Error> {
+        if let Some(sql) = DB::TRY_ADVISORY_LOCK {
+            let (ours,): (bool,) = sqlx::query_as(sql)
+                .bind(LOCK_SWEEP)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+            if !ours {
+                return Ok(None);
+            }
+        }
+        sqlx::query("DELETE FROM secrets WHERE expires_at IS NOT NULL AND expires_at < $1")
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+            .map(|done| Some(DB::rows_affected(&done)))
+            .map_err(db_error::<DB>)
+    }
+
+    // --- helpers ------------------------------------------------------------
+
+    /// Locks an environment's row until the end of the transaction: creations
+    /// of named secrets in one environment then happen one after another.
+    /// NotFound if the workspace has no such environment.
+    async fn lock_environment(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        environment_id: &str,
+    ) -> Result<(), Error> {
+        sqlx::query(&format!(
+            "SELECT id FROM environments WHERE id = $1 AND workspace_id = $2{}",
+            DB::FOR_NO_KEY_UPDATE
+        ))
+        .bind(environment_id)
+        .bind(workspace_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?
+        .map(drop)
+        .ok_or_else(|| Error::not_found(format!("Environment '{environment_id}' not found")))
+    }
+
+    /// The next creation time for a named secret of `environment_id`: now,
+    /// or one microsecond after the newest, so that creation times stay
+    /// unique even when replicas' clocks disagree. The caller holds the
+    /// environment's lock.
+    async fn next_created_at(
+        conn: &mut DB::Connection,
+        environment_id: &str,
+    ) -> Result<Micros, Error> {
+        let (newest,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MAX(created_at) FROM secrets WHERE environment_id = $1 AND name IS NOT NULL",
+        )
+        .bind(environment_id)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        Ok(newest.map_or(now_micros(), |n| now_micros().max(n + 1)))
+    }
+
+    /// Takes the advisory lock `key` until the transaction ends, where the
+    /// backend has them.
+    async fn advisory_lock(conn: &mut DB::Connection, key: i64) -> Result<(), Error> {
+        if let Some(sql) = DB::ADVISORY_LOCK {
+            sqlx::query(sql)
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+        }
+        Ok(())
+    }
+
+    /// A unique violation means the name is taken; anything else is the
+    /// database's error.
+    #[allow(clippy::needless_pass_by_value)] // by value to read as `.map_err(|e| ...)`
+    fn name_taken(e: sqlx::Error, what: &str, name: &str) -> Error {
+        if is_unique_violation(&e) {
+            Error::already_exists(format!("{what} '{name}' already exists"))
+        } else {
+            db_error::<DB>(e)
+        }
+    }
+}
+
+/// Seals a secret's contents for one version of it.
+fn seal(
+    keyring: &Keyring,
+    workspace_id: &str,
+    secret_id: &str,
+    version: i64,
+    contents: &latchkey_core::EnvDict,
+) -> Sealed {
+    keyring.seal(
+        Binding {
+            workspace_id,
+            secret_id,
+            version,
+        },
+        contents,
+    )
+}

@@ -1,0 +1,368 @@
+//! The one [`Store`] implementation, for every [`Engine`].
+//!
+//! Reads take a connection from the engine's reader; writes run through
+//! [`Engine::write`] in one transaction on its writer, and forget what they
+//! changed in the lookup cache after they commit. Lookups by name are
+//! answered by the cache when the engine says it is current.
+
+use async_trait::async_trait;
+use latchkey_core::{time::Micros, Error};
+use sqlx::{
+    pool::PoolConnection, ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type,
+};
+
+use super::{
+    db_error,
+    queries::{SecretKey, Sql},
+    Dialect, Engine,
+};
+use crate::{
+    rows::{secret_not_found, EnvironmentRow, SecretRow, TokenRow, WorkspaceRow},
+    Environment, EnvironmentUpdate, NewSecret, NewToken, Secret, SecretSummary, Store, Token,
+    Workspace,
+};
+
+async fn connection<DB: Dialect>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Error> {
+    pool.acquire().await.map_err(db_error::<DB>)
+}
+
+/// A lookup by name, through the cache when the engine says it is current;
+/// `$answer` is the cache's method that makes the answer (values, or
+/// metadata only). A macro: a generic function would need the `where` clause
+/// below once more.
+macro_rules! named_lookup {
+    ($store:ident, $lookup:expr, $answer:ident) => {{
+        let lookup = $lookup;
+        $store
+            .read(async {
+                let current = $store.lookups_current().await;
+                let read = async {
+                    let mut conn = connection($store.reader()).await?;
+                    Sql::<E::DB>::read_named(&mut conn, lookup).await
+                };
+                $store
+                    .cache()
+                    .$answer($store.keyring(), lookup, current, read)
+                    .await
+            })
+            .await
+    }};
+}
+
+// The `where` clause is that of [`Sql`]: what its statements need of the
+// database, stated per type because the compiler does not carry it over.
+#[async_trait]
+impl<E> Store for E
+where
+    E: Engine,
+    for<'c> &'c mut <E::DB as sqlx::Database>::Connection: Executor<'c, Database = E::DB>,
+    for<'q> <E::DB as sqlx::Database>::Arguments<'q>: IntoArguments<'q, E::DB>,
+    for<'q> &'q str: Encode<'q, E::DB> + Type<E::DB>,
+    for<'q> &'q [u8]: Encode<'q, E::DB> + Type<E::DB>,
+    for<'q> Vec<u8>: Encode<'q, E::DB> + Decode<'q, E::DB> + Type<E::DB>,
+    for<'q> String: Encode<'q, E::DB> + Decode<'q, E::DB> + Type<E::DB>,
+    for<'q> i64: Encode<'q, E::DB> + Decode<'q, E::DB> + Type<E::DB>,
+    for<'q> bool: Encode<'q, E::DB> + Decode<'q, E::DB> + Type<E::DB>,
+    for<'q> Option<&'q str>: Encode<'q, E::DB> + Type<E::DB>,
+    for<'q> Option<String>: Encode<'q, E::DB> + Type<E::DB>,
+    for<'q> Option<i64>: Encode<'q, E::DB> + Type<E::DB>,
+    usize: ColumnIndex<<E::DB as sqlx::Database>::Row>,
+    for<'r> WorkspaceRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
+    for<'r> EnvironmentRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
+    for<'r> TokenRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
+    for<'r> SecretRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
+{
+    async fn ping(&self) -> Result<(), Error> {
+        self.probe(async {
+            sqlx::query("SELECT 1")
+                .execute(self.reader())
+                .await
+                .map(drop)
+                .map_err(db_error::<E::DB>)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        Engine::close(self).await;
+    }
+
+    async fn bootstrap(&self, admin: &NewToken) -> Result<bool, Error> {
+        let admin = admin.clone();
+        self.write(|store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let created = Sql::<E::DB>::bootstrap(&mut tx, &admin).await?;
+            tx.commit().await.map_err(db_error::<E::DB>)?;
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn workspace(&self, id: &str) -> Result<Workspace, Error> {
+        self.read(async {
+            Sql::<E::DB>::workspace(&mut *connection(self.reader()).await?, id).await
+        })
+        .await
+    }
+
+    async fn list_environments(&self, workspace_id: &str) -> Result<Vec<Environment>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::list_environments(&mut conn, workspace_id).await
+        })
+        .await
+    }
+
+    async fn environment(&self, workspace_id: &str, name: &str) -> Result<Environment, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::environment(&mut conn, workspace_id, name, false).await
+        })
+        .await
+    }
+
+    async fn create_environment(
+        &self,
+        workspace_id: &str,
+        name: &str,
+    ) -> Result<Environment, Error> {
+        let (workspace_id, name) = (workspace_id.to_owned(), name.to_owned());
+        self.write(|store| async move {
+            let mut conn = connection(store.writer()).await?;
+            Sql::<E::DB>::create_environment(&mut conn, &workspace_id, &name).await
+        })
+        .await
+    }
+
+    async fn update_environment(
+        &self,
+        workspace_id: &str,
+        current_name: &str,
+        update: &EnvironmentUpdate,
+    ) -> Result<Environment, Error> {
+        let (workspace_id, current_name, update) = (
+            workspace_id.to_owned(),
+            current_name.to_owned(),
+            update.clone(),
+        );
+        self.write(|store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let env =
+                Sql::<E::DB>::update_environment(&mut tx, &workspace_id, &current_name, &update)
+                    .await?;
+            tx.commit().await.map_err(db_error::<E::DB>)?;
+            // Lookups by the old name (and of the default) must miss now.
+            store.cache().clear();
+            Ok(env)
+        })
+        .await
+    }
+
+    async fn delete_environment(
+        &self,
+        workspace_id: &str,
+        name: &str,
+        with_secrets: bool,
+    ) -> Result<(), Error> {
+        let (workspace_id, name) = (workspace_id.to_owned(), name.to_owned());
+        self.write(move |store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            Sql::<E::DB>::delete_environment(&mut tx, &workspace_id, &name, with_secrets).await?;
+            tx.commit().await.map_err(db_error::<E::DB>)?;
+            store.cache().clear();
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_token(&self, token: &NewToken) -> Result<Token, Error> {
+        let token = token.clone();
+        self.write(|store| async move {
+            let mut conn = connection(store.writer()).await?;
+            Sql::<E::DB>::insert_token(&mut conn, &token, latchkey_core::time::now_micros()).await
+        })
+        .await
+    }
+
+    async fn token_for_auth(&self, token_id: &str) -> Result<Option<(Token, Vec<u8>)>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::token_for_auth(&mut conn, token_id).await
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::list_tokens(&mut conn, workspace_id).await
+        })
+        .await
+    }
+
+    async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
+        let (workspace_id, token_id) = (workspace_id.to_owned(), token_id.to_owned());
+        self.write(|store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            Sql::<E::DB>::revoke_token(&mut tx, &workspace_id, &token_id).await?;
+            tx.commit().await.map_err(db_error::<E::DB>)
+        })
+        .await
+    }
+
+    async fn create_secret(&self, new: &NewSecret) -> Result<(Secret, bool), Error> {
+        let (row, created) = self.create(new).await?;
+        Ok((row.open(self.keyring())?, created))
+    }
+
+    async fn secret_by_name(
+        &self,
+        workspace_id: &str,
+        environment_id: &str,
+        name: &str,
+    ) -> Result<Secret, Error> {
+        let key = SecretKey::Name {
+            environment_id,
+            name,
+        };
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::fetch_secret(&mut conn, workspace_id, key, false)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("Secret '{name}' not found")))?
+                .open(self.keyring())
+        })
+        .await
+    }
+
+    async fn secret_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<Secret>, Error> {
+        named_lookup!(self, (workspace_id, environment_name, name), secret)
+    }
+
+    async fn secret_summary_in_environment(
+        &self,
+        workspace_id: &str,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<Option<SecretSummary>, Error> {
+        named_lookup!(self, (workspace_id, environment_name, name), summary)
+    }
+
+    async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::fetch_secret(&mut conn, workspace_id, SecretKey::Id(secret_id), false)
+                .await?
+                .ok_or_else(|| secret_not_found(secret_id))?
+                .open(self.keyring())
+        })
+        .await
+    }
+
+    async fn update_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error> {
+        let (workspace_id, secret_id, changes) = (
+            workspace_id.to_owned(),
+            secret_id.to_owned(),
+            changes.to_vec(),
+        );
+        self.write(|store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let secret = Sql::<E::DB>::update_secret(
+                &mut tx,
+                store.keyring(),
+                &workspace_id,
+                &secret_id,
+                &changes,
+            )
+            .await?;
+            tx.commit().await.map_err(db_error::<E::DB>)?;
+            store.cache().forget(&secret_id);
+            Ok(secret)
+        })
+        .await
+    }
+
+    async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error> {
+        let (workspace_id, secret_id) = (workspace_id.to_owned(), secret_id.to_owned());
+        self.write(|store| async move {
+            let mut conn = connection(store.writer()).await?;
+            let deleted = Sql::<E::DB>::delete_secret(&mut conn, &workspace_id, &secret_id).await;
+            store.cache().forget(&secret_id);
+            deleted
+        })
+        .await
+    }
+
+    async fn list_secrets(
+        &self,
+        workspace_id: &str,
+        environment_id: &str,
+        created_before: Option<Micros>,
+        limit: u32,
+    ) -> Result<Vec<SecretSummary>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::list_secrets(
+                &mut conn,
+                workspace_id,
+                environment_id,
+                created_before,
+                limit,
+            )
+            .await?
+            .into_iter()
+            .map(|row| row.open(self.keyring()).map(|s| s.summary))
+            .collect()
+        })
+        .await
+    }
+
+    async fn mark_used(
+        &self,
+        workspace_id: &str,
+        secret_ids: &[String],
+        at: Micros,
+    ) -> Result<(), Error> {
+        if secret_ids.is_empty() {
+            return Ok(());
+        }
+        let workspace_id = workspace_id.to_owned();
+        let mut ids = secret_ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        self.write(move |store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let changed = Sql::<E::DB>::mark_used(&mut tx, &workspace_id, &ids, at).await?;
+            tx.commit().await.map_err(db_error::<E::DB>)?;
+            // `last_used_at` is part of what a lookup returns.
+            for id in changed {
+                store.cache().forget(id);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {
+        self.write(move |store| async move {
+            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let Some(removed) = Sql::<E::DB>::sweep_expired(&mut tx, now).await? else {
+                tracing::debug!("another replica is sweeping; skipping this turn");
+                return Ok(0);
+            };
+            tx.commit().await.map_err(db_error::<E::DB>)?;
+            Ok(removed)
+        })
+        .await
+    }
+}
