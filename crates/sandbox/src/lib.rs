@@ -39,18 +39,21 @@
 //! the wire layer alone knows (the address the client reached, the router
 //! token's header) is passed in as plain values.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), latchkey_core::Error> {
+//! ```
 //! use latchkey_sandbox::{Isolation, SandboxConfig, Sandboxes};
 //!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // `Auto` and `Bubblewrap` refuse to start where bwrap cannot isolate;
+//! // running sandboxes as plain processes is an explicit choice.
 //! let sandboxes = Sandboxes::start(SandboxConfig {
-//!     isolation: Isolation::Bubblewrap,
+//!     isolation: Isolation::Process,
 //!     ..SandboxConfig::default()
 //! })
 //! .await?;
-//! assert_eq!(sandboxes.isolation(), "bwrap");
+//! assert_eq!(sandboxes.isolation(), "process");
 //! sandboxes.shutdown().await;
-//! # Ok(()) }
+//! # Ok::<(), latchkey_core::Error>(())
+//! # }).unwrap();
 //! ```
 
 mod modal;
