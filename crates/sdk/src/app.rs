@@ -56,9 +56,9 @@
 //! the same policy as the server's sandboxes ([`latchkey_launch::Bwrap`]):
 //! no capabilities; its own PID, IPC, UTS and cgroup namespaces; a
 //! read-only view of the host with a private `/tmp` and empty `/run`,
-//! `/home` and `/root`; the client config (`~/.latchkey.toml`) and the
-//! local data dir hidden. Only the program, the working directory and the
-//! call's own directory are shown again.
+//! `/home`, `/root` and `$HOME`; the client config (`~/.latchkey.toml`) and
+//! the local data dir hidden. Only the program, the working directory and
+//! the call's own directory are shown again.
 
 use std::{
     collections::HashMap,
