@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use latchkey_core::{admin_token::AdminTokenFile, paths};
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -67,14 +68,10 @@ impl Server {
 
     /// The admin token's id and secret.
     pub(crate) fn admin_token(&self) -> Result<(String, String)> {
-        let text = std::fs::read_to_string(self.dir.join("admin-token"))?;
-        let get = |key: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{key}=")))
-                .map(str::to_owned)
-                .with_context(|| format!("{key} missing in admin-token"))
-        };
-        Ok((get("LATCHKEY_TOKEN_ID")?, get("LATCHKEY_TOKEN_SECRET")?))
+        let path = self.dir.join(paths::ADMIN_TOKEN_FILE);
+        let file = AdminTokenFile::read(&path)
+            .with_context(|| format!("cannot use {}", path.display()))?;
+        Ok((file.token_id.clone(), file.token_secret().to_owned()))
     }
 
     /// Resident memory of the server process, in KiB, once it has been

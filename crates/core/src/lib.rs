@@ -5,7 +5,11 @@
 //! what a secret name, an environment name or a key may look like ([`rules`]),
 //! how ids are made ([`ids`]), the error kinds every interface maps to its own
 //! status codes ([`Error`]), and how `.env` files are read ([`dotenv`]).
+//! The server and its local clients also share where things lie on a machine
+//! ([`paths`]) and the admin token file one writes and the others read
+//! ([`admin_token`]).
 
+pub mod admin_token;
 pub mod dotenv;
 mod error;
 pub mod ids;

@@ -101,6 +101,24 @@ pub fn check_environment_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`. It is the
+/// `created_by` of what the token makes, so `@` lets it be a mail address.
+pub fn check_token_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "Invalid token name: '{}': use 1 to 64 letters, digits, '.', '_', '@' and '-'",
+            echo(name)
+        )))
+    }
+}
+
 /// A key: `^[A-Za-z_][A-Za-z0-9_]*$`, at most 16,384 characters.
 pub fn check_key(key: &str) -> Result<(), Error> {
     let mut bytes = key.bytes();
@@ -247,6 +265,16 @@ mod tests {
             "a b",
         ] {
             assert!(msg(check_environment_name(bad)).starts_with("Invalid environment name"));
+        }
+    }
+
+    #[test]
+    fn token_names() {
+        for ok in ["ci", "alice@example.com", "deploy-bot_2.x", &"t".repeat(64)] {
+            check_token_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "a/b", "é", &"t".repeat(65)] {
+            assert!(msg(check_token_name(bad)).starts_with("Invalid token name"));
         }
     }
 

@@ -181,9 +181,12 @@ mod tests {
 
     #[test]
     fn the_admin_token_file_in_the_box_or_run_together_in_one_line() {
-        let file = format!(
-            "LATCHKEY_SERVER_URL=http://127.0.0.1:7420\nLATCHKEY_TOKEN_ID={ID}\nLATCHKEY_TOKEN_SECRET={SECRET}\n"
-        );
+        let file = latchkey_core::admin_token::AdminTokenFile::new(
+            Some("http://127.0.0.1:7420".to_owned()),
+            ID,
+            SECRET,
+        )
+        .render();
         let body = form_urlencoded::Serializer::new(String::new())
             .append_pair("token_file", &file)
             .finish();

@@ -15,6 +15,7 @@ use std::{
 };
 
 use fantoccini::{elements::Element, Client, ClientBuilder, Locator};
+use latchkey_core::{admin_token::AdminTokenFile, paths};
 use serde_json::json;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -539,15 +540,8 @@ async fn dashboard_in_headless_chromium() {
     );
     wait_http(driver_port, "/status", "chromedriver", &mut driver.0);
 
-    let token = std::fs::read_to_string(data.join("admin-token")).unwrap();
-    let field = |name: &str| {
-        token
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name} in admin-token"))
-            .to_owned()
-    };
-    let (token_id, token_secret) = (field("LATCHKEY_TOKEN_ID"), field("LATCHKEY_TOKEN_SECRET"));
+    let token = AdminTokenFile::read(&data.join(paths::ADMIN_TOKEN_FILE)).unwrap();
+    let (token_id, token_secret) = (token.token_id.clone(), token.token_secret().to_owned());
 
     let base = format!("http://127.0.0.1:{port}");
     let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

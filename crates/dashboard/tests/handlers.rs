@@ -1,19 +1,13 @@
 //! The dashboard's handlers, driven with `oneshot` over a real SQLite store
 //! in a temporary directory: no socket, no browser.
 
-use std::{sync::Arc, time::Duration};
-
 use axum::{
     body::{to_bytes, Body},
     http::{header, HeaderMap, Request, StatusCode},
     Router,
 };
-use latchkey_core::ids;
-use latchkey_service::{CreateMode, Role, Service, ServiceConfig};
-use latchkey_store::{
-    crypto::{hash_token_secret, Keyring, MasterKey},
-    NewToken, SqliteStore, Store,
-};
+use latchkey_core::admin_token::AdminTokenFile;
+use latchkey_service::{testing::TestService, CreateMode, Role, Service};
 use tower::ServiceExt;
 
 const HOST: &str = "dash.test";
@@ -23,41 +17,17 @@ struct Harness {
     service: Service,
     token_id: String,
     token_secret: String,
-    _dir: tempfile::TempDir,
+    _test: TestService,
 }
 
 async fn harness() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("latchkey.db").display());
-    let store = SqliteStore::open(&url, Keyring::new(MasterKey::generate()))
-        .await
-        .unwrap();
-    let token_id = ids::new_id(ids::TOKEN_ID);
-    let token_secret = ids::new_token_secret();
-    store
-        .bootstrap(&NewToken {
-            id: token_id.clone(),
-            workspace_id: ids::new_id(ids::WORKSPACE),
-            name: "admin".into(),
-            role: Role::Admin,
-            environments: None,
-            secret_hash: hash_token_secret(&token_secret),
-        })
-        .await
-        .unwrap();
-    let service = Service::new(
-        Arc::new(store),
-        ServiceConfig {
-            anonymous_ttl: Duration::from_secs(3600),
-            admin_token_hint: "admin-token".into(),
-        },
-    );
+    let test = TestService::start().await;
     Harness {
-        router: latchkey_dashboard::router(service.clone()),
-        service,
-        token_id,
-        token_secret,
-        _dir: dir,
+        router: latchkey_dashboard::router(test.service().clone()),
+        service: test.service().clone(),
+        token_id: test.admin_token_id().to_owned(),
+        token_secret: test.admin_token_secret().to_owned(),
+        _test: test,
     }
 }
 
@@ -278,10 +248,12 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
 async fn the_admin_token_file_can_be_pasted() {
     let h = harness().await;
     let mut b = Browser::new(&h);
-    let file = format!(
-        "LATCHKEY_SERVER_URL=http://127.0.0.1:7420\nLATCHKEY_TOKEN_ID={}\nLATCHKEY_TOKEN_SECRET={}\n",
-        h.token_id, h.token_secret
-    );
+    let file = AdminTokenFile::new(
+        Some("http://127.0.0.1:7420".to_owned()),
+        &h.token_id,
+        &h.token_secret,
+    )
+    .render();
     let r = b
         .post(
             "/signin",

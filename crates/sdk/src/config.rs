@@ -2,6 +2,7 @@
 
 use std::{fmt, path::PathBuf};
 
+use latchkey_core::admin_token::{AdminTokenError, AdminTokenFile};
 use zeroize::Zeroizing;
 
 use crate::{profile::ProfileFile, Error, Result};
@@ -229,32 +230,23 @@ fn admin_token_file(
         )));
     };
     let path = dir.join(latchkey_core::paths::ADMIN_TOKEN_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => Zeroizing::new(text),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::config(format!(
+    match AdminTokenFile::read(&path) {
+        Ok(file) => {
+            let secret = file.token_secret().to_owned();
+            Ok((file.token_id, secret, file.server_url, path))
+        }
+        Err(AdminTokenError::Read(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(Error::config(format!(
                 "No latchkey token is configured and there is no local server's token in {}: {how}",
                 path.display()
             )))
         }
-        Err(e) => return Err(Error::io(path, e)),
-    };
-    let entries = latchkey_core::dotenv::parse_isolated(&text)
-        .map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
-    let get = |key: &str| {
-        entries
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .and_then(|(_, v)| v.clone())
-            .filter(|v| !v.is_empty())
-    };
-    match (get("LATCHKEY_TOKEN_ID"), get("LATCHKEY_TOKEN_SECRET")) {
-        (Some(id), Some(secret)) => Ok((id, secret, get("LATCHKEY_SERVER_URL"), path)),
-        _ => Err(Error::config(format!(
+        Err(AdminTokenError::Read(e)) => Err(Error::io(path, e)),
+        Err(AdminTokenError::Incomplete) => Err(Error::config(format!(
             "{} lacks LATCHKEY_TOKEN_ID or LATCHKEY_TOKEN_SECRET",
             path.display()
         ))),
+        Err(e) => Err(Error::config(format!("{}: {e}", path.display()))),
     }
 }
 

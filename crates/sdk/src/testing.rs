@@ -22,6 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use latchkey_core::admin_token::{AdminTokenError, AdminTokenFile};
+
 use crate::{Client, Config, Error, Result};
 
 /// How long a server may take to become ready.
@@ -203,15 +205,12 @@ fn start_once(bin: &Path) -> Result<TestServer> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let token_file = data.join(latchkey_core::paths::ADMIN_TOKEN_FILE);
-    let text = std::fs::read_to_string(&token_file).map_err(|e| Error::io(&token_file, e))?;
-    let value = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
-            .map(str::to_owned)
-            .ok_or_else(|| Error::config(format!("{} lacks {key}", token_file.display())))
-    };
-    server.token_id = value("LATCHKEY_TOKEN_ID")?;
-    server.token_secret = value("LATCHKEY_TOKEN_SECRET")?;
+    let file = AdminTokenFile::read(&token_file).map_err(|e| match e {
+        AdminTokenError::Read(e) => Error::io(&token_file, e),
+        e => Error::config(format!("{}: {e}", token_file.display())),
+    })?;
+    server.token_id = file.token_id.clone();
+    server.token_secret = file.token_secret().to_owned();
     Ok(server)
 }
 

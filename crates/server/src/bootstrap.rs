@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use latchkey_core::{ids, paths};
+use latchkey_core::{admin_token::AdminTokenFile, ids, paths};
 use latchkey_store::{
     crypto::{hash_token_secret, MasterKey},
     NewToken, Role, Store,
@@ -117,13 +117,6 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The admin token file's contents (dotenv form).
-fn admin_token_text(server_url: &str, token_id: &str, token_secret: &str) -> Zeroizing<String> {
-    Zeroizing::new(format!(
-        "LATCHKEY_SERVER_URL={server_url}\nLATCHKEY_TOKEN_ID={token_id}\nLATCHKEY_TOKEN_SECRET={token_secret}\n"
-    ))
-}
-
 /// Creates the workspace, its default environment and the admin token when
 /// the store is empty, writing `DIR/admin-token` before the token is stored
 /// so that a token never exists without its file. Returns whether it did.
@@ -141,10 +134,8 @@ pub async fn bootstrap_store(store: &dyn Store, data_dir: &Path, server_url: &st
     let path = data_dir.join(paths::ADMIN_TOKEN_FILE);
     let staged = path.with_extension("new");
     let _ = fs::remove_file(&staged);
-    write_private_file(
-        &staged,
-        admin_token_text(server_url, &token_id, &secret).as_bytes(),
-    )?;
+    let file = AdminTokenFile::new(Some(server_url.to_owned()), &token_id, &secret);
+    write_private_file(&staged, file.render().as_bytes())?;
     let created = match store.bootstrap(&admin).await {
         Ok(created) => created,
         Err(e) => {

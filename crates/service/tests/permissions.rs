@@ -1,51 +1,23 @@
 //! Permissions the service layer enforces for every interface, over a real
 //! SQLite store.
 
-use std::{sync::Arc, time::Duration};
-
 use latchkey_core::{EnvDict, ErrorKind};
-use latchkey_service::{Caller, EnvironmentUpdate, Role, Service, ServiceConfig};
-use latchkey_store::{
-    conformance::admin_token,
-    crypto::{hash_token_secret, Keyring, MasterKey},
-    NewToken, SqliteStore, Store,
-};
+use latchkey_service::{testing::TestService, Caller, EnvironmentUpdate, Role, Service};
 
-async fn service() -> (Service, Caller, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/latchkey.db", dir.path().display());
-    let store = SqliteStore::open(&url, Keyring::new(MasterKey::generate()))
-        .await
-        .unwrap();
-    let admin = NewToken {
-        secret_hash: hash_token_secret("as-admin"),
-        ..admin_token()
-    };
-    store.bootstrap(&admin).await.unwrap();
-    let service = Service::new(
-        Arc::new(store) as Arc<dyn Store>,
-        ServiceConfig {
-            anonymous_ttl: Duration::from_secs(60),
-            admin_token_hint: "DIR/admin-token".to_owned(),
-        },
-    );
-    let caller = service.authenticate(&admin.id, "as-admin").await.unwrap();
-    (service, caller, dir)
+async fn service() -> (Service, Caller, TestService) {
+    let t = TestService::start().await;
+    (t.service().clone(), t.admin().clone(), t)
 }
 
-async fn token(service: &Service, admin: &Caller, role: Role, envs: Option<Vec<String>>) -> Caller {
-    let (token, secret) = service
-        .create_token(admin, &format!("t-{}", role.as_str()), role, envs)
-        .await
-        .unwrap();
-    service.authenticate(&token.id, &secret).await.unwrap()
+async fn token(t: &TestService, role: Role, envs: Option<Vec<String>>) -> Caller {
+    t.caller(&format!("t-{}", role.as_str()), role, envs).await
 }
 
 #[tokio::test]
 async fn a_token_limited_to_environments_cannot_reach_beyond_them() {
-    let (service, admin, _dir) = service().await;
+    let (service, admin, t) = service().await;
     service.create_environment(&admin, "prod").await.unwrap();
-    let limited = token(&service, &admin, Role::Admin, Some(vec!["main".to_owned()])).await;
+    let limited = token(&t, Role::Admin, Some(vec!["main".to_owned()])).await;
 
     let denied = |r: Result<(), latchkey_core::Error>| {
         let e = r.unwrap_err();
@@ -99,15 +71,9 @@ async fn a_token_limited_to_environments_cannot_reach_beyond_them() {
 
 #[tokio::test]
 async fn renaming_an_environment_that_tokens_are_limited_to_is_refused() {
-    let (service, admin, _dir) = service().await;
+    let (service, admin, t) = service().await;
     service.create_environment(&admin, "dev").await.unwrap();
-    token(
-        &service,
-        &admin,
-        Role::Developer,
-        Some(vec!["dev".to_owned()]),
-    )
-    .await;
+    token(&t, Role::Developer, Some(vec!["dev".to_owned()])).await;
     let rename = |from: &'static str, to: &'static str| {
         let service = service.clone();
         let admin = admin.clone();
@@ -137,8 +103,8 @@ async fn renaming_an_environment_that_tokens_are_limited_to_is_refused() {
 
 #[tokio::test]
 async fn a_reader_may_read_but_not_write_even_anonymously() {
-    let (service, admin, _dir) = service().await;
-    let reader = token(&service, &admin, Role::Reader, None).await;
+    let (service, admin, t) = service().await;
+    let reader = token(&t, Role::Reader, None).await;
     let contents: EnvDict = [("A".to_owned(), "1".to_owned())].into();
     let e = service
         .create_anonymous_secret(&reader, "", contents.clone(), None, &[])
@@ -170,11 +136,11 @@ async fn a_reader_may_read_but_not_write_even_anonymously() {
 async fn sandbox_permissions_and_values_follow_the_service_rules() {
     use latchkey_service::sandboxes::{SandboxAction, SandboxSecret};
 
-    let (service, admin, _dir) = service().await;
+    let (service, admin, t) = service().await;
     service.create_environment(&admin, "prod").await.unwrap();
-    let reader = token(&service, &admin, Role::Reader, None).await;
-    let developer = token(&service, &admin, Role::Developer, None).await;
-    let limited = token(&service, &admin, Role::Admin, Some(vec!["main".into()])).await;
+    let reader = token(&t, Role::Reader, None).await;
+    let developer = token(&t, Role::Developer, None).await;
+    let limited = token(&t, Role::Admin, Some(vec!["main".into()])).await;
     for action in [
         SandboxAction::Create,
         SandboxAction::Terminate,

@@ -8,6 +8,7 @@ use std::{
     time::Duration,
 };
 
+use latchkey_core::{admin_token::AdminTokenFile, paths};
 use latchkey_proto::api::modal_client_client::ModalClientClient;
 use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request,
@@ -27,16 +28,11 @@ pub(crate) struct Server {
     _tmp: Option<tempfile::TempDir>,
 }
 
-/// The dotenv lines of `DIR/admin-token`.
+/// The token id and secret of `DIR/admin-token`.
 pub(crate) fn admin_token(dir: &Path) -> (String, String) {
-    let text = std::fs::read_to_string(dir.join("admin-token")).expect("admin-token exists");
-    let get = |key: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("{key} missing in admin-token"))
-            .to_owned()
-    };
-    (get("LATCHKEY_TOKEN_ID"), get("LATCHKEY_TOKEN_SECRET"))
+    let file = AdminTokenFile::read(&dir.join(paths::ADMIN_TOKEN_FILE))
+        .unwrap_or_else(|e| panic!("cannot read the admin-token in {}: {e}", dir.display()));
+    (file.token_id.clone(), file.token_secret().to_owned())
 }
 
 pub(crate) type Client = ModalClientClient<InterceptedService<Channel, Auth>>;

@@ -1,60 +1,33 @@
 //! Handler tests: the whole router driven with `oneshot` (no socket) over a
 //! real SQLite store in a temp dir.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::collections::BTreeSet;
 
 use axum::{
     body::Body,
     http::{header, Method, Request, StatusCode},
     Router,
 };
-use latchkey_service::{Role, Service, ServiceConfig};
-use latchkey_store::{
-    crypto::{Keyring, MasterKey},
-    SqliteStore,
-};
+use latchkey_service::{testing::TestService, Role};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
 struct Harness {
-    _dir: tempfile::TempDir,
-    service: Service,
+    service: TestService,
     app: Router,
     admin: String,
 }
 
 impl Harness {
     async fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("latchkey.db").display());
-        let store = SqliteStore::open(&url, Keyring::new(MasterKey::generate()))
-            .await
-            .unwrap();
-        crate::bootstrap::bootstrap_store(&store, dir.path(), "http://127.0.0.1:1")
-            .await
-            .unwrap();
-        let text = std::fs::read_to_string(dir.path().join("admin-token")).unwrap();
-        let var = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(&format!("{name}=")))
-                .unwrap()
-                .to_owned()
-        };
+        let service = TestService::start().await;
         let admin = format!(
             "{}:{}",
-            var("LATCHKEY_TOKEN_ID"),
-            var("LATCHKEY_TOKEN_SECRET")
+            service.admin_token_id(),
+            service.admin_token_secret()
         );
-        let service = Service::new(
-            Arc::new(store),
-            ServiceConfig {
-                anonymous_ttl: std::time::Duration::from_secs(60),
-                admin_token_hint: "the admin-token file".to_owned(),
-            },
-        );
-        let app = crate::http::app(service.clone());
+        let app = crate::http::app(service.service().clone());
         Self {
-            _dir: dir,
             service,
             app,
             admin,
@@ -63,13 +36,7 @@ impl Harness {
 
     /// A new token with `role` (and optionally limited to environments).
     async fn token(&self, name: &str, role: Role, envs: Option<Vec<String>>) -> String {
-        let (id, secret) = self.admin.split_once(':').unwrap();
-        let caller = self.service.authenticate(id, secret).await.unwrap();
-        let (token, secret) = self
-            .service
-            .create_token(&caller, name, role, envs)
-            .await
-            .unwrap();
+        let (token, secret) = self.service.token(name, role, envs).await;
         format!("{}:{}", token.id, *secret)
     }
 

@@ -1,0 +1,271 @@
+//! Secrets, named and anonymous.
+//!
+//! A lookup ([`Service::lookup_secret`]) answers from metadata (keys, never
+//! values), so the check on every container start neither decrypts nor
+//! writes; a delivery to a process ([`Service::resolve_secret`]) decrypts
+//! and marks the secret used.
+
+use latchkey_core::{
+    rules,
+    time::{now_micros, Micros},
+    EnvDict, Error,
+};
+use latchkey_store::{NewSecret, OnConflict};
+
+use crate::{
+    Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary, Service, MAX_PAGE,
+};
+
+/// The names of a lookup, checked before the store is asked.
+fn check_lookup(name: &str, environment_name: &str) -> Result<(), Error> {
+    rules::check_secret_name(name)?;
+    if !environment_name.is_empty() {
+        rules::check_environment_name(environment_name)?;
+    }
+    Ok(())
+}
+
+impl Service {
+    /// Looks up a named secret's metadata (its keys, never its values) and
+    /// checks that it holds `required_keys`: the lookup on every container
+    /// start, answered without decrypting when the store has it cached.
+    pub async fn lookup_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
+    ) -> Result<SecretSummary, Error> {
+        check_lookup(name, environment_name)?;
+        let found = self
+            .store
+            .secret_summary_in_environment(caller.workspace_id(), environment_name, name)
+            .await?;
+        let summary = self.found(caller, environment_name, name, found).await?;
+        caller.check_environment(&summary.environment_name)?;
+        rules::check_required_keys_in_sorted(
+            &summary.keys,
+            required_keys.iter().map(String::as_str),
+        )?;
+        Ok(summary)
+    }
+
+    /// Looks up a named secret with its values and checks that it holds
+    /// `required_keys`.
+    async fn lookup_secret_values(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        check_lookup(name, environment_name)?;
+        let found = self
+            .store
+            .secret_in_environment(caller.workspace_id(), environment_name, name)
+            .await?;
+        let secret = self.found(caller, environment_name, name, found).await?;
+        caller.check_environment(&secret.summary.environment_name)?;
+        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
+        Ok(secret)
+    }
+
+    /// What a lookup found, or NotFound saying which is missing: the
+    /// environment, or the secret in it.
+    async fn found<T>(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        found: Option<T>,
+    ) -> Result<T, Error> {
+        match found {
+            Some(found) => Ok(found),
+            None => {
+                self.environment(caller, environment_name).await?;
+                Err(Error::not_found(format!("Secret '{name}' not found")))
+            }
+        }
+    }
+
+    /// A named secret with its values, for delivery to a process that starts
+    /// now: required keys are checked and its `last_used_at` is updated.
+    pub async fn resolve_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        let secret = self
+            .lookup_secret_values(caller, environment_name, name, required_keys)
+            .await?;
+        self.mark_used(caller, std::slice::from_ref(&secret.summary.id))
+            .await?;
+        Ok(secret)
+    }
+
+    /// Creates a named secret; `mode` says what happens when the name exists.
+    /// Returns the secret and whether it was created.
+    pub async fn create_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        contents: EnvDict,
+        mode: CreateMode,
+        required_keys: &[String],
+    ) -> Result<(Secret, bool), Error> {
+        caller.require(Role::Developer, "create secrets")?;
+        rules::check_secret_name(name)?;
+        rules::check_env_dict(&contents)?;
+        let env = self.environment(caller, environment_name).await?;
+        // Nothing is half-written: contents that lack a required key are
+        // refused before the store is touched. Only an existing secret
+        // (kept by ReturnExisting) can then still satisfy the request.
+        let keys = || required_keys.iter().map(String::as_str);
+        if let Err(missing) = rules::check_required_keys(&contents, keys()) {
+            if mode != CreateMode::ReturnExisting {
+                return Err(missing);
+            }
+            let existing = match self
+                .store
+                .secret_by_name(caller.workspace_id(), &env.id, name)
+                .await
+            {
+                Err(e) if e.kind() == latchkey_core::ErrorKind::NotFound => return Err(missing),
+                other => other?,
+            };
+            rules::check_required_keys(&existing.contents, keys())?;
+            return Ok((existing, false));
+        }
+        let (secret, created) = self
+            .store
+            .create_secret(&NewSecret {
+                workspace_id: caller.workspace_id().to_owned(),
+                environment_id: env.id,
+                kind: SecretKind::Named(name.to_owned()),
+                created_by: caller.token().name.clone(),
+                contents,
+                on_conflict: mode,
+            })
+            .await?;
+        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
+        Ok((secret, created))
+    }
+
+    /// Creates an anonymous secret, removed after the configured time to live.
+    pub async fn create_anonymous_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        contents: EnvDict,
+        app_id: Option<String>,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        caller.require(Role::Developer, "create secrets")?;
+        rules::check_env_dict(&contents)?;
+        rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
+        let env = self.environment(caller, environment_name).await?;
+        let ttl = i64::try_from(self.config.anonymous_ttl.as_micros()).unwrap_or(i64::MAX);
+        let (secret, _) = self
+            .store
+            .create_secret(&NewSecret {
+                workspace_id: caller.workspace_id().to_owned(),
+                environment_id: env.id,
+                kind: SecretKind::Anonymous {
+                    app_id,
+                    expires_at: now_micros().saturating_add(ttl),
+                },
+                created_by: caller.token().name.clone(),
+                contents,
+                on_conflict: OnConflict::Fail,
+            })
+            .await?;
+        Ok(secret)
+    }
+
+    /// Named secrets of an environment, newest first.
+    pub async fn list_secrets(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        created_before: Option<Micros>,
+        max_objects: Option<u32>,
+    ) -> Result<(Environment, Vec<SecretSummary>), Error> {
+        let env = self.environment(caller, environment_name).await?;
+        let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        let items = self
+            .store
+            .list_secrets(caller.workspace_id(), &env.id, created_before, limit)
+            .await?;
+        Ok((env, items))
+    }
+
+    /// A secret by id, if the caller may see its environment.
+    pub async fn secret(&self, caller: &Caller, secret_id: &str) -> Result<Secret, Error> {
+        let secret = self
+            .store
+            .secret_by_id(caller.workspace_id(), secret_id)
+            .await?;
+        caller.check_environment(&secret.summary.environment_name)?;
+        Ok(secret)
+    }
+
+    /// Merges `changes` into a secret like `dict.update` (`None` removes a key).
+    pub async fn update_secret(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+        changes: &[(String, Option<String>)],
+    ) -> Result<Secret, Error> {
+        caller.require(Role::Developer, "update secrets")?;
+        for (key, value) in changes {
+            rules::check_key(key)?;
+            if let Some(value) = value {
+                rules::check_value(key, value)?;
+            }
+        }
+        self.secret(caller, secret_id).await?;
+        self.store
+            .update_secret(caller.workspace_id(), secret_id, changes)
+            .await
+    }
+
+    /// Deletes a secret by id.
+    pub async fn delete_secret(&self, caller: &Caller, secret_id: &str) -> Result<(), Error> {
+        caller.require(Role::Developer, "delete secrets")?;
+        self.secret(caller, secret_id).await?;
+        self.store
+            .delete_secret(caller.workspace_id(), secret_id)
+            .await
+    }
+
+    /// Deletes a named secret.
+    pub async fn delete_secret_by_name(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+    ) -> Result<(), Error> {
+        caller.require(Role::Developer, "delete secrets")?;
+        let secret = self
+            .lookup_secret(caller, environment_name, name, &[])
+            .await?;
+        self.store
+            .delete_secret(caller.workspace_id(), &secret.id)
+            .await
+    }
+
+    /// Records that secrets' values reached a running process.
+    pub async fn mark_used(&self, caller: &Caller, secret_ids: &[String]) -> Result<(), Error> {
+        self.store
+            .mark_used(caller.workspace_id(), secret_ids, now_micros())
+            .await
+    }
+
+    /// Removes expired anonymous secrets.
+    pub async fn sweep_expired(&self) -> Result<u64, Error> {
+        self.store.sweep_expired(now_micros()).await
+    }
+}
