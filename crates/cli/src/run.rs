@@ -44,9 +44,6 @@ use nix::{
     unistd::{getpgid, getpgrp, Pid},
 };
 
-/// The variables `--isolate` keeps from the caller's environment.
-const ISOLATED_BASE: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
-
 /// What replaces a secret value in masked output.
 const MASK: &[u8] = b"*****";
 
@@ -200,12 +197,8 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         .arg(&program)
         .args(&args.raw.command[1..]);
     if args.raw.isolate {
-        command.env_clear();
-        for key in ISOLATED_BASE {
-            if let Some(value) = std::env::var_os(key) {
-                command.env(key, value);
-            }
-        }
+        // The same base as the SDK's function containers.
+        command.env_clear().envs(latchkey_launch::base_env());
     }
     command.envs(&env);
     drop(env);
@@ -248,21 +241,13 @@ fn find_program(name: &std::ffi::OsStr) -> anyhow::Result<PathBuf> {
     }
     let path = Path::new(name);
     if path.components().count() > 1 || shown.contains('/') {
-        if is_executable(path) {
+        if latchkey_launch::is_executable(path) {
             return Ok(path.to_path_buf());
         }
         bail!("command not found or not executable: {shown}");
     }
-    let search = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&search)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    latchkey_launch::find_in_path(name, std::env::var_os("PATH").unwrap_or_default())
         .with_context(|| format!("command not found: {shown} (not in PATH)"))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The sources as SDK secrets; local files and variables are read here.
@@ -426,12 +411,7 @@ fn supervise(mut command: Command, program: &Path, mask: Vec<Vec<u8>>) -> anyhow
     for pump in pumps {
         let _ = pump.join();
     }
-    use std::os::unix::process::ExitStatusExt;
-    Ok(match (status.code(), status.signal()) {
-        (Some(code), _) => code,
-        (None, Some(signal)) => 128 + signal,
-        (None, None) => 1,
-    })
+    Ok(latchkey_launch::Exit::of(status).shell_code(1))
 }
 
 /// A streaming filter that replaces secret values with [`MASK`], also when

@@ -5,11 +5,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
-use latchkey_server::{
-    bootstrap::MasterKeySources,
-    sandbox::{Isolation, SandboxConfig},
-    ServeConfig,
-};
+use latchkey_sandbox::{Isolation, SandboxConfig};
+use latchkey_server::{bootstrap::MasterKeySources, ServeConfig};
 use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 

@@ -21,6 +21,10 @@ pub enum ErrorKind {
     Unavailable,
     /// A bug or a corrupted store; details are in the server log only (INTERNAL, 500).
     Internal,
+    /// A limit of this server is reached, e.g. as many sandboxes run as it
+    /// holds; the caller may try again once some are gone
+    /// (RESOURCE_EXHAUSTED, 429).
+    ResourceExhausted,
 }
 
 /// An error with a message meant for the person who made the request.
@@ -93,6 +97,11 @@ impl Error {
     /// for the log and say only what the caller can act on.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Internal, message)
+    }
+
+    /// [`ErrorKind::ResourceExhausted`].
+    pub fn resource_exhausted(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::ResourceExhausted, message)
     }
 
     /// The kind of failure.

@@ -468,3 +468,40 @@ mod tests {
         assert_eq!(echo(&"x".repeat(100)).chars().count(), ECHO_LEN + 1);
     }
 }
+
+/// Checks an app name (Modal's `App.lookup(name)`): 1 to 64 letters, digits,
+/// `.`, `_` and `-`, the characters of a secret name, so that an app's name
+/// is safe in every message and id derived from it.
+pub fn check_app_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "Invalid App name: '{}': use 1 to 64 letters, digits, '.', '_' and '-'",
+            echo(name)
+        )))
+    }
+}
+
+#[cfg(test)]
+mod app_name_tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn app_names() {
+        for ok in ["a", "my-app_1.0", &"x".repeat(64)] {
+            check_app_name(ok).unwrap();
+        }
+        for bad in ["", "a b", "é", &"x".repeat(65)] {
+            let e = check_app_name(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid);
+            assert!(e.message().starts_with("Invalid App name"), "{e:?}");
+        }
+    }
+}

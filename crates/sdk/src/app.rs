@@ -52,8 +52,13 @@
 //! result, a signal) and a timeout each come back as a [`FunctionError`]
 //! carrying the message.
 //!
-//! With [`Isolation::Bwrap`], the container runs inside bubblewrap with its
-//! own PID namespace, a read-only view of the host and a private `/tmp`.
+//! With [`Isolation::Bwrap`], the container runs inside bubblewrap under
+//! the same policy as the server's sandboxes ([`latchkey_launch::Bwrap`]):
+//! no capabilities; its own PID, IPC, UTS and cgroup namespaces; a
+//! read-only view of the host with a private `/tmp` and empty `/run`,
+//! `/home`, `/root` and `$HOME`; the client config (`~/.latchkey.toml`) and
+//! the local data dir hidden. Only the program, the working directory and
+//! the call's own directory are shown again.
 
 use std::{
     collections::HashMap,
@@ -75,8 +80,9 @@ use crate::{EnvDict, Secret};
 /// The variable that selects container mode and names the call.
 pub const CONTAINER_VAR: &str = "LATCHKEY_CONTAINER";
 
-/// The variables a container keeps from the caller's environment.
-pub const BASE_ENV: [&str; 5] = ["PATH", "HOME", "LANG", "TERM", "USER"];
+/// The variables a container keeps from the caller's environment (the
+/// same as `latchkey run --isolate`).
+pub use latchkey_launch::BASE_ENV;
 
 /// How much of a crashed container's stderr its error quotes.
 const STDERR_TAIL: usize = 2048;
@@ -88,8 +94,8 @@ pub enum Isolation {
     /// A plain child process (the default).
     #[default]
     Process,
-    /// Inside bubblewrap (`bwrap`, Debian's `bubblewrap`): its own PID
-    /// namespace, a read-only view of the host, a private `/tmp`. A call
+    /// Inside bubblewrap (`bwrap`, Debian's `bubblewrap`), under the policy
+    /// of the server's sandboxes (see the [module docs](self)). A call
     /// fails with [`FunctionError::Isolation`] when `bwrap` is not installed.
     Bwrap,
 }
@@ -441,7 +447,11 @@ where
             message,
         };
         let args = serde_json::to_vec(&args).map_err(|e| io(format!("arguments: {e}")))?;
-        let mut command = self.command()?;
+        let exe = current_exe().map_err(io)?;
+        let bwrap = match self.isolation {
+            Isolation::Process => None,
+            Isolation::Bwrap => Some(find_bwrap()?),
+        };
         let env =
             crate::blocking::block_on(Secret::resolve_all(&self.secrets)).map_err(|source| {
                 FunctionError::Secret {
@@ -451,10 +461,10 @@ where
             })?;
         let dir = CallDir::new().map_err(|e| io(format!("call directory: {e}")))?;
         std::fs::write(dir.0.join("args.json"), args).map_err(|e| io(format!("arguments: {e}")))?;
-        if self.isolation == Isolation::Bwrap {
-            command.arg("--bind").arg(&dir.0).arg(&dir.0);
-            command.arg("--").arg(current_exe().map_err(io)?);
-        }
+        let mut command = match bwrap {
+            None => Command::new(exe),
+            Some(bwrap) => bwrap_command(&bwrap, &exe, &dir.0),
+        };
         let spec = serde_json::to_string(&CallSpec {
             app: self.app.clone(),
             function: self.name.clone(),
@@ -464,11 +474,7 @@ where
         command
             .args(std::env::args_os().skip(1))
             .env_clear()
-            .envs(
-                BASE_ENV
-                    .iter()
-                    .filter_map(|k| Some((k, std::env::var_os(k)?))),
-            )
+            .envs(latchkey_launch::base_env())
             .envs(&env)
             .env(CONTAINER_VAR, spec)
             .stdin(Stdio::null())
@@ -489,52 +495,39 @@ where
         });
         Ok(FunctionCall { rx })
     }
+}
 
-    /// The command that starts a container, without the program's own
-    /// arguments.
-    fn command(&self) -> Result<Command, FunctionError> {
-        let exe = current_exe().map_err(|message| FunctionError::Io {
-            function: self.name.clone(),
-            message,
-        })?;
-        match self.isolation {
-            Isolation::Process => Ok(Command::new(exe)),
-            Isolation::Bwrap => {
-                let bwrap = find_in_path("bwrap").ok_or_else(|| FunctionError::Isolation {
-                    message: "Isolation::Bwrap needs bubblewrap, and `bwrap` is not in PATH \
-                              (Debian/Ubuntu: apt-get install bubblewrap)"
-                        .to_owned(),
-                })?;
-                let mut command = Command::new(bwrap);
-                command
-                    .args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"])
-                    .args(["--tmpfs", "/tmp"])
-                    // The program and the working directory stay visible
-                    // when they live under /tmp.
-                    .arg("--ro-bind")
-                    .arg(&exe)
-                    .arg(&exe);
-                if let Ok(cwd) = std::env::current_dir() {
-                    command.arg("--ro-bind-try").arg(&cwd).arg(&cwd);
-                }
-                command.args(["--unshare-pid", "--die-with-parent", "--new-session"]);
-                Ok(command)
-            }
+/// `bwrap` from `PATH`, or why a container cannot run in it.
+fn find_bwrap() -> Result<PathBuf, FunctionError> {
+    latchkey_launch::find_in_path("bwrap", std::env::var_os("PATH").unwrap_or_default()).ok_or_else(
+        || FunctionError::Isolation {
+            message: "Isolation::Bwrap needs bubblewrap, and `bwrap` is not in PATH \
+                      (Debian/Ubuntu: apt-get install bubblewrap)"
+                .to_owned(),
+        },
+    )
+}
+
+/// The command that starts `exe` under the sandboxes' bubblewrap policy,
+/// without the program's own arguments. The program and the working
+/// directory are shown read-only where the policy empties their directory
+/// (a program built under `/home` or `/tmp`); `call_dir` is the one
+/// writable place, for the result.
+fn bwrap_command(bwrap: &Path, exe: &Path, call_dir: &Path) -> Command {
+    let mut policy = latchkey_launch::Bwrap::new().bind_ro(exe);
+    if let Ok(cwd) = std::env::current_dir() {
+        // Not a directory that holds the caller's home: showing it would
+        // undo the policy's empty /home (or /root).
+        let home = std::env::var_os("HOME").map(PathBuf::from);
+        if !home.is_some_and(|home| home.starts_with(&cwd)) {
+            policy = policy.bind_ro_try(cwd);
         }
     }
+    policy.bind_rw(call_dir).command(bwrap, [exe])
 }
 
 fn current_exe() -> Result<PathBuf, String> {
     std::env::current_exe().map_err(|e| format!("cannot find the current executable: {e}"))
-}
-
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .map(|dir| dir.join(name))
-        .find(|p| {
-            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// Copies the container's stderr to ours and returns its last bytes.
@@ -610,11 +603,12 @@ fn wait<R: DeserializeOwned>(
             }),
         },
         Err(_) => {
-            use std::os::unix::process::ExitStatusExt;
-            let how = match (status.code(), status.signal()) {
-                (Some(code), _) => format!("exited with status {code} without a result"),
-                (None, Some(signal)) => format!("was killed by signal {signal}"),
-                (None, None) => format!("ended without a result ({status})"),
+            let how = match latchkey_launch::Exit::of(status) {
+                latchkey_launch::Exit::Code(code) => {
+                    format!("exited with status {code} without a result")
+                }
+                latchkey_launch::Exit::Signal(signal) => format!("was killed by signal {signal}"),
+                _ => format!("ended without a result ({status})"),
             };
             let stderr = String::from_utf8_lossy(&stderr);
             let stderr = stderr.trim();

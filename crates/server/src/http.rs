@@ -12,7 +12,8 @@ use axum::{
 
 use latchkey_service::Service;
 
-use crate::{api, grpc, sandbox};
+use crate::{api, grpc};
+use latchkey_sandbox::Sandboxes;
 
 /// The whole router, without sandboxes. Tests drive it with `oneshot`,
 /// without a socket.
@@ -22,12 +23,12 @@ pub fn app(service: Service) -> Router {
 
 /// The whole router; `sandboxes` serves Modal's sandbox RPCs (`None`: they
 /// answer that sandboxes are disabled).
-pub fn app_with_sandboxes(service: Service, sandboxes: Option<sandbox::Sandboxes>) -> Router {
+pub fn app_with_sandboxes(service: Service, sandboxes: Option<Sandboxes>) -> Router {
     let modal = grpc::ModalApi::new(service.clone()).with_sandboxes(sandboxes.clone());
     let grpc_routes = tonic::service::Routes::new(modal.into_server())
-        .add_service(sandbox::router::RouterApi::new(sandboxes).into_server())
+        .add_service(grpc::router::RouterApi::new(sandboxes).into_server())
         .into_axum_router()
-        .layer(middleware::from_fn(sandbox::rpc::remember_origin));
+        .layer(middleware::from_fn(grpc::sandbox::remember_origin));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))

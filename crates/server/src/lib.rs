@@ -1,14 +1,13 @@
 //! The latchkey server: the adapters over the service layer
 //! (`latchkey-service`) and start-up. [`grpc`] speaks Modal's protocol,
 //! [`http`] puts everything on one port, [`serve`](mod@serve) opens the store,
-//! bootstraps and serves until stopped. [`sandbox`] runs Modal sandboxes
-//! as processes when the server is started with `--sandboxes`.
+//! bootstraps and serves until stopped. With `--sandboxes` it runs Modal
+//! sandboxes as processes, through `latchkey-sandbox`.
 
 pub mod api;
 pub mod bootstrap;
 pub mod grpc;
 pub mod http;
-pub mod sandbox;
 pub mod serve;
 
 pub use serve::{serve, ServeConfig};

@@ -10,6 +10,7 @@
 
 mod auth;
 mod environments;
+pub mod sandboxes;
 mod secrets;
 #[cfg(feature = "testing")]
 pub mod testing;

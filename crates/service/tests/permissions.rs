@@ -127,3 +127,91 @@ async fn a_reader_may_read_but_not_write_even_anonymously() {
         .await
         .is_ok());
 }
+
+/// Sandboxes follow the roles of secrets (issue 11 moved these checks out of
+/// the gRPC layer): starting code with values, stopping it and attaching to
+/// it is developer work; a limited token sees only its environments; values
+/// merge in order, and only named secrets are recorded as used.
+#[tokio::test]
+async fn sandbox_permissions_and_values_follow_the_service_rules() {
+    use latchkey_service::sandboxes::{SandboxAction, SandboxSecret};
+
+    let (service, admin, t) = service().await;
+    service.create_environment(&admin, "prod").await.unwrap();
+    let reader = token(&t, Role::Reader, None).await;
+    let developer = token(&t, Role::Developer, None).await;
+    let limited = token(&t, Role::Admin, Some(vec!["main".into()])).await;
+    for action in [
+        SandboxAction::Create,
+        SandboxAction::Terminate,
+        SandboxAction::Attach,
+    ] {
+        let e = reader.may_sandbox(action).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("sandboxes"), "{e:?}");
+        developer.may_sandbox(action).unwrap();
+        admin.may_sandbox(action).unwrap();
+    }
+    reader.may_see_sandbox("prod").unwrap();
+    limited.may_see_sandbox("main").unwrap();
+    assert_eq!(
+        limited.may_see_sandbox("prod").unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+
+    let dict = |pairs: &[(&str, &str)]| -> EnvDict {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let (stored, _) = service
+        .create_secret(
+            &admin,
+            "prod",
+            "db",
+            dict(&[("A", "stored"), ("B", "stored")]),
+            latchkey_service::CreateMode::Fail,
+            &[],
+        )
+        .await
+        .unwrap();
+    let id = stored.summary.id.as_str();
+    let sources = || {
+        [
+            SandboxSecret::Inline(dict(&[("A", "first"), ("C", "first")])),
+            SandboxSecret::Stored(id),
+            SandboxSecret::Stored(id),
+            SandboxSecret::Inline(dict(&[("B", "last")])),
+        ]
+    };
+    let secrets = service
+        .sandbox_secrets(&developer, sources())
+        .await
+        .unwrap();
+    assert_eq!(
+        secrets.env,
+        dict(&[("A", "stored"), ("B", "last"), ("C", "first")])
+    );
+    assert_eq!(secrets.named, [id]);
+    let shown = format!("{secrets:?}");
+    assert!(
+        !shown.contains("stored") && !shown.contains("last"),
+        "{shown}"
+    );
+    // A token limited to main cannot put prod's values into a process.
+    assert_eq!(
+        service
+            .sandbox_secrets(&limited, sources())
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::PermissionDenied
+    );
+    // Inline values follow the rules of every secret.
+    let e = service
+        .sandbox_secrets(&developer, [SandboxSecret::Inline(dict(&[("1BAD", "x")]))])
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e:?}");
+}

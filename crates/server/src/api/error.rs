@@ -115,6 +115,7 @@ impl From<Error> for ApiError {
             ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorKind::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let mut api = Self::new(status, code, error.message());

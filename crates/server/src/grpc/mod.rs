@@ -10,6 +10,8 @@
 //! errors therefore never use.
 
 mod convert;
+pub(crate) mod router;
+pub(crate) mod sandbox;
 mod unimplemented;
 
 use latchkey_core::{time::secs_to_micros, EnvDict, Error, ErrorKind};
@@ -22,7 +24,7 @@ pub(crate) use unimplemented::unknown_service;
 
 use latchkey_service::{Caller, CreateMode, Service};
 
-use crate::sandbox::Sandboxes;
+use latchkey_sandbox::Sandboxes;
 
 /// Largest request the server accepts, as Modal's client expects.
 pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
@@ -62,7 +64,7 @@ impl ModalApi {
         let sandboxes = self
             .sandboxes
             .as_ref()
-            .ok_or_else(|| crate::sandbox::disabled(rpc))?;
+            .ok_or_else(|| sandbox::disabled(rpc))?;
         Ok((self.caller(request).await?, sandboxes))
     }
 
@@ -100,6 +102,7 @@ pub fn status(error: Error) -> Status {
         ErrorKind::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorKind::PermissionDenied => tonic::Code::PermissionDenied,
         ErrorKind::Unavailable => tonic::Code::Unavailable,
+        ErrorKind::ResourceExhausted => tonic::Code::ResourceExhausted,
         _ => tonic::Code::Internal,
     };
     Status::new(code, error.message())
@@ -377,7 +380,7 @@ impl ModalClient for ModalApi {
         Ok(Response::new(convert::token_info(&caller)))
     }
 
-    // Sandboxes (`latchkey serve --sandboxes`): see `crate::sandbox`.
+    // Sandboxes (`latchkey serve --sandboxes`): see `latchkey_sandbox`.
 
     async fn app_get_or_create(
         &self,
@@ -388,6 +391,7 @@ impl ModalClient for ModalApi {
             .app_get_or_create(&self.service, &caller, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
 
     async fn image_get_or_create(
@@ -413,10 +417,12 @@ impl ModalClient for ModalApi {
         request: Request<api::SandboxCreateV2Request>,
     ) -> Result<Response<api::SandboxCreateV2Response>, Status> {
         let (caller, sandboxes) = self.sandbox_caller(&request, "SandboxCreateV2").await?;
+        let origin = sandbox::origin(&request);
         sandboxes
-            .sandbox_create_v2(&self.service, &caller, request)
+            .sandbox_create_v2(&self.service, &caller, request.get_ref(), origin)
             .await
             .map(Response::new)
+            .map_err(status)
     }
 
     async fn sandbox_wait_v2(
@@ -428,6 +434,7 @@ impl ModalClient for ModalApi {
             .sandbox_wait_v2(&caller, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
 
     async fn sandbox_terminate_v2(
@@ -439,6 +446,7 @@ impl ModalClient for ModalApi {
             .sandbox_terminate_v2(&caller, request.into_inner())
             .await
             .map(Response::new)
+            .map_err(status)
     }
 
     async fn sandbox_get_task_id_v2(
@@ -449,6 +457,7 @@ impl ModalClient for ModalApi {
         sandboxes
             .sandbox_get_task_id_v2(&caller, request.get_ref())
             .map(Response::new)
+            .map_err(status)
     }
 
     async fn sandbox_get_command_router_access(
@@ -459,7 +468,12 @@ impl ModalClient for ModalApi {
             .sandbox_caller(&request, "SandboxGetCommandRouterAccess")
             .await?;
         sandboxes
-            .sandbox_get_command_router_access(&caller, &request)
+            .sandbox_get_command_router_access(
+                &caller,
+                request.get_ref(),
+                sandbox::origin(&request),
+            )
             .map(Response::new)
+            .map_err(status)
     }
 }

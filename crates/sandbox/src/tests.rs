@@ -3,6 +3,8 @@
 
 use std::{collections::BTreeMap, path::Path};
 
+use latchkey_core::ErrorKind;
+
 use super::*;
 use process::SandboxEnv;
 
@@ -199,12 +201,12 @@ async fn stdin_writes_are_ordered_and_retries_are_idempotent() {
     sandbox.write_stdin(3, b"lo world", false).await.unwrap();
     // A gap is refused.
     let gap = sandbox.write_stdin(100, b"x", false).await.unwrap_err();
-    assert_eq!(gap.code(), tonic::Code::InvalidArgument);
+    assert_eq!(gap.kind(), ErrorKind::Invalid);
     sandbox.write_stdin(11, b"", true).await.unwrap();
     assert_eq!(read_all(&sandbox.stdout).await, b"hello world");
     assert_eq!(finish(&sandbox).await, Outcome::Exited(0));
     let closed = sandbox.write_stdin(11, b"more", false).await.unwrap_err();
-    assert_eq!(closed.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(closed.kind(), ErrorKind::FailedPrecondition);
 }
 
 #[tokio::test]
@@ -220,12 +222,12 @@ async fn holds_a_bounded_number_of_sandboxes() {
     // The finished one makes room.
     let second = sandboxes.spawn(sh("sleep 300")).unwrap();
     assert_eq!(
-        sandboxes.get("ac-1", &first.id).unwrap_err().code(),
-        tonic::Code::NotFound
+        sandboxes.get("ac-1", &first.id).unwrap_err().kind(),
+        ErrorKind::NotFound
     );
     // Two running: full.
     let full = sandboxes.spawn(sh("true")).unwrap_err();
-    assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+    assert_eq!(full.kind(), ErrorKind::ResourceExhausted);
     assert!(
         full.message().contains("--sandbox-max"),
         "{}",
@@ -234,8 +236,8 @@ async fn holds_a_bounded_number_of_sandboxes() {
     // Other workspaces see nothing.
     assert!(sandboxes.get("ac-1", &second.id).is_ok());
     assert_eq!(
-        sandboxes.get("ac-2", &second.id).unwrap_err().code(),
-        tonic::Code::NotFound
+        sandboxes.get("ac-2", &second.id).unwrap_err().kind(),
+        ErrorKind::NotFound
     );
     assert_eq!(sandboxes.by_task(&second.task_id).unwrap().id, second.id);
     sandboxes.shutdown().await;
@@ -250,7 +252,7 @@ async fn names_are_unique_among_running_sandboxes_of_an_app() {
     };
     let first = sandboxes.spawn(named("sleep 300")).unwrap();
     let taken = sandboxes.spawn(named("true")).unwrap_err();
-    assert_eq!(taken.code(), tonic::Code::AlreadyExists);
+    assert_eq!(taken.kind(), ErrorKind::AlreadyExists);
     first.terminate();
     finish(&first).await;
     let again = sandboxes.spawn(named("true")).unwrap();
@@ -273,8 +275,8 @@ async fn shutdown_kills_everything_and_refuses_new_sandboxes() {
     }
     // Streams are closed, so readers end.
     assert_eq!(
-        sandboxes.spawn(sh("true")).unwrap_err().code(),
-        tonic::Code::Unavailable
+        sandboxes.spawn(sh("true")).unwrap_err().kind(),
+        ErrorKind::Unavailable
     );
     let err = sandboxes.spawn(sh("true")).unwrap_err();
     assert!(err.message().contains("shutting down"));
@@ -286,11 +288,11 @@ async fn unknown_commands_are_refused_at_spawn() {
     let err = sandboxes
         .spawn(spawn_of(&["no-such-command-xyz"], &[]))
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.kind(), ErrorKind::Invalid);
     let err = sandboxes
         .spawn(spawn_of(&["/no/such/program"], &[]))
         .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.kind(), ErrorKind::Invalid);
     assert!(
         err.message().contains("/no/such/program"),
         "{}",

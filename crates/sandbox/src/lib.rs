@@ -1,9 +1,11 @@
 //! Modal sandboxes on the server (`latchkey serve --sandboxes`): the
-//! process manager, and the gRPC handlers of Modal's V2 sandbox flow.
+//! process manager, Modal's V2 sandbox flow over it, output buffers and the
+//! command router's tokens.
 //!
 //! A sandbox is one process on the server host, started from the command of
 //! `modal.Sandbox.create(...)` with exactly the sandbox's secrets in its
-//! environment (see its `process` module for the isolation). The image is not pulled.
+//! environment (bubblewrap or a plain process, see `process.rs` for the
+//! isolation). The image is not pulled.
 //!
 //! The manager ([`Sandboxes`]) keeps every sandbox in memory, with
 //!
@@ -20,11 +22,44 @@
 //!
 //! Sandboxes do not survive a restart of the server: [`Sandboxes::shutdown`]
 //! kills them all.
+//!
+//! # Its place among the crates
+//!
+//! Errors are [`latchkey_core::Error`]s, which the gRPC adapter of
+//! `latchkey-server` turns into status codes as it does for secrets; this
+//! crate knows nothing of tonic. Who may create, see, reach or stop a
+//! sandbox, and which values it gets, is decided by the service layer
+//! (`latchkey_service::sandboxes`), with the other permissions.
+//!
+//! The flow's requests and answers are Modal's own messages
+//! (`latchkey_proto::api`, plain prost types): they are the only shape the
+//! flow has, every field of them is read or written here, and a parallel set
+//! of Rust types would be a second copy of the same fields with a
+//! field-by-field translation in both directions and no other user. What
+//! the wire layer alone knows (the address the client reached, the router
+//! token's header) is passed in as plain values.
+//!
+//! ```
+//! use latchkey_sandbox::{Isolation, SandboxConfig, Sandboxes};
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // `Auto` and `Bubblewrap` refuse to start where bwrap cannot isolate;
+//! // running sandboxes as plain processes is an explicit choice.
+//! let sandboxes = Sandboxes::start(SandboxConfig {
+//!     isolation: Isolation::Process,
+//!     ..SandboxConfig::default()
+//! })
+//! .await?;
+//! assert_eq!(sandboxes.isolation(), "process");
+//! sandboxes.shutdown().await;
+//! # Ok::<(), latchkey_core::Error>(())
+//! # }).unwrap();
+//! ```
 
+mod modal;
 mod output;
 mod process;
-pub(crate) mod router;
-pub(crate) mod rpc;
+mod router;
 mod token;
 
 use std::{
@@ -37,16 +72,16 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use latchkey_core::ids;
+use latchkey_core::{ids, Error};
+use latchkey_launch::Exit;
 use latchkey_proto::api;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     process::ChildStdin,
     sync::watch,
 };
-use tonic::Status;
 
-use output::OutputBuffer;
+pub use output::OutputBuffer;
 pub use process::Isolation;
 use process::{Launch, Runner};
 
@@ -62,25 +97,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Largest piece of output sent in one message.
-const READ_CHUNK: usize = 16 * 1024;
+pub const READ_CHUNK: usize = 16 * 1024;
 /// How long the output of a finished process may still trickle in (from
 /// processes that escaped its group) before its streams are closed.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long [`Sandboxes::shutdown`] waits for killed sandboxes to be reaped.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-
-/// The answer to a sandbox RPC on a server started without `--sandboxes`.
-///
-/// UNIMPLEMENTED rather than FAILED_PRECONDITION: gRPC defines it as "not
-/// implemented or not supported/enabled in this service", which is the case;
-/// the client raises it as `UnimplementedError`, never retries it, and shows
-/// the message, which says how to enable sandboxes. It also keeps one answer
-/// for "this server does not run code", whichever RPC asks.
-pub(crate) fn disabled(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not served: sandboxes are disabled on this server; start it with --sandboxes"
-    ))
-}
 
 /// The sandbox settings of `latchkey serve --sandboxes`.
 #[derive(Debug, Clone)]
@@ -96,8 +118,9 @@ pub struct SandboxConfig {
     /// URL clients reach the task command router at; default: the scheme
     /// and authority of the client's own request.
     pub router_url: Option<String>,
-    /// Host paths sandboxes must not see under bubblewrap (the data dir and
-    /// master key file).
+    /// Host paths sandboxes must not see under bubblewrap (the data dir,
+    /// the database file and the master key file), beyond what the policy
+    /// hides anyway (see [`latchkey_launch::Bwrap`]).
     pub hidden_paths: Vec<PathBuf>,
 }
 
@@ -126,7 +149,7 @@ struct Inner {
     runner: Runner,
     signer: token::Signer,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
-    apps: Mutex<HashMap<String, rpc::App>>,
+    apps: Mutex<HashMap<String, modal::App>>,
     shutting_down: AtomicBool,
 }
 
@@ -154,7 +177,7 @@ impl Outcome {
             Self::Exited(code) => (GenericStatus::Failure, *code, String::new()),
             Self::Signaled(signal) => (
                 GenericStatus::Failure,
-                128 + signal,
+                Exit::Signal(*signal).shell_code(-1),
                 format!("The sandbox's process was killed by signal {signal}"),
             ),
             Self::TimedOut(after) => (
@@ -193,7 +216,7 @@ struct Finished {
 
 /// One sandbox.
 #[derive(Debug)]
-pub(crate) struct Sandbox {
+pub struct Sandbox {
     pub(crate) id: String,
     pub(crate) task_id: String,
     pub(crate) workspace_id: String,
@@ -203,8 +226,8 @@ pub(crate) struct Sandbox {
     pub(crate) app_id: String,
     pub(crate) name: Option<String>,
     pub(crate) started_at: SystemTime,
-    pub(crate) stdout: OutputBuffer,
-    pub(crate) stderr: OutputBuffer,
+    stdout: OutputBuffer,
+    stderr: OutputBuffer,
     stdin: tokio::sync::Mutex<Stdin>,
     finished: watch::Sender<Option<Finished>>,
     stop: watch::Sender<Option<Stop>>,
@@ -229,6 +252,26 @@ pub(crate) struct Spawn {
 }
 
 impl Sandbox {
+    /// Its id (`sb-...`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// When its process started.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Its stdout.
+    pub fn stdout(&self) -> &OutputBuffer {
+        &self.stdout
+    }
+
+    /// Its stderr.
+    pub fn stderr(&self) -> &OutputBuffer {
+        &self.stderr
+    }
+
     /// The outcome, once it has ended.
     pub(crate) fn outcome(&self) -> Option<Outcome> {
         self.finished.borrow().as_ref().map(|f| f.outcome.clone())
@@ -259,15 +302,10 @@ impl Sandbox {
 
     /// Writes `data`, which starts at byte `offset` of the stdin stream; bytes
     /// already written (a retried write) are skipped. `eof` closes stdin.
-    pub(crate) async fn write_stdin(
-        &self,
-        offset: u64,
-        data: &[u8],
-        eof: bool,
-    ) -> Result<(), Status> {
+    pub async fn write_stdin(&self, offset: u64, data: &[u8], eof: bool) -> Result<(), Error> {
         let mut stdin = self.stdin.lock().await;
         if offset > stdin.written {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "stdin write at offset {offset}, but only {} bytes were written",
                 stdin.written
             )));
@@ -276,7 +314,7 @@ impl Sandbox {
         let fresh = data.get(skip..).unwrap_or_default();
         if !fresh.is_empty() {
             let Some(pipe) = stdin.pipe.as_mut() else {
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "The stdin of sandbox {} is closed",
                     self.id
                 )));
@@ -285,7 +323,7 @@ impl Sandbox {
                 // The process closed its stdin or ended: like a broken pipe.
                 tracing::debug!(sandbox = %self.id, error = %e, "stdin write failed");
                 stdin.pipe = None;
-                return Err(Status::failed_precondition(format!(
+                return Err(Error::failed_precondition(format!(
                     "The stdin of sandbox {} is closed (the process no longer reads it)",
                     self.id
                 )));
@@ -301,7 +339,7 @@ impl Sandbox {
 
 impl Sandboxes {
     /// A manager with `config`, after resolving its isolation on this host.
-    pub async fn start(config: SandboxConfig) -> anyhow::Result<Self> {
+    pub async fn start(config: SandboxConfig) -> Result<Self, Error> {
         let runner = Runner::detect(config.isolation, config.hidden_paths.clone()).await?;
         Ok(Self::with_runner(config, runner))
     }
@@ -337,16 +375,12 @@ impl Sandboxes {
     }
 
     /// Starts a sandbox.
-    pub(crate) fn spawn(&self, spawn: Spawn) -> Result<Arc<Sandbox>, Status> {
+    pub(crate) fn spawn(&self, spawn: Spawn) -> Result<Arc<Sandbox>, Error> {
         if self.inner.shutting_down.load(Ordering::SeqCst) {
-            return Err(Status::unavailable("The server is shutting down"));
+            return Err(Error::unavailable("The server is shutting down"));
         }
         let scratch = std::env::temp_dir().join(format!("latchkey-sandbox-{}", ids::new_id("")));
-        let mut command = self
-            .inner
-            .runner
-            .command(&spawn.launch, &scratch)
-            .map_err(crate::grpc::status)?;
+        let mut command = self.inner.runner.command(&spawn.launch, &scratch)?;
         let mut registry = self.registry();
         self.make_room(&mut registry)?;
         if let Some(name) = &spawn.name {
@@ -354,7 +388,7 @@ impl Sandboxes {
                 s.app_id == spawn.app_id && s.name.as_ref() == Some(name) && s.outcome().is_none()
             });
             if taken {
-                return Err(Status::already_exists(format!(
+                return Err(Error::already_exists(format!(
                     "A running sandbox named '{name}' exists in this app already"
                 )));
             }
@@ -363,7 +397,7 @@ impl Sandboxes {
         if plain {
             create_private_dir(&scratch).map_err(|e| {
                 tracing::error!(error = %e, dir = %scratch.display(), "cannot create a sandbox's scratch dir");
-                Status::internal("Cannot prepare the sandbox's directory on the server")
+                Error::internal("Cannot prepare the sandbox's directory on the server")
             })?;
         }
         let mut child = match command.spawn() {
@@ -372,7 +406,7 @@ impl Sandboxes {
                 if plain {
                     let _ = std::fs::remove_dir_all(&scratch);
                 }
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "Cannot start '{}': {e}",
                     spawn.launch.argv[0]
                 )));
@@ -430,7 +464,7 @@ impl Sandboxes {
 
     /// Drops expired finished sandboxes, then the oldest finished ones while
     /// the registry is full. Fails when it is full of running ones.
-    fn make_room(&self, registry: &mut HashMap<String, Arc<Sandbox>>) -> Result<(), Status> {
+    fn make_room(&self, registry: &mut HashMap<String, Arc<Sandbox>>) -> Result<(), Error> {
         let keep = self.inner.config.keep_finished;
         registry.retain(|_, s| {
             s.finished
@@ -449,7 +483,7 @@ impl Sandboxes {
                     registry.remove(&id);
                 }
                 None => {
-                    return Err(Status::resource_exhausted(format!(
+                    return Err(Error::resource_exhausted(format!(
                         "{max} sandboxes are running on this server, its limit \
                          (latchkey serve --sandbox-max); wait for one to finish"
                     )))
@@ -460,13 +494,13 @@ impl Sandboxes {
     }
 
     /// The sandbox `id` of `workspace_id`.
-    pub(crate) fn get(&self, workspace_id: &str, id: &str) -> Result<Arc<Sandbox>, Status> {
+    pub(crate) fn get(&self, workspace_id: &str, id: &str) -> Result<Arc<Sandbox>, Error> {
         self.registry()
             .get(id)
             .filter(|s| s.workspace_id == workspace_id)
             .cloned()
             .ok_or_else(|| {
-                Status::not_found(format!(
+                Error::not_found(format!(
                     "Sandbox '{}' not found",
                     latchkey_core::rules::echo(id)
                 ))
@@ -549,15 +583,14 @@ async fn supervise(
     pumps: [Option<tokio::task::JoinHandle<()>>; 2],
     scratch: Option<PathBuf>,
 ) {
-    use std::os::unix::process::ExitStatusExt;
     let pgid = child.id();
     let mut stop = sandbox.stop.subscribe();
     let outcome = tokio::select! {
         status = child.wait() => match status {
-            Ok(status) => match (status.code(), status.signal()) {
-                (Some(code), _) => Outcome::Exited(code),
-                (None, Some(signal)) => Outcome::Signaled(signal),
-                (None, None) => Outcome::Exited(-1),
+            Ok(status) => match Exit::of(status) {
+                Exit::Code(code) => Outcome::Exited(code),
+                Exit::Signal(signal) => Outcome::Signaled(signal),
+                _ => Outcome::Exited(-1),
             },
             Err(e) => {
                 tracing::error!(sandbox = %sandbox.id, error = %e, "cannot wait for a sandbox's process");

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 /// A bounded, offset-addressed output stream. Writers append; readers read
 /// from an offset and wait for more. Its `Debug` shows offsets, never the
 /// bytes: a process may print its secrets.
-pub(crate) struct OutputBuffer {
+pub struct OutputBuffer {
     capacity: usize,
     state: Mutex<State>,
     /// Bumped on every append and on close, to wake readers.
@@ -156,7 +156,7 @@ impl OutputBuffer {
 
     /// At most `max` bytes from `offset` on, waiting until there are some;
     /// `None` at the end of the stream.
-    pub(crate) async fn next(&self, offset: u64, max: usize) -> Option<(u64, Vec<u8>)> {
+    pub async fn next(&self, offset: u64, max: usize) -> Option<(u64, Vec<u8>)> {
         let mut changed = self.changed.subscribe();
         loop {
             // Mark the current version seen before looking, so that a write

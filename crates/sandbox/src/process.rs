@@ -6,11 +6,12 @@
 //! own variables. It runs in its own process group, so that the whole group
 //! can be killed at once.
 //!
-//! Under bubblewrap it also gets its own PID, IPC and UTS namespaces, a
-//! read-only view of the host's file system with a private `/tmp`, fresh
-//! `/dev` and `/proc`, an empty `/run`, the server's data dir and master key
-//! file hidden, and no capabilities; it dies with the server. bwrap's own
-//! `--clearenv --setenv K V` is deliberately not used: it would put the
+//! Under bubblewrap it runs under latchkey's one hardened policy
+//! ([`latchkey_launch::Bwrap`], shared with the SDK's isolated functions):
+//! no capabilities, its own namespaces, a read-only host with a private
+//! `/tmp`, empty `/run`, `/home` and `/root`, the server's data dir,
+//! database and master key file hidden; it dies with the server. bwrap's
+//! own `--clearenv --setenv K V` is deliberately not used: it would put the
 //! secret values on bwrap's command line, which every user of the host can
 //! read in `/proc/PID/cmdline`. bwrap instead starts with exactly the
 //! sandbox's environment (`/proc/PID/environ` is private to the owner), and
@@ -19,17 +20,13 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::Stdio,
 };
 
-use anyhow::{bail, Context};
 use latchkey_core::Error;
+use latchkey_launch::{find_in_path, Bwrap, DEFAULT_PATH};
 use tokio::process::Command;
-
-/// `PATH` of the minimal base environment.
-pub(crate) const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// How sandboxes are isolated from the host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,27 +78,34 @@ pub(crate) enum Runner {
 impl Runner {
     /// Resolves `isolation` on this host. `Auto` tries bubblewrap first and
     /// falls back to a plain process (with a warning).
-    pub(crate) async fn detect(isolation: Isolation, hidden: Vec<PathBuf>) -> anyhow::Result<Self> {
+    /// The error says what is missing and how to choose otherwise.
+    pub(crate) async fn detect(isolation: Isolation, hidden: Vec<PathBuf>) -> Result<Self, Error> {
         if isolation == Isolation::Process {
             return Ok(Self::Process);
         }
-        let probe = match find_in_path("bwrap", &std::env::var("PATH").unwrap_or_default()) {
-            None => Err(anyhow::anyhow!(
+        let probe = match find_in_path("bwrap", std::env::var_os("PATH").unwrap_or_default()) {
+            None => Err(
                 "`bwrap` (bubblewrap) is not installed (e.g. `apt-get install bubblewrap`)"
-            )),
+                    .to_owned(),
+            ),
             Some(bwrap) => probe_bwrap(&bwrap).await.map(|()| bwrap),
         };
-        match (probe, isolation) {
-            (Ok(bwrap), _) => Ok(Self::Bubblewrap { bwrap, hidden }),
-            (Err(e), Isolation::Bubblewrap) => Err(e.context("--sandbox-isolation bwrap")),
+        let context = match (probe, isolation) {
+            (Ok(bwrap), _) => return Ok(Self::Bubblewrap { bwrap, hidden }),
+            (Err(e), Isolation::Bubblewrap) => ("--sandbox-isolation bwrap", e),
             // Never fall back silently: a plain process can read the data
             // dir and the master key, so that must be an explicit choice.
-            (Err(e), _) => Err(e.context(
+            (Err(e), _) => (
                 "sandboxes need bubblewrap to be isolated; install it, or choose \
                  --sandbox-isolation process to run them as plain processes with the \
                  server's user and rights (they can then read its data dir)",
-            )),
-        }
+                e,
+            ),
+        };
+        Err(Error::failed_precondition(format!(
+            "{}: {}",
+            context.0, context.1
+        )))
     }
 
     /// A short name for logs: `bwrap` or `process`.
@@ -123,7 +127,7 @@ impl Runner {
             ));
         };
         let mut env = BTreeMap::new();
-        env.insert("PATH".to_owned(), BASE_PATH.to_owned());
+        env.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
         env.insert("LANG".to_owned(), "C.UTF-8".to_owned());
         let (mut command, cwd) = match self {
             Self::Bubblewrap { bwrap, hidden } => {
@@ -131,10 +135,8 @@ impl Runner {
                 let cwd = launch.workdir.clone().unwrap_or_else(|| "/tmp".to_owned());
                 // bwrap sets PWD itself.
                 env.insert("PWD".to_owned(), cwd.clone());
-                let mut command = Command::new(bwrap);
-                command.args(bwrap_args(hidden, launch.block_network, &cwd)?);
-                command.arg("--").args(&launch.argv);
-                (command, None)
+                let policy = policy(hidden, launch.block_network, &cwd)?;
+                (Command::from(policy.command(bwrap, &launch.argv)), None)
             }
             Self::Process => {
                 if launch.block_network {
@@ -183,117 +185,53 @@ impl Runner {
     }
 }
 
-/// bwrap's options (before `--` and the command).
-fn bwrap_args(hidden: &[PathBuf], block_network: bool, cwd: &str) -> Result<Vec<String>, Error> {
-    let mut args: Vec<String> = [
-        "--die-with-parent",
-        "--new-session",
-        "--unshare-pid",
-        "--unshare-ipc",
-        "--unshare-uts",
-        "--unshare-cgroup-try",
-        "--cap-drop",
-        "ALL",
-        "--ro-bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--tmpfs",
-        "/tmp",
-        // Sockets under /run (e.g. docker.sock) stay reachable through a
-        // read-only bind: hide them.
-        "--tmpfs",
-        "/run",
-        // Users' homes hold profiles with tokens, SSH keys and the like.
-        "--tmpfs",
-        "/home",
-        "--tmpfs",
-        "/root",
-    ]
-    .map(str::to_owned)
-    .into();
-    // Keep name resolution working where /etc/resolv.conf points into /run.
-    if let Ok(target) = std::fs::canonicalize("/etc/resolv.conf") {
-        if let Some(dir) = target.parent().filter(|d| d.starts_with("/run")) {
-            let dir = dir.display().to_string();
-            args.extend(["--ro-bind".to_owned(), dir.clone(), dir]);
-        }
-    }
-    for path in hidden {
-        // Relative or symlinked paths name the host path they resolve to;
-        // what does not exist needs no hiding.
-        let Ok(path) = std::fs::canonicalize(path) else {
-            continue;
-        };
-        // Under the private /tmp or /run they are hidden already.
-        if path.starts_with("/tmp") || path.starts_with("/run") {
-            continue;
-        }
-        let shown = path.display().to_string();
-        if path.is_dir() {
-            args.extend(["--tmpfs".to_owned(), shown]);
-        } else if path.exists() {
-            args.extend(["--ro-bind".to_owned(), "/dev/null".to_owned(), shown]);
-        }
-    }
-    if block_network {
-        args.push("--unshare-net".to_owned());
-    }
+/// The policy for a sandbox that starts in `cwd`. The workdir rules are the
+/// sandbox's own: bwrap would fail later, with a less helpful message.
+fn policy(hidden: &[PathBuf], block_network: bool, cwd: &str) -> Result<Bwrap, Error> {
     let dir = Path::new(cwd);
     if !dir.is_absolute() {
         return Err(Error::invalid(format!(
             "workdir must be an absolute path, got {cwd}"
         )));
     }
-    if dir.starts_with("/tmp") {
-        // The private /tmp starts empty: create the directory there.
-        args.extend(["--dir".to_owned(), cwd.to_owned()]);
-    } else if !dir.is_dir() {
+    // The private /tmp starts empty: a directory there is created.
+    let create = dir.starts_with("/tmp");
+    if !create && !dir.is_dir() {
         return Err(Error::invalid(format!(
             "workdir {cwd} does not exist on the server host (sandboxes see it read-only; \
              directories under /tmp are created)"
         )));
     }
-    args.extend(["--chdir".to_owned(), cwd.to_owned()]);
-    Ok(args)
-}
-
-/// The first executable file named `name` in the directories of `path`.
-pub(crate) fn find_in_path(name: &str, path: &str) -> Option<PathBuf> {
-    path.split(':')
-        .filter(|dir| !dir.is_empty())
-        .map(|dir| Path::new(dir).join(name))
-        .find(|candidate| {
-            std::fs::metadata(candidate)
-                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
+    Ok(Bwrap::new()
+        .hide_all(hidden.iter().cloned())
+        .network(!block_network)
+        .chdir(dir, create))
 }
 
 /// Checks that bwrap can create the namespaces we use on this host (it cannot
 /// in some containers).
-async fn probe_bwrap(bwrap: &Path) -> anyhow::Result<()> {
-    let mut args = bwrap_args(&[], false, "/tmp").map_err(|e| anyhow::anyhow!("{e}"))?;
-    args.extend(["--".to_owned(), "true".to_owned()]);
-    let output = Command::new(bwrap)
-        .args(&args)
+async fn probe_bwrap(bwrap: &Path) -> Result<(), String> {
+    let mut command = Command::from(
+        policy(&[], false, "/tmp")
+            .map_err(|e| e.to_string())?
+            .command(bwrap, ["true"]),
+    );
+    let output = command
         .env_clear()
-        .env("PATH", BASE_PATH)
+        .env("PATH", DEFAULT_PATH)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(std::time::Duration::from_secs(10), output)
         .await
-        .context("bwrap did not answer within 10s")?
-        .with_context(|| format!("cannot run {}", bwrap.display()))?;
+        .map_err(|_| "bwrap did not answer within 10s".to_owned())?
+        .map_err(|e| format!("cannot run {}: {e}", bwrap.display()))?;
     if !output.status.success() {
-        bail!(
+        return Err(format!(
             "{} cannot create a sandbox on this host: {}",
             bwrap.display(),
             String::from_utf8_lossy(&output.stderr).trim()
-        );
+        ));
     }
     Ok(())
 }
@@ -351,8 +289,12 @@ mod tests {
     #[test]
     fn bwrap_options_hide_paths_and_keep_values_off_the_command_line() {
         let hidden = vec![PathBuf::from("/etc"), PathBuf::from("/tmp/data")];
-        let args = bwrap_args(&hidden, true, "/tmp/work").unwrap();
-        let joined = args.join(" ");
+        let args = policy(&hidden, true, "/tmp/work").unwrap().args();
+        let joined = args
+            .iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(joined.contains("--unshare-pid"));
         assert!(joined.contains("--ro-bind / /"));
         assert!(joined.contains("--tmpfs /etc"), "{joined}");
@@ -363,14 +305,7 @@ mod tests {
             "{joined}"
         );
         assert!(!joined.contains("setenv"));
-        assert!(bwrap_args(&[], false, "/no/such/dir").is_err());
-        assert!(bwrap_args(&[], false, "relative").is_err());
-    }
-
-    #[test]
-    fn finds_executables_in_path() {
-        assert!(find_in_path("sh", BASE_PATH).is_some());
-        assert!(find_in_path("sh", "").is_none());
-        assert!(find_in_path("no-such-command-xyz", BASE_PATH).is_none());
+        assert!(policy(&[], false, "/no/such/dir").is_err());
+        assert!(policy(&[], false, "relative").is_err());
     }
 }

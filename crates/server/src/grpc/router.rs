@@ -1,22 +1,15 @@
-//! `modal.task_command_router.TaskCommandRouter`: the stdio of sandboxes.
-//!
-//! In Modal this service runs on the worker that hosts the sandbox; here it
-//! is served on the server's one port. Modal's client calls it with only
-//! `authorization: Bearer <jwt>`, the short-lived token it got from
-//! `SandboxCreateV2` or `SandboxGetCommandRouterAccess` (both of which check
-//! the caller's API token and role). A token is signed by this server
-//! process, names one task and one workspace, and expires after minutes; an
-//! expired or unknown token gets UNAUTHENTICATED, on which the client fetches
-//! a fresh one and retries.
+//! `modal.task_command_router.TaskCommandRouter`: the stdio of sandboxes,
+//! a thin translation over `latchkey-sandbox` (which checks the router
+//! token, see `latchkey_sandbox::Sandboxes::router_sandbox`).
 
 use std::{pin::Pin, sync::Arc, time::UNIX_EPOCH};
 
 use futures::Stream;
 use latchkey_proto::tcr::{self, task_command_router_server::TaskCommandRouter};
+use latchkey_sandbox::{Sandbox, Sandboxes, READ_CHUNK};
 use tonic::{Request, Response, Status};
 
-use super::{disabled, token, Sandbox, Sandboxes, READ_CHUNK};
-use crate::grpc::MAX_MESSAGE_BYTES;
+use super::{sandbox::disabled, status, MAX_MESSAGE_BYTES};
 
 /// The `TaskCommandRouter` service.
 #[derive(Clone, Debug)]
@@ -51,36 +44,8 @@ impl RouterApi {
             .metadata()
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Status::unauthenticated(
-                    "No command router token was sent (get one with SandboxGetCommandRouterAccess)",
-                )
-            })?;
-        let claims = sandboxes
-            .inner
-            .signer
-            .verify(bearer.trim(), token::AUDIENCE_ROUTER, token::unix_now())
-            .map_err(|reason| {
-                tracing::debug!(?reason, "command router token refused");
-                Status::unauthenticated(
-                    "The command router token is expired or not valid on this server",
-                )
-            })?;
-        if claims.sub != task_id {
-            return Err(Status::permission_denied(
-                "The command router token is for another task",
-            ));
-        }
-        sandboxes
-            .by_task(task_id)
-            .filter(|s| s.workspace_id == claims.wsp)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "Task '{}' not found (finished sandboxes are kept for a while only)",
-                    latchkey_core::rules::echo(task_id)
-                ))
-            })
+            .and_then(|v| v.strip_prefix("Bearer "));
+        sandboxes.router_sandbox(bearer, task_id).map_err(status)
     }
 }
 
@@ -106,8 +71,8 @@ impl TaskCommandRouter for RouterApi {
             let sandbox = Arc::clone(&sandbox);
             async move {
                 let buffer = match fd {
-                    tcr::SandboxStdioFileDescriptor::Stdout => &sandbox.stdout,
-                    tcr::SandboxStdioFileDescriptor::Stderr => &sandbox.stderr,
+                    tcr::SandboxStdioFileDescriptor::Stdout => sandbox.stdout(),
+                    tcr::SandboxStdioFileDescriptor::Stderr => sandbox.stderr(),
                 };
                 let (at, data) = buffer.next(offset, READ_CHUNK).await?;
                 let next = at + data.len() as u64;
@@ -130,7 +95,10 @@ impl TaskCommandRouter for RouterApi {
         let sandbox =
             self.authorize(&request, "SandboxStdinWriteV2", &request.get_ref().task_id)?;
         let req = request.into_inner();
-        sandbox.write_stdin(req.offset, &req.data, req.eof).await?;
+        sandbox
+            .write_stdin(req.offset, &req.data, req.eof)
+            .await
+            .map_err(status)?;
         Ok(Response::new(tcr::SandboxStdinWriteV2Response {}))
     }
 
@@ -145,7 +113,7 @@ impl TaskCommandRouter for RouterApi {
             &request.get_ref().task_id,
         )?;
         let ready_at = sandbox
-            .started_at
+            .started_at()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         Ok(Response::new(tcr::SandboxWaitUntilReadyTcrResponse {

@@ -1,26 +1,27 @@
 //! The `modal.client.ModalClient` RPCs of Modal's V2 sandbox flow, over the
 //! service layer (authentication, permissions, secrets) and the manager.
 //!
-//! `grpc::ModalApi` authenticates the caller and hands the request here.
+//! The gRPC adapter authenticates the caller and hands the request here.
 //! These RPCs are authenticated like every other one, by the token headers;
 //! the `x-modal-auth-token` the client adds (from `AuthTokenGet`) is not a
-//! credential here.
+//! credential here. Role and environment checks are the service layer's
+//! (`Caller::may_sandbox`, `Caller::may_see_sandbox`).
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use axum::{extract::Request as HttpRequest, middleware::Next, response::Response};
-use latchkey_core::{rules, time::micros_to_secs, time::now_micros, EnvDict, Error};
+use latchkey_core::{rules, time::micros_to_secs, time::now_micros, Error};
 use latchkey_proto::api::{self, ObjectCreationType};
-use latchkey_service::{Caller, Role, Service};
+use latchkey_service::{
+    sandboxes::{SandboxAction, SandboxSecret},
+    Caller, Service,
+};
 use sha2::{Digest, Sha256};
-use tonic::{Request, Status};
 
 use super::{
     process::{Launch, SandboxEnv},
     token::{self, Claims},
     Outcome, Sandbox, Sandboxes, Spawn, DEFAULT_TIMEOUT, MAX_TIMEOUT,
 };
-use crate::grpc::status;
 
 /// Lifetime of the tokens `AuthTokenGet` hands out.
 const CLIENT_TOKEN_TTL: u64 = 60 * 60;
@@ -44,41 +45,6 @@ pub(crate) struct App {
     created_at: f64,
 }
 
-/// The scheme and authority a client reached this server at, e.g.
-/// `http://127.0.0.1:7420`: where it can reach the command router too.
-#[derive(Debug, Clone)]
-pub(crate) struct RequestOrigin(String);
-
-/// The RPCs that answer with the command router's address, from
-/// [`RequestOrigin`].
-const NEED_ORIGIN: [&str; 2] = [
-    "/modal.client.ModalClient/SandboxCreateV2",
-    "/modal.client.ModalClient/SandboxGetCommandRouterAccess",
-];
-
-/// Middleware: remembers the origin of the requests that need it, for
-/// [`RequestOrigin`] (every other request passes untouched).
-pub(crate) async fn remember_origin(mut request: HttpRequest, next: Next) -> Response {
-    if !NEED_ORIGIN.contains(&request.uri().path()) {
-        return next.run(request).await;
-    }
-    let uri = request.uri();
-    let authority = uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
-        request
-            .headers()
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    });
-    if let Some(authority) = authority {
-        let scheme = uri.scheme_str().unwrap_or("http").to_owned();
-        request
-            .extensions_mut()
-            .insert(RequestOrigin(format!("{scheme}://{authority}")));
-    }
-    next.run(request).await
-}
-
 fn echo(s: &str) -> String {
     rules::echo(s)
 }
@@ -95,24 +61,8 @@ fn derived_id(prefix: &str, parts: &[&[u8]]) -> String {
     format!("{prefix}{hex}")
 }
 
-fn check_app_name(name: &str) -> Result<(), Status> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Status::invalid_argument(format!(
-            "Invalid App name: '{}': use 1 to 64 letters, digits, '.', '_' and '-'",
-            echo(name)
-        )))
-    }
-}
-
-fn required<T>(value: Option<T>, what: &str) -> Result<T, Status> {
-    value.ok_or_else(|| Status::invalid_argument(format!("The request has no {what}")))
+fn required<T>(value: Option<T>, what: &str) -> Result<T, Error> {
+    value.ok_or_else(|| Error::invalid(format!("The request has no {what}")))
 }
 
 impl Sandboxes {
@@ -134,27 +84,25 @@ impl Sandboxes {
         })
     }
 
-    pub(crate) async fn app_get_or_create(
+    /// `AppGetOrCreate`: apps hold sandboxes and exist in memory only.
+    pub async fn app_get_or_create(
         &self,
         service: &Service,
         caller: &Caller,
         req: api::AppGetOrCreateRequest,
-    ) -> Result<api::AppGetOrCreateResponse, Status> {
-        check_app_name(&req.app_name)?;
+    ) -> Result<api::AppGetOrCreateResponse, Error> {
+        rules::check_app_name(&req.app_name)?;
         let create = match ObjectCreationType::try_from(req.object_creation_type) {
             Ok(ObjectCreationType::Unspecified) => false,
             Ok(ObjectCreationType::CreateIfMissing) => true,
             _ => {
-                return Err(Status::invalid_argument(format!(
+                return Err(Error::invalid(format!(
                     "Unsupported object_creation_type {} for an App",
                     req.object_creation_type
                 )))
             }
         };
-        let env = service
-            .environment(caller, &req.environment_name)
-            .await
-            .map_err(status)?;
+        let env = service.environment(caller, &req.environment_name).await?;
         let app_id = derived_id(
             latchkey_core::ids::APP,
             &[
@@ -168,14 +116,14 @@ impl Sandboxes {
             match apps.get(&app_id) {
                 Some(app) => app.clone(),
                 None if !create => {
-                    return Err(Status::not_found(format!(
+                    return Err(Error::not_found(format!(
                         "App '{}' not found in environment '{}'",
                         req.app_name, env.name
                     )))
                 }
                 None => {
                     if apps.len() >= MAX_APPS {
-                        return Err(Status::resource_exhausted(format!(
+                        return Err(Error::resource_exhausted(format!(
                             "This server holds {MAX_APPS} apps, its limit"
                         )));
                     }
@@ -209,7 +157,7 @@ impl Sandboxes {
 
     /// Images are not pulled or built: every image "exists", with an id
     /// derived from its definition.
-    pub(crate) fn image_get_or_create(
+    pub fn image_get_or_create(
         &self,
         req: &api::ImageGetOrCreateRequest,
     ) -> api::ImageGetOrCreateResponse {
@@ -228,7 +176,8 @@ impl Sandboxes {
         }
     }
 
-    pub(crate) fn auth_token_get(&self, caller: &Caller) -> api::AuthTokenGetResponse {
+    /// `AuthTokenGet`: a token the client sends along, which nothing checks.
+    pub fn auth_token_get(&self, caller: &Caller) -> api::AuthTokenGetResponse {
         api::AuthTokenGetResponse {
             token: self.sign(
                 token::AUDIENCE_CLIENT,
@@ -239,20 +188,19 @@ impl Sandboxes {
         }
     }
 
-    fn router_access<T>(
+    /// `origin`: the scheme and authority the client reached this server at
+    /// (e.g. `http://127.0.0.1:7420`), where it can reach the router too.
+    fn router_access(
         &self,
         caller: &Caller,
         sandbox: &Sandbox,
-        request: &Request<T>,
-    ) -> Result<api::CommandRouterAccess, Status> {
-        let url = match (
-            &self.inner.config.router_url,
-            request.extensions().get::<RequestOrigin>(),
-        ) {
+        origin: Option<&str>,
+    ) -> Result<api::CommandRouterAccess, Error> {
+        let url = match (&self.inner.config.router_url, origin) {
             (Some(url), _) => url.clone(),
-            (None, Some(origin)) => origin.0.clone(),
+            (None, Some(origin)) => origin.to_owned(),
             (None, None) => {
-                return Err(Status::failed_precondition(
+                return Err(Error::failed_precondition(
                     "Cannot tell the address clients reach this server at; \
                      start it with --sandbox-router-url URL",
                 ))
@@ -269,35 +217,36 @@ impl Sandboxes {
         })
     }
 
-    pub(crate) async fn sandbox_create_v2(
+    /// `SandboxCreateV2`; `origin` as for the router's address (see
+    /// [`Sandboxes::sandbox_get_command_router_access`]).
+    pub async fn sandbox_create_v2(
         &self,
         service: &Service,
         caller: &Caller,
-        request: Request<api::SandboxCreateV2Request>,
-    ) -> Result<api::SandboxCreateV2Response, Status> {
-        caller
-            .require(Role::Developer, "create sandboxes")
-            .map_err(status)?;
-        let req = request.get_ref();
+        req: &api::SandboxCreateV2Request,
+        origin: Option<&str>,
+    ) -> Result<api::SandboxCreateV2Response, Error> {
+        caller.may_sandbox(SandboxAction::Create)?;
         let app = self
             .apps()
             .get(&req.app_id)
             .filter(|a| a.workspace_id == caller.workspace_id())
             .cloned()
             .ok_or_else(|| {
-                Status::not_found(format!(
+                Error::not_found(format!(
                     "App '{}' not found (look it up again with modal.App.lookup)",
                     echo(&req.app_id)
                 ))
             })?;
-        caller
-            .check_environment(&app.environment_name)
-            .map_err(status)?;
+        caller.may_see_sandbox(&app.environment_name)?;
         let definition = required(req.definition.as_ref(), "sandbox definition")?;
         let (launch, timeout) = launch_of(definition)?;
-        let (env, named) = resolve_secrets(service, caller, req, definition).await?;
+        let secrets = service
+            .sandbox_secrets(caller, secret_sources(req, definition)?)
+            .await?;
+        let named = secrets.named;
         let launch = Launch {
-            env: SandboxEnv(env.into_iter().collect()),
+            env: SandboxEnv(secrets.env),
             ..launch
         };
         let sandbox = self.spawn(Spawn {
@@ -315,7 +264,7 @@ impl Sandboxes {
                 tracing::warn!(sandbox = %sandbox.id, error = %e, "cannot record that secrets were used");
             }
         }
-        let access = self.router_access(caller, &sandbox, &request)?;
+        let access = self.router_access(caller, &sandbox, origin)?;
         Ok(api::SandboxCreateV2Response {
             sandbox_id: sandbox.id.clone(),
             tunnels: Vec::new(),
@@ -327,19 +276,18 @@ impl Sandboxes {
     }
 
     /// The sandbox `id`, if the caller may see it.
-    fn sandbox_for(&self, caller: &Caller, id: &str) -> Result<Arc<Sandbox>, Status> {
+    fn sandbox_for(&self, caller: &Caller, id: &str) -> Result<Arc<Sandbox>, Error> {
         let sandbox = self.get(caller.workspace_id(), id)?;
-        caller
-            .check_environment(&sandbox.environment_name)
-            .map_err(status)?;
+        caller.may_see_sandbox(&sandbox.environment_name)?;
         Ok(sandbox)
     }
 
-    pub(crate) async fn sandbox_wait_v2(
+    /// `SandboxWaitV2`: a long poll of at most 55 s.
+    pub async fn sandbox_wait_v2(
         &self,
         caller: &Caller,
         req: api::SandboxWaitRequest,
-    ) -> Result<api::SandboxWaitResponse, Status> {
+    ) -> Result<api::SandboxWaitResponse, Error> {
         let sandbox = self.sandbox_for(caller, &req.sandbox_id)?;
         let timeout = if req.timeout.is_finite() && req.timeout > 0.0 {
             Duration::from_secs_f32(req.timeout).min(MAX_WAIT)
@@ -353,14 +301,13 @@ impl Sandboxes {
         })
     }
 
-    pub(crate) async fn sandbox_terminate_v2(
+    /// `SandboxTerminateV2`: answers once the sandbox is gone.
+    pub async fn sandbox_terminate_v2(
         &self,
         caller: &Caller,
         req: api::SandboxTerminateRequest,
-    ) -> Result<api::SandboxTerminateResponse, Status> {
-        caller
-            .require(Role::Developer, "terminate sandboxes")
-            .map_err(status)?;
+    ) -> Result<api::SandboxTerminateResponse, Error> {
+        caller.may_sandbox(SandboxAction::Terminate)?;
         let sandbox = self.sandbox_for(caller, &req.sandbox_id)?;
         let existing = sandbox.terminate();
         if existing.is_none() {
@@ -372,11 +319,12 @@ impl Sandboxes {
         })
     }
 
-    pub(crate) fn sandbox_get_task_id_v2(
+    /// `SandboxGetTaskIdV2`.
+    pub fn sandbox_get_task_id_v2(
         &self,
         caller: &Caller,
         req: &api::SandboxGetTaskIdRequest,
-    ) -> Result<api::SandboxGetTaskIdResponse, Status> {
+    ) -> Result<api::SandboxGetTaskIdResponse, Error> {
         let sandbox = self.sandbox_for(caller, &req.sandbox_id)?;
         Ok(api::SandboxGetTaskIdResponse {
             task_id: Some(sandbox.task_id.clone()),
@@ -384,29 +332,31 @@ impl Sandboxes {
         })
     }
 
-    pub(crate) fn sandbox_get_command_router_access(
+    /// `SandboxGetCommandRouterAccess`: a fresh router token. `origin` is
+    /// the scheme and authority the client reached this server at, the
+    /// router's address unless `--sandbox-router-url` names one.
+    pub fn sandbox_get_command_router_access(
         &self,
         caller: &Caller,
-        request: &Request<api::SandboxGetCommandRouterAccessRequest>,
-    ) -> Result<api::SandboxGetCommandRouterAccessResponse, Status> {
+        req: &api::SandboxGetCommandRouterAccessRequest,
+        origin: Option<&str>,
+    ) -> Result<api::SandboxGetCommandRouterAccessResponse, Error> {
         use api::sandbox_get_command_router_access_request::Target;
-        caller
-            .require(Role::Developer, "use sandboxes")
-            .map_err(status)?;
-        let sandbox = match &request.get_ref().target {
+        caller.may_sandbox(SandboxAction::Attach)?;
+        let sandbox = match &req.target {
             Some(Target::SandboxId(id)) => self.sandbox_for(caller, id)?,
             Some(Target::TaskId(task_id)) => {
                 let sandbox = self
                     .by_task(task_id)
                     .filter(|s| s.workspace_id == caller.workspace_id())
                     .ok_or_else(|| {
-                        Status::not_found(format!("Task '{}' not found", echo(task_id)))
+                        Error::not_found(format!("Task '{}' not found", echo(task_id)))
                     })?;
                 self.sandbox_for(caller, &sandbox.id)?
             }
-            None => return Err(Status::invalid_argument("Name a sandbox_id or a task_id")),
+            None => return Err(Error::invalid("Name a sandbox_id or a task_id")),
         };
-        let access = self.router_access(caller, &sandbox, request)?;
+        let access = self.router_access(caller, &sandbox, origin)?;
         Ok(api::SandboxGetCommandRouterAccessResponse {
             jwt: access.jwt,
             url: access.url,
@@ -424,14 +374,14 @@ fn handle_metadata(sandbox: &Arc<Sandbox>) -> api::SandboxHandleMetadata {
 
 /// The command, working directory, network and timeout of a definition;
 /// what latchkey cannot honour is refused rather than ignored.
-fn launch_of(def: &api::Sandbox) -> Result<(Launch, Duration), Status> {
+fn launch_of(def: &api::Sandbox) -> Result<(Launch, Duration), Error> {
     let unsupported = |what: &str| {
-        Err(Status::invalid_argument(format!(
+        Err(Error::invalid(format!(
             "latchkey sandboxes do not support {what}"
         )))
     };
     if def.entrypoint_args.is_empty() {
-        return Err(Status::invalid_argument(
+        return Err(Error::invalid(
             "A sandbox needs a command: latchkey does not run images, so pass the command \
              to Sandbox.create(\"cmd\", \"arg\", ...)",
         ));
@@ -472,14 +422,14 @@ fn launch_of(def: &api::Sandbox) -> Result<(Launch, Duration), Status> {
         }
         Some(Ok(NetworkAccessType::Blocked)) => true,
         Some(Ok(NetworkAccessType::Allowlist)) => return unsupported("outbound allowlists"),
-        Some(Err(_)) => return Err(Status::invalid_argument("Unknown network access type")),
+        Some(Err(_)) => return Err(Error::invalid("Unknown network access type")),
     };
     let timeout = match def.timeout_secs {
         0 => DEFAULT_TIMEOUT,
         secs => Duration::from_secs(secs.into()),
     };
     if timeout > MAX_TIMEOUT {
-        return Err(Status::invalid_argument(format!(
+        return Err(Error::invalid(format!(
             "A sandbox's timeout is at most {}s, got {}s",
             MAX_TIMEOUT.as_secs(),
             timeout.as_secs()
@@ -494,76 +444,44 @@ fn launch_of(def: &api::Sandbox) -> Result<(Launch, Duration), Status> {
     Ok((launch, timeout))
 }
 
-/// One source of variables, in the order they apply.
-enum Source<'a> {
-    Stored(&'a str),
-    Inline(&'a std::collections::HashMap<String, String>),
-}
-
-/// The sandbox's variables: its secrets in order, a later one overriding an
-/// earlier one key by key, and the ids of the named secrets among them.
+/// The sources of the sandbox's variables, in the order they apply (a
+/// later one overriding an earlier one key by key).
 ///
 /// The client lists every secret in `secret_sources` (stored ones by id,
 /// `from_dict` and the like inline, then `env=`); an older request without
 /// them names stored secrets in `definition.secret_ids`. Required keys of
 /// `Secret.from_name` were checked when the client looked the secret up,
 /// before this request.
-async fn resolve_secrets(
-    service: &Service,
-    caller: &Caller,
-    req: &api::SandboxCreateV2Request,
-    def: &api::Sandbox,
-) -> Result<(EnvDict, Vec<String>), Status> {
+fn secret_sources<'a>(
+    req: &'a api::SandboxCreateV2Request,
+    def: &'a api::Sandbox,
+) -> Result<Vec<SandboxSecret<'a>>, Error> {
     use api::secret_source::Source as Wire;
-    let mut sources: Vec<Source<'_>> = if req.secret_sources.is_empty() {
-        def.secret_ids.iter().map(|id| Source::Stored(id)).collect()
+    let inline = |map: &std::collections::HashMap<String, String>| {
+        SandboxSecret::Inline(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    };
+    let mut sources: Vec<SandboxSecret<'a>> = if req.secret_sources.is_empty() {
+        def.secret_ids
+            .iter()
+            .map(|id| SandboxSecret::Stored(id))
+            .collect()
     } else {
         req.secret_sources
             .iter()
             .map(|s| match &s.source {
-                Some(Wire::SecretId(id)) => Ok(Source::Stored(id)),
-                Some(Wire::Env(map)) => Ok(Source::Inline(&map.contents)),
-                None => Err(Status::invalid_argument("A secret source names no secret")),
+                Some(Wire::SecretId(id)) => Ok(SandboxSecret::Stored(id)),
+                Some(Wire::Env(map)) => Ok(inline(&map.contents)),
+                None => Err(Error::invalid("A secret source names no secret")),
             })
             .collect::<Result<_, _>>()?
     };
-    sources.extend(
-        req.ephemeral_secrets
-            .iter()
-            .map(|m| Source::Inline(&m.contents)),
-    );
+    sources.extend(req.ephemeral_secrets.iter().map(|m| inline(&m.contents)));
     sources.extend(
         def.environment_variables
             .iter()
-            .map(|m| Source::Inline(&m.contents)),
+            .map(|m| inline(&m.contents)),
     );
-
-    let mut env = BTreeMap::new();
-    let mut named = Vec::new();
-    for source in sources {
-        let contents: EnvDict = match source {
-            Source::Stored(id) => {
-                let secret = service.secret(caller, id).await.map_err(status)?;
-                if secret.summary.name().is_some() && !named.iter().any(|n| n == id) {
-                    named.push(id.to_owned());
-                }
-                secret.contents.clone()
-            }
-            Source::Inline(map) => {
-                let dict: EnvDict = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                rules::check_env_dict(&dict).map_err(status)?;
-                dict
-            }
-        };
-        env.extend(contents);
-    }
-    if env.len() > 10_000 {
-        return Err(status(Error::invalid(format!(
-            "A sandbox's secrets hold {} variables; at most 10000",
-            env.len()
-        ))));
-    }
-    Ok((env, named))
+    Ok(sources)
 }
 
 #[cfg(test)]
@@ -620,8 +538,8 @@ mod tests {
             },
         ] {
             assert_eq!(
-                launch_of(&bad).unwrap_err().code(),
-                tonic::Code::InvalidArgument
+                launch_of(&bad).unwrap_err().kind(),
+                latchkey_core::ErrorKind::Invalid
             );
         }
         let blocked = api::Sandbox {
