@@ -473,12 +473,7 @@ mod tests {
 /// `.`, `_` and `-`, the characters of a secret name, so that an app's name
 /// is safe in every message and id derived from it.
 pub fn check_app_name(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
+    if is_plain_name(name, 64, b"") {
         Ok(())
     } else {
         Err(Error::invalid(format!(

@@ -166,9 +166,12 @@ async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
     sandbox_config
         .hidden_paths
         .extend(config.master_key.file.iter().cloned());
-    sandbox_config
-        .hidden_paths
-        .extend(sqlite_files(config.database.as_deref()));
+    sandbox_config.hidden_paths.extend(
+        config
+            .database
+            .iter()
+            .flat_map(|url| latchkey_store::database_files(url)),
+    );
     let sandboxes = Sandboxes::start(sandbox_config)
         .await
         .context("cannot enable sandboxes")?;
@@ -181,23 +184,6 @@ async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
     Ok(Some(sandboxes))
 }
 
-/// The files of a SQLite `database` URL: the database and its journals,
-/// which hold recent writes (none for another backend, or for the default
-/// database, which lives in the data dir).
-fn sqlite_files(database: Option<&str>) -> Vec<PathBuf> {
-    let Some(rest) = database.and_then(|url| {
-        url.strip_prefix("sqlite://")
-            .or_else(|| url.strip_prefix("sqlite:"))
-    }) else {
-        return Vec::new();
-    };
-    let file = rest.split('?').next().unwrap_or(rest);
-    ["", "-wal", "-shm", "-journal"]
-        .iter()
-        .map(|suffix| PathBuf::from(format!("{file}{suffix}")))
-        .collect()
-}
-
 async fn sweep_forever(service: Service, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -208,28 +194,5 @@ async fn sweep_forever(service: Service, every: Duration) {
             Ok(n) => tracing::info!(removed = n, "removed expired anonymous secrets"),
             Err(e) => tracing::warn!(error = %e, "sweeping expired anonymous secrets failed"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sandboxes_hide_a_sqlite_database_and_its_journals() {
-        let files = |url| sqlite_files(Some(url));
-        assert_eq!(
-            files("sqlite:///var/db/lk.db?mode=rwc"),
-            [
-                "/var/db/lk.db",
-                "/var/db/lk.db-wal",
-                "/var/db/lk.db-shm",
-                "/var/db/lk.db-journal"
-            ]
-            .map(PathBuf::from)
-        );
-        assert_eq!(files("sqlite:lk.db")[0], PathBuf::from("lk.db"));
-        assert!(files("postgres://u@h/db").is_empty());
-        assert!(sqlite_files(None).is_empty());
     }
 }

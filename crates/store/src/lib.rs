@@ -117,6 +117,20 @@ fn unsupported(url: &str) -> OpenError {
     ))
 }
 
+/// The files a store at `url` keeps on this machine: a SQLite database and
+/// its journals, which hold recent writes (none for PostgreSQL). Code the
+/// server runs for callers must never see them.
+pub fn database_files(url: &str) -> Vec<std::path::PathBuf> {
+    if Backend::of(url) != Some(Backend::Sqlite) {
+        return Vec::new();
+    }
+    let file = sqlite::describe(url);
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| format!("{file}{suffix}").into())
+        .collect()
+}
+
 /// Whether the database at `url` already holds a latchkey store, without
 /// changing anything: a server may generate a master key only for a store
 /// that does not exist yet.
@@ -286,4 +300,27 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes anonymous secrets whose time to live ended before `now`.
     /// Returns how many it deleted.
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error>;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::database_files;
+
+    #[test]
+    fn a_sqlite_store_keeps_its_file_and_journals() {
+        assert_eq!(
+            database_files("sqlite:///var/db/lk.db?mode=rwc"),
+            [
+                "/var/db/lk.db",
+                "/var/db/lk.db-wal",
+                "/var/db/lk.db-shm",
+                "/var/db/lk.db-journal"
+            ]
+            .map(PathBuf::from)
+        );
+        assert_eq!(database_files("sqlite:lk.db")[0], PathBuf::from("lk.db"));
+        assert!(database_files("postgres://u@h/db").is_empty());
+    }
 }
