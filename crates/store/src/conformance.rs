@@ -26,6 +26,8 @@ macro_rules! conformance_tests {
             secrets_list_paging,
             secrets_anonymous_and_sweep,
             environment_delete_with_secrets,
+            environment_names_and_the_default,
+            secrets_in_an_unknown_environment,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -1144,4 +1146,143 @@ pub async fn replicas_sweep(a: &dyn Store, b: &dyn Store) {
     // The second sweep either waited and found nothing, or skipped its turn.
     let after = a.sweep_expired(now).await.unwrap() + b.sweep_expired(now).await.unwrap();
     assert_eq!(ra + rb + after, 30, "every expired secret removed once");
+}
+
+/// The empty name means the default environment for reads only: updating or
+/// deleting the environment "" finds nothing (and changes nothing), while
+/// the default environment is found, updated and refused deletion by its own
+/// name, also after a rename.
+pub async fn environment_names_and_the_default(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let main = store.environment(ws, "").await.unwrap();
+    let (secret, _) = store
+        .create_secret(&named(
+            ws,
+            &main.id,
+            "s",
+            dict(&[("A", "1")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+
+    let update = EnvironmentUpdate {
+        name: Some("renamed".to_owned()),
+        webhook_suffix: Some("x".to_owned()),
+    };
+    let err = store.update_environment(ws, "", &update).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert_eq!(err.message(), "Environment '' not found");
+    let err = store.delete_environment(ws, "", true).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert_eq!(err.message(), "Environment '' not found");
+    assert_eq!(
+        store.environment(ws, "").await.unwrap(),
+        main,
+        "an update or delete of '' changes nothing"
+    );
+
+    // The default by its own name.
+    let suffixed = store
+        .update_environment(
+            ws,
+            "main",
+            &EnvironmentUpdate {
+                name: None,
+                webhook_suffix: Some("hook".to_owned()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            suffixed.id.as_str(),
+            suffixed.is_default,
+            suffixed.webhook_suffix.as_str()
+        ),
+        (main.id.as_str(), true, "hook")
+    );
+    let primary = store
+        .update_environment(
+            ws,
+            "main",
+            &EnvironmentUpdate {
+                name: Some("primary".to_owned()),
+                webhook_suffix: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(primary.is_default);
+    assert_eq!(store.environment(ws, "").await.unwrap(), primary);
+    assert_eq!(store.environment(ws, "primary").await.unwrap(), primary);
+    let err = store.environment(ws, "main").await.unwrap_err();
+    assert_eq!(err.message(), "Environment 'main' not found");
+    for env in ["", "primary"] {
+        let found = store
+            .secret_in_environment(ws, env, "s")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("found through '{env}'"));
+        assert_eq!(found.summary.id, secret.summary.id);
+    }
+    assert!(store
+        .secret_in_environment(ws, "main", "s")
+        .await
+        .unwrap()
+        .is_none());
+    let err = store
+        .delete_environment(ws, "primary", true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        err.message(),
+        "Environment 'primary' is the workspace's default and cannot be deleted"
+    );
+}
+
+/// Creating a named secret in an environment the workspace does not have
+/// is NotFound, naming the environment, whatever the conflict rule; nothing
+/// is written.
+pub async fn secrets_in_an_unknown_environment(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let main = store.environment(ws, "").await.unwrap();
+    for on_conflict in [
+        OnConflict::Fail,
+        OnConflict::ReturnExisting,
+        OnConflict::Overwrite,
+    ] {
+        let err = store
+            .create_secret(&named(
+                ws,
+                "en-missing",
+                "s",
+                dict(&[("A", "1")]),
+                on_conflict,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{on_conflict:?}: {err:?}");
+        assert_eq!(err.message(), "Environment 'en-missing' not found");
+    }
+    // An environment that exists, named with another workspace.
+    let err = store
+        .create_secret(&named(
+            "ac-other",
+            &main.id,
+            "s",
+            dict(&[("A", "1")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(store
+        .list_secrets(ws, &main.id, None, 10)
+        .await
+        .unwrap()
+        .is_empty());
 }
