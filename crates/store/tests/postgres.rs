@@ -494,3 +494,127 @@ async fn closing_through_the_store_trait_ends_every_connection() {
     }
     look.close().await;
 }
+
+/// Every operation of the store, writes included, is bounded by the
+/// operation timeout when the database stops answering (a lost network):
+/// Unavailable, never a hang. The shared SQL layer runs writes through
+/// `Engine::write`; this checks each Store method still goes through a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_operation_is_bounded_when_the_database_hangs() {
+    use latchkey_store::{EnvironmentUpdate, NewToken, Role};
+
+    let db = TestDb::create().await;
+    let proxy = Proxy::start(db.port()).await;
+    let options = PgOptions {
+        pool_size: 32,
+        acquire_timeout: Duration::from_secs(1),
+        statement_timeout: Duration::from_secs(2),
+    };
+    let store = PgStore::open(
+        &db.url_via(proxy.port),
+        Keyring::new(MasterKey::generate()),
+        options,
+    )
+    .await
+    .unwrap();
+    let (ws, id) = seeded(&store, "s").await;
+    let env = store.environment(&ws, "").await.unwrap().id;
+    store.create_environment(&ws, "dev").await.unwrap();
+    let token = NewToken {
+        id: "ak-hang".to_owned(),
+        workspace_id: ws.clone(),
+        name: "t".to_owned(),
+        role: Role::Admin,
+        environments: None,
+        secret_hash: latchkey_store::crypto::hash_token_secret("as-hang"),
+    };
+
+    proxy.stall();
+    let started = Instant::now();
+    let s = &store;
+    let (ws, id, env, token) = (&ws, &id, &env, &token);
+    let update = EnvironmentUpdate {
+        name: Some("dev2".to_owned()),
+        webhook_suffix: None,
+    };
+    let new = NewSecret {
+        workspace_id: ws.clone(),
+        environment_id: env.clone(),
+        kind: SecretKind::Named("n".to_owned()),
+        created_by: "admin".to_owned(),
+        contents: [("K".to_owned(), "v".to_owned())].into(),
+        on_conflict: OnConflict::Overwrite,
+    };
+    let change = [("K".to_owned(), Some("v".to_owned()))];
+    let ids = [id.clone()];
+    let kind = |r: Result<(), latchkey_core::Error>| r.map_err(|e| e.kind());
+    let results: Vec<(&str, Result<(), ErrorKind>)> = vec![
+        ("ping", kind(s.ping().await.map(drop))),
+        (
+            "bootstrap",
+            kind(s.bootstrap(&conformance::admin_token()).await.map(drop)),
+        ),
+        ("workspace", kind(s.workspace(ws).await.map(drop))),
+        (
+            "list_environments",
+            kind(s.list_environments(ws).await.map(drop)),
+        ),
+        (
+            "environment",
+            kind(s.environment(ws, "dev").await.map(drop)),
+        ),
+        (
+            "create_environment",
+            kind(s.create_environment(ws, "qa").await.map(drop)),
+        ),
+        (
+            "update_environment",
+            kind(s.update_environment(ws, "dev", &update).await.map(drop)),
+        ),
+        (
+            "delete_environment",
+            kind(s.delete_environment(ws, "dev", true).await),
+        ),
+        ("create_token", kind(s.create_token(token).await.map(drop))),
+        (
+            "token_for_auth",
+            kind(s.token_for_auth("ak-x").await.map(drop)),
+        ),
+        ("list_tokens", kind(s.list_tokens(ws).await.map(drop))),
+        ("revoke_token", kind(s.revoke_token(ws, "ak-x").await)),
+        ("create_secret", kind(s.create_secret(&new).await.map(drop))),
+        (
+            "secret_by_name",
+            kind(s.secret_by_name(ws, env, "s").await.map(drop)),
+        ),
+        ("secret_by_id", kind(s.secret_by_id(ws, id).await.map(drop))),
+        (
+            "update_secret",
+            kind(s.update_secret(ws, id, &change).await.map(drop)),
+        ),
+        (
+            "list_secrets",
+            kind(s.list_secrets(ws, env, None, 10).await.map(drop)),
+        ),
+        (
+            "mark_used",
+            kind(s.mark_used(ws, &ids, now_micros() + 3_600_000_000).await),
+        ),
+        (
+            "sweep_expired",
+            kind(s.sweep_expired(now_micros()).await.map(drop)),
+        ),
+        ("delete_secret", kind(s.delete_secret(ws, id).await)),
+    ];
+    let elapsed = started.elapsed();
+    proxy.resume();
+    for (op, result) in &results {
+        assert_eq!(*result, Err(ErrorKind::Unavailable), "{op}");
+    }
+    // 20 operations one after another, each within acquire + statement + 1 s.
+    assert!(
+        elapsed < Duration::from_secs(20 * 4 + 5),
+        "bounded: {elapsed:?}"
+    );
+    store.close().await;
+}
