@@ -198,3 +198,48 @@ async fn a_database_in_use_is_refused_by_any_name() {
         .close()
         .await;
 }
+
+/// A server that stopped without closing its store (killed) leaves its
+/// latest writes in the WAL; a start with another key is refused all the
+/// same, and changes no file (the WAL is not replayed, nothing is created).
+#[tokio::test]
+async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    let env = store.environment(&admin.workspace_id, "").await.unwrap();
+    store
+        .create_secret(&NewSecret {
+            workspace_id: admin.workspace_id.clone(),
+            environment_id: env.id.clone(),
+            kind: SecretKind::Named("s".to_owned()),
+            created_by: "admin".to_owned(),
+            contents: [("K".to_owned(), "v".to_owned())].into(),
+            on_conflict: OnConflict::Fail,
+        })
+        .await
+        .unwrap();
+    // Never closed: its pools, its WAL and its lock stay as a killed
+    // server's would.
+    std::mem::forget(store);
+    let before = snapshot(dir.path());
+    assert!(
+        before.iter().any(|(name, _)| name.ends_with("-wal")),
+        "the WAL holds the latest writes"
+    );
+    let err = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot decrypt this store"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a refused start changes no file"
+    );
+}
