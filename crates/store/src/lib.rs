@@ -89,10 +89,14 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend of `url`, if latchkey has one for its scheme.
+    /// The backend of `url`, if latchkey has one for its scheme (and it is
+    /// not an in-memory SQLite database).
     pub fn of(url: &str) -> Option<Self> {
         if url.starts_with("sqlite:") {
-            Some(Backend::Sqlite)
+            // A store must outlive the process: an in-memory database is
+            // none (sqlx would even take its name for a file's).
+            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+            (!in_memory).then_some(Backend::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Some(Backend::Postgres)
         } else {

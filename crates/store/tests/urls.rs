@@ -9,11 +9,11 @@ use latchkey_store::{
     Options,
 };
 
-/// `sqlite::memory:` was refused by `serve`. Now it is accepted, and the
-/// SQLite engine takes sqlx's in-memory name (`file:sqlx-in-memory-N`) for
-/// a path: it creates that file, and its `.lock`, in the working directory,
-/// and serves a store that is gone when the process ends (while a master key
-/// and an admin token for it are written to the data dir).
+/// `sqlite::memory:` was refused by `serve`, and must stay refused: the
+/// shared `open` once accepted it, and the SQLite engine took sqlx's
+/// in-memory name (`file:sqlx-in-memory-N`) for a path, creating that file
+/// and its `.lock` in the working directory, and served a store gone when
+/// the process ended (with a master key and an admin token written for it).
 #[tokio::test]
 async fn an_in_memory_url_is_refused_and_leaves_no_file() {
     let dir = tempfile::tempdir().unwrap();
