@@ -1,9 +1,8 @@
 //! The one bubblewrap policy for code latchkey runs: sandboxes on the server
 //! and the SDK's `Isolation::Bwrap` containers.
 //!
-//! DESIGN.md promises that such code "never obtains the server's own
-//! environment, data dir, key or database, whatever its isolation mode".
-//! So the policy starts from nothing and opens only what a program needs:
+//! Such code must never obtain the server's own environment, data dir, key
+//! or database, whatever its isolation mode or its caller. So the policy starts from nothing and opens only what a program needs:
 //!
 //! - no capabilities (`--cap-drop ALL`: the server often runs as root in a
 //!   container, and bwrap keeps root's capabilities unless told otherwise);
