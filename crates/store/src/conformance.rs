@@ -28,6 +28,7 @@ macro_rules! conformance_tests {
             environment_delete_with_secrets,
             environment_names_and_the_default,
             secrets_in_an_unknown_environment,
+            long_input_is_echoed_shortened,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -1285,4 +1286,53 @@ pub async fn secrets_in_an_unknown_environment(store: &dyn Store) {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// What a caller sent is echoed shortened in NotFound messages: a 100 KB id
+/// in a gRPC status would drop the client's whole HTTP/2 connection.
+pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = store.environment(ws, "").await.unwrap().id;
+    let long = "x".repeat(100_000);
+    let short = |what: &str, err: latchkey_core::Error| {
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{what}: {err:?}");
+        assert!(
+            err.message().len() < 200,
+            "{what}: a message of {} bytes",
+            err.message().len()
+        );
+    };
+    short(
+        "secret by id",
+        store.secret_by_id(ws, &long).await.unwrap_err(),
+    );
+    short(
+        "secret by name",
+        store.secret_by_name(ws, &env, &long).await.unwrap_err(),
+    );
+    short(
+        "update",
+        store.update_secret(ws, &long, &[]).await.unwrap_err(),
+    );
+    short("delete", store.delete_secret(ws, &long).await.unwrap_err());
+    short(
+        "environment",
+        store.environment(ws, &long).await.unwrap_err(),
+    );
+    short(
+        "environment update",
+        store
+            .update_environment(ws, &long, &EnvironmentUpdate::default())
+            .await
+            .unwrap_err(),
+    );
+    short("token", store.revoke_token(ws, &long).await.unwrap_err());
+    short(
+        "create in an unknown environment",
+        store
+            .create_secret(&named(ws, &long, "n", EnvDict::new(), OnConflict::Fail))
+            .await
+            .unwrap_err(),
+    );
 }

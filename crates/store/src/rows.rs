@@ -224,9 +224,15 @@ fn corrupt(what: &str, id: &str) -> Error {
     Error::internal(format!("The stored {what} of '{id}' cannot be read"))
 }
 
-/// Messages for objects that are not there.
+/// Messages for objects that are not there. What the caller sent is echoed
+/// shortened ([`echo`](latchkey_core::rules::echo)): a 100 KB id in a
+/// gRPC status message would exceed what HTTP/2 peers accept in headers and
+/// drop the whole connection.
 pub(crate) fn secret_not_found(id: &str) -> Error {
-    Error::not_found(format!("Secret '{id}' not found"))
+    Error::not_found(format!(
+        "Secret '{}' not found",
+        latchkey_core::rules::echo(id)
+    ))
 }
 
 pub(crate) fn token_not_found(id: &str) -> Error {
@@ -237,5 +243,8 @@ pub(crate) fn token_not_found(id: &str) -> Error {
 }
 
 pub(crate) fn environment_not_found(name: &str) -> Error {
-    Error::not_found(format!("Environment '{name}' not found"))
+    Error::not_found(format!(
+        "Environment '{}' not found",
+        latchkey_core::rules::echo(name)
+    ))
 }

@@ -719,7 +719,7 @@ where
         .await
         .map_err(db_error::<DB>)?
         .map(drop)
-        .ok_or_else(|| Error::not_found(format!("Environment '{environment_id}' not found")))
+        .ok_or_else(|| environment_not_found(environment_id))
     }
 
     /// The next creation time for a named secret of `environment_id`: now,

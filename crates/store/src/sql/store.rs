@@ -229,7 +229,7 @@ where
             let mut conn = connection(self.reader()).await?;
             Sql::<E::DB>::fetch_secret(&mut conn, workspace_id, key, false)
                 .await?
-                .ok_or_else(|| Error::not_found(format!("Secret '{name}' not found")))?
+                .ok_or_else(|| secret_not_found(name))?
                 .open(self.keyring())
         })
         .await
