@@ -1,4 +1,6 @@
-//! The server under test: the real binary on a temp data dir.
+//! The server under test: the real binary on a temp data dir, started and
+//! stopped by the SDK's [`TestServer`] as every test's server is; what is the
+//! benchmark's own is measuring the process.
 
 use std::{
     path::{Path, PathBuf},
@@ -7,71 +9,36 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use latchkey_core::{admin_token::AdminTokenFile, paths};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use latchkey::testing::TestServer;
+use tokio::process::Command;
 
-pub(crate) struct Server {
-    child: Child,
-    url: String,
-    dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-}
+pub(crate) struct Server(TestServer);
 
 impl Server {
     /// Starts `bin serve` on a new temp data dir and port 0.
     pub(crate) async fn start(bin: &Path, extra: &[&str]) -> Result<Server> {
-        let tmp = tempfile::tempdir()?;
-        let dir = tmp.path().to_path_buf();
-        let mut server = Server::start_in(bin, &dir, extra).await?;
-        server._tmp = Some(tmp);
-        Ok(server)
-    }
-
-    async fn start_in(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Server> {
-        let mut child = spawn(bin, dir, extra)?;
-        let stderr = child.stderr.take().context("stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let url = loop {
-            match lines.next_line().await? {
-                Some(line) => {
-                    if let Some(rest) = line.strip_prefix("latchkey serving on ") {
-                        break rest
-                            .split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_owned();
-                    }
-                }
-                None => bail!("{} exited before serving", bin.display()),
-            }
-        };
-        // Keep draining its log so that it never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Server {
-            child,
-            url,
-            dir: dir.to_path_buf(),
-            _tmp: None,
-        })
+        let builder = TestServer::builder()
+            .binary(bin)
+            .args(extra)
+            .env("LATCHKEY_LOG", "warn");
+        let server = tokio::task::spawn_blocking(move || builder.start()).await??;
+        Ok(Server(server))
     }
 
     pub(crate) fn url(&self) -> &str {
-        &self.url
+        self.0.url()
     }
 
     pub(crate) fn data_dir(&self) -> &Path {
-        &self.dir
+        self.0.data_dir()
     }
 
     /// The admin token's id and secret.
-    pub(crate) fn admin_token(&self) -> Result<(String, String)> {
-        let path = self.dir.join(paths::ADMIN_TOKEN_FILE);
-        let file = AdminTokenFile::read(&path)
-            .with_context(|| format!("cannot use {}", path.display()))?;
-        Ok((file.token_id.clone(), file.token_secret().to_owned()))
+    pub(crate) fn admin_token(&self) -> (String, String) {
+        (
+            self.0.token_id().to_owned(),
+            self.0.token_secret().to_owned(),
+        )
     }
 
     /// Resident memory of the server process, in KiB, once it has been
@@ -85,7 +52,7 @@ impl Server {
     /// thread), in clock ticks of 10 ms: Linux reports USER_HZ = 100 to
     /// user space on every architecture.
     pub(crate) fn cpu_time(&self) -> Result<Duration> {
-        let pid = self.child.id().context("server exited")?;
+        let pid = self.0.pid();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         // Fields after the command name (which may hold spaces) in ")".
         let rest = stat.rsplit_once(')').context("/proc/PID/stat")?.1;
@@ -103,7 +70,7 @@ impl Server {
 
     /// Resident memory of the server process, in KiB.
     fn rss_kib(&self) -> Result<u64> {
-        let pid = self.child.id().context("server exited")?;
+        let pid = self.0.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status
             .lines()
@@ -112,32 +79,13 @@ impl Server {
             .context("VmRSS")
     }
 
-    /// SIGTERM (via `kill`, to keep this crate free of unsafe code) and wait.
-    pub(crate) async fn stop(mut self) -> Result<()> {
-        let pid = self.child.id().context("server exited")?;
-        Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await?;
-        let status = self.child.wait().await?;
+    /// SIGTERM and wait: a benchmark whose server does not stop cleanly
+    /// measured something broken.
+    pub(crate) async fn stop(self) -> Result<()> {
+        let status = self.0.stop_async().await?;
         anyhow::ensure!(status.success(), "server exited with {status}");
-        // Keep the data dir of a started-in server: the caller owns it.
         Ok(())
     }
-}
-
-fn spawn(bin: &Path, dir: &Path, extra: &[&str]) -> Result<Child> {
-    Command::new(bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .args(extra)
-        .env("LATCHKEY_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("cannot start {}", bin.display()))
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -252,7 +200,7 @@ pub(crate) struct Starts {
 /// Times `runs` starts of `true` each way, interleaved so that a busy moment
 /// of the machine falls on all of them alike.
 pub(crate) async fn time_run(bin: &Path, server: &Server, runs: usize) -> Result<Starts> {
-    let (id, secret) = server.admin_token()?;
+    let (id, secret) = server.admin_token();
     let truth = which("true").context("`true` is not on PATH")?;
     // The same ten variables the secret `bench` holds, as a .env file.
     let dotenvx = match which("dotenvx") {

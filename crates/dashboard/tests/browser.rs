@@ -15,7 +15,7 @@ use std::{
 };
 
 use fantoccini::{elements::Element, Client, ClientBuilder, Locator};
-use latchkey_core::{admin_token::AdminTokenFile, paths};
+use latchkey::testing::start_server;
 use serde_json::json;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -32,18 +32,6 @@ fn workspace_root() -> PathBuf {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace_root().join("target"), PathBuf::from)
-}
-
-fn latchkey_bin() -> PathBuf {
-    let bin = std::env::var_os("LATCHKEY_BIN")
-        .map_or_else(|| target_dir().join("debug/latchkey"), PathBuf::from);
-    assert!(
-        bin.exists(),
-        "the browser test needs the latchkey binary at {}: run `cargo build` first (scripts/test does), \
-         or set LATCHKEY_BIN",
-        bin.display()
-    );
-    bin
 }
 
 fn free_port() -> u16 {
@@ -508,26 +496,8 @@ async fn dashboard_in_headless_chromium() {
              (run scripts/ensure-chromium, or apt-get install chromium chromium-driver)"
         );
     }
-    let bin = latchkey_bin();
+    let server = start_server().unwrap_or_else(|e| panic!("cannot start latchkey: {e}"));
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-
-    let port = free_port();
-    let mut server = Proc(
-        Command::new(&bin)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(&data)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start latchkey"),
-    );
-    wait_http(port, "/healthz", "latchkey serve", &mut server.0);
 
     let driver_port = free_port();
     let mut driver = Proc(
@@ -540,10 +510,12 @@ async fn dashboard_in_headless_chromium() {
     );
     wait_http(driver_port, "/status", "chromedriver", &mut driver.0);
 
-    let token = AdminTokenFile::read(&data.join(paths::ADMIN_TOKEN_FILE)).unwrap();
-    let (token_id, token_secret) = (token.token_id.clone(), token.token_secret().to_owned());
+    let (token_id, token_secret) = (
+        server.token_id().to_owned(),
+        server.token_secret().to_owned(),
+    );
 
-    let base = format!("http://127.0.0.1:{port}");
+    let base = server.url().to_owned();
     let evil = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let evil_port = evil.local_addr().unwrap().port();
     let attacker = tokio::spawn(serve_attacker(evil, base.clone()));

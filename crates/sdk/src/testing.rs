@@ -1,11 +1,18 @@
 //! A real latchkey server for tests (feature `testing`).
 //!
-//! [`start_server`] runs the `latchkey` binary on a free port of 127.0.0.1
-//! with a fresh data dir, waits until it is ready, and stops it when the
-//! returned [`TestServer`] is dropped. The binary is `LATCHKEY_BIN`, else the
-//! `latchkey` next to the running test in Cargo's target directory, else
-//! `target/debug/latchkey` of this workspace: build it first with
-//! `cargo build -p latchkey-cli`.
+//! Every layer that runs the real binary starts it here: this crate's doc
+//! tests and examples, the CLI's integration tests, the dashboard's browser
+//! test and the benchmark. How a test server is isolated from the
+//! developer's own settings, how its readiness is known and how it is
+//! stopped is then decided once, and a fix reaches all of them.
+//!
+//! [`start_server`] runs `latchkey serve` on a port the kernel picks, with a
+//! fresh data dir, returns once it serves, and kills it when the returned
+//! [`TestServer`] is dropped; [`TestServer::builder`] does the same with
+//! another binary, data dir, flags or variables. The binary is
+//! `LATCHKEY_BIN`, else the `latchkey` next to the running test in Cargo's
+//! target directory, else `target/debug/latchkey` of this workspace: build it
+//! first with `cargo build -p latchkey-cli`.
 //!
 //! ```no_run
 //! # fn main() -> latchkey::Result<()> {
@@ -15,41 +22,238 @@
 //! ```
 
 use std::{
-    io::Read,
-    net::{Ipv4Addr, TcpListener, TcpStream},
+    ffi::OsString,
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    time::{Duration, Instant},
+    process::{Child, ChildStderr, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex, PoisonError},
+    thread::JoinHandle,
+    time::Duration,
 };
 
-use latchkey_core::admin_token::{AdminTokenError, AdminTokenFile};
+use latchkey_core::{
+    admin_token::{AdminTokenError, AdminTokenFile},
+    paths,
+};
 
 use crate::{Client, Config, Error, Result};
 
-/// How long a server may take to become ready.
+/// How long a server may take to serve.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running `latchkey serve`; stopped (and its data dir removed) on drop.
+/// What `latchkey serve` prints once its store is open, bootstrapped (the
+/// admin-token file written) and its port bound: from then on requests are
+/// answered (they wait in the listen backlog for the accept loop), so the
+/// line says as much as a `/readyz` poll would, and it names the port that
+/// `--listen 127.0.0.1:0` got, so that no port has to be guessed free.
+const SERVING: &str = "latchkey serving on ";
+
+/// A running `latchkey serve`; killed on drop (and its data dir removed,
+/// unless the caller gave it or [kept](Self::keep_dir) it).
 /// Its `Debug` shows the URL and token id, never the token's secret.
 pub struct TestServer {
-    child: Child,
-    dir: tempfile::TempDir,
+    /// `None` only while [`stop`](Self::stop) consumes the server.
+    child: Option<Child>,
+    binary: PathBuf,
     url: String,
-    token_id: String,
-    token_secret: String,
+    data_dir: PathBuf,
+    token: AdminTokenFile,
+    /// The server's stderr so far; kept in memory rather than in a file so
+    /// that the data dir holds only what the server wrote.
+    log: Arc<Mutex<String>>,
+    tmp: Option<tempfile::TempDir>,
 }
 
 impl std::fmt::Debug for TestServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TestServer")
             .field("url", &self.url)
-            .field("data_dir", &self.dir.path())
-            .field("token_id", &self.token_id)
+            .field("data_dir", &self.data_dir)
+            .field("token_id", &self.token.token_id)
             .finish_non_exhaustive()
     }
 }
 
+/// How to start a [`TestServer`]: by default [`binary`], a new temp data
+/// dir, no extra flags, and no `LATCHKEY_*` variable of this process.
+#[derive(Clone, Default)]
+#[must_use]
+pub struct Builder {
+    binary: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+/// Names the variables but never shows their values: one may be a master key.
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("binary", &self.binary)
+            .field("data_dir", &self.data_dir)
+            .field("args", &self.args)
+            .field(
+                "envs",
+                &self.envs.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Runs this binary instead of [`binary`]'s choice (a test's own build
+    /// of it, or a benchmark's release build).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+
+    /// Serves this data dir, which the caller owns and which outlives the
+    /// server: for restarts, and for what a server leaves behind.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Adds flags after `serve --listen 127.0.0.1:0 --data-dir DIR`.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets a variable in the server's environment (`LATCHKEY_LOG`, a
+    /// master key...).
+    pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.envs.push((name.into(), value.into()));
+        self
+    }
+
+    /// Starts the server and waits until it serves.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] with everything the server printed when it exits
+    /// or does not serve within 30 s, or when it left no usable admin-token
+    /// file (a store bootstrapped from another data dir); [`Error::Io`] when
+    /// it cannot be spawned.
+    pub fn start(self) -> Result<TestServer> {
+        let binary = match self.binary {
+            Some(path) => path,
+            None => binary()?,
+        };
+        let (tmp, data_dir) = match self.data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let tmp = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                // A subdirectory, so that the server creates it (with its
+                // own mode) as on a first start.
+                let dir = tmp.path().join("data");
+                (Some(tmp), dir)
+            }
+        };
+        let mut command = Command::new(&binary);
+        // The server reads LATCHKEY_DATABASE_URL, LATCHKEY_MASTER_KEY...: a test
+        // server must not pick up the settings of the developer's own.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("LATCHKEY_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
+            .args(&self.args)
+            .envs(self.envs)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(&binary, e))?;
+        let Some(stderr) = child.stderr.take() else {
+            unreachable!("stderr is piped")
+        };
+        let (log, serving, reader) = follow(stderr);
+        let url = match serving.recv_timeout(START_TIMEOUT) {
+            Ok(url) => url,
+            Err(why) => {
+                let status =
+                    kill(&mut child).map_or_else(|| "no status".to_owned(), |s| s.to_string());
+                // The child is gone, so its stderr is closed: the log is whole.
+                let _ = reader.join();
+                let why = match why {
+                    mpsc::RecvTimeoutError::Timeout => {
+                        format!("did not serve within {START_TIMEOUT:?}")
+                    }
+                    mpsc::RecvTimeoutError::Disconnected => "exited".to_owned(),
+                };
+                let log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                return Err(Error::config(format!(
+                    "latchkey serve {why} ({status}):\n{log}"
+                )));
+            }
+        };
+        let token_file = data_dir.join(paths::ADMIN_TOKEN_FILE);
+        let token = AdminTokenFile::read(&token_file).map_err(|e| {
+            let _ = kill(&mut child);
+            match e {
+                AdminTokenError::Read(e) => Error::io(&token_file, e),
+                e => Error::config(format!("{}: {e}", token_file.display())),
+            }
+        })?;
+        Ok(TestServer {
+            child: Some(child),
+            binary,
+            url,
+            data_dir,
+            token,
+            log,
+            tmp,
+        })
+    }
+}
+
+/// Reads the server's stderr until it closes, into a log, sending the URL
+/// of its "serving" line; the pipe is drained for the server's whole life,
+/// so that it never blocks on a full pipe.
+fn follow(stderr: ChildStderr) -> (Arc<Mutex<String>>, mpsc::Receiver<String>, JoinHandle<()>) {
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = mpsc::channel();
+    let reader = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr)
+                .lines()
+                .map_while(std::io::Result::ok)
+            {
+                if let Some(rest) = line.strip_prefix(SERVING) {
+                    let url = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(url.to_owned());
+                }
+                let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
+    (log, rx, reader)
+}
+
+/// Kills and reaps the process; its exit status when it could be waited for.
+fn kill(child: &mut Child) -> Option<ExitStatus> {
+    let _ = child.kill();
+    child.wait().ok()
+}
+
 impl TestServer {
+    /// How to start one other than [`start_server`]'s.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
     /// The server's URL (`http://127.0.0.1:PORT`).
     pub fn url(&self) -> &str {
         &self.url
@@ -57,17 +261,46 @@ impl TestServer {
 
     /// The server's data dir.
     pub fn data_dir(&self) -> &Path {
-        self.dir.path()
+        &self.data_dir
+    }
+
+    /// The admin token's id, from the data dir's `admin-token`.
+    pub fn token_id(&self) -> &str {
+        &self.token.token_id
+    }
+
+    /// The admin token's secret, from the data dir's `admin-token`.
+    pub fn token_secret(&self) -> &str {
+        self.token.token_secret()
     }
 
     /// The admin token's configuration.
     pub fn config(&self) -> Config {
-        Config::new(&self.url, &self.token_id, &self.token_secret)
+        Config::new(&self.url, self.token_id(), self.token_secret())
     }
 
     /// A client with the admin token.
     pub fn client(&self) -> Result<Client> {
         Client::new(self.config())
+    }
+
+    /// What the server printed on stderr so far.
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The server's process id, to signal it.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Takes the temp dir that holds the data dir, so that it outlives the
+    /// server (to start another on it); `None` for a data dir the caller gave.
+    pub fn keep_dir(&mut self) -> Option<tempfile::TempDir> {
+        self.tmp.take()
     }
 
     /// Sets `LATCHKEY_SERVER_URL`, `LATCHKEY_TOKEN_ID` and
@@ -80,21 +313,55 @@ impl TestServer {
     /// process-wide.
     pub fn export_env(&self) {
         std::env::set_var("LATCHKEY_SERVER_URL", &self.url);
-        std::env::set_var("LATCHKEY_TOKEN_ID", &self.token_id);
-        std::env::set_var("LATCHKEY_TOKEN_SECRET", &self.token_secret);
+        std::env::set_var("LATCHKEY_TOKEN_ID", self.token_id());
+        std::env::set_var("LATCHKEY_TOKEN_SECRET", self.token_secret());
         std::env::set_var(
             "LATCHKEY_CONFIG_PATH",
-            self.dir.path().join("no-profiles.toml"),
+            self.data_dir.join("no-profiles.toml"),
         );
         std::env::remove_var("LATCHKEY_ENVIRONMENT");
         std::env::remove_var("LATCHKEY_PROFILE");
+    }
+
+    /// Stops the server as an operator would (SIGTERM, so that it finishes
+    /// in-flight requests and closes its store) and waits for its exit.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when it cannot be waited for.
+    pub fn stop(mut self) -> Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            unreachable!("a server has its process until stopped")
+        };
+        // It may already be stopping: a failed kill is fine, the wait tells.
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        child.wait().map_err(|e| Error::io(&self.binary, e))
+    }
+
+    /// [`stop`](Self::stop) from async code: the runtime keeps serving the
+    /// clients' connections (which must see the server's GOAWAY) meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// As [`stop`](Self::stop).
+    pub async fn stop_async(self) -> Result<ExitStatus> {
+        match tokio::task::spawn_blocking(move || self.stop()).await {
+            Ok(status) => status,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = kill(child);
+        }
     }
 }
 
@@ -125,109 +392,23 @@ pub fn binary() -> Result<PathBuf> {
         })
 }
 
-/// Starts a server and waits until it is ready.
+/// Starts a server and waits until it serves.
+///
+/// # Errors
+///
+/// As [`Builder::start`].
 pub fn start_server() -> Result<TestServer> {
-    let bin = binary()?;
-    let mut last = None;
-    // A free port can be taken between the probe and the server's bind.
-    for _ in 0..3 {
-        match start_once(&bin) {
-            Ok(server) => return Ok(server),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.unwrap_or_else(|| Error::config("cannot start the server")))
+    TestServer::builder().start()
 }
 
 /// Starts a server and [exports](TestServer::export_env) its admin token:
 /// what the crate's examples do in a hidden first line.
+///
+/// # Errors
+///
+/// As [`Builder::start`].
 pub fn start_server_for_examples() -> Result<TestServer> {
     let server = start_server()?;
     server.export_env();
     Ok(server)
-}
-
-fn start_once(bin: &Path) -> Result<TestServer> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| Error::io("127.0.0.1:0", e))?
-        .port();
-    let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
-    let data = dir.path().join("data");
-    let log = std::fs::File::create(dir.path().join("server.log"))
-        .map_err(|e| Error::io(dir.path().join("server.log"), e))?;
-    let mut command = Command::new(bin);
-    // The server reads LATCHKEY_DATABASE_URL, LATCHKEY_MASTER_KEY...: a test
-    // server must not pick up the settings of the developer's own.
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("LATCHKEY_") {
-            command.env_remove(name);
-        }
-    }
-    let child = command
-        .args(["serve", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(&data)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| Error::io(bin, e))?;
-    let url = format!("http://127.0.0.1:{port}");
-    let mut server = TestServer {
-        child,
-        dir,
-        url,
-        token_id: String::new(),
-        token_secret: String::new(),
-    };
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            let mut log = String::new();
-            let _ = std::fs::File::open(server.dir.path().join("server.log"))
-                .and_then(|mut f| f.read_to_string(&mut log));
-            return Err(Error::config(format!(
-                "latchkey serve exited with {status}: {}",
-                log.trim()
-            )));
-        }
-        if ready(port) {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(Error::config(format!(
-                "latchkey serve did not become ready on port {port} within {START_TIMEOUT:?}"
-            )));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let token_file = data.join(latchkey_core::paths::ADMIN_TOKEN_FILE);
-    let file = AdminTokenFile::read(&token_file).map_err(|e| match e {
-        AdminTokenError::Read(e) => Error::io(&token_file, e),
-        e => Error::config(format!("{}: {e}", token_file.display())),
-    })?;
-    server.token_id = file.token_id.clone();
-    server.token_secret = file.token_secret().to_owned();
-    Ok(server)
-}
-
-/// Whether `/readyz` answers 200 (a plain HTTP/1.0 request, no runtime).
-fn ready(port: u16) -> bool {
-    use std::io::Write;
-    let Ok(mut stream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
 }

@@ -509,7 +509,7 @@ async fn configuration_from_profile_and_admin_token_file() {
     let data = home.path().join(".local/share/latchkey");
     std::fs::create_dir_all(&data).unwrap();
     std::fs::copy(
-        server.data_dir().join("data/admin-token"),
+        server.data_dir().join("admin-token"),
         data.join("admin-token"),
     )
     .unwrap();

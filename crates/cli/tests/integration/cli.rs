@@ -10,7 +10,7 @@ use std::{
 use latchkey::{blocking::Wait, Client, Config, Secret};
 use serde_json::Value;
 
-use crate::harness::{admin_token, binary, Server};
+use crate::harness::{binary, Server};
 
 /// What a run of `latchkey` gave.
 #[derive(Debug)]
@@ -64,9 +64,9 @@ impl Cli {
 
     /// The server's admin token in LATCHKEY_* variables.
     fn admin(server: &Server) -> Cli {
-        let (id, secret) = admin_token(&server.data_dir);
+        let (id, secret) = server.admin_token();
         Cli::bare()
-            .var("LATCHKEY_SERVER_URL", &server.url)
+            .var("LATCHKEY_SERVER_URL", server.url())
             .var("LATCHKEY_TOKEN_ID", &id)
             .var("LATCHKEY_TOKEN_SECRET", &secret)
     }
@@ -120,8 +120,8 @@ impl Cli {
 
 /// The SDK, to check what the CLI did.
 fn sdk(server: &Server) -> Client {
-    let (id, secret) = admin_token(&server.data_dir);
-    Client::new(Config::new(&server.url, &id, &secret)).unwrap()
+    let (id, secret) = server.admin_token();
+    Client::new(Config::new(server.url(), &id, &secret)).unwrap()
 }
 
 fn values(client: &Client, name: &str, env: Option<&str>) -> Vec<(String, String)> {
@@ -518,12 +518,12 @@ fn tokens_create_list_revoke() {
 
     // The new token works, as itself.
     let deployer = Cli::bare()
-        .var("LATCHKEY_SERVER_URL", &server.url)
+        .var("LATCHKEY_SERVER_URL", server.url())
         .var("LATCHKEY_TOKEN_ID", &id)
         .var("LATCHKEY_TOKEN_SECRET", &secret);
     let me = deployer.run(&["whoami", "--json"]).ok().json();
     assert_eq!(me["token"]["name"], "deployer");
-    assert_eq!(me["server_url"], server.url.as_str());
+    assert_eq!(me["server_url"], server.url());
     deployer
         .run(&["secret", "create", "by-deployer", "A=1"])
         .ok();
@@ -553,7 +553,7 @@ fn login_writes_a_profile_and_profiles_switch() {
         created["token"]["id"].as_str().unwrap().to_owned(),
         created["secret"].as_str().unwrap().to_owned(),
     );
-    let (admin_id, admin_secret) = admin_token(&server.data_dir);
+    let (admin_id, admin_secret) = server.admin_token();
 
     // No LATCHKEY_TOKEN_* variables: only the profile file matters.
     let cli = Cli::bare();
@@ -561,19 +561,19 @@ fn login_writes_a_profile_and_profiles_switch() {
 
     // A wrong secret is refused and nothing is written.
     cli.run_stdin(
-        &["login", "--server", &server.url, "--token-id", &admin_id],
+        &["login", "--server", server.url(), "--token-id", &admin_id],
         "as-wrong\n",
     )
     .fails(1, "");
     assert!(!config.exists());
     // Without a terminal, the id must be given.
-    cli.run_stdin(&["login", "--server", &server.url], "x\n")
+    cli.run_stdin(&["login", "--server", server.url()], "x\n")
         .fails(2, "--token-id");
 
     // The secret comes from stdin, never argv.
     let out = cli
         .run_stdin(
-            &["login", "--server", &server.url, "--token-id", &admin_id],
+            &["login", "--server", server.url(), "--token-id", &admin_id],
             &format!("{admin_secret}\n"),
         )
         .ok();
@@ -592,7 +592,7 @@ fn login_writes_a_profile_and_profiles_switch() {
         &[
             "login",
             "--server",
-            &server.url,
+            server.url(),
             "--token-id",
             &second_id,
             "--profile",
@@ -671,13 +671,13 @@ impl Cli {
 fn modal_env_points_the_modal_client_here() {
     let server = Server::start();
     let cli = Cli::admin(&server);
-    let (id, secret) = admin_token(&server.data_dir);
+    let (id, secret) = server.admin_token();
     let out = cli.run(&["modal-env"]).ok();
     assert_eq!(
         out.stdout,
         format!(
             "export MODAL_SERVER_URL={}\nexport MODAL_TOKEN_ID={id}\nexport MODAL_TOKEN_SECRET={secret}\nunset MODAL_ENVIRONMENT\n",
-            server.url
+            server.url()
         )
     );
     // eval "$(latchkey modal-env)" in a shell.
@@ -696,7 +696,7 @@ fn modal_env_points_the_modal_client_here() {
     let out = sh.output().unwrap();
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        format!("{} {id} unset\n", server.url)
+        format!("{} {id} unset\n", server.url())
     );
 
     let with_env = Cli::admin(&server).var("LATCHKEY_ENVIRONMENT", "main");
@@ -708,7 +708,7 @@ fn modal_env_points_the_modal_client_here() {
     let out = with_env.run(&["modal-env", "--shell", "dotenv"]).ok();
     assert!(out
         .stdout
-        .contains(&format!("MODAL_SERVER_URL={}\n", server.url)));
+        .contains(&format!("MODAL_SERVER_URL={}\n", server.url())));
 }
 
 #[test]

@@ -31,10 +31,7 @@ async fn authentication_is_required_and_explained() {
     for (id, secret) in [
         ("", ""),
         ("ak-nope", "as-nope"),
-        (
-            crate::harness::admin_token(&server.data_dir).0.as_str(),
-            "as-wrong",
-        ),
+        (server.admin_token().0.as_str(), "as-wrong"),
     ] {
         let mut client = server.client_with(id, secret).await;
         let status = client.client_hello(()).await.unwrap_err();
@@ -72,7 +69,7 @@ async fn authentication_is_required_and_explained() {
 #[tokio::test]
 async fn rpcs_we_do_not_serve_answer_unimplemented_with_their_name() {
     let server = Server::start();
-    let channel = tonic::transport::Channel::from_shared(server.url.clone())
+    let channel = tonic::transport::Channel::from_shared(server.url().to_owned())
         .unwrap()
         .connect()
         .await

@@ -13,7 +13,7 @@ use nix::{
     unistd::Pid,
 };
 
-use crate::harness::{admin_token, binary, Server};
+use crate::harness::{binary, Server};
 
 /// A server with the secrets `a` = {A, B} and `b` = {B, C}.
 struct Fixture {
@@ -25,8 +25,8 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let server = Server::start();
-        let (id, secret) = admin_token(&server.data_dir);
-        let client = Client::new(Config::new(&server.url, &id, &secret)).unwrap();
+        let (id, secret) = server.admin_token();
+        let client = Client::new(Config::new(server.url(), &id, &secret)).unwrap();
         client
             .secrets()
             .create("a", [("A", "a-from-a"), ("B", "b-from-a")])
@@ -46,11 +46,11 @@ impl Fixture {
 
     /// `latchkey run ARGS` with this server's admin token in its environment.
     fn cmd(&self, args: &[&str]) -> Command {
-        let (id, secret) = admin_token(&self.server.data_dir);
+        let (id, secret) = self.server.admin_token();
         let mut cmd = Command::new(binary());
         cmd.arg("run")
             .args(args)
-            .env("LATCHKEY_SERVER_URL", &self.server.url)
+            .env("LATCHKEY_SERVER_URL", self.server.url())
             .env("LATCHKEY_TOKEN_ID", id)
             .env("LATCHKEY_TOKEN_SECRET", secret)
             .env("LATCHKEY_CONFIG_PATH", self.dir.path().join("none.toml"))

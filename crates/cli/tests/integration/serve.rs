@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, os::unix::fs::PermissionsExt, path::Path};
 
-use crate::harness::{admin_token, http_get, Server};
+use crate::harness::{http_get, Server};
 
 /// Every file of `dir` with its length and a hash of its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<String, (usize, u64)> {
@@ -31,10 +31,10 @@ fn first_start_bootstraps_and_a_restart_reuses_everything() {
     let server = Server::try_start(&dir, &[], &[]).unwrap();
     let token_text = std::fs::read_to_string(dir.join("admin-token")).unwrap();
     assert!(
-        token_text.starts_with(&format!("LATCHKEY_SERVER_URL={}\n", server.url)),
+        token_text.starts_with(&format!("LATCHKEY_SERVER_URL={}\n", server.url())),
         "{token_text}"
     );
-    let (id, secret) = admin_token(&dir);
+    let (id, secret) = server.admin_token();
     assert!(id.starts_with("ak-") && secret.starts_with("as-"));
     assert_eq!(mode(&dir.join("admin-token")), 0o600);
     assert_eq!(mode(&dir.join("master.key")), 0o600);
@@ -134,7 +134,7 @@ fn a_second_server_on_the_same_database_is_refused() {
         "{log}"
     );
     // The first goes on serving, and once it stops the data dir is free.
-    assert_eq!(http_get(&first.url, "/readyz").0, 200);
+    assert_eq!(http_get(first.url(), "/readyz").0, 200);
     assert!(first.stop().success());
     let again = Server::try_start(&dir, &[], &[]).unwrap();
     assert!(again.stop().success());
@@ -190,7 +190,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         })
         .collect();
     client.client_hello(()).await.unwrap();
-    let pid = server.pid();
+    let pid = i32::try_from(server.pid()).unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGTERM,
@@ -203,7 +203,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
         }
     }
     assert!(!acknowledged.is_empty(), "requests in flight completed");
-    let dir = server.data_dir.clone();
+    let dir = server.data_dir().to_path_buf();
     let tmp = server.keep_dir();
     assert!(server.stop_async().await.success(), "exit code 0");
     // Every acknowledged write is there after a restart.
@@ -224,10 +224,10 @@ async fn sigterm_finishes_in_flight_requests_and_exits_zero() {
 #[test]
 fn health_and_readiness() {
     let server = Server::start();
-    assert_eq!(http_get(&server.url, "/healthz"), (200, "ok\n".to_owned()));
+    assert_eq!(http_get(server.url(), "/healthz"), (200, "ok\n".to_owned()));
     assert_eq!(
-        http_get(&server.url, "/readyz"),
+        http_get(server.url(), "/readyz"),
         (200, "ready\n".to_owned())
     );
-    assert_eq!(http_get(&server.url, "/no-such-page").0, 404);
+    assert_eq!(http_get(server.url(), "/no-such-page").0, 404);
 }
