@@ -92,7 +92,6 @@ pub async fn serve(
         store,
         ServiceConfig {
             anonymous_ttl: config.anonymous_ttl,
-            admin_token_hint: token_file.display().to_string(),
         },
     );
     let sandboxes = start_sandboxes(&config).await?;

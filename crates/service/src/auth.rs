@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use latchkey_core::Error;
+use latchkey_core::{paths::ADMIN_TOKEN_FILE, Error};
 use latchkey_store::{
     crypto::{hash_token_secret, token_hash_matches},
     Role, Token, Workspace,
@@ -83,7 +83,9 @@ impl Service {
     /// The caller holding this token id and secret.
     ///
     /// Every failure gives the same Unauthenticated error, which says how to
-    /// get a token and never echoes the secret.
+    /// get a token and never echoes the secret; nor does it name the
+    /// server's paths, which a caller without a token has no business
+    /// knowing.
     pub async fn authenticate(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
         let denied = || {
             let what = if token_id.is_empty() || token_secret.is_empty() {
@@ -93,9 +95,8 @@ impl Service {
             };
             Error::unauthenticated(format!(
                 "{what}. Set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET (or LATCHKEY_TOKEN_ID and \
-                 LATCHKEY_TOKEN_SECRET) to a token of this server: the admin token is in {}, \
-                 and `latchkey token create` makes more.",
-                self.config.admin_token_hint
+                 LATCHKEY_TOKEN_SECRET) to a token of this server: the admin token is in the file \
+                 {ADMIN_TOKEN_FILE} of the server's data dir, and `latchkey token create` makes more."
             ))
         };
         if token_id.is_empty() || token_secret.is_empty() {

@@ -31,8 +31,6 @@ pub const MAX_PAGE: u32 = 1_000;
 pub struct ServiceConfig {
     /// How long anonymous secrets (`from_dict` and friends) live.
     pub anonymous_ttl: Duration,
-    /// Where the admin token lies, for the hint in authentication errors.
-    pub admin_token_hint: String,
 }
 
 /// The service layer. Cheap to clone.

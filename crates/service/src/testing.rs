@@ -85,7 +85,6 @@ impl TestService {
             Arc::new(store),
             ServiceConfig {
                 anonymous_ttl: ANONYMOUS_TTL,
-                admin_token_hint: token_file.display().to_string(),
             },
         );
         let admin = service

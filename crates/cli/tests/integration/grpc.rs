@@ -46,6 +46,13 @@ async fn authentication_is_required_and_explained() {
             "{}",
             status.message()
         );
+        // A caller without a token learns nothing of the server's files.
+        let data_dir = server.data_dir().display().to_string();
+        assert!(
+            !status.message().contains(&data_dir) && !status.message().contains("/tmp"),
+            "the message names a path: {}",
+            status.message()
+        );
         let status = client
             .secret_list(api::SecretListRequest::default())
             .await
