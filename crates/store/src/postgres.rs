@@ -46,7 +46,7 @@ use crate::{
     changes::ChangeFeed,
     crypto::Keyring,
     rows::SecretRow,
-    sql::{bounded, db_error, queries::Sql, verify, Dialect, Engine},
+    sql::{bounded, db_error, queries::Sql, verify, Changed, Dialect, Engine, Pending},
     NewSecret, OpenError,
 };
 
@@ -212,15 +212,21 @@ impl Engine for PgStore {
         bounded(self.options.acquire_timeout.min(Duration::from_secs(2)), op)
     }
 
+    /// The operation is bounded up to its commit, which is not: a bound
+    /// that fired while COMMIT was on its way would report as failed a
+    /// write that committed. The server's `statement_timeout` bounds it.
+    /// (Other replicas' writes reach the cache through the feed; so would
+    /// this one's, should a forget be skipped.)
     async fn write<T, F, Fut>(&self, op: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(Self) -> Fut + Send,
-        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+        Fut: Future<Output = Result<Pending<Postgres, T>, Error>> + Send + 'static,
     {
-        // Other replicas' writes reach the cache through the feed; so would
-        // this one's, should a forget be skipped.
-        bounded(self.options.operation_timeout(), op(self.clone())).await
+        bounded(self.options.operation_timeout(), op(self.clone()))
+            .await?
+            .commit(&self.cache)
+            .await
     }
 
     async fn lookups_current(&self) -> bool {
@@ -232,11 +238,12 @@ impl Engine for PgStore {
         self.write(|store| async move {
             let mut tx = store.pool.begin().await.map_err(db_error::<Postgres>)?;
             let (row, created) = Sql::<Postgres>::create(&mut tx, &store.keyring, &new).await?;
-            tx.commit().await.map_err(db_error::<Postgres>)?;
-            if !created {
-                store.cache.forget(&row.id);
-            }
-            Ok((row, created))
+            let changed = if created {
+                Changed::Nothing
+            } else {
+                Changed::secret(&row.id)
+            };
+            Ok(Pending::new(tx, (row, created), changed))
         })
         .await
     }

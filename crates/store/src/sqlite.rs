@@ -25,7 +25,7 @@ use crate::{
     cache::LookupCache,
     crypto::Keyring,
     rows::SecretRow,
-    sql::{db_error, queries::Sql, verify, Dialect, Engine},
+    sql::{db_error, queries::Sql, verify, Dialect, Engine, Pending},
     NewSecret, OpenError,
 };
 
@@ -161,9 +161,12 @@ impl Engine for SqliteStore {
     where
         T: Send + 'static,
         F: FnOnce(Self) -> Fut + Send,
-        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+        Fut: Future<Output = Result<Pending<Sqlite, T>, Error>> + Send + 'static,
     {
-        tokio::spawn(op(self.clone())).await.unwrap_or_else(|e| {
+        let written = op(self.clone());
+        let cache = self.cache.clone();
+        let write = async move { written.await?.commit(&cache).await };
+        tokio::spawn(write).await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "a write task failed");
             Err(Error::internal(
                 "The secret store failed to complete the request",

@@ -618,3 +618,46 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
     );
     store.close().await;
 }
+
+/// A write whose COMMIT is still running when the operation's time bound
+/// ends is reported as what it is, a success: the bound covers the
+/// statements before COMMIT, and the server's `statement_timeout` the
+/// COMMIT itself. (It was reported UNAVAILABLE, while the write committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_commits_after_the_operation_bound_succeeds() {
+    let db = TestDb::create().await;
+    // The operation bound is 0.5 + 3 + 1 = 4.5 s.
+    let options = PgOptions {
+        pool_size: 4,
+        acquire_timeout: Duration::from_millis(500),
+        statement_timeout: Duration::from_secs(3),
+    };
+    let store = PgStore::open(&db.url, Keyring::new(MasterKey::generate()), options)
+        .await
+        .unwrap();
+    let (ws, secret_id) = seeded(&store, "slow").await;
+    // 2.5 s in the UPDATE, 2.5 s more in COMMIT (a deferred trigger): each
+    // within the statement timeout, together past the operation bound.
+    let look = db.pool().await;
+    for sql in [
+        "CREATE FUNCTION lk_test_nap() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_sleep(2.5); RETURN NEW; END $$",
+        "CREATE TRIGGER lk_test_slow_update BEFORE UPDATE ON secrets \
+         FOR EACH ROW EXECUTE FUNCTION lk_test_nap()",
+        "CREATE CONSTRAINT TRIGGER lk_test_slow_commit AFTER UPDATE ON secrets \
+         DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION lk_test_nap()",
+    ] {
+        sqlx::query(sql).execute(&look).await.unwrap();
+    }
+    let started = Instant::now();
+    let updated = store
+        .update_secret(&ws, &secret_id, &[("V".to_owned(), Some("1".to_owned()))])
+        .await;
+    let took = started.elapsed();
+    assert!(took > Duration::from_millis(4600), "the write took {took:?}");
+    assert_eq!(updated.expect("the write committed").contents["V"], "1");
+    let read = store.secret_by_id(&ws, &secret_id).await.unwrap();
+    assert_eq!(read.contents["V"], "1");
+    look.close().await;
+    store.close().await;
+}

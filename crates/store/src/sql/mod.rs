@@ -21,7 +21,7 @@ mod store;
 use std::future::Future;
 
 use latchkey_core::Error;
-use sqlx::Pool;
+use sqlx::{Pool, Transaction};
 
 pub(crate) use dialect::Dialect;
 
@@ -60,14 +60,16 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
         self.read(op)
     }
 
-    /// Runs one write operation (given a handle on the store) to its end:
-    /// committed writes must reach the lookup cache even when the caller
-    /// stops waiting.
+    /// Runs one write operation (given a handle on the store), then commits
+    /// what it left [`Pending`] and forgets in the cache what it changed.
+    /// A committed write must reach the cache even when the caller stops
+    /// waiting; and a write that committed must not be reported as failed,
+    /// so no time bound of the engine's covers the commit.
     fn write<T, F, Fut>(&self, op: F) -> impl Future<Output = Result<T, Error>> + Send
     where
         T: Send + 'static,
         F: FnOnce(Self) -> Fut + Send,
-        Fut: Future<Output = Result<T, Error>> + Send + 'static;
+        Fut: Future<Output = Result<Pending<Self::DB, T>, Error>> + Send + 'static;
 
     /// Whether the lookup cache holds every change committed before this
     /// call; false sends lookups to the database.
@@ -98,6 +100,52 @@ pub(crate) fn verify(
             })
         }
         _ => Ok(()),
+    }
+}
+
+/// What a write changed that the lookup cache may hold.
+pub(crate) enum Changed {
+    /// Nothing a lookup returns.
+    Nothing,
+    /// These secrets.
+    Secrets(Vec<String>),
+    /// Environments: lookups by name may now find other secrets, or none.
+    Environments,
+}
+
+impl Changed {
+    /// One secret.
+    pub(crate) fn secret(id: &str) -> Self {
+        Changed::Secrets(vec![id.to_owned()])
+    }
+}
+
+/// A write done in a transaction that is not committed yet: its answer, and
+/// what the lookup cache must forget once it is.
+pub(crate) struct Pending<DB: Dialect, T> {
+    tx: Transaction<'static, DB>,
+    value: T,
+    changed: Changed,
+}
+
+impl<DB: Dialect, T> Pending<DB, T> {
+    pub(crate) fn new(tx: Transaction<'static, DB>, value: T, changed: Changed) -> Self {
+        Pending { tx, value, changed }
+    }
+
+    /// Commits, then forgets in `cache` what changed.
+    pub(crate) async fn commit(self, cache: &LookupCache) -> Result<T, Error> {
+        self.tx.commit().await.map_err(db_error::<DB>)?;
+        match self.changed {
+            Changed::Nothing => {}
+            Changed::Secrets(ids) => {
+                for id in ids {
+                    cache.forget(&id);
+                }
+            }
+            Changed::Environments => cache.clear(),
+        }
+        Ok(self.value)
     }
 }
 

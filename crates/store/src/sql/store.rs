@@ -8,13 +8,14 @@
 use async_trait::async_trait;
 use latchkey_core::{time::Micros, Error};
 use sqlx::{
-    pool::PoolConnection, ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Pool, Type,
+    pool::PoolConnection, ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Pool,
+    Transaction, Type,
 };
 
 use super::{
     db_error,
     queries::{SecretKey, Sql},
-    Dialect, Engine,
+    Changed, Dialect, Engine, Pending,
 };
 use crate::{
     rows::{secret_not_found, EnvironmentRow, SecretRow, TokenRow, WorkspaceRow},
@@ -24,6 +25,10 @@ use crate::{
 
 async fn connection<DB: Dialect>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Error> {
     pool.acquire().await.map_err(db_error::<DB>)
+}
+
+async fn begin<DB: Dialect>(pool: &Pool<DB>) -> Result<Transaction<'static, DB>, Error> {
+    pool.begin().await.map_err(db_error::<DB>)
 }
 
 /// A lookup by name, through the cache when the engine says it is current;
@@ -90,10 +95,9 @@ where
     async fn bootstrap(&self, admin: &NewToken) -> Result<bool, Error> {
         let admin = admin.clone();
         self.write(|store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let mut tx = begin(store.writer()).await?;
             let created = Sql::<E::DB>::bootstrap(&mut tx, &admin).await?;
-            tx.commit().await.map_err(db_error::<E::DB>)?;
-            Ok(created)
+            Ok(Pending::new(tx, created, Changed::Nothing))
         })
         .await
     }
@@ -128,8 +132,9 @@ where
     ) -> Result<Environment, Error> {
         let (workspace_id, name) = (workspace_id.to_owned(), name.to_owned());
         self.write(|store| async move {
-            let mut conn = connection(store.writer()).await?;
-            Sql::<E::DB>::create_environment(&mut conn, &workspace_id, &name).await
+            let mut tx = begin(store.writer()).await?;
+            let env = Sql::<E::DB>::create_environment(&mut tx, &workspace_id, &name).await?;
+            Ok(Pending::new(tx, env, Changed::Nothing))
         })
         .await
     }
@@ -146,14 +151,12 @@ where
             update.clone(),
         );
         self.write(|store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let mut tx = begin(store.writer()).await?;
             let env =
                 Sql::<E::DB>::update_environment(&mut tx, &workspace_id, &current_name, &update)
                     .await?;
-            tx.commit().await.map_err(db_error::<E::DB>)?;
             // Lookups by the old name (and of the default) must miss now.
-            store.cache().clear();
-            Ok(env)
+            Ok(Pending::new(tx, env, Changed::Environments))
         })
         .await
     }
@@ -166,11 +169,9 @@ where
     ) -> Result<(), Error> {
         let (workspace_id, name) = (workspace_id.to_owned(), name.to_owned());
         self.write(move |store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let mut tx = begin(store.writer()).await?;
             Sql::<E::DB>::delete_environment(&mut tx, &workspace_id, &name, with_secrets).await?;
-            tx.commit().await.map_err(db_error::<E::DB>)?;
-            store.cache().clear();
-            Ok(())
+            Ok(Pending::new(tx, (), Changed::Environments))
         })
         .await
     }
@@ -178,8 +179,10 @@ where
     async fn create_token(&self, token: &NewToken) -> Result<Token, Error> {
         let token = token.clone();
         self.write(|store| async move {
-            let mut conn = connection(store.writer()).await?;
-            Sql::<E::DB>::insert_token(&mut conn, &token, latchkey_core::time::now_micros()).await
+            let mut tx = begin(store.writer()).await?;
+            let now = latchkey_core::time::now_micros();
+            let created = Sql::<E::DB>::insert_token(&mut tx, &token, now).await?;
+            Ok(Pending::new(tx, created, Changed::Nothing))
         })
         .await
     }
@@ -203,9 +206,9 @@ where
     async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
         let (workspace_id, token_id) = (workspace_id.to_owned(), token_id.to_owned());
         self.write(|store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let mut tx = begin(store.writer()).await?;
             Sql::<E::DB>::revoke_token(&mut tx, &workspace_id, &token_id).await?;
-            tx.commit().await.map_err(db_error::<E::DB>)
+            Ok(Pending::new(tx, (), Changed::Nothing))
         })
         .await
     }
@@ -276,7 +279,7 @@ where
             changes.to_vec(),
         );
         self.write(|store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let mut tx = begin(store.writer()).await?;
             let secret = Sql::<E::DB>::update_secret(
                 &mut tx,
                 store.keyring(),
@@ -285,9 +288,7 @@ where
                 &changes,
             )
             .await?;
-            tx.commit().await.map_err(db_error::<E::DB>)?;
-            store.cache().forget(&secret_id);
-            Ok(secret)
+            Ok(Pending::new(tx, secret, Changed::secret(&secret_id)))
         })
         .await
     }
@@ -295,10 +296,9 @@ where
     async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error> {
         let (workspace_id, secret_id) = (workspace_id.to_owned(), secret_id.to_owned());
         self.write(|store| async move {
-            let mut conn = connection(store.writer()).await?;
-            let deleted = Sql::<E::DB>::delete_secret(&mut conn, &workspace_id, &secret_id).await;
-            store.cache().forget(&secret_id);
-            deleted
+            let mut tx = begin(store.writer()).await?;
+            Sql::<E::DB>::delete_secret(&mut tx, &workspace_id, &secret_id).await?;
+            Ok(Pending::new(tx, (), Changed::secret(&secret_id)))
         })
         .await
     }
@@ -341,27 +341,24 @@ where
         ids.sort();
         ids.dedup();
         self.write(move |store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
+            let mut tx = begin(store.writer()).await?;
             let changed = Sql::<E::DB>::mark_used(&mut tx, &workspace_id, &ids, at).await?;
-            tx.commit().await.map_err(db_error::<E::DB>)?;
             // `last_used_at` is part of what a lookup returns.
-            for id in changed {
-                store.cache().forget(id);
-            }
-            Ok(())
+            let changed = Changed::Secrets(changed.into_iter().map(str::to_owned).collect());
+            Ok(Pending::new(tx, (), changed))
         })
         .await
     }
 
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {
         self.write(move |store| async move {
-            let mut tx = store.writer().begin().await.map_err(db_error::<E::DB>)?;
-            let Some(removed) = Sql::<E::DB>::sweep_expired(&mut tx, now).await? else {
+            let mut tx = begin(store.writer()).await?;
+            let removed = Sql::<E::DB>::sweep_expired(&mut tx, now).await?;
+            if removed.is_none() {
                 tracing::debug!("another replica is sweeping; skipping this turn");
-                return Ok(0);
-            };
-            tx.commit().await.map_err(db_error::<E::DB>)?;
-            Ok(removed)
+            }
+            // Anonymous secrets are never in the cache of named lookups.
+            Ok(Pending::new(tx, removed.unwrap_or(0), Changed::Nothing))
         })
         .await
     }
