@@ -329,20 +329,24 @@ def test_bubblewrap_isolates_the_process(sandbox_server, sbc, app, isolation):
     assert (data_dir / "master.key").read_text().strip() not in out
 
 
-def test_a_reader_token_may_not_create_sandboxes(sandbox_server, app):
+def _reader_client(server):
     body = json.dumps({"name": unique("reader"), "role": "reader"}).encode()
     req = urllib.request.Request(
-        f"{sandbox_server.url}/api/v1/tokens",
+        f"{server.url}/api/v1/tokens",
         data=body,
         method="POST",
         headers={
-            "Authorization": f"Bearer {sandbox_server.token_id}:{sandbox_server.token_secret}",
+            "Authorization": f"Bearer {server.token_id}:{server.token_secret}",
             "Content-Type": "application/json",
         },
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         created = json.loads(resp.read())
-    reader = support.open_client(sandbox_server.url, created["token"]["id"], created["secret"])
+    return support.open_client(server.url, created["token"]["id"], created["secret"])
+
+
+def test_a_reader_token_may_not_create_sandboxes(sandbox_server, app):
+    reader = _reader_client(sandbox_server)
     marker = unique("reader")
     before = started_count(sandbox_server)
     with pytest.raises(modal.exception.PermissionDeniedError, match="may not create sandboxes"):
@@ -350,6 +354,38 @@ def test_a_reader_token_may_not_create_sandboxes(sandbox_server, app):
     assert started_count(sandbox_server) == before
     assert processes_with(marker) == []
     reader.close()
+
+
+def test_a_reader_token_may_not_create_apps_but_may_look_them_up(sandbox_server, sbc):
+    """Apps exist to hold sandboxes: making one is developer work (a reader could
+    fill the server's app table)."""
+    reader = _reader_client(sandbox_server)
+    with pytest.raises(modal.exception.PermissionDeniedError, match="may not create sandbox apps"):
+        modal.App.lookup(unique("reader-app"), create_if_missing=True, client=reader)
+    name = unique("shared")
+    made = modal.App.lookup(name, create_if_missing=True, client=sbc)
+    assert modal.App.lookup(name, client=reader).app_id == made.app_id
+    reader.close()
+
+
+def test_apps_past_the_limit_make_room_without_losing_one_that_holds_a_sandbox(start_server):
+    srv = start_server(args=["--sandboxes", "--sandbox-isolation", "process", "--sandbox-max-apps", "2"])
+    client = client_for(srv)
+    busy, spare, third = unique("busy"), unique("spare"), unique("third")
+    busy_app = modal.App.lookup(busy, create_if_missing=True, client=client)
+    marker = unique("held")
+    sb = modal.Sandbox.create("sh", "-c", f"sleep 30 # {marker}", app=busy_app, client=client)
+    modal.App.lookup(spare, create_if_missing=True, client=client)
+    # The limit is reached: the spare app, which holds no sandbox, makes room.
+    modal.App.lookup(third, create_if_missing=True, client=client)
+    with pytest.raises(modal.exception.NotFoundError):
+        modal.App.lookup(spare, client=client)
+    # The app holding a sandbox was kept and still serves.
+    again = modal.App.lookup(busy, client=client)
+    out, _, code = run(client, again, "echo", "still-here")
+    assert (out.strip(), code) == ("still-here", 0)
+    sb.terminate()
+    client.close()
 
 
 def test_sandboxes_are_off_by_default(server):

@@ -152,6 +152,11 @@ pub(crate) struct SandboxArgs {
     #[arg(long, default_value_t = 16, requires = "sandboxes",
           value_parser = clap::value_parser!(u16).range(1..=4096))]
     sandbox_max: u16,
+    /// Most apps held at once; past it, the app looked up least recently
+    /// that holds no sandbox makes room.
+    #[arg(long, default_value_t = 10_000, requires = "sandboxes",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    sandbox_max_apps: u32,
     /// MiB kept of each sandbox's stdout and of its stderr: a reader that
     /// falls further behind loses the oldest output. Memory for output is
     /// bounded by sandbox-max × 2 × this.
@@ -184,6 +189,7 @@ impl SandboxArgs {
             },
             output_buffer_bytes: usize::from(self.sandbox_output_mib) * 1024 * 1024,
             max_sandboxes: usize::from(self.sandbox_max),
+            max_apps: usize::try_from(self.sandbox_max_apps).unwrap_or(usize::MAX),
             keep_finished: self.sandbox_keep_finished,
             router_url: self.sandbox_router_url.clone(),
             hidden_paths: Vec::new(),

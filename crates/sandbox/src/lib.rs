@@ -89,6 +89,8 @@ use process::{Launch, Runner};
 pub const DEFAULT_OUTPUT_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Default of [`SandboxConfig::max_sandboxes`].
 pub const DEFAULT_MAX_SANDBOXES: usize = 16;
+/// Default of [`SandboxConfig::max_apps`]: apps are a name and an id each.
+pub const DEFAULT_MAX_APPS: usize = 10_000;
 /// Default of [`SandboxConfig::keep_finished`].
 pub const DEFAULT_KEEP_FINISHED: Duration = Duration::from_secs(15 * 60);
 /// Timeout of a sandbox whose request names none (Modal's default).
@@ -113,6 +115,8 @@ pub struct SandboxConfig {
     pub output_buffer_bytes: usize,
     /// Sandboxes held at once, running or finished.
     pub max_sandboxes: usize,
+    /// Apps (`App.lookup(..., create_if_missing=True)`) held at once.
+    pub max_apps: usize,
     /// How long a finished sandbox's result and output stay readable.
     pub keep_finished: Duration,
     /// URL clients reach the task command router at; default: the scheme
@@ -130,6 +134,7 @@ impl Default for SandboxConfig {
             isolation: Isolation::Auto,
             output_buffer_bytes: DEFAULT_OUTPUT_BUFFER_BYTES,
             max_sandboxes: DEFAULT_MAX_SANDBOXES,
+            max_apps: DEFAULT_MAX_APPS,
             keep_finished: DEFAULT_KEEP_FINISHED,
             router_url: None,
             hidden_paths: Vec::new(),

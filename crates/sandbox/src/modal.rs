@@ -31,9 +31,6 @@ const CLIENT_TOKEN_TTL: u64 = 60 * 60;
 const ROUTER_TOKEN_TTL: u64 = 10 * 60;
 /// Longest long poll of `SandboxWaitV2` (the client asks for 10 s).
 const MAX_WAIT: Duration = Duration::from_secs(55);
-/// Apps held in memory at most (they are a name and an id each).
-const MAX_APPS: usize = 10_000;
-
 /// An app, as `App.lookup(name, create_if_missing=True)` makes it. Apps are
 /// kept in memory only; their ids are derived from the workspace, the
 /// environment and the name, so they are the same after a restart.
@@ -43,6 +40,10 @@ pub(crate) struct App {
     environment_name: String,
     name: String,
     created_at: f64,
+    /// The last lookup: when the server holds
+    /// [`SandboxConfig::max_apps`](crate::SandboxConfig::max_apps), the app
+    /// looked up least recently that holds no sandbox makes room.
+    last_used: std::time::Instant,
 }
 
 fn echo(s: &str) -> String {
@@ -71,6 +72,33 @@ impl Sandboxes {
             .apps
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Keeps `app`, making room when the server holds
+    /// [`SandboxConfig::max_apps`](crate::SandboxConfig::max_apps): the app
+    /// looked up least recently among those that hold no sandbox goes (its
+    /// id is derived from its name, so a later lookup makes it again as it
+    /// was).
+    fn add_app(&self, app_id: &str, app: App) -> Result<(), Error> {
+        let in_use: std::collections::HashSet<String> =
+            self.registry().values().map(|s| s.app_id.clone()).collect();
+        let mut apps = self.apps();
+        if !apps.contains_key(app_id) && apps.len() >= self.inner.config.max_apps {
+            let unused = apps
+                .iter()
+                .filter(|(id, _)| !in_use.contains(*id))
+                .min_by_key(|(_, app)| app.last_used)
+                .map(|(id, _)| id.clone());
+            let Some(unused) = unused else {
+                return Err(Error::resource_exhausted(format!(
+                    "This server holds {} apps, its limit, and each holds a sandbox",
+                    self.inner.config.max_apps
+                )));
+            };
+            apps.remove(&unused);
+        }
+        apps.insert(app_id.to_owned(), app);
+        Ok(())
     }
 
     fn sign(&self, audience: &str, subject: &str, caller: &Caller, ttl: u64) -> String {
@@ -111,31 +139,34 @@ impl Sandboxes {
                 req.app_name.as_bytes(),
             ],
         );
-        let app = {
-            let mut apps = self.apps();
-            match apps.get(&app_id) {
-                Some(app) => app.clone(),
-                None if !create => {
-                    return Err(Error::not_found(format!(
-                        "App '{}' not found in environment '{}'",
-                        req.app_name, env.name
-                    )))
-                }
-                None => {
-                    if apps.len() >= MAX_APPS {
-                        return Err(Error::resource_exhausted(format!(
-                            "This server holds {MAX_APPS} apps, its limit"
-                        )));
-                    }
-                    let app = App {
-                        workspace_id: caller.workspace_id().to_owned(),
-                        environment_name: env.name,
-                        name: req.app_name.clone(),
-                        created_at: micros_to_secs(now_micros()),
-                    };
-                    apps.insert(app_id.clone(), app.clone());
-                    app
-                }
+        let app = match self.apps().get_mut(&app_id) {
+            Some(app) => {
+                app.last_used = std::time::Instant::now();
+                Some(app.clone())
+            }
+            None => None,
+        };
+        let app = match app {
+            Some(app) => app,
+            None if !create => {
+                return Err(Error::not_found(format!(
+                    "App '{}' not found in environment '{}'",
+                    req.app_name, env.name
+                )))
+            }
+            None => {
+                // An app exists to hold sandboxes: making one is developer
+                // work, like starting a sandbox.
+                caller.may_sandbox(SandboxAction::CreateApp)?;
+                let app = App {
+                    workspace_id: caller.workspace_id().to_owned(),
+                    environment_name: env.name,
+                    name: req.app_name.clone(),
+                    created_at: micros_to_secs(now_micros()),
+                    last_used: std::time::Instant::now(),
+                };
+                self.add_app(&app_id, app.clone())?;
+                app
             }
         };
         Ok(api::AppGetOrCreateResponse {

@@ -22,6 +22,8 @@ pub const MAX_SANDBOX_VARIABLES: usize = 10_000;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SandboxAction {
+    /// Make an app to hold sandboxes (`AppGetOrCreate` of a new app).
+    CreateApp,
     /// Start one (`SandboxCreateV2`).
     Create,
     /// Stop one (`SandboxTerminateV2`).
@@ -35,6 +37,7 @@ impl Caller {
     /// is looked up, so that a reader learns nothing of which exist.
     pub fn may_sandbox(&self, action: SandboxAction) -> Result<(), Error> {
         let what = match action {
+            SandboxAction::CreateApp => "create sandbox apps",
             SandboxAction::Create => "create sandboxes",
             SandboxAction::Terminate => "terminate sandboxes",
             SandboxAction::Attach => "use sandboxes",

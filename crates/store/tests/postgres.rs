@@ -654,7 +654,10 @@ async fn a_write_that_commits_after_the_operation_bound_succeeds() {
         .update_secret(&ws, &secret_id, &[("V".to_owned(), Some("1".to_owned()))])
         .await;
     let took = started.elapsed();
-    assert!(took > Duration::from_millis(4600), "the write took {took:?}");
+    assert!(
+        took > Duration::from_millis(4600),
+        "the write took {took:?}"
+    );
     assert_eq!(updated.expect("the write committed").contents["V"], "1");
     let read = store.secret_by_id(&ws, &secret_id).await.unwrap();
     assert_eq!(read.contents["V"], "1");
