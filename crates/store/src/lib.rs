@@ -1,16 +1,19 @@
 //! latchkey's storage.
 //!
-//! [`Store`] is what the server needs from a database; each backend is an
-//! adapter behind it ([`SqliteStore`] for one machine, [`PgStore`] for several
-//! replicas on one PostgreSQL database), and [`conformance`] is the one suite
-//! of behaviour every adapter must pass unchanged. [`copy`] moves a whole
-//! store, still sealed, from one backend to another.
+//! [`Store`] is what the server needs from a database. Every statement is
+//! written once, in one SQL layer over two engines ([`SqliteStore`] for one
+//! machine, [`PgStore`] for several replicas on one PostgreSQL database),
+//! which keep only what differs; [`open`] picks the engine a URL names.
+//! [`conformance`] is the one suite of behaviour every engine must pass
+//! unchanged. [`copy`] moves a whole store, still sealed, from one backend
+//! to another.
 //!
-//! Adapters receive and return plaintext [`EnvDict`]s and do the sealing
-//! themselves through a [`crypto::Keyring`], inside the same
-//! transaction as the read or write: that is what lets `update()` merge
-//! atomically, and it keeps the rows' layout (wrapped data key, ciphertext,
-//! version bound into the associated data) in one place per backend.
+//! The store receives and returns plaintext
+//! [`EnvDict`](latchkey_core::EnvDict)s and does the sealing itself through
+//! a [`crypto::Keyring`], inside the same transaction as the read or write:
+//! that is what lets `update()` merge atomically, and it keeps the rows'
+//! layout (wrapped data key, ciphertext, version bound into the associated
+//! data) in one place.
 
 mod cache;
 mod changes;
