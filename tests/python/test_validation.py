@@ -115,15 +115,17 @@ def test_value_with_nul(server, env_name):
 
 
 def test_value_size_limit(server, env_name):
+    """32,768 characters, as Modal documents: not bytes."""
     _create(unique("max-ascii"), {"V": "x" * 32768}, env=env_name)
-    _create(unique("max-utf8"), {"V": "é" * 16384}, env=env_name)  # 32768 bytes
-    assert len(modal.Secret.objects.list(environment_name=env_name)) == 2
-    for value in ("x" * 32769, "é" * 16385):  # 32769 and 32770 bytes
+    _create(unique("max-utf8"), {"V": "é" * 32768}, env=env_name)  # 65,536 bytes
+    _create(unique("wide"), {"V": "é" * 20000}, env=env_name)  # refused when bytes counted
+    assert len(modal.Secret.objects.list(environment_name=env_name)) == 3
+    for value in ("x" * 32769, "é" * 32769):
         with pytest.raises(modal.exception.InvalidError) as exc:
             _create(unique("too-big"), {"BIG": value}, env=env_name)
         assert "BIG" in str(exc.value)
         assert value not in str(exc.value)
-    assert len(modal.Secret.objects.list(environment_name=env_name)) == 2
+    assert len(modal.Secret.objects.list(environment_name=env_name)) == 3
 
 
 def test_key_count_limit(server, env_name):

@@ -17,8 +17,9 @@ pub const MAX_ENVIRONMENT_NAME_LEN: usize = 64;
 pub const MAX_PROFILE_NAME_LEN: usize = 64;
 /// Longest key.
 pub const MAX_KEY_LEN: usize = 16_384;
-/// Largest value, in bytes of UTF-8.
-pub const MAX_VALUE_BYTES: usize = 32_768;
+/// Largest value, in characters (Modal's documented limit: characters, so
+/// that a value in another script than Latin is not held to a quarter of it).
+pub const MAX_VALUE_CHARS: usize = 32_768;
 /// Most keys in one secret.
 pub const MAX_KEYS: usize = 1_000;
 
@@ -169,14 +170,17 @@ pub fn check_key(key: &str) -> Result<(), Error> {
     }
 }
 
-/// A value: at most 32,768 bytes, no NUL. The message names the key, never the value.
+/// A value: at most 32,768 characters, no NUL. The message names the key, never the value.
 pub fn check_value(key: &str, value: &str) -> Result<(), Error> {
-    if value.len() > MAX_VALUE_BYTES {
-        return Err(Error::invalid(format!(
-            "Value of key '{}' is {} bytes; the limit is {MAX_VALUE_BYTES} bytes",
-            echo(key),
-            value.len()
-        )));
+    // No more characters than bytes: only a long value needs counting.
+    if value.len() > MAX_VALUE_CHARS {
+        let chars = value.chars().count();
+        if chars > MAX_VALUE_CHARS {
+            return Err(Error::invalid(format!(
+                "Value of key '{}' is {chars} characters; the limit is {MAX_VALUE_CHARS} characters",
+                echo(key)
+            )));
+        }
     }
     if value.contains('\0') {
         return Err(Error::invalid(format!(
@@ -431,9 +435,13 @@ mod tests {
         for bad in ["", "1A", "A-B", "A B", "É", &"K".repeat(MAX_KEY_LEN + 1)] {
             assert!(msg(check_key(bad)).starts_with("Invalid key"));
         }
-        check_value("K", &"v".repeat(MAX_VALUE_BYTES)).unwrap();
-        let big = msg(check_value("K", &"v".repeat(MAX_VALUE_BYTES + 1)));
+        check_value("K", &"v".repeat(MAX_VALUE_CHARS)).unwrap();
+        let big = msg(check_value("K", &"v".repeat(MAX_VALUE_CHARS + 1)));
         assert!(big.contains("'K'") && big.contains("32769"), "{big}");
+        // Characters, not bytes: 32,768 two-byte characters are within it.
+        check_value("K", &"é".repeat(MAX_VALUE_CHARS)).unwrap();
+        let wide = msg(check_value("K", &"é".repeat(MAX_VALUE_CHARS + 1)));
+        assert!(wide.contains("32769 characters"), "{wide}");
         let nul = msg(check_value("K", "se\0cret"));
         assert!(nul.contains("NUL") && !nul.contains("cret"), "{nul}");
     }

@@ -546,7 +546,9 @@ async fn bad_inputs_are_shown_inline_and_nothing_is_created() {
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
-    assert!(r.body.contains("32769 bytes; the limit is 32768 bytes"));
+    assert!(r
+        .body
+        .contains("32769 characters; the limit is 32768 characters"));
 
     let r = b
         .post(
