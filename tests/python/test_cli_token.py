@@ -20,7 +20,8 @@ def test_token_info_rpc(server):
 def test_workspace_name_lookup_rpc(server):
     resp = rpc("WorkspaceNameLookup", Empty())
     assert resp.workspace_name == "default"
-    assert resp.username
+    # Modal's client takes `username` for the workspace's name (profiles are named after it).
+    assert resp.username == "default"
 
 
 def test_client_hello_rpc(server):
@@ -50,6 +51,7 @@ def test_token_set_writes_config(cli, server, home):
     )
     assert "Token verified successfully" in result.flat()
     profile = rpc("WorkspaceNameLookup", Empty()).username
+    assert profile == "default", "the profile is named after the workspace, not the token"
     assert f"in profile {profile}" in result.flat()
     config = tomllib.loads(config_path.read_text())
     assert config == {

@@ -366,9 +366,14 @@ impl ModalClient for ModalApi {
         request: Request<()>,
     ) -> Result<Response<api::WorkspaceNameLookupResponse>, Status> {
         let caller = self.caller(&request).await?;
+        // Modal's client reads `username` as the workspace's name: `modal
+        // token set` names the profile after it, `modal profile list` and
+        // `Workspace.from_context().name` show it. The token's name is not
+        // that.
+        let workspace = caller.workspace().name.clone();
         Ok(Response::new(api::WorkspaceNameLookupResponse {
-            workspace_name: caller.workspace().name.clone(),
-            username: caller.token().name.clone(),
+            workspace_name: workspace.clone(),
+            username: workspace,
         }))
     }
 
