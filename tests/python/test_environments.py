@@ -65,6 +65,24 @@ def test_python_api(server):
     assert name not in [e.name for e in modal.Environment.objects.list()]
 
 
+def test_an_environment_is_named_by_its_id_too(server):
+    """Modal's client resolves references by name or id: an `en-...` id is taken
+    wherever an environment is named."""
+    name = unique("idenv")
+    modal.Environment.objects.create(name)
+    env_id = modal.Environment.from_name(name).hydrate().object_id
+    secret = unique("by-id")
+    modal.Secret.objects.create(secret, {"V": "1"}, environment_name=env_id)
+    assert [s.name for s in modal.Secret.objects.list(environment_name=name)] == [secret]
+    found = modal.Secret.from_name(secret, environment_name=env_id, required_keys=["V"]).hydrate()
+    assert found.object_id.startswith("st-")
+    assert [s.name for s in modal.Secret.objects.list(environment_name=env_id)] == [secret]
+    by_id = rpc("EnvironmentGetOrCreate", api_pb2.EnvironmentGetOrCreateRequest(deployment_name=env_id))
+    assert (by_id.environment_id, by_id.metadata.name) == (env_id, name)
+    modal.Secret.objects.delete(secret, environment_name=env_id)
+    modal.Environment.objects.delete(name)
+
+
 def test_get_or_create(server):
     resp = rpc("EnvironmentGetOrCreate", api_pb2.EnvironmentGetOrCreateRequest(deployment_name="main"))
     assert resp.environment_id.startswith("en-")

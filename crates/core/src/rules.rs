@@ -107,6 +107,25 @@ pub fn check_environment_name(name: &str) -> Result<(), Error> {
     }
 }
 
+/// Where a request names an environment: its name, or its id (`en-...`),
+/// as Modal's client resolves references by either. Names never start with
+/// `en-`, so the two cannot be confused.
+pub fn check_environment_reference(reference: &str) -> Result<(), Error> {
+    if is_environment_id(reference) {
+        Ok(())
+    } else {
+        check_environment_name(reference)
+    }
+}
+
+/// Whether `s` has the shape of an environment id: `en-` and 1 to 64
+/// letters and digits.
+fn is_environment_id(s: &str) -> bool {
+    s.strip_prefix(crate::ids::ENVIRONMENT).is_some_and(|rest| {
+        !rest.is_empty() && rest.len() <= 64 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// Whether `name` is 1 to `max` characters of `[A-Za-z0-9._-]` and the
 /// bytes of `extra`: the shape of the names people type (tokens, profiles,
 /// apps), which a shell passes, a TOML file takes as a bare key and a log
@@ -328,6 +347,18 @@ mod tests {
         let e = r.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
         e.message().to_owned()
+    }
+
+    #[test]
+    fn environments_are_named_by_name_or_id() {
+        check_environment_reference("prod").unwrap();
+        check_environment_reference("en-4fJ9x2Kq").unwrap();
+        for bad in ["en-", "en-a b", "en-a_b", "bad name", ""] {
+            assert!(
+                msg(check_environment_reference(bad)).starts_with("Invalid environment name"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

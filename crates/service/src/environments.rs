@@ -11,7 +11,7 @@ impl Service {
     /// caller may see it.
     pub async fn environment(&self, caller: &Caller, name: &str) -> Result<Environment, Error> {
         if !name.is_empty() {
-            rules::check_environment_name(name)?;
+            rules::check_environment_reference(name)?;
         }
         let env = self.store.environment(caller.workspace_id(), name).await?;
         caller.check_environment(&env.name)?;
@@ -72,7 +72,7 @@ impl Service {
         update: EnvironmentUpdate,
     ) -> Result<Environment, Error> {
         caller.require_workspace_admin("change environments")?;
-        rules::check_environment_name(current_name)?;
+        rules::check_environment_reference(current_name)?;
         if let Some(name) = &update.name {
             rules::check_environment_name(name)?;
         }
@@ -123,7 +123,7 @@ impl Service {
         with_secrets: bool,
     ) -> Result<(), Error> {
         caller.require_workspace_admin("delete environments")?;
-        rules::check_environment_name(name)?;
+        rules::check_environment_reference(name)?;
         self.store
             .delete_environment(caller.workspace_id(), name, with_secrets)
             .await

@@ -20,7 +20,7 @@ use crate::{
 fn check_lookup(name: &str, environment_name: &str) -> Result<(), Error> {
     rules::check_secret_name(name)?;
     if !environment_name.is_empty() {
-        rules::check_environment_name(environment_name)?;
+        rules::check_environment_reference(environment_name)?;
     }
     Ok(())
 }

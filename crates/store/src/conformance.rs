@@ -29,6 +29,7 @@ macro_rules! conformance_tests {
             environment_names_and_the_default,
             secrets_in_an_unknown_environment,
             long_input_is_echoed_shortened,
+            environments_by_id,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -1334,5 +1335,67 @@ pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
             .create_secret(&named(ws, &long, "n", EnvDict::new(), OnConflict::Fail))
             .await
             .unwrap_err(),
+    );
+}
+
+/// Wherever an environment is named, its id is taken too (Modal's client
+/// resolves references by name or id).
+pub async fn environments_by_id(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = store.create_environment(ws, "by-id").await.unwrap();
+    assert_eq!(store.environment(ws, &env.id).await.unwrap(), env);
+    store
+        .create_secret(&named(
+            ws,
+            &env.id,
+            "s",
+            dict(&[("V", "1")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    for reference in [env.name.as_str(), env.id.as_str()] {
+        let found = store
+            .secret_in_environment(ws, reference, "s")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("looked up in {reference}"));
+        assert_eq!(found.contents["V"], "1");
+        let summary = store
+            .secret_summary_in_environment(ws, reference, "s")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("metadata looked up in {reference}"));
+        assert_eq!(summary.environment_name, "by-id");
+    }
+    let renamed = store
+        .update_environment(
+            ws,
+            &env.id,
+            &EnvironmentUpdate {
+                name: Some("renamed".to_owned()),
+                webhook_suffix: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (renamed.id.as_str(), renamed.name.as_str()),
+        (env.id.as_str(), "renamed")
+    );
+    let other = store.create_environment(ws, "other").await.unwrap();
+    assert!(
+        store
+            .secret_in_environment(ws, &other.id, "s")
+            .await
+            .unwrap()
+            .is_none(),
+        "another environment's id finds nothing of this one"
+    );
+    store.delete_environment(ws, &env.id, true).await.unwrap();
+    assert_eq!(
+        store.environment(ws, &env.id).await.unwrap_err().kind(),
+        ErrorKind::NotFound
     );
 }

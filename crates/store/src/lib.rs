@@ -186,7 +186,8 @@ pub trait Store: Send + Sync + 'static {
     /// The environments of a workspace, the default first, then by creation.
     async fn list_environments(&self, workspace_id: &str) -> Result<Vec<Environment>, Error>;
 
-    /// The environment named `name`, or the workspace default when `name` is empty.
+    /// The environment named `name`, or the workspace default when `name` is
+    /// empty; an environment id (`en-...`) is taken too.
     async fn environment(&self, workspace_id: &str, name: &str) -> Result<Environment, Error>;
 
     /// A new environment. AlreadyExists when the name is taken.
@@ -245,8 +246,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Secret, Error>;
 
     /// A named secret, with its values, found by its environment's name
-    /// (empty: the workspace default) rather than its id: what a process
-    /// that starts with the secret reads. `None` when the environment or the
+    /// (empty: the workspace default; an id, `en-...`, is taken too) rather
+    /// than its id alone: what a process that starts with the secret reads. `None` when the environment or the
     /// secret is missing ([`environment`](Self::environment) tells which).
     /// Adapters may answer from a cache of sealed rows, kept exact.
     async fn secret_in_environment(

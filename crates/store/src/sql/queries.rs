@@ -196,8 +196,9 @@ where
         Ok(rows.into_iter().map(Environment::from).collect())
     }
 
-    /// The environment `name` ("" for the default); with `lock`, its row
-    /// stays locked until the transaction ends.
+    /// The environment `name` ("" for the default; an id is taken too, which
+    /// no name can be mistaken for); with `lock`, its row stays locked until
+    /// the transaction ends.
     pub(crate) async fn environment(
         conn: &mut DB::Connection,
         workspace_id: &str,
@@ -207,7 +208,7 @@ where
         let lock = if lock { DB::FOR_UPDATE } else { "" };
         let sql = format!(
             "{SELECT_ENVIRONMENT} WHERE workspace_id = $1 \
-             AND (CASE WHEN $2 = '' THEN is_default ELSE name = $2 END){lock}"
+             AND (CASE WHEN $2 = '' THEN is_default ELSE (name = $2 OR id = $2) END){lock}"
         );
         sqlx::query_as::<_, EnvironmentRow>(&sql)
             .bind(workspace_id)
@@ -458,7 +459,7 @@ where
         sqlx::query_as::<_, SecretRow>(&format!(
             "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
              WHERE s.workspace_id = $1 AND s.name = $3 \
-             AND (CASE WHEN $2 = '' THEN e.is_default ELSE e.name = $2 END)"
+             AND (CASE WHEN $2 = '' THEN e.is_default ELSE (e.name = $2 OR e.id = $2) END)"
         ))
         .bind(workspace_id)
         .bind(environment_name)
