@@ -39,9 +39,9 @@ def _bwrap_works() -> bool:
     return subprocess.run(probe, capture_output=True).returncode == 0
 
 
-# Both modes always run: scripts/test installs bubblewrap, and a machine
-# where it does not work fails here with a message rather than skipping.
-ISOLATIONS = ["bwrap", "process"]
+# Sandboxes always run under bubblewrap: scripts/test installs it, and a
+# machine where it does not work fails here with a message rather than skipping.
+ISOLATIONS = ["bwrap"]
 
 
 @pytest.fixture(scope="module", params=ISOLATIONS)
@@ -310,12 +310,6 @@ def test_from_id_sees_the_result(sbc, app):
 
 def test_bubblewrap_isolates_the_process(sandbox_server, sbc, app, isolation):
     data_dir = sandbox_server.data_dir
-    if isolation == "process":
-        # The documented limit of plain-process mode: the sandbox has the
-        # server's rights and sees its data dir (startup warns about it).
-        out, _, _ = run(sbc, app, "sh", "-c", f"ls -A {data_dir} | wc -l")
-        assert int(out.strip()) > 0, out
-        return
     out, err, code = run(
         sbc,
         app,
@@ -369,7 +363,7 @@ def test_a_reader_token_may_not_create_apps_but_may_look_them_up(sandbox_server,
 
 
 def test_apps_past_the_limit_make_room_without_losing_one_that_holds_a_sandbox(start_server):
-    srv = start_server(args=["--sandboxes", "--sandbox-isolation", "process", "--sandbox-max-apps", "2"])
+    srv = start_server(args=["--sandboxes", "--sandbox-max-apps", "2"])
     client = client_for(srv)
     busy, spare, third = unique("busy"), unique("spare"), unique("third")
     busy_app = modal.App.lookup(busy, create_if_missing=True, client=client)
@@ -386,6 +380,21 @@ def test_apps_past_the_limit_make_room_without_losing_one_that_holds_a_sandbox(s
     assert (out.strip(), code) == ("still-here", 0)
     sb.terminate()
     client.close()
+
+
+def test_no_process_visible_to_a_sandbox_holds_the_server_environment(sandbox_server, sbc, app):
+    """Whatever a sandbox reads of /proc, the server's variables are not there."""
+    out, _, _ = run(sbc, app, "sh", "-c", "cat /proc/*/environ /proc/$PPID/environ 2>/dev/null | tr '\\0' '\\n'")
+    assert SERVER_ONLY_VALUE not in out
+    assert SERVER_ONLY not in out
+
+
+def test_plain_process_sandboxes_are_refused_saying_why(start_server):
+    """A plain process with the server's user could read /proc/$PPID/environ (the master
+    key, a database password) and the data dir: that mode is not offered."""
+    with pytest.raises(AssertionError) as info:
+        start_server(args=["--sandboxes", "--sandbox-isolation", "process"])
+    assert "--sandbox-isolation process is not offered" in str(info.value)
 
 
 def test_sandboxes_are_off_by_default(server):

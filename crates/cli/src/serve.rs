@@ -83,6 +83,15 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             "--database-acquire-timeout and --database-statement-timeout must be greater than zero"
         );
     }
+    if args.sandbox.sandbox_isolation == IsolationArg::Process {
+        anyhow::bail!(
+            "--sandbox-isolation process is not offered: a sandbox run as a plain process with \
+             the server's user can read the server's environment (/proc/$PPID/environ: its master \
+             key, database password and tokens), its data dir and other sandboxes' variables. \
+             Sandboxes run under bubblewrap (apt-get install bubblewrap); leave out \
+             --sandbox-isolation or say bwrap"
+        );
+    }
     let config = ServeConfig {
         listen: args.listen,
         data_dir,
@@ -142,9 +151,9 @@ pub(crate) struct SandboxArgs {
     /// tokens of role developer or admin may create them. Off by default.
     #[arg(long)]
     sandboxes: bool,
-    /// How sandboxes are isolated: `bwrap` (bubblewrap: own PID namespace,
-    /// read-only view of the host, data dir hidden), `process` (a plain child
-    /// process with the server's rights) or `auto` (bwrap when it works here).
+    /// How sandboxes are isolated: bubblewrap (own PID namespace, read-only
+    /// view of the host, data dir hidden), always; `auto` and `bwrap` both
+    /// refuse to start sandboxes where bwrap does not work.
     #[arg(long, value_enum, default_value = "auto", requires = "sandboxes")]
     sandbox_isolation: IsolationArg,
     /// Most sandboxes held at once, running or finished (finished ones make
@@ -172,10 +181,12 @@ pub(crate) struct SandboxArgs {
     sandbox_router_url: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum IsolationArg {
     Auto,
     Bwrap,
+    /// No longer offered; still parsed, to say why.
+    #[value(hide = true)]
     Process,
 }
 
@@ -183,9 +194,8 @@ impl SandboxArgs {
     fn config(&self) -> Option<SandboxConfig> {
         self.sandboxes.then(|| SandboxConfig {
             isolation: match self.sandbox_isolation {
-                IsolationArg::Auto => Isolation::Auto,
+                IsolationArg::Auto | IsolationArg::Process => Isolation::Auto,
                 IsolationArg::Bwrap => Isolation::Bubblewrap,
-                IsolationArg::Process => Isolation::Process,
             },
             output_buffer_bytes: usize::from(self.sandbox_output_mib) * 1024 * 1024,
             max_sandboxes: usize::from(self.sandbox_max),

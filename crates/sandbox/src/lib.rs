@@ -43,14 +43,14 @@
 //! use latchkey_sandbox::{Isolation, SandboxConfig, Sandboxes};
 //!
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
-//! // `Auto` and `Bubblewrap` refuse to start where bwrap cannot isolate;
-//! // running sandboxes as plain processes is an explicit choice.
+//! // Sandboxes run under bubblewrap; where `bwrap` is missing or cannot
+//! // isolate, starting them fails and says so.
 //! let sandboxes = Sandboxes::start(SandboxConfig {
-//!     isolation: Isolation::Process,
+//!     isolation: Isolation::Bubblewrap,
 //!     ..SandboxConfig::default()
 //! })
 //! .await?;
-//! assert_eq!(sandboxes.isolation(), "process");
+//! assert_eq!(sandboxes.isolation(), "bwrap");
 //! sandboxes.shutdown().await;
 //! # Ok::<(), latchkey_core::Error>(())
 //! # }).unwrap();
@@ -398,7 +398,7 @@ impl Sandboxes {
                 )));
             }
         }
-        let plain = matches!(self.inner.runner, Runner::Process);
+        let plain = self.inner.runner.needs_scratch();
         if plain {
             create_private_dir(&scratch).map_err(|e| {
                 tracing::error!(error = %e, dir = %scratch.display(), "cannot create a sandbox's scratch dir");

@@ -28,17 +28,20 @@ use latchkey_core::Error;
 use latchkey_launch::{find_in_path, Bwrap, DEFAULT_PATH};
 use tokio::process::Command;
 
-/// How sandboxes are isolated from the host.
+/// How sandboxes are isolated from the host: always bubblewrap. A plain
+/// child process is no isolation: run as the server's user it reads the
+/// server's environment (`/proc/$PPID/environ`: the master key, a database
+/// password, tokens), its data dir and other sandboxes' variables, whatever
+/// its caller's token. So there is no such mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum Isolation {
-    /// bubblewrap when `bwrap` is installed and works, else a plain process.
+    /// bubblewrap; the server refuses to start sandboxes where `bwrap` is
+    /// missing or does not work.
     #[default]
     Auto,
-    /// Always bubblewrap; the server refuses to start without a working `bwrap`.
+    /// The same, said explicitly (`--sandbox-isolation bwrap`).
     Bubblewrap,
-    /// A plain child process of the server, with its user's rights.
-    Process,
 }
 
 /// The environment of a sandbox: names to values. `Debug` shows names only.
@@ -72,17 +75,15 @@ pub(crate) enum Runner {
         /// Host paths the sandbox must not see (the data dir, key files).
         hidden: Vec<PathBuf>,
     },
+    /// A plain process, for the manager's own tests only (see [`Isolation`]).
+    #[cfg(test)]
     Process,
 }
 
 impl Runner {
-    /// Resolves `isolation` on this host. `Auto` tries bubblewrap first and
-    /// falls back to a plain process (with a warning).
-    /// The error says what is missing and how to choose otherwise.
+    /// Resolves `isolation` on this host: bubblewrap, or an error that says
+    /// what is missing.
     pub(crate) async fn detect(isolation: Isolation, hidden: Vec<PathBuf>) -> Result<Self, Error> {
-        if isolation == Isolation::Process {
-            return Ok(Self::Process);
-        }
         let probe = match find_in_path("bwrap", std::env::var_os("PATH").unwrap_or_default()) {
             None => Err(
                 "`bwrap` (bubblewrap) is not installed (e.g. `apt-get install bubblewrap`)"
@@ -90,28 +91,31 @@ impl Runner {
             ),
             Some(bwrap) => probe_bwrap(&bwrap).await.map(|()| bwrap),
         };
-        let context = match (probe, isolation) {
-            (Ok(bwrap), _) => return Ok(Self::Bubblewrap { bwrap, hidden }),
-            (Err(e), Isolation::Bubblewrap) => ("--sandbox-isolation bwrap", e),
-            // Never fall back silently: a plain process can read the data
-            // dir and the master key, so that must be an explicit choice.
-            (Err(e), _) => (
-                "sandboxes need bubblewrap to be isolated; install it, or choose \
-                 --sandbox-isolation process to run them as plain processes with the \
-                 server's user and rights (they can then read its data dir)",
-                e,
-            ),
+        let context = match isolation {
+            Isolation::Bubblewrap => "--sandbox-isolation bwrap",
+            Isolation::Auto => "sandboxes need bubblewrap to be isolated",
         };
-        Err(Error::failed_precondition(format!(
-            "{}: {}",
-            context.0, context.1
-        )))
+        match probe {
+            Ok(bwrap) => Ok(Self::Bubblewrap { bwrap, hidden }),
+            Err(e) => Err(Error::failed_precondition(format!("{context}: {e}"))),
+        }
     }
 
-    /// A short name for logs: `bwrap` or `process`.
+    /// Whether a sandbox needs a scratch directory on the host (bubblewrap
+    /// gives it a private `/tmp` instead).
+    pub(crate) fn needs_scratch(&self) -> bool {
+        match self {
+            Self::Bubblewrap { .. } => false,
+            #[cfg(test)]
+            Self::Process => true,
+        }
+    }
+
+    /// A short name for logs: `bwrap` (or `process` in the manager's tests).
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Bubblewrap { .. } => "bwrap",
+            #[cfg(test)]
             Self::Process => "process",
         }
     }
@@ -119,7 +123,12 @@ impl Runner {
     /// The command that starts `launch`, with piped stdio, in its own process
     /// group. `scratch` is a private, writable directory for a plain process
     /// (its `HOME` and default working directory).
-    pub(crate) fn command(&self, launch: &Launch, scratch: &Path) -> Result<Command, Error> {
+    pub(crate) fn command(
+        &self,
+        launch: &Launch,
+        // Only the manager's tests run plain processes, which use it.
+        #[cfg_attr(not(test), allow(unused_variables))] scratch: &Path,
+    ) -> Result<Command, Error> {
         let Some(program) = launch.argv.first() else {
             return Err(Error::invalid(
                 "A sandbox needs a command: latchkey does not run images, so pass the command \
@@ -129,7 +138,7 @@ impl Runner {
         let mut env = BTreeMap::new();
         env.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
         env.insert("LANG".to_owned(), "C.UTF-8".to_owned());
-        let (mut command, cwd) = match self {
+        let (mut command, cwd): (Command, Option<PathBuf>) = match self {
             Self::Bubblewrap { bwrap, hidden } => {
                 env.insert("HOME".to_owned(), "/tmp".to_owned());
                 let cwd = launch.workdir.clone().unwrap_or_else(|| "/tmp".to_owned());
@@ -138,6 +147,7 @@ impl Runner {
                 let policy = policy(hidden, launch.block_network, &cwd)?;
                 (Command::from(policy.command(bwrap, &launch.argv)), None)
             }
+            #[cfg(test)]
             Self::Process => {
                 if launch.block_network {
                     return Err(Error::invalid(

@@ -9,10 +9,7 @@ use super::*;
 use process::SandboxEnv;
 
 fn config() -> SandboxConfig {
-    SandboxConfig {
-        isolation: Isolation::Process,
-        ..SandboxConfig::default()
-    }
+    SandboxConfig::default()
 }
 
 fn manager() -> Sandboxes {
