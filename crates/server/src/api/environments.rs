@@ -1,13 +1,13 @@
 //! `/environments`: the namespaces of secrets in a workspace.
 
-use axum::{extract::State, http::StatusCode, Json};
-use latchkey_service::{EnvironmentUpdate, Service};
+use axum::{http::StatusCode, Json};
+use latchkey_service::EnvironmentUpdate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
     error::{ApiError, ErrorBody},
-    extract::{Auth, Body, Params, PathParams},
+    extract::{Authenticated, Body, Params, PathParams},
     model::EnvironmentInfo,
 };
 
@@ -24,8 +24,7 @@ pub(crate) struct EnvironmentList {
     responses((status = 200, description = "The environments", body = EnvironmentList))
 )]
 pub(crate) async fn list(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
 ) -> Result<Json<EnvironmentList>, ApiError> {
     let envs = service.list_environments(&caller).await?;
     Ok(Json(EnvironmentList {
@@ -54,8 +53,7 @@ pub(crate) struct CreateEnvironment {
     )
 )]
 pub(crate) async fn create(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Body(body): Body<CreateEnvironment>,
 ) -> Result<(StatusCode, Json<EnvironmentInfo>), ApiError> {
     let env = service.create_environment(&caller, &body.name).await?;
@@ -85,8 +83,7 @@ pub(crate) struct UpdateEnvironment {
     )
 )]
 pub(crate) async fn update(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Body(body): Body<UpdateEnvironment>,
 ) -> Result<Json<EnvironmentInfo>, ApiError> {
@@ -130,8 +127,7 @@ pub(crate) struct DeleteQuery {
     )
 )]
 pub(crate) async fn delete(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Params(q): Params<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {

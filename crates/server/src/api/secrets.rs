@@ -1,15 +1,15 @@
 //! `/secrets`: named secrets and their values.
 
-use axum::{extract::State, http::StatusCode, Json};
+use axum::{http::StatusCode, Json};
 use latchkey_core::{time::Timestamp, EnvDict};
-use latchkey_service::{CreateMode, Service, MAX_PAGE};
+use latchkey_service::{CreateMode, MAX_PAGE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
     error::{ApiError, ErrorBody},
-    extract::{Auth, Body, OptionalBody, Params, PathParams},
+    extract::{Authenticated, Body, OptionalBody, Params, PathParams},
     model::{parse_instant, EnvironmentQuery, SecretInfo},
 };
 
@@ -51,8 +51,7 @@ pub(crate) struct SecretList {
     )
 )]
 pub(crate) async fn list(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Params(q): Params<ListQuery>,
 ) -> Result<Json<SecretList>, ApiError> {
     let before = q
@@ -153,8 +152,7 @@ fn values_object(values: Value) -> Result<EnvDict, ApiError> {
     )
 )]
 pub(crate) async fn create(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Params(q): Params<EnvironmentQuery>,
     Body(body): Body<CreateSecret>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
@@ -220,8 +218,7 @@ fn split_keys(list: &str) -> Vec<String> {
     )
 )]
 pub(crate) async fn get(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Params(q): Params<GetQuery>,
 ) -> Result<Json<SecretInfo>, ApiError> {
@@ -268,8 +265,7 @@ pub(crate) struct Resolved {
     )
 )]
 pub(crate) async fn resolve(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Params(q): Params<EnvironmentQuery>,
     OptionalBody(body): OptionalBody<ResolveRequest>,
@@ -306,8 +302,7 @@ pub(crate) struct UpdateSecret {
     )
 )]
 pub(crate) async fn update(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Params(q): Params<EnvironmentQuery>,
     Body(body): Body<UpdateSecret>,
@@ -345,8 +340,7 @@ pub(crate) async fn update(
     )
 )]
 pub(crate) async fn delete(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Params(q): Params<EnvironmentQuery>,
 ) -> Result<StatusCode, ApiError> {
