@@ -9,6 +9,7 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{Authenticated, Body, Params, PathParams},
     model::EnvironmentInfo,
+    responses::{EnvironmentNotFound, NotAdmin},
 };
 
 /// The environments the caller may see.
@@ -48,7 +49,7 @@ pub(crate) struct CreateEnvironment {
     responses(
         (status = 201, description = "Created", body = EnvironmentInfo),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
+        NotAdmin,
         (status = 409, description = "The name is taken", body = ErrorBody),
     )
 )]
@@ -78,7 +79,7 @@ pub(crate) struct UpdateEnvironment {
     responses(
         (status = 200, description = "The environment after the change", body = EnvironmentInfo),
         (status = 400, description = "Invalid name or suffix", body = ErrorBody),
-        (status = 404, description = "No such environment", body = ErrorBody),
+        EnvironmentNotFound,
         (status = 409, description = "The new name is taken", body = ErrorBody),
     )
 )]
@@ -122,7 +123,7 @@ pub(crate) struct DeleteQuery {
     params(("name" = String, Path, description = "The environment's name"), DeleteQuery),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such environment", body = ErrorBody),
+        EnvironmentNotFound,
         (status = 412, description = "The default environment, or it holds secrets", body = ErrorBody),
     )
 )]

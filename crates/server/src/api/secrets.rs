@@ -18,6 +18,7 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{Authenticated, Body, OptionalBody, Params, PathParams},
     model::{parse_instant, EnvironmentQuery, SecretInfo},
+    responses::{MissingKeys, SecretNotFound},
 };
 
 /// The `{name}` of `/secrets/{name}` routes. Its field's doc comment is the
@@ -194,7 +195,7 @@ fn values_object(values: Value) -> Result<EnvDict, ApiError> {
         (status = 200, description = "It existed; kept or overwritten as `if_exists` said", body = Created),
         (status = 400, description = "Invalid name, key or value", body = ErrorBody),
         (status = 409, description = "It exists and `if_exists` is `fail`", body = ErrorBody),
-        (status = 412, description = "A required key is missing", body = ErrorBody),
+        MissingKeys,
     )
 )]
 pub(crate) async fn create(
@@ -259,8 +260,8 @@ fn split_keys(list: &str) -> Vec<String> {
     params(SecretPath, GetQuery),
     responses(
         (status = 200, description = "The secret", body = SecretInfo),
-        (status = 404, description = "No such secret", body = ErrorBody),
-        (status = 412, description = "A required key is missing", body = ErrorBody),
+        SecretNotFound,
+        MissingKeys,
     )
 )]
 pub(crate) async fn get(
@@ -306,8 +307,8 @@ pub(crate) struct Resolved {
     request_body(content = Option<ResolveRequest>, description = "Optional; required keys"),
     responses(
         (status = 200, description = "The values", body = Resolved),
-        (status = 404, description = "No such secret", body = ErrorBody),
-        (status = 412, description = "A required key is missing", body = ErrorBody),
+        SecretNotFound,
+        MissingKeys,
     )
 )]
 pub(crate) async fn resolve(
@@ -343,7 +344,7 @@ pub(crate) struct UpdateSecret {
     responses(
         (status = 200, description = "The secret after the change", body = SecretInfo),
         (status = 400, description = "Invalid key or value", body = ErrorBody),
-        (status = 404, description = "No such secret", body = ErrorBody),
+        SecretNotFound,
     )
 )]
 pub(crate) async fn update(
@@ -380,7 +381,7 @@ pub(crate) async fn update(
     params(NamedSecret),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such secret", body = ErrorBody),
+        SecretNotFound,
     )
 )]
 pub(crate) async fn delete(

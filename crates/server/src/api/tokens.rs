@@ -10,6 +10,7 @@ use super::{
     error::{ApiError, ErrorBody},
     extract::{Authenticated, Body, PathParams},
     model::{TokenInfo, WhoAmI},
+    responses::NotAdmin,
 };
 
 /// The caller's token and workspace.
@@ -36,7 +37,7 @@ pub(crate) struct TokenList {
     get, path = "/tokens", tag = "tokens",
     responses(
         (status = 200, description = "The tokens", body = TokenList),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
+        NotAdmin,
     )
 )]
 pub(crate) async fn list(
@@ -83,7 +84,7 @@ fn expose<S: serde::Serializer>(secret: &Zeroizing<String>, s: S) -> Result<S::O
     responses(
         (status = 201, description = "Created", body = CreatedToken),
         (status = 400, description = "Invalid name or environments", body = ErrorBody),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
+        NotAdmin,
     )
 )]
 pub(crate) async fn create(
