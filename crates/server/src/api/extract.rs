@@ -11,10 +11,10 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// The service and the caller it authenticated from `Authorization: Bearer
-/// <token_id>:<token_secret>`: every route but `/openapi.json` needs both, and
-/// taking them together keeps a handler from reaching the service without
-/// authenticating first.
+/// The caller, authenticated from `Authorization: Bearer
+/// <token_id>:<token_secret>`, with the service that authenticated it.
+/// Handlers take both from this one extractor, so none of them can reach the
+/// service without authenticating first.
 pub(crate) struct Authenticated {
     pub(crate) service: Service,
     pub(crate) caller: Caller,
