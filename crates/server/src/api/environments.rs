@@ -1,14 +1,15 @@
 //! `/environments`: the namespaces of secrets in a workspace.
 
-use axum::{extract::State, http::StatusCode, Json};
-use latchkey_service::{EnvironmentUpdate, Service};
+use axum::{http::StatusCode, Json};
+use latchkey_service::EnvironmentUpdate;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
     error::{ApiError, ErrorBody},
-    extract::{Auth, Body, Params, PathParams},
+    extract::{Authenticated, Body, Params, PathParams},
     model::EnvironmentInfo,
+    responses::{EnvironmentNotFound, NotAdmin},
 };
 
 /// The environments the caller may see.
@@ -24,8 +25,7 @@ pub(crate) struct EnvironmentList {
     responses((status = 200, description = "The environments", body = EnvironmentList))
 )]
 pub(crate) async fn list(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
 ) -> Result<Json<EnvironmentList>, ApiError> {
     let envs = service.list_environments(&caller).await?;
     Ok(Json(EnvironmentList {
@@ -49,13 +49,12 @@ pub(crate) struct CreateEnvironment {
     responses(
         (status = 201, description = "Created", body = EnvironmentInfo),
         (status = 400, description = "Invalid name", body = ErrorBody),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
+        NotAdmin,
         (status = 409, description = "The name is taken", body = ErrorBody),
     )
 )]
 pub(crate) async fn create(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Body(body): Body<CreateEnvironment>,
 ) -> Result<(StatusCode, Json<EnvironmentInfo>), ApiError> {
     let env = service.create_environment(&caller, &body.name).await?;
@@ -80,13 +79,12 @@ pub(crate) struct UpdateEnvironment {
     responses(
         (status = 200, description = "The environment after the change", body = EnvironmentInfo),
         (status = 400, description = "Invalid name or suffix", body = ErrorBody),
-        (status = 404, description = "No such environment", body = ErrorBody),
+        EnvironmentNotFound,
         (status = 409, description = "The new name is taken", body = ErrorBody),
     )
 )]
 pub(crate) async fn update(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Body(body): Body<UpdateEnvironment>,
 ) -> Result<Json<EnvironmentInfo>, ApiError> {
@@ -125,13 +123,12 @@ pub(crate) struct DeleteQuery {
     params(("name" = String, Path, description = "The environment's name"), DeleteQuery),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such environment", body = ErrorBody),
+        EnvironmentNotFound,
         (status = 412, description = "The default environment, or it holds secrets", body = ErrorBody),
     )
 )]
 pub(crate) async fn delete(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(name): PathParams<String>,
     Params(q): Params<DeleteQuery>,
 ) -> Result<StatusCode, ApiError> {

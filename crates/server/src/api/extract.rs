@@ -11,13 +11,19 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
-/// The authenticated caller, from `Authorization: Bearer <token_id>:<token_secret>`.
-pub(crate) struct Auth(pub(crate) Caller);
+/// The caller, authenticated from `Authorization: Bearer
+/// <token_id>:<token_secret>`, with the service that authenticated it.
+/// Handlers take both from this one extractor, so none of them can reach the
+/// service without authenticating first.
+pub(crate) struct Authenticated {
+    pub(crate) service: Service,
+    pub(crate) caller: Caller,
+}
 
 /// How the API wants to be called, for messages.
 const BEARER_FORM: &str = "Authorization: Bearer <token_id>:<token_secret>";
 
-impl FromRequestParts<Service> for Auth {
+impl FromRequestParts<Service> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, service: &Service) -> Result<Self, ApiError> {
@@ -40,7 +46,10 @@ impl FromRequestParts<Service> for Auth {
             }
         };
         let caller = service.authenticate(id, secret).await?;
-        Ok(Auth(caller))
+        Ok(Authenticated {
+            service: service.clone(),
+            caller,
+        })
     }
 }
 

@@ -24,6 +24,7 @@ mod environments;
 mod error;
 mod extract;
 mod model;
+mod responses;
 mod secrets;
 #[cfg(test)]
 mod tests;

@@ -1,17 +1,64 @@
 //! `/secrets`: named secrets and their values.
 
-use axum::{extract::State, http::StatusCode, Json};
+use axum::{
+    extract::FromRequestParts,
+    http::{request::Parts, StatusCode},
+    Json,
+};
 use latchkey_core::{time::Timestamp, EnvDict};
-use latchkey_service::{CreateMode, Service, MAX_PAGE};
+use latchkey_service::{CreateMode, MAX_PAGE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::{
+    openapi::path::{Parameter, ParameterIn},
+    IntoParams, ToSchema,
+};
 
 use super::{
     error::{ApiError, ErrorBody},
-    extract::{Auth, Body, OptionalBody, Params, PathParams},
+    extract::{Authenticated, Body, OptionalBody, Params, PathParams},
     model::{parse_instant, EnvironmentQuery, SecretInfo},
+    responses::{MissingKeys, SecretNotFound},
 };
+
+/// The `{name}` of `/secrets/{name}` routes. Its field's doc comment is the
+/// parameter's description in the OpenAPI document.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub(crate) struct SecretPath {
+    /// The secret's name
+    name: String,
+}
+
+/// The secret a `/secrets/{name}` route acts on: the name from the path and
+/// the environment from the query. The routes that take no other query
+/// parameter read and document both through this one type, so they cannot
+/// drift apart.
+pub(crate) struct NamedSecret {
+    name: String,
+    environment: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for NamedSecret {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        // The path first: a request wrong in both is told about its path,
+        // as when the two were separate extractors.
+        let PathParams(SecretPath { name }) = PathParams::from_request_parts(parts, state).await?;
+        let Params(EnvironmentQuery { environment }) =
+            Params::from_request_parts(parts, state).await?;
+        Ok(Self { name, environment })
+    }
+}
+
+impl IntoParams for NamedSecret {
+    fn into_params(parameter_in_provider: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let mut params = SecretPath::into_params(&parameter_in_provider);
+        params.extend(EnvironmentQuery::into_params(parameter_in_provider));
+        params
+    }
+}
 
 /// Query of `GET /secrets`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -51,8 +98,7 @@ pub(crate) struct SecretList {
     )
 )]
 pub(crate) async fn list(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Params(q): Params<ListQuery>,
 ) -> Result<Json<SecretList>, ApiError> {
     let before = q
@@ -149,12 +195,11 @@ fn values_object(values: Value) -> Result<EnvDict, ApiError> {
         (status = 200, description = "It existed; kept or overwritten as `if_exists` said", body = Created),
         (status = 400, description = "Invalid name, key or value", body = ErrorBody),
         (status = 409, description = "It exists and `if_exists` is `fail`", body = ErrorBody),
-        (status = 412, description = "A required key is missing", body = ErrorBody),
+        MissingKeys,
     )
 )]
 pub(crate) async fn create(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Params(q): Params<EnvironmentQuery>,
     Body(body): Body<CreateSecret>,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
@@ -212,17 +257,16 @@ fn split_keys(list: &str) -> Vec<String> {
 /// A named secret's metadata and keys (no values).
 #[utoipa::path(
     get, path = "/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path, description = "The secret's name"), GetQuery),
+    params(SecretPath, GetQuery),
     responses(
         (status = 200, description = "The secret", body = SecretInfo),
-        (status = 404, description = "No such secret", body = ErrorBody),
-        (status = 412, description = "A required key is missing", body = ErrorBody),
+        SecretNotFound,
+        MissingKeys,
     )
 )]
 pub(crate) async fn get(
-    State(service): State<Service>,
-    Auth(caller): Auth,
-    PathParams(name): PathParams<String>,
+    Authenticated { service, caller }: Authenticated,
+    PathParams(SecretPath { name }): PathParams<SecretPath>,
     Params(q): Params<GetQuery>,
 ) -> Result<Json<SecretInfo>, ApiError> {
     let secret = service
@@ -259,23 +303,21 @@ pub(crate) struct Resolved {
 /// keys and records the use (`last_used_at`). Any role may resolve.
 #[utoipa::path(
     post, path = "/secrets/{name}/resolve", tag = "secrets",
-    params(("name" = String, Path, description = "The secret's name"), EnvironmentQuery),
+    params(NamedSecret),
     request_body(content = Option<ResolveRequest>, description = "Optional; required keys"),
     responses(
         (status = 200, description = "The values", body = Resolved),
-        (status = 404, description = "No such secret", body = ErrorBody),
-        (status = 412, description = "A required key is missing", body = ErrorBody),
+        SecretNotFound,
+        MissingKeys,
     )
 )]
 pub(crate) async fn resolve(
-    State(service): State<Service>,
-    Auth(caller): Auth,
-    PathParams(name): PathParams<String>,
-    Params(q): Params<EnvironmentQuery>,
+    Authenticated { service, caller }: Authenticated,
+    NamedSecret { name, environment }: NamedSecret,
     OptionalBody(body): OptionalBody<ResolveRequest>,
 ) -> Result<Json<Resolved>, ApiError> {
     let secret = service
-        .resolve_secret(&caller, &q.environment, &name, &body.required_keys)
+        .resolve_secret(&caller, &environment, &name, &body.required_keys)
         .await?;
     Ok(Json(Resolved {
         secret: SecretInfo::from(&secret.summary),
@@ -297,19 +339,17 @@ pub(crate) struct UpdateSecret {
 /// keys all survive.
 #[utoipa::path(
     patch, path = "/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path, description = "The secret's name"), EnvironmentQuery),
+    params(NamedSecret),
     request_body = UpdateSecret,
     responses(
         (status = 200, description = "The secret after the change", body = SecretInfo),
         (status = 400, description = "Invalid key or value", body = ErrorBody),
-        (status = 404, description = "No such secret", body = ErrorBody),
+        SecretNotFound,
     )
 )]
 pub(crate) async fn update(
-    State(service): State<Service>,
-    Auth(caller): Auth,
-    PathParams(name): PathParams<String>,
-    Params(q): Params<EnvironmentQuery>,
+    Authenticated { service, caller }: Authenticated,
+    NamedSecret { name, environment }: NamedSecret,
     Body(body): Body<UpdateSecret>,
 ) -> Result<Json<SecretInfo>, ApiError> {
     let Value::Object(map) = body.values else {
@@ -329,7 +369,7 @@ pub(crate) async fn update(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let secret = service
-        .lookup_secret(&caller, &q.environment, &name, &[])
+        .lookup_secret(&caller, &environment, &name, &[])
         .await?;
     let updated = service.update_secret(&caller, &secret.id, &changes).await?;
     Ok(Json(SecretInfo::from(&updated.summary)))
@@ -338,20 +378,18 @@ pub(crate) async fn update(
 /// Delete a named secret, irreversibly.
 #[utoipa::path(
     delete, path = "/secrets/{name}", tag = "secrets",
-    params(("name" = String, Path, description = "The secret's name"), EnvironmentQuery),
+    params(NamedSecret),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such secret", body = ErrorBody),
+        SecretNotFound,
     )
 )]
 pub(crate) async fn delete(
-    State(service): State<Service>,
-    Auth(caller): Auth,
-    PathParams(name): PathParams<String>,
-    Params(q): Params<EnvironmentQuery>,
+    Authenticated { service, caller }: Authenticated,
+    NamedSecret { name, environment }: NamedSecret,
 ) -> Result<StatusCode, ApiError> {
     service
-        .delete_secret_by_name(&caller, &q.environment, &name)
+        .delete_secret_by_name(&caller, &environment, &name)
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

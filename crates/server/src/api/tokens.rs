@@ -1,16 +1,16 @@
 //! `/whoami` and `/tokens`: the caller, and the workspace's tokens.
 
-use axum::{extract::State, http::StatusCode, Json};
+use axum::{http::StatusCode, Json};
 use latchkey_core::Role;
-use latchkey_service::Service;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
 use super::{
     error::{ApiError, ErrorBody},
-    extract::{Auth, Body, PathParams},
+    extract::{Authenticated, Body, PathParams},
     model::{TokenInfo, WhoAmI},
+    responses::NotAdmin,
 };
 
 /// The caller's token and workspace.
@@ -21,7 +21,7 @@ use super::{
         (status = 401, description = "No valid token", body = ErrorBody),
     )
 )]
-pub(crate) async fn whoami(Auth(caller): Auth) -> Json<WhoAmI> {
+pub(crate) async fn whoami(Authenticated { caller, .. }: Authenticated) -> Json<WhoAmI> {
     Json(WhoAmI::from(&caller))
 }
 
@@ -37,12 +37,11 @@ pub(crate) struct TokenList {
     get, path = "/tokens", tag = "tokens",
     responses(
         (status = 200, description = "The tokens", body = TokenList),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
+        NotAdmin,
     )
 )]
 pub(crate) async fn list(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
 ) -> Result<Json<TokenList>, ApiError> {
     let tokens = service.list_tokens(&caller).await?;
     Ok(Json(TokenList {
@@ -85,12 +84,11 @@ fn expose<S: serde::Serializer>(secret: &Zeroizing<String>, s: S) -> Result<S::O
     responses(
         (status = 201, description = "Created", body = CreatedToken),
         (status = 400, description = "Invalid name or environments", body = ErrorBody),
-        (status = 403, description = "Not an admin token", body = ErrorBody),
+        NotAdmin,
     )
 )]
 pub(crate) async fn create(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     Body(body): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let (token, secret) = service
@@ -116,8 +114,7 @@ pub(crate) async fn create(
     )
 )]
 pub(crate) async fn revoke(
-    State(service): State<Service>,
-    Auth(caller): Auth,
+    Authenticated { service, caller }: Authenticated,
     PathParams(id): PathParams<String>,
 ) -> Result<StatusCode, ApiError> {
     service.revoke_token(&caller, &id).await?;
