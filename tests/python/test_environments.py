@@ -83,6 +83,27 @@ def test_an_environment_is_named_by_its_id_too(server):
     modal.Environment.objects.delete(name)
 
 
+def test_options_latchkey_does_not_keep_are_refused_not_dropped(cli):
+    """A restricted environment, a default role, an image builder version: refused,
+    naming the option, and nothing is created or changed."""
+    name = unique("restricted")
+    result = cli("environment", "create", name, "--restricted", check=False)
+    assert result.returncode != 0
+    assert "restricted environments" in result.flat()
+    assert name not in _env_rows(cli)
+    before = _env_rows(cli)["main"]
+    result = cli("environment", "update", "main", "--set-image-builder-version", "2024.10", check=False)
+    assert result.returncode != 0
+    assert "image builder version" in result.flat()
+    renamed = unique("renamed")
+    result = cli(
+        "environment", "update", "main", "--set-name", renamed, "--set-image-builder-version", "2024.10", check=False
+    )
+    assert result.returncode != 0
+    rows = _env_rows(cli)
+    assert renamed not in rows and rows["main"] == before
+
+
 def test_get_or_create(server):
     resp = rpc("EnvironmentGetOrCreate", api_pb2.EnvironmentGetOrCreateRequest(deployment_name="main"))
     assert resp.environment_id.startswith("en-")

@@ -397,6 +397,18 @@ def test_plain_process_sandboxes_are_refused_saying_why(start_server):
     assert "--sandbox-isolation process is not offered" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "option", [{"idle_timeout": 30}, {"tags": {"team": "x"}}], ids=["idle_timeout", "tags"]
+)
+def test_options_latchkey_does_not_keep_are_refused_not_dropped(sandbox_server, sbc, app, option):
+    marker = unique("opt")
+    before = started_count(sandbox_server)
+    with pytest.raises(modal.exception.InvalidError, match=f"do not support {next(iter(option))}"):
+        modal.Sandbox.create("sh", "-c", f"sleep 30 # {marker}", app=app, client=sbc, **option)
+    assert started_count(sandbox_server) == before
+    assert processes_with(marker) == []
+
+
 def test_sandboxes_are_off_by_default(server):
     """The shared server runs without --sandboxes: the first RPC of the flow says so."""
     client = client_for(server)

@@ -271,6 +271,11 @@ impl Sandboxes {
             })?;
         caller.may_see_sandbox(&app.environment_name)?;
         let definition = required(req.definition.as_ref(), "sandbox definition")?;
+        if !req.tags.is_empty() {
+            return Err(Error::invalid(
+                "latchkey sandboxes do not support tags (Sandbox.create(tags=...))",
+            ));
+        }
         let (launch, timeout) = launch_of(definition)?;
         let secrets = service
             .sandbox_secrets(caller, secret_sources(req, definition)?)
@@ -441,6 +446,11 @@ fn launch_of(def: &api::Sandbox) -> Result<(Launch, Duration), Error> {
     }
     if def.include_oidc_identity_token {
         return unsupported("OIDC identity tokens");
+    }
+    if def.idle_timeout_secs.is_some() {
+        // Nothing here could tell idle from busy: say so rather than keep
+        // a sandbox the caller believes will end.
+        return unsupported("idle_timeout (use timeout)");
     }
     use api::network_access::NetworkAccessType;
     let access = def

@@ -292,8 +292,28 @@ impl ModalClient for ModalApi {
         request: Request<api::EnvironmentCreateRequest>,
     ) -> Result<Response<()>, Status> {
         let caller = self.caller(&request).await?;
+        let req = request.get_ref();
+        // Options latchkey has no model for are refused, never dropped: an
+        // environment reported created as restricted must be restricted.
+        if req.is_managed {
+            return Err(Status::invalid_argument(
+                "latchkey does not support restricted environments (--restricted): limit a token \
+                 to environments instead (latchkey token create NAME --role R --env ENV)",
+            ));
+        }
+        if !req.default_member_role_str.is_empty() || req.default_member_role.is_some() {
+            return Err(Status::invalid_argument(
+                "latchkey does not support a default member role (--default-role): roles belong \
+                 to tokens (latchkey token create NAME --role R)",
+            ));
+        }
+        if req.environment_type == api::EnvironmentType::Public as i32 {
+            return Err(Status::invalid_argument(
+                "latchkey does not support public environments",
+            ));
+        }
         self.service
-            .create_environment(&caller, &request.get_ref().name)
+            .create_environment(&caller, &req.name)
             .await
             .map_err(status)?;
         Ok(Response::new(()))
@@ -319,6 +339,21 @@ impl ModalClient for ModalApi {
     ) -> Result<Response<api::EnvironmentListItem>, Status> {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
+        // Refused before anything changes: none of these is kept here.
+        let unsupported = if req.image_builder_version.is_some() {
+            Some("changing the image builder version (--set-image-builder-version)")
+        } else if req.max_concurrent_tasks.is_some() || req.max_concurrent_gpus.is_some() {
+            Some("concurrency limits")
+        } else if req.block_unauthenticated_resources.is_some() {
+            Some("blocking unauthenticated resources")
+        } else {
+            None
+        };
+        if let Some(what) = unsupported {
+            return Err(Status::invalid_argument(format!(
+                "latchkey does not support {what}"
+            )));
+        }
         let env = self
             .service
             .update_environment(
