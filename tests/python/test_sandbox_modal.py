@@ -409,6 +409,21 @@ def test_options_latchkey_does_not_keep_are_refused_not_dropped(sandbox_server, 
     assert processes_with(marker) == []
 
 
+def test_a_second_running_sandbox_of_one_name_already_exists(sbc, app):
+    name = unique("named")
+    first = modal.Sandbox.create("sleep", "30", app=app, client=sbc, name=name)
+    with pytest.raises(modal.exception.AlreadyExistsError, match="already exists"):
+        modal.Sandbox.create("sleep", "30", app=app, client=sbc, name=name)
+    first.terminate()
+
+
+def test_a_gpu_is_refused_saying_so(sbc, app):
+    """`gpu=` makes the client use the V1 flow (SandboxCreate): the answer says GPUs are
+    not supported rather than naming an RPC."""
+    with pytest.raises(modal.exception.Error, match="do not support GPUs"):
+        modal.Sandbox.create("true", app=app, client=sbc, gpu="a10g")
+
+
 def test_sandboxes_are_off_by_default(server):
     """The shared server runs without --sandboxes: the first RPC of the flow says so."""
     client = client_for(server)

@@ -394,7 +394,7 @@ impl Sandboxes {
             });
             if taken {
                 return Err(Error::already_exists(format!(
-                    "A running sandbox named '{name}' exists in this app already"
+                    "Sandbox with name '{name}' already exists in this app (a running sandbox holds it)"
                 )));
             }
         }

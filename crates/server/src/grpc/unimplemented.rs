@@ -12,7 +12,17 @@ const GRPC_STATUS: &str = "grpc-status";
 const GRPC_MESSAGE: &str = "grpc-message";
 const UNIMPLEMENTED: &str = "12";
 
+/// The V1 sandbox flow, which Modal's client takes only for what V2 cannot
+/// do: say what that is rather than name an RPC the caller never chose.
+const V1_SANDBOX_CREATE: &str = "/modal.client.ModalClient/SandboxCreate";
+
 fn message_for(path: &str) -> HeaderValue {
+    if path == V1_SANDBOX_CREATE {
+        return HeaderValue::from_static(
+            "latchkey sandboxes do not support GPUs, network file systems or a PTY \
+             (the client asks for those with SandboxCreate, which latchkey does not serve)",
+        );
+    }
     let rpc: String = path
         .trim_start_matches('/')
         .chars()
