@@ -263,7 +263,7 @@ async fn bad_input_names_the_problem_and_changes_nothing() {
         (
             create("x", &[("A", &long_value)]),
             Code::InvalidArgument,
-            "32769 bytes",
+            "32769 characters",
         ),
         (too_many, Code::InvalidArgument, "at most 1000 keys"),
         (in_env, Code::NotFound, "Environment 'nowhere' not found"),

@@ -593,8 +593,12 @@ async fn secrets_live_in_their_environment() {
     assert_eq!(body["items"].as_array().unwrap().len(), 1);
     let got = h.call(Method::GET, "/secrets?environment=nope", None).await;
     assert_error(&got, StatusCode::NOT_FOUND, "not_found", "nope");
+    // An environment is named by its id too: `en-x` is an unknown id, and
+    // `en-` alone neither a name nor an id.
     let got = h.call(Method::GET, "/secrets?environment=en-x", None).await;
-    assert_error(&got, StatusCode::BAD_REQUEST, "invalid", "en-x");
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found", "en-x");
+    let got = h.call(Method::GET, "/secrets?environment=en-", None).await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid", "en-");
     let got = h.call(Method::GET, "/secrets?enviroment=dev", None).await;
     assert_error(&got, StatusCode::BAD_REQUEST, "invalid", "enviroment");
 }
