@@ -340,12 +340,19 @@ impl ModalClient for ModalApi {
         let caller = self.caller(&request).await?;
         let req = request.into_inner();
         // Refused before anything changes: none of these is kept here.
-        let unsupported = if req.image_builder_version.is_some() {
-            Some("changing the image builder version (--set-image-builder-version)")
+        let unsupported = if req
+            .image_builder_version
+            .as_deref()
+            .is_some_and(|v| v != IMAGE_BUILDER_VERSION)
+        {
+            Some(format!(
+                "changing the image builder version (--set-image-builder-version): \
+                 every environment reports {IMAGE_BUILDER_VERSION}"
+            ))
         } else if req.max_concurrent_tasks.is_some() || req.max_concurrent_gpus.is_some() {
-            Some("concurrency limits")
+            Some("concurrency limits".to_owned())
         } else if req.block_unauthenticated_resources.is_some() {
-            Some("blocking unauthenticated resources")
+            Some("blocking unauthenticated resources".to_owned())
         } else {
             None
         };
