@@ -51,6 +51,11 @@ use latchkey_service::Service;
 /// large values; the service's own limits still apply.
 const MAX_FORM_BYTES: usize = 16 * 1024 * 1024;
 
+/// Largest sign-in form: a token id and secret and a CSRF field fit many
+/// times over. Anyone may post it, before any credential is checked, so it
+/// must not let strangers make the server buffer megabytes.
+const MAX_SIGNIN_FORM_BYTES: usize = 16 * 1024;
+
 /// What every handler shares.
 #[derive(Clone)]
 struct App {
@@ -68,7 +73,12 @@ pub fn router(service: Service) -> Router {
     };
     Router::new()
         .route("/", get(secrets::list))
-        .route("/signin", get(signin::form).post(signin::submit))
+        .route(
+            "/signin",
+            get(signin::form)
+                .post(signin::submit)
+                .layer(DefaultBodyLimit::max(MAX_SIGNIN_FORM_BYTES)),
+        )
         .route("/signout", post(signin::signout))
         .route("/secrets/new", get(create::form).post(create::submit))
         .route("/secrets/{id}", get(secrets::show))

@@ -16,20 +16,19 @@ use latchkey_core::Error;
 use super::{token, Sandbox, Sandboxes};
 
 impl Sandboxes {
-    /// The sandbox of `task_id`, if `bearer` (the router token the request
-    /// carries, if any) is valid for it.
-    pub fn router_sandbox(
-        &self,
-        bearer: Option<&str>,
-        task_id: &str,
-    ) -> Result<Arc<Sandbox>, Error> {
+    /// Whether `bearer` is a valid command router token at all, for whatever
+    /// task: the server checks it from the headers, before reading a body.
+    pub fn check_router_token(&self, bearer: Option<&str>) -> Result<(), Error> {
+        self.router_claims(bearer).map(drop)
+    }
+
+    fn router_claims(&self, bearer: Option<&str>) -> Result<token::Claims, Error> {
         let bearer = bearer.ok_or_else(|| {
             Error::unauthenticated(
                 "No command router token was sent (get one with SandboxGetCommandRouterAccess)",
             )
         })?;
-        let claims = self
-            .inner
+        self.inner
             .signer
             .verify(bearer.trim(), token::AUDIENCE_ROUTER, token::unix_now())
             .map_err(|reason| {
@@ -37,7 +36,17 @@ impl Sandboxes {
                 Error::unauthenticated(
                     "The command router token is expired or not valid on this server",
                 )
-            })?;
+            })
+    }
+
+    /// The sandbox of `task_id`, if `bearer` (the router token the request
+    /// carries, if any) is valid for it.
+    pub fn router_sandbox(
+        &self,
+        bearer: Option<&str>,
+        task_id: &str,
+    ) -> Result<Arc<Sandbox>, Error> {
+        let claims = self.router_claims(bearer)?;
         if claims.sub != task_id {
             return Err(Error::permission_denied(
                 "The command router token is for another task",

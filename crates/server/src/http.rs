@@ -1,14 +1,29 @@
 //! Everything served on the one port: gRPC, the JSON API, the dashboard,
 //! health and readiness.
 
+use std::{
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
 use axum::{
+    body::{Body, Bytes},
     extract::{Request, State},
-    http::{header::CONTENT_TYPE, StatusCode},
-    middleware,
+    http::{
+        header::{CONTENT_TYPE, RETRY_AFTER},
+        StatusCode,
+    },
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
     Router,
 };
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::sync::Semaphore;
 
 use latchkey_service::Service;
 
@@ -21,14 +36,37 @@ pub fn app(service: Service) -> Router {
     app_with_sandboxes(service, None)
 }
 
+/// Default for [`app_with_limits`]' `max_buffered_bytes`.
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 256 * 1024 * 1024;
+
 /// The whole router; `sandboxes` serves Modal's sandbox RPCs (`None`: they
 /// answer that sandboxes are disabled).
 pub fn app_with_sandboxes(service: Service, sandboxes: Option<Sandboxes>) -> Router {
+    app_with_limits(service, sandboxes, DEFAULT_MAX_BUFFERED_BYTES)
+}
+
+/// The whole router, holding at most `max_buffered_bytes` of request bodies
+/// at once (see `limit_buffered_bytes`).
+pub fn app_with_limits(
+    service: Service,
+    sandboxes: Option<Sandboxes>,
+    max_buffered_bytes: usize,
+) -> Router {
     let modal = grpc::ModalApi::new(service.clone()).with_sandboxes(sandboxes.clone());
+    let auth = grpc::GrpcAuth {
+        service: service.clone(),
+        sandboxes: sandboxes.clone(),
+    };
     let grpc_routes = tonic::service::Routes::new(modal.into_server())
         .add_service(grpc::router::RouterApi::new(sandboxes).into_server())
         .into_axum_router()
-        .layer(middleware::from_fn(grpc::sandbox::remember_origin));
+        .layer(middleware::from_fn(grpc::sandbox::remember_origin))
+        // Outermost, so that nothing reads a body before credentials pass.
+        .layer(middleware::from_fn_with_state(
+            auth,
+            grpc::authenticate_first,
+        ));
+    let budget = BodyBudget::new(max_buffered_bytes);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -38,6 +76,162 @@ pub fn app_with_sandboxes(service: Service, sandboxes: Option<Sandboxes>) -> Rou
         .merge(grpc_routes)
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))
+        .layer(middleware::from_fn_with_state(budget, limit_buffered_bytes))
+}
+
+/// The bytes of request bodies the server may hold at once, shared by all
+/// requests.
+#[derive(Clone)]
+struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    fn new(max_bytes: usize) -> Self {
+        Self(Arc::new(Semaphore::new(
+            max_bytes.clamp(1, Semaphore::MAX_PERMITS),
+        )))
+    }
+}
+
+/// Bounds the bytes of request bodies held across all requests: each chunk
+/// of a body takes its size from one shared budget as its handler reads it,
+/// and the body gives all of it back once read to the end or dropped.
+///
+/// - Nothing is taken before a handler reads, and every handler checks
+///   credentials first: a caller without a token takes nothing.
+/// - Requests that then wait for long (sandbox long polls, output streams)
+///   hold nothing.
+/// - When the budget is spent the request is refused at once, as
+///   UNAVAILABLE (gRPC) or 503 (HTTP), which clients retry: waiting instead
+///   could deadlock, as HTTP/2 streams that wait keep the connection's flow
+///   control window from the stream being read.
+async fn limit_buffered_bytes(
+    State(budget): State<BodyBudget>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let grpc = is_grpc(&request);
+    let refused = Arc::new(AtomicBool::new(false));
+    let request = request.map(|inner| {
+        Body::new(BudgetedBody {
+            inner,
+            budget: Arc::clone(&budget.0),
+            held: 0,
+            refused: Arc::clone(&refused),
+        })
+    });
+    let response = next.run(request).await;
+    if !refused.load(Ordering::Relaxed) {
+        return response;
+    }
+    tracing::warn!("a request was refused: the server holds as many request bytes as --max-buffered-mib allows");
+    if grpc {
+        tonic::Status::unavailable(BUDGET_SPENT).into_http()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(RETRY_AFTER, "1")],
+            format!("{BUDGET_SPENT}\n"),
+        )
+            .into_response()
+    }
+}
+
+const BUDGET_SPENT: &str =
+    "The server is reading as many request bodies as it may at once; retry shortly";
+
+/// A request body that holds a share of the [`BodyBudget`] for what it has
+/// read, until it ends.
+struct BudgetedBody {
+    inner: Body,
+    budget: Arc<Semaphore>,
+    held: usize,
+    refused: Arc<AtomicBool>,
+}
+
+impl BudgetedBody {
+    fn release(&mut self) {
+        self.budget.add_permits(std::mem::take(&mut self.held));
+    }
+
+    /// Takes `bytes` from the budget; false when it is spent.
+    fn take(&mut self, bytes: usize) -> bool {
+        let Ok(n) = u32::try_from(bytes) else {
+            return false;
+        };
+        match self.budget.try_acquire_many(n) {
+            Ok(permit) => {
+                permit.forget();
+                self.held += bytes;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for BudgetedBody {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Why a body stopped being read (see [`limit_buffered_bytes`]).
+#[derive(Debug)]
+struct BudgetSpent;
+
+impl std::fmt::Display for BudgetSpent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(BUDGET_SPENT)
+    }
+}
+
+impl std::error::Error for BudgetSpent {}
+
+impl http_body::Body for BudgetedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let this = self.get_mut();
+        let polled = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        match &polled {
+            Some(Ok(frame)) => {
+                let bytes = frame.data_ref().map_or(0, Bytes::len);
+                if bytes > 0 && !this.take(bytes) {
+                    this.refused.store(true, Ordering::Relaxed);
+                    this.release();
+                    return Poll::Ready(Some(Err(axum::Error::new(BudgetSpent))));
+                }
+                if this.inner.is_end_stream() {
+                    this.release();
+                }
+            }
+            None | Some(Err(_)) => this.release(),
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn is_grpc(request: &Request) -> bool {
+    request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 async fn healthz() -> &'static str {
@@ -56,12 +250,7 @@ async fn readyz(State(service): State<Service>) -> Response {
 }
 
 async fn fallback(request: Request) -> Response {
-    let is_grpc = request
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"));
-    if is_grpc {
+    if is_grpc(&request) {
         grpc::unknown_service(request.uri().path())
     } else {
         (StatusCode::NOT_FOUND, "not found\n").into_response()

@@ -26,8 +26,10 @@ use latchkey_service::{Caller, CreateMode, Service};
 
 use latchkey_sandbox::Sandboxes;
 
-/// Largest request the server accepts, as Modal's client expects.
-pub const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
+/// Largest message the server accepts or sends. Modal's client moves larger
+/// payloads through blobs, so no valid request needs more; tonic refuses a
+/// longer message from its 5-byte length prefix, before reading it.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The image builder version reported to clients: one that `modal` 1.6.4 accepts.
 pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
@@ -75,7 +77,12 @@ impl ModalApi {
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
+    /// The caller [`authenticate_first`] found, or (for a service driven
+    /// without that layer) the one the headers name.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
+        if let Some(caller) = request.extensions().get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let header = |name| {
             request
                 .metadata()
@@ -88,6 +95,122 @@ impl ModalApi {
             .await
             .map_err(status)
     }
+}
+
+/// Where Modal's client service's RPCs live.
+const MODAL_CLIENT_PREFIX: &str = "/modal.client.ModalClient/";
+/// Where the sandbox command router's RPCs live.
+const ROUTER_PREFIX: &str = "/modal.task_command_router.TaskCommandRouter/";
+
+/// Checks the credentials in the headers before anything reads the body, so
+/// that a caller without a token cannot make the server buffer or decode a
+/// message (up to [`MAX_MESSAGE_BYTES`]): Modal's RPCs need a valid
+/// `x-modal-token-id`/`x-modal-token-secret` pair (the caller is handed on
+/// to the handler in the request's extensions), the command router's a
+/// bearer token it issued. Refusals are the handlers' own statuses.
+pub(crate) async fn authenticate_first(
+    axum::extract::State(auth): axum::extract::State<GrpcAuth>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    // Owned: the body is not `Sync`, so no borrow of the request may live
+    // across the await.
+    let path = request.uri().path().to_owned();
+    if !declared(&path) {
+        // tonic answers UNIMPLEMENTED without reading the body; the caller
+        // learns which RPC we lack whether or not it has a token.
+        return next.run(request).await;
+    }
+    if path.starts_with(MODAL_CLIENT_PREFIX) {
+        let (id, secret) = {
+            let header = |name| {
+                request
+                    .headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (header("x-modal-token-id"), header("x-modal-token-secret"))
+        };
+        match auth.service.authenticate(&id, &secret).await {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+            }
+            Err(e) => return status(e).into_http(),
+        }
+    } else if let Some(rpc) = path.strip_prefix(ROUTER_PREFIX) {
+        let Some(sandboxes) = &auth.sandboxes else {
+            return sandbox::disabled(rpc).into_http();
+        };
+        let bearer = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(e) = sandboxes.check_router_token(bearer) {
+            return status(e).into_http();
+        }
+    }
+    too_large_is_invalid(next.run(request).await)
+}
+
+/// Whether `path` names an RPC our `.proto` declares, which we serve.
+fn declared(path: &str) -> bool {
+    use prost::Message as _;
+    static DECLARED: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    DECLARED
+        .get_or_init(|| {
+            let set = prost_types::FileDescriptorSet::decode(latchkey_proto::FILE_DESCRIPTOR_SET)
+                .unwrap_or_default();
+            let mut paths = std::collections::HashSet::new();
+            for file in &set.file {
+                for service in &file.service {
+                    for method in &service.method {
+                        paths.insert(format!(
+                            "/{}.{}/{}",
+                            file.package(),
+                            service.name(),
+                            method.name()
+                        ));
+                    }
+                }
+            }
+            paths
+        })
+        .contains(path)
+}
+
+/// What [`authenticate_first`] checks credentials with.
+#[derive(Clone)]
+pub(crate) struct GrpcAuth {
+    pub(crate) service: Service,
+    pub(crate) sandboxes: Option<Sandboxes>,
+}
+
+/// tonic answers a message over the limit with OUT_OF_RANGE; this says
+/// INVALID_ARGUMENT instead, naming the limit: the request is wrong, not
+/// the server, and the client must neither retry it nor read it as a
+/// range error of some field.
+fn too_large_is_invalid(response: axum::response::Response) -> axum::response::Response {
+    let headers = response.headers();
+    let out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
+    // The message is percent-encoded (spaces are `%20`).
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|m| m.contains("too%20large") || m.contains("too large"));
+    if out_of_range && too_large {
+        return Status::invalid_argument(format!(
+            "The request message is larger than the {} MiB limit; Modal's client sends larger payloads as blobs",
+            MAX_MESSAGE_BYTES / (1024 * 1024)
+        ))
+        .into_http();
+    }
+    response
 }
 
 /// An [`Error`] as a gRPC status with the same meaning.
@@ -522,5 +645,19 @@ impl ModalClient for ModalApi {
             )
             .map(Response::new)
             .map_err(status)
+    }
+}
+
+#[cfg(test)]
+mod declared_tests {
+    #[test]
+    fn the_rpcs_we_serve_are_declared_and_others_not() {
+        assert!(super::declared(
+            "/modal.client.ModalClient/SecretGetOrCreate"
+        ));
+        assert!(super::declared(
+            "/modal.task_command_router.TaskCommandRouter/SandboxStdinWriteV2"
+        ));
+        assert!(!super::declared("/modal.client.ModalClient/AppCreate"));
     }
 }
