@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
 use latchkey_sandbox::{Isolation, SandboxConfig};
-use latchkey_server::{bootstrap::MasterKeySources, ServeConfig};
+use latchkey_server::{bootstrap::MasterKeySources, serve::Limits, ServeConfig};
 use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 
@@ -50,6 +50,26 @@ pub(crate) struct ServeArgs {
     /// How often expired anonymous secrets are removed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     sweep_interval: Duration,
+    /// Most client connections open at once; past it, new ones are closed on
+    /// accept. Keep it below the descriptor limit (ulimit -n) less what the
+    /// database and sandboxes use, so that accepting never fails.
+    #[arg(long, env = "LATCHKEY_MAX_CONNECTIONS", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// How long an HTTP/1 client may take to send a request's headers.
+    #[arg(long, env = "LATCHKEY_HEADER_READ_TIMEOUT", default_value = "30s",
+          value_parser = parse_duration)]
+    header_read_timeout: Duration,
+    /// How long a new connection may go without sending a complete request
+    /// before it is closed; a connection in use is never cut for idleness.
+    #[arg(long, env = "LATCHKEY_IDLE_CONNECTION_TIMEOUT", default_value = "60s",
+          value_parser = parse_duration)]
+    idle_connection_timeout: Duration,
+    /// Most MiB of request bodies read at once, across all requests; more
+    /// waits. At least 17: one 16 MiB gRPC message must fit.
+    #[arg(long, env = "LATCHKEY_MAX_BUFFERED_MIB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(17..=65536))]
+    max_buffered_mib: u32,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -83,6 +103,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             "--database-acquire-timeout and --database-statement-timeout must be greater than zero"
         );
     }
+    if args.header_read_timeout.is_zero() || args.idle_connection_timeout.is_zero() {
+        anyhow::bail!(
+            "--header-read-timeout and --idle-connection-timeout must be greater than zero"
+        );
+    }
     if args.sandbox.sandbox_isolation == IsolationArg::Process {
         anyhow::bail!(
             "--sandbox-isolation process is not offered: a sandbox run as a plain process with \
@@ -110,6 +135,12 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         anonymous_ttl: args.anonymous_ttl,
         sweep_interval: args.sweep_interval,
         sandboxes: args.sandbox.config(),
+        limits: Limits {
+            max_connections: args.max_connections as usize,
+            header_read_timeout: args.header_read_timeout,
+            idle_connection_timeout: args.idle_connection_timeout,
+            max_buffered_bytes: args.max_buffered_mib as usize * 1024 * 1024,
+        },
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -1,11 +1,24 @@
 //! `latchkey serve`: open the store, bootstrap, serve until asked to stop.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use anyhow::{bail, Context, Result};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
 use latchkey_core::paths;
 use latchkey_store::{crypto::Keyring, Backend, Store};
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use latchkey_service::{Service, ServiceConfig};
 
@@ -38,7 +51,51 @@ pub struct ServeConfig {
     pub sweep_interval: Duration,
     /// Modal sandboxes (`--sandboxes`); `None`: disabled.
     pub sandboxes: Option<SandboxConfig>,
+    /// Connection and buffering limits.
+    pub limits: Limits,
 }
+
+/// What the server grants clients it has not yet heard from, so that idle
+/// or slow connections and large bodies cannot exhaust its descriptors or
+/// memory. None of it cuts a connection that is in use: Modal's client keeps
+/// one HTTP/2 connection open for long, and sandbox long polls and output
+/// streams last as long as their sandbox.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections open at once; past it, new ones are closed on
+    /// accept. Keep it below the descriptor limit (`ulimit -n`) less what
+    /// the store and sandboxes use, so that accepting never fails.
+    pub max_connections: usize,
+    /// How long an HTTP/1 client may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    /// How long a new connection may stay without a complete request (an
+    /// idle socket, a slow or never-finished first request) before it is
+    /// closed.
+    pub idle_connection_timeout: Duration,
+    /// Most bytes of request bodies read at once, across all requests.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            header_read_timeout: Duration::from_secs(30),
+            idle_connection_timeout: Duration::from_secs(60),
+            max_buffered_bytes: http::DEFAULT_MAX_BUFFERED_BYTES,
+        }
+    }
+}
+
+/// How often an HTTP/2 connection is pinged, and how long the answer may
+/// take: a peer that vanished without closing is dropped, one that answers
+/// keeps its connection however long it has no request.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long accepting pauses after an error such as running out of
+/// descriptors, instead of spinning.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The URL clients on this machine use to reach a server listening on `addr`.
 pub fn local_url(addr: SocketAddr) -> String {
@@ -107,16 +164,12 @@ pub async fn serve(
         token_file.display()
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let app = http::app_with_sandboxes(service.clone(), sandboxes.clone());
-    // Small gRPC answers must not wait for the peer's delayed ACK (Nagle):
-    // that is a 40 ms stall on some responses.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+    let app = http::app_with_limits(
+        service.clone(),
+        sandboxes.clone(),
+        config.limits.max_buffered_bytes,
+    );
+    let stop = async move {
         shutdown.await;
         tracing::info!("stop requested: finishing in-flight requests");
         // Sandbox output streams and waits last as long as their processes:
@@ -124,15 +177,11 @@ pub async fn serve(
         if let Some(sandboxes) = sandboxes {
             sandboxes.shutdown().await;
         }
-        let _ = stop_tx.send(true);
-    });
-    let mut stop_rx_grace = stop_rx.clone();
+    };
+    let graceful = accept_until(listener, app, &config.limits, stop).await;
     tokio::select! {
-        result = server => result.context("the server failed")?,
-        () = async move {
-            let _ = stop_rx_grace.wait_for(|stopped| *stopped).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!("in-flight requests did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
         }
     }
@@ -145,9 +194,96 @@ pub async fn serve(
     {
         tracing::warn!("the store did not close within {STORE_CLOSE_LIMIT:?}; stopping anyway");
     }
-    drop(stop_rx);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Serves connections on `listener` until `stop` completes; the connections
+/// still open are then the returned [`GracefulShutdown`]'s to finish.
+async fn accept_until(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: &Limits,
+    stop: impl Future<Output = ()>,
+) -> GracefulShutdown {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(HTTP2_KEEPALIVE_TIMEOUT);
+    let builder = Arc::new(builder);
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let idle_timeout = limits.idle_connection_timeout;
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut stop => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+        };
+        // Closing at once frees the descriptor; the client sees a reset.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!(%peer, "connection refused: --max-connections reached");
+            drop(tcp);
+            continue;
+        };
+        // Small gRPC answers must not wait for the peer's delayed ACK
+        // (Nagle): that is a 40 ms stall on some responses.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let requested = Arc::new(AtomicBool::new(false));
+        let service = {
+            let requested = Arc::clone(&requested);
+            let app = app.clone();
+            hyper::service::service_fn(move |request| {
+                requested.store(true, Ordering::Relaxed);
+                // The router is always ready: no poll_ready needed.
+                tower::Service::call(&mut app.clone(), request)
+            })
+        };
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let connection = watcher.watch(connection.into_owned());
+            tokio::pin!(connection);
+            // A connection is cut for idleness only if it never delivered a
+            // request; once in use, HTTP/2 keepalive watches it instead.
+            let result = tokio::select! {
+                result = &mut connection => Some(result),
+                () = tokio::time::sleep(idle_timeout) => {
+                    if requested.load(Ordering::Relaxed) {
+                        None
+                    } else {
+                        tracing::debug!(%peer, "closing a connection that sent no request in {idle_timeout:?}");
+                        return;
+                    }
+                }
+            };
+            let result = match result {
+                Some(result) => result,
+                None => connection.await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    graceful
 }
 
 /// How long closing the store may take at shutdown.
