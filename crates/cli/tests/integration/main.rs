@@ -3,5 +3,6 @@
 mod cli;
 mod grpc;
 mod harness;
+mod limits;
 mod run;
 mod serve;
