@@ -249,16 +249,51 @@ async fn probe_bwrap(bwrap: &Path) -> Result<(), String> {
 /// Kills a whole process group (SIGKILL). No error if it is gone already.
 pub(crate) fn kill_group(pgid: Option<u32>) {
     use nix::{
-        sys::signal::{killpg, Signal},
+        sys::signal::{kill, killpg, Signal},
         unistd::Pid,
     };
     let Some(pgid) = pgid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 1) else {
         return;
     };
-    match killpg(Pid::from_raw(pgid), Signal::SIGKILL) {
+    // The group leader is bubblewrap. Its child (the PID namespace's init,
+    // which holds the sandbox's processes) leaves the group at once
+    // (`--new-session`) and dies with its parent only once it has armed
+    // `--die-with-parent`: killed in that window, it would outlive the
+    // sandbox. So stop the group first (no more children), kill the
+    // leader's children by pid (an init takes its namespace with it), then
+    // the group.
+    let group = Pid::from_raw(pgid);
+    let _ = killpg(group, Signal::SIGSTOP);
+    for child in children_of(pgid) {
+        let _ = kill(Pid::from_raw(child), Signal::SIGKILL);
+    }
+    match killpg(group, Signal::SIGKILL) {
         Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
         Err(e) => tracing::warn!(pgid, error = %e, "cannot kill a sandbox's process group"),
     }
+}
+
+/// The pids of the processes whose parent is `parent`, from `/proc` (the
+/// kernel's `children` file needs an option some kernels lack).
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let pid: i32 = entry.ok()?.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // `pid (comm) state ppid ...`: comm may hold spaces and parentheses.
+            let ppid: i32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -297,19 +297,64 @@ async fn unknown_commands_are_refused_at_spawn() {
     );
 }
 
+/// bubblewrap hiding `hidden`; sandboxes need it, so a host without a
+/// working `bwrap` fails here saying so.
+async fn bubblewrap(hidden: Vec<std::path::PathBuf>) -> Runner {
+    Runner::detect(Isolation::Bubblewrap, hidden)
+        .await
+        .unwrap_or_else(|e| panic!("sandboxes need bubblewrap (apt-get install bubblewrap): {e}"))
+}
+
+/// The command lines of this host's processes that hold `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            text.contains(marker).then_some(text)
+        })
+        .collect()
+}
+
+/// Terminated at any moment, even while bubblewrap is still setting up its
+/// namespace, a sandbox leaves no process behind (its namespace's init
+/// once outlived it, with the sandbox's program, when killed early).
+#[tokio::test]
+async fn a_sandbox_killed_while_bubblewrap_starts_leaves_nothing() {
+    let sandboxes = Sandboxes::with_runner(config(), bubblewrap(Vec::new()).await);
+    // At a spread of moments in its first milliseconds.
+    for round in 0..40u64 {
+        let marker = format!("lk-early-kill-{}-{round}", std::process::id());
+        let sandbox = sandboxes
+            .spawn(sh(&format!("sleep 600 # {marker}")))
+            .unwrap();
+        tokio::time::sleep(Duration::from_micros(round * 250)).await;
+        sandbox.terminate();
+        finish(&sandbox).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let left = processes_with(&marker);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: outlived the sandbox: {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// Under bubblewrap: own PID namespace, read-only host, hidden paths, same
-/// environment rules. Skipped where bwrap does not work.
+/// environment rules.
 #[tokio::test]
 async fn bubblewrap_isolates_the_process() {
     let hidden = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
     std::fs::write(hidden.path().join("master.key"), "k").unwrap();
-    let runner = match Runner::detect(Isolation::Bubblewrap, vec![hidden.path().to_owned()]).await {
-        Ok(runner) => runner,
-        Err(e) => {
-            eprintln!("skipped: {e:#}");
-            return;
-        }
-    };
+    let runner = bubblewrap(vec![hidden.path().to_owned()]).await;
     let sandboxes = Sandboxes::with_runner(config(), runner);
     let script = format!(
         "echo $$; ls -A {dir} | wc -l; touch /etc/lk-test 2>/dev/null || echo read-only; env | sort",
