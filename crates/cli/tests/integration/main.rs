@@ -1,6 +1,7 @@
 //! Integration tests: the real `latchkey` binary, started on a free port.
 
 mod cli;
+mod crash;
 mod grpc;
 mod harness;
 mod limits;
