@@ -8,6 +8,7 @@ mod db;
 mod environment;
 mod input;
 mod login;
+mod mask;
 mod modal_env;
 mod output;
 mod profile;
