@@ -22,6 +22,24 @@ async fn fresh() -> (tempfile::TempDir, SqliteStore) {
 
 latchkey_store::conformance_tests!(fresh);
 
+/// Opening the store in `dir` with another master key is refused, saying
+/// why, and leaves every file of the data dir as it was.
+async fn assert_wrong_key_refused_without_writing(dir: &tempfile::TempDir) {
+    let before = snapshot(dir.path());
+    let err = SqliteStore::open(&url(dir), Keyring::new(MasterKey::generate()))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("cannot decrypt this store"),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(dir.path()),
+        before,
+        "a refused start changes no file"
+    );
+}
+
 fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     std::fs::read_dir(dir)
         .unwrap()
@@ -69,19 +87,7 @@ async fn no_plaintext_on_disk_and_wrong_key_refused() {
         Vec::<String>::new()
     );
 
-    let before: Vec<_> = snapshot(dir.path());
-    let err = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("cannot decrypt this store"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(dir.path()),
-        before,
-        "a refused start changes no file"
-    );
+    assert_wrong_key_refused_without_writing(&dir).await;
 
     let reopened = SqliteStore::open(&url(&dir), Keyring::new(key))
         .await
@@ -225,21 +231,11 @@ async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
     // Never closed: its pools, its WAL and its lock stay as a killed
     // server's would.
     std::mem::forget(store);
-    let before = snapshot(dir.path());
     assert!(
-        before.iter().any(|(name, _)| name.ends_with("-wal")),
+        snapshot(dir.path())
+            .iter()
+            .any(|(name, _)| name.ends_with("-wal")),
         "the WAL holds the latest writes"
     );
-    let err = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string().contains("cannot decrypt this store"),
-        "{err}"
-    );
-    assert_eq!(
-        snapshot(dir.path()),
-        before,
-        "a refused start changes no file"
-    );
+    assert_wrong_key_refused_without_writing(&dir).await;
 }
