@@ -41,13 +41,8 @@ impl Service {
             .store
             .secret_summary_in_environment(caller.workspace_id(), environment_name, name)
             .await?;
-        let summary = self.found(caller, environment_name, name, found).await?;
-        caller.check_environment(&summary.environment_name)?;
-        rules::check_required_keys_in_sorted(
-            &summary.keys,
-            required_keys.iter().map(String::as_str),
-        )?;
-        Ok(summary)
+        self.checked(caller, environment_name, name, required_keys, found, |s| s)
+            .await
     }
 
     /// Looks up a named secret with its values and checks that it holds
@@ -64,28 +59,36 @@ impl Service {
             .store
             .secret_in_environment(caller.workspace_id(), environment_name, name)
             .await?;
-        let secret = self.found(caller, environment_name, name, found).await?;
-        caller.check_environment(&secret.summary.environment_name)?;
-        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
-        Ok(secret)
+        self.checked(caller, environment_name, name, required_keys, found, |s| {
+            &s.summary
+        })
+        .await
     }
 
-    /// What a lookup found, or NotFound saying which is missing: the
-    /// environment, or the secret in it.
-    async fn found<T>(
+    /// What a lookup found, once the caller may use its environment and it
+    /// holds `required_keys` (checked against its sorted key list, which
+    /// values and metadata both carry); or NotFound saying which is
+    /// missing: the environment, or the secret in it.
+    async fn checked<T>(
         &self,
         caller: &Caller,
         environment_name: &str,
         name: &str,
+        required_keys: &[String],
         found: Option<T>,
+        summary: impl Fn(&T) -> &SecretSummary,
     ) -> Result<T, Error> {
-        match found {
-            Some(found) => Ok(found),
-            None => {
-                self.environment(caller, environment_name).await?;
-                Err(Error::not_found(format!("Secret '{name}' not found")))
-            }
-        }
+        let Some(found) = found else {
+            self.environment(caller, environment_name).await?;
+            return Err(Error::not_found(format!("Secret '{name}' not found")));
+        };
+        let summary = summary(&found);
+        caller.check_environment(&summary.environment_name)?;
+        rules::check_required_keys_in_sorted(
+            &summary.keys,
+            required_keys.iter().map(String::as_str),
+        )?;
+        Ok(found)
     }
 
     /// A named secret with its values, for delivery to a process that starts
