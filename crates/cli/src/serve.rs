@@ -50,6 +50,12 @@ pub(crate) struct ServeArgs {
     /// How often expired anonymous secrets are removed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     sweep_interval: Duration,
+    /// How many versions of each named secret are kept (at least 1); a
+    /// change that makes one more destroys the oldest, with its data key.
+    #[arg(long, env = "LATCHKEY_KEEP_VERSIONS",
+          default_value_t = latchkey_server::DEFAULT_KEEP_VERSIONS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    keep_versions: u32,
     /// Most client connections open at once; past it, new ones are closed on
     /// accept. Keep it below the descriptor limit (ulimit -n) less what the
     /// database and sandboxes use, so that accepting never fails.
@@ -133,6 +139,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             env: env_key,
         },
         anonymous_ttl: args.anonymous_ttl,
+        keep_versions: args.keep_versions,
         sweep_interval: args.sweep_interval,
         sandboxes: args.sandbox.config(),
         limits: Limits {

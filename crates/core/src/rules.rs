@@ -46,6 +46,29 @@ fn looks_like_app_id(name: &str) -> bool {
     crate::ids::has_shape(name, crate::ids::APP, crate::ids::ID_RANDOM_LEN)
 }
 
+/// A version number of a secret: versions are numbered from 1.
+pub fn check_version(version: i64) -> Result<(), Error> {
+    if version < 1 {
+        return Err(Error::invalid(format!(
+            "Invalid version {version}: versions are numbered from 1"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads a version number as a person or a URL writes it (`3`); the error
+/// names what was given.
+pub fn parse_version(text: &str) -> Result<i64, Error> {
+    let version = text.trim().parse::<i64>().map_err(|_| {
+        Error::invalid(format!(
+            "Invalid version '{}': expected a whole number from 1",
+            echo(text)
+        ))
+    })?;
+    check_version(version)?;
+    Ok(version)
+}
+
 /// A secret name: 1 to 64 characters of `[A-Za-z0-9._-]`, not an app id.
 pub fn check_secret_name(name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {

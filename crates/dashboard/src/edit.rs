@@ -321,7 +321,15 @@ pub(crate) async fn save(
             return layout::respond(StatusCode::CONFLICT, page(&auth, &current, &rebased));
         }
     }
-    match app.service.update_secret(&auth.caller, &id, &changes).await {
+    // A compare-and-swap on the version the check above was made against:
+    // a save that lands in between makes this one fail rather than be
+    // overwritten.
+    let expected = Some(current.summary.version);
+    match app
+        .service
+        .update_secret(&auth.caller, &id, &changes, expected)
+        .await
+    {
         Ok(_) => {
             let n = changes.len();
             let what = crate::format::plural(n, "key", "keys");

@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub master_key: MasterKeySources,
     /// Lifetime of anonymous secrets.
     pub anonymous_ttl: Duration,
+    /// Versions kept of each named secret (at least 1).
+    pub keep_versions: u32,
     /// How often expired anonymous secrets are removed.
     pub sweep_interval: Duration,
     /// Modal sandboxes (`--sandboxes`); `None`: disabled.
@@ -149,6 +151,7 @@ pub async fn serve(
         store,
         ServiceConfig {
             anonymous_ttl: config.anonymous_ttl,
+            keep_versions: config.keep_versions,
         },
     );
     let sandboxes = start_sandboxes(&config).await?;

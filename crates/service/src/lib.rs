@@ -20,7 +20,8 @@ use std::{sync::Arc, time::Duration};
 
 pub use auth::{Caller, TOKEN_CACHE_TTL};
 pub use latchkey_store::{
-    Environment, EnvironmentUpdate, Role, Secret, SecretKind, SecretSummary, Store, Token,
+    Environment, EnvironmentUpdate, KeyChanges, Role, Secret, SecretKind, SecretSummary,
+    SecretVersion, Store, Token, VersionAction, DEFAULT_KEEP_VERSIONS,
 };
 
 /// Largest page a listing returns; larger requests are cut to this.
@@ -31,6 +32,9 @@ pub const MAX_PAGE: u32 = 1_000;
 pub struct ServiceConfig {
     /// How long anonymous secrets (`from_dict` and friends) live.
     pub anonymous_ttl: Duration,
+    /// How many versions of each named secret are kept (at least 1); older
+    /// ones are destroyed with their data keys.
+    pub keep_versions: u32,
 }
 
 /// The service layer. Cheap to clone.

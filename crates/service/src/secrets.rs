@@ -10,10 +10,11 @@ use latchkey_core::{
     time::{now_micros, Micros},
     EnvDict, Error,
 };
-use latchkey_store::{NewSecret, OnConflict};
+use latchkey_store::{NewSecret, OnConflict, Revision};
 
 use crate::{
-    Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary, Service, MAX_PAGE,
+    Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary, SecretVersion,
+    Service, MAX_PAGE,
 };
 
 /// The names of a lookup, checked before the store is asked.
@@ -151,6 +152,7 @@ impl Service {
                 created_by: caller.token().name.clone(),
                 contents,
                 on_conflict: mode,
+                keep_versions: self.config.keep_versions,
             })
             .await?;
         rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
@@ -183,6 +185,7 @@ impl Service {
                 created_by: caller.token().name.clone(),
                 contents,
                 on_conflict: OnConflict::Fail,
+                keep_versions: self.config.keep_versions,
             })
             .await?;
         Ok(secret)
@@ -215,12 +218,16 @@ impl Service {
         Ok(secret)
     }
 
-    /// Merges `changes` into a secret like `dict.update` (`None` removes a key).
+    /// Merges `changes` into a secret like `dict.update` (`None` removes a
+    /// key), as a new version. With `expected_version`, the update is
+    /// refused (FailedPrecondition) unless that is the current version: a
+    /// compare-and-swap in the store.
     pub async fn update_secret(
         &self,
         caller: &Caller,
         secret_id: &str,
         changes: &[(String, Option<String>)],
+        expected_version: Option<i64>,
     ) -> Result<Secret, Error> {
         caller.require(Role::Developer, "update secrets")?;
         for (key, value) in changes {
@@ -229,16 +236,124 @@ impl Service {
                 rules::check_value(key, value)?;
             }
         }
-        self.secret(caller, secret_id).await?;
+        self.secret_summary(caller, secret_id).await?;
         self.store
-            .update_secret(caller.workspace_id(), secret_id, changes)
+            .update_secret(
+                caller.workspace_id(),
+                secret_id,
+                changes,
+                &self.revision(caller, expected_version),
+            )
             .await
     }
 
-    /// Deletes a secret by id.
+    /// Makes a new version of a secret with the contents of its version
+    /// `to`; refused when `to` is current or not kept.
+    pub async fn rollback_secret(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+        to: i64,
+        expected_version: Option<i64>,
+    ) -> Result<Secret, Error> {
+        caller.require(Role::Developer, "roll back secrets")?;
+        rules::check_version(to)?;
+        self.secret_summary(caller, secret_id).await?;
+        self.store
+            .rollback_secret(
+                caller.workspace_id(),
+                secret_id,
+                to,
+                &self.revision(caller, expected_version),
+            )
+            .await
+    }
+
+    /// Version `version` of a secret, with its values and its record.
+    pub async fn secret_version(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+        version: i64,
+    ) -> Result<(Secret, SecretVersion), Error> {
+        rules::check_version(version)?;
+        self.secret_summary(caller, secret_id).await?;
+        self.store
+            .secret_version(caller.workspace_id(), secret_id, version)
+            .await
+    }
+
+    /// The kept versions of a secret, newest first, numbered below `before`
+    /// when given; never a value.
+    pub async fn secret_history(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+        before: Option<i64>,
+        max_objects: Option<u32>,
+    ) -> Result<Vec<SecretVersion>, Error> {
+        self.secret_summary(caller, secret_id).await?;
+        let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+        self.store
+            .secret_history(caller.workspace_id(), secret_id, before, limit)
+            .await
+    }
+
+    /// Version `version` of a named secret with its values, for delivery to
+    /// a process that starts now (`latchkey run --secret NAME@N`, a
+    /// lockfile): required keys are checked against that version, and the
+    /// secret is marked used.
+    pub async fn resolve_secret_version(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        version: i64,
+        required_keys: &[String],
+    ) -> Result<Secret, Error> {
+        rules::check_version(version)?;
+        let summary = self
+            .lookup_secret(caller, environment_name, name, &[])
+            .await?;
+        let (secret, _) = self
+            .store
+            .secret_version(caller.workspace_id(), &summary.id, version)
+            .await?;
+        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
+        self.mark_used(caller, std::slice::from_ref(&secret.summary.id))
+            .await?;
+        Ok(secret)
+    }
+
+    /// Who writes, and how many versions are kept: what every new version
+    /// is made with.
+    fn revision(&self, caller: &Caller, expected_version: Option<i64>) -> Revision {
+        Revision {
+            author: caller.token().name.clone(),
+            keep_versions: self.config.keep_versions,
+            expected_version,
+        }
+    }
+
+    /// A secret's metadata by id (never decrypted), if the caller may see
+    /// its environment.
+    async fn secret_summary(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+    ) -> Result<SecretSummary, Error> {
+        let secret = self
+            .store
+            .secret_summary_by_id(caller.workspace_id(), secret_id)
+            .await?;
+        caller.check_environment(&secret.environment_name)?;
+        Ok(secret)
+    }
+
+    /// Deletes a secret by id (even one whose contents no longer decrypt).
     pub async fn delete_secret(&self, caller: &Caller, secret_id: &str) -> Result<(), Error> {
         caller.require(Role::Developer, "delete secrets")?;
-        self.secret(caller, secret_id).await?;
+        self.secret_summary(caller, secret_id).await?;
         self.store
             .delete_secret(caller.workspace_id(), secret_id)
             .await

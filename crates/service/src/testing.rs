@@ -85,6 +85,7 @@ impl TestService {
             Arc::new(store),
             ServiceConfig {
                 anonymous_ttl: ANONYMOUS_TTL,
+                keep_versions: crate::DEFAULT_KEEP_VERSIONS,
             },
         );
         let admin = service

@@ -88,10 +88,10 @@ impl Entry {
     }
 }
 
-/// What a lookup found: a cached entry, or a row it read and opened.
+/// What a lookup found: a cached entry, or a row it read.
 enum Found {
     Cached(Arc<Entry>),
-    Read(Secret),
+    Read(Box<SecretRow>),
 }
 
 /// Proof of the generation a database read started in; see
@@ -130,19 +130,18 @@ impl LookupCache {
     where
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
-        Ok(match self.find(keyring, lookup, current, read).await? {
+        Ok(match self.find(lookup, current, read).await? {
             Some(Found::Cached(entry)) => Some(entry.row.clone().open(keyring)?),
-            Some(Found::Read(secret)) => Some(secret),
+            Some(Found::Read(row)) => Some(row.open(keyring)?),
             None => None,
         })
     }
 
-    /// A named secret's metadata: from the cache without decrypting, or from
-    /// `read`'s row opened (and kept, if no write intervened). See
-    /// [`find`](Self::find) for `current`.
+    /// A named secret's metadata, never decrypted: from the cache, or from
+    /// `read`'s row (kept, if no write intervened). See [`find`](Self::find)
+    /// for `current`.
     pub(crate) async fn summary<F>(
         &self,
-        keyring: &Keyring,
         lookup: (&str, &str, &str),
         current: bool,
         read: F,
@@ -150,9 +149,9 @@ impl LookupCache {
     where
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
-        Ok(match self.find(keyring, lookup, current, read).await? {
+        Ok(match self.find(lookup, current, read).await? {
             Some(Found::Cached(entry)) => Some(entry.summary.clone()),
-            Some(Found::Read(secret)) => Some(secret.summary),
+            Some(Found::Read(row)) => Some(row.summary()),
             None => None,
         })
     }
@@ -160,10 +159,9 @@ impl LookupCache {
     /// `lookup` is (workspace id, environment name, secret name). `current`
     /// says whether every change committed before this lookup began has
     /// reached the cache (PostgreSQL: the feed synced); if not, the cache
-    /// is passed by: `read`'s row is opened and nothing is kept.
+    /// is passed by: `read`'s row is returned and nothing is kept.
     async fn find<F>(
         &self,
-        keyring: &Keyring,
         (workspace_id, environment_name, name): (&str, &str, &str),
         current: bool,
         read: F,
@@ -172,10 +170,7 @@ impl LookupCache {
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
         if !current {
-            return read
-                .await?
-                .map(|row| row.open(keyring).map(Found::Read))
-                .transpose();
+            return Ok(read.await?.map(|row| Found::Read(Box::new(row))));
         }
         let key = Self::key(workspace_id, environment_name, name);
         let ticket = match self.get(&key) {
@@ -185,16 +180,15 @@ impl LookupCache {
         let Some(row) = read.await? else {
             return Ok(None);
         };
-        let secret = row.clone().open(keyring)?;
         self.fill(
             key,
             ticket,
             Entry {
-                row,
-                summary: secret.summary.clone(),
+                summary: row.summary(),
+                row: row.clone(),
             },
         );
-        Ok(Some(Found::Read(secret)))
+        Ok(Some(Found::Read(Box::new(row))))
     }
 
     /// The cached entry for `key`, or the ticket to fill it with after

@@ -83,8 +83,8 @@ use futures::future::join_all;
 use latchkey_core::{ids, time::now_micros, EnvDict, ErrorKind};
 
 use crate::{
-    crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Role, Secret,
-    SecretKind, Store,
+    crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Revision, Role,
+    Secret, SecretKind, Store,
 };
 
 /// The admin token the suite bootstraps with.
@@ -114,7 +114,16 @@ fn named(ws: &str, env: &str, name: &str, contents: EnvDict, on_conflict: OnConf
         created_by: "admin".to_owned(),
         contents,
         on_conflict,
+        keep_versions: KEEP,
     }
+}
+
+/// Versions kept by the writes of these checks, unless one says otherwise.
+const KEEP: u32 = crate::DEFAULT_KEEP_VERSIONS;
+
+/// A write by the admin token.
+fn revision() -> Revision {
+    Revision::by("admin")
 }
 
 /// Bootstraps `store`, which must be new and empty; returns its admin token.
@@ -524,6 +533,7 @@ pub async fn secrets_update(store: &dyn Store) {
                 ("ADD".to_owned(), Some("a".to_owned())),
                 ("NEVER_THERE".to_owned(), None),
             ],
+            &revision(),
         )
         .await
         .unwrap();
@@ -539,7 +549,10 @@ pub async fn secrets_update(store: &dyn Store) {
     let many: Vec<(String, Option<String>)> = (0..1000)
         .map(|i| (format!("K{i}"), Some(String::new())))
         .collect();
-    let err = store.update_secret(ws, &id, &many).await.unwrap_err();
+    let err = store
+        .update_secret(ws, &id, &many, &revision())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Invalid, "{err:?}");
     assert_eq!(
         store.secret_by_id(ws, &id).await.unwrap().contents,
@@ -551,7 +564,12 @@ pub async fn secrets_update(store: &dyn Store) {
         let id = id.clone();
         async move {
             store
-                .update_secret(ws, &id, &[(format!("C{i}"), Some(i.to_string()))])
+                .update_secret(
+                    ws,
+                    &id,
+                    &[(format!("C{i}"), Some(i.to_string()))],
+                    &revision(),
+                )
                 .await
         }
     });
@@ -568,7 +586,7 @@ pub async fn secrets_update(store: &dyn Store) {
     }
     assert_eq!(
         store
-            .update_secret(ws, "st-missing", &[])
+            .update_secret(ws, "st-missing", &[], &revision())
             .await
             .unwrap_err()
             .kind(),
@@ -634,6 +652,7 @@ async fn lookups_follow_writes_between(
                 ("V".to_owned(), Some("2".to_owned())),
                 ("W".to_owned(), Some("w".to_owned())),
             ],
+            &revision(),
         )
         .await
         .unwrap();
@@ -755,7 +774,12 @@ async fn lookups_follow_writes_between(
         assert_eq!(value(found.unwrap(), "default"), "1");
     }
     writer
-        .update_secret(ws, &d.summary.id, &[("V".to_owned(), Some("2".to_owned()))])
+        .update_secret(
+            ws,
+            &d.summary.id,
+            &[("V".to_owned(), Some("2".to_owned()))],
+            &revision(),
+        )
         .await
         .unwrap();
     for env in ["", default.name.as_str()] {
@@ -875,6 +899,7 @@ pub async fn secrets_anonymous_and_sweep(store: &dyn Store) {
         created_by: "admin".to_owned(),
         contents: dict(&[("ANON", "v")]),
         on_conflict: OnConflict::Fail,
+        keep_versions: KEEP,
     };
     let (expired, _) = store.create_secret(&make(now - 1, None)).await.unwrap();
     let (alive, _) = store
@@ -986,6 +1011,7 @@ pub async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store) {
             ws,
             &created.summary.id,
             &[("W".to_owned(), Some(value.clone()))],
+            &revision(),
         )
         .await
         .unwrap();
@@ -1019,7 +1045,12 @@ pub async fn replicas_concurrent_updates(a: &dyn Store, b: &dyn Store) {
         let id = id.clone();
         async move {
             store
-                .update_secret(ws, &id, &[(format!("K{i}"), Some(i.to_string()))])
+                .update_secret(
+                    ws,
+                    &id,
+                    &[(format!("K{i}"), Some(i.to_string()))],
+                    &revision(),
+                )
                 .await
         }
     });
@@ -1139,6 +1170,7 @@ pub async fn replicas_sweep(a: &dyn Store, b: &dyn Store) {
             created_by: "admin".to_owned(),
             contents: dict(&[("A", "1")]),
             on_conflict: OnConflict::Fail,
+            keep_versions: KEEP,
         })
         .await
         .unwrap();
@@ -1314,7 +1346,10 @@ pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
     );
     short(
         "update",
-        store.update_secret(ws, &long, &[]).await.unwrap_err(),
+        store
+            .update_secret(ws, &long, &[], &revision())
+            .await
+            .unwrap_err(),
     );
     short("delete", store.delete_secret(ws, &long).await.unwrap_err());
     short(

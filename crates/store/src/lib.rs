@@ -268,20 +268,61 @@ pub trait Store: Send + Sync + 'static {
         name: &str,
     ) -> Result<Option<SecretSummary>, Error>;
 
+    /// The metadata of any secret of the workspace, by id, read without
+    /// decrypting.
+    async fn secret_summary_by_id(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+    ) -> Result<SecretSummary, Error>;
+
     /// Any secret of the workspace, by id, with its contents.
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error>;
 
     /// Applies `changes` in order (a value sets the key, `None` removes it) in
-    /// one transaction, so that concurrent updates of different keys all
-    /// survive. Returns the new state.
+    /// one transaction, as one new version, so that concurrent updates of
+    /// different keys all survive. Returns the new state.
     async fn update_secret(
         &self,
         workspace_id: &str,
         secret_id: &str,
         changes: &[(String, Option<String>)],
+        revision: &Revision,
     ) -> Result<Secret, Error>;
 
-    /// Deletes a secret and its ciphertext. NotFound if there is none.
+    /// Makes a new version of a secret whose contents are those of its kept
+    /// version `to`. FailedPrecondition when `to` is the current version,
+    /// NotFound (naming the kept versions) when it is not kept.
+    async fn rollback_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        to: i64,
+        revision: &Revision,
+    ) -> Result<Secret, Error>;
+
+    /// Version `version` of a secret: its metadata as of that version (the
+    /// version's number and keys), its contents, and the version's record.
+    /// NotFound (naming the kept versions) when it is not kept.
+    async fn secret_version(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        version: i64,
+    ) -> Result<(Secret, SecretVersion), Error>;
+
+    /// The kept versions of a secret, newest first, numbered below `before`
+    /// when given, at most `limit`; never a value.
+    async fn secret_history(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<SecretVersion>, Error>;
+
+    /// Deletes a secret and every version of it, with their data keys.
+    /// NotFound if there is none.
     async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error>;
 
     /// Named secrets of an environment, newest first, created strictly before

@@ -129,6 +129,8 @@ pub struct NewSecret {
     pub contents: EnvDict,
     /// For named secrets whose name exists.
     pub on_conflict: OnConflict,
+    /// How many versions an overwrite keeps (see [`Revision::keep_versions`]).
+    pub keep_versions: u32,
 }
 
 impl fmt::Debug for NewSecret {
@@ -188,5 +190,140 @@ impl fmt::Debug for Secret {
         f.debug_struct("Secret")
             .field("summary", &self.summary)
             .finish_non_exhaustive()
+    }
+}
+
+/// How a version of a secret came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionAction {
+    /// The secret was created (version 1).
+    Created,
+    /// `update()` / PATCH merged changes into the version before.
+    Updated,
+    /// A create with overwrite replaced the contents.
+    Overwritten,
+    /// A rollback copied the contents of an earlier version.
+    RolledBack {
+        /// The version whose contents were copied.
+        to: i64,
+    },
+}
+
+impl VersionAction {
+    /// The column value (a rollback's source is a column of its own).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionAction::Created => "created",
+            VersionAction::Updated => "updated",
+            VersionAction::Overwritten => "overwritten",
+            VersionAction::RolledBack { .. } => "rolled_back",
+        }
+    }
+
+    /// The version a rollback copied.
+    pub fn source(self) -> Option<i64> {
+        match self {
+            VersionAction::RolledBack { to } => Some(to),
+            _ => None,
+        }
+    }
+
+    /// Reads the two columns back; `None` for a value this version does not know.
+    pub fn from_columns(action: &str, source: Option<i64>) -> Option<Self> {
+        Some(match (action, source) {
+            ("created", _) => VersionAction::Created,
+            ("updated", _) => VersionAction::Updated,
+            ("overwritten", _) => VersionAction::Overwritten,
+            ("rolled_back", Some(to)) => VersionAction::RolledBack { to },
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for VersionAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            VersionAction::RolledBack { to } => write!(f, "rolled back to {to}"),
+            other => f.write_str(other.as_str()),
+        }
+    }
+}
+
+/// The names of the keys a version added, removed and changed against the
+/// version before it (compared inside the server; never a value).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KeyChanges {
+    /// Keys that were not there before, sorted.
+    pub added: Vec<String>,
+    /// Keys that are gone, sorted.
+    pub removed: Vec<String>,
+    /// Keys whose value differs, sorted.
+    pub changed: Vec<String>,
+}
+
+impl KeyChanges {
+    /// What changed from `before` to `after`.
+    pub fn between(before: &EnvDict, after: &EnvDict) -> Self {
+        let mut changes = KeyChanges::default();
+        for (key, value) in after {
+            match before.get(key) {
+                None => changes.added.push(key.clone()),
+                Some(old) if old != value => changes.changed.push(key.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = before
+            .keys()
+            .filter(|k| !after.contains_key(*k))
+            .cloned()
+            .collect();
+        changes
+    }
+}
+
+/// One kept version of a secret, without its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretVersion {
+    /// 1, 2, 3... per secret, without gaps.
+    pub version: i64,
+    /// When it was made.
+    pub created_at: Micros,
+    /// Name of the token that made it; empty when not known (a version
+    /// carried over from a store that kept no history).
+    pub created_by: String,
+    /// How it was made.
+    pub action: VersionAction,
+    /// Its keys, sorted.
+    pub keys: Vec<String>,
+    /// Its key-level changes against the version before; `None` when that
+    /// version was never kept.
+    pub changes: Option<KeyChanges>,
+}
+
+/// How many versions of each secret a server keeps unless told otherwise.
+pub const DEFAULT_KEEP_VERSIONS: u32 = 20;
+
+/// Who makes a new version of a secret, and under what conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revision {
+    /// Name of the token that makes it.
+    pub author: String,
+    /// How many versions of the secret are kept, this one included (at
+    /// least 1); older ones are destroyed with their data keys.
+    pub keep_versions: u32,
+    /// Compare-and-swap: the write is refused (FailedPrecondition) unless
+    /// this is the current version.
+    pub expected_version: Option<i64>,
+}
+
+impl Revision {
+    /// A write by `author` that keeps [`DEFAULT_KEEP_VERSIONS`] versions
+    /// and expects no particular current version.
+    pub fn by(author: impl Into<String>) -> Self {
+        Revision {
+            author: author.into(),
+            keep_versions: DEFAULT_KEEP_VERSIONS,
+            expected_version: None,
+        }
     }
 }

@@ -132,6 +132,9 @@ impl PgStore {
             .await
             .map_err(db_err)?;
         verify(&keyring, stored.as_ref())?;
+        Sql::<Postgres>::fill_key_lists(&mut conn, &keyring)
+            .await
+            .map_err(db_err)?;
         drop(conn);
         let cache = Arc::new(LookupCache::new(false));
         // The feed listens on a connection of its own, outside the pool, so

@@ -7,7 +7,8 @@ use latchkey_core::{time::Micros, Error};
 
 use crate::{
     crypto::{Binding, Keyring, Sealed},
-    Environment, Role, Secret, SecretKind, SecretSummary, Token, Workspace,
+    Environment, KeyChanges, Role, Secret, SecretKind, SecretSummary, SecretVersion, Token,
+    VersionAction, Workspace,
 };
 
 #[derive(sqlx::FromRow)]
@@ -106,16 +107,23 @@ pub(crate) struct SecretRow {
     created_by: String,
     last_used_at: Option<i64>,
     pub(crate) version: i64,
+    keys: Option<String>,
     key_id: String,
     wrapped_key: Vec<u8>,
     ciphertext: Vec<u8>,
 }
 
 /// The select list that decodes into [`SecretRow`]; the query must join
-/// `environments e` to `secrets s`.
+/// `environments e` and `secret_versions v` to `secrets s` (see
+/// [`SECRET_FROM`]).
 pub(crate) const SECRET_COLUMNS: &str = "s.id, s.workspace_id, s.environment_id, \
      e.name AS environment_name, s.name, s.app_id, s.expires_at, s.created_at, s.created_by, \
-     s.last_used_at, s.version, s.key_id, s.wrapped_key, s.ciphertext";
+     s.last_used_at, s.version, v.keys, v.key_id, v.wrapped_key, v.ciphertext";
+
+/// The tables of [`SECRET_COLUMNS`]: a secret with its environment and its
+/// current version.
+pub(crate) const SECRET_FROM: &str = "secrets s JOIN environments e ON e.id = s.environment_id \
+     JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.version";
 
 impl SecretRow {
     /// Roughly the bytes the row occupies, for the lookup cache's limit.
@@ -132,6 +140,7 @@ impl SecretRow {
             + strings.iter().map(|s| s.len()).sum::<usize>()
             + self.name.as_ref().map_or(0, String::len)
             + self.app_id.as_ref().map_or(0, String::len)
+            + self.keys.as_ref().map_or(0, String::len)
             + self.wrapped_key.len()
             + self.ciphertext.len()
     }
@@ -150,47 +159,135 @@ impl SecretRow {
             created_by: "test".to_owned(),
             last_used_at: None,
             version,
+            keys: Some("[]".to_owned()),
             key_id: "k".to_owned(),
             wrapped_key: vec![0; 60],
             ciphertext: vec![0; 64],
         }
     }
 
-    /// Decrypts the row into a [`Secret`].
-    pub(crate) fn open(self, keyring: &Keyring) -> Result<Secret, Error> {
-        let sealed = Sealed {
-            key_id: self.key_id,
-            wrapped_key: self.wrapped_key,
-            ciphertext: self.ciphertext,
-        };
-        let contents = keyring.open(
-            Binding {
-                workspace_id: &self.workspace_id,
-                secret_id: &self.id,
-                version: self.version,
-            },
-            &sealed,
-        )?;
-        let kind = match self.name {
-            Some(name) => SecretKind::Named(name),
+    /// The secret's metadata, read without decrypting: a damaged
+    /// ciphertext does not keep a secret from being listed or deleted.
+    pub(crate) fn summary(&self) -> SecretSummary {
+        let kind = match &self.name {
+            Some(name) => SecretKind::Named(name.clone()),
             None => SecretKind::Anonymous {
-                app_id: self.app_id,
+                app_id: self.app_id.clone(),
                 expires_at: self.expires_at.unwrap_or_default(),
             },
         };
-        Ok(Secret {
-            summary: SecretSummary {
-                id: self.id,
-                kind,
-                environment_id: self.environment_id,
-                environment_name: self.environment_name,
-                created_at: self.created_at,
-                created_by: self.created_by,
-                last_used_at: self.last_used_at,
-                version: self.version,
-                keys: contents.keys().cloned().collect(),
+        SecretSummary {
+            id: self.id.clone(),
+            kind,
+            environment_id: self.environment_id.clone(),
+            environment_name: self.environment_name.clone(),
+            created_at: self.created_at,
+            created_by: self.created_by.clone(),
+            last_used_at: self.last_used_at,
+            version: self.version,
+            keys: key_list(self.keys.as_deref(), &self.id),
+        }
+    }
+
+    /// Decrypts the row into a [`Secret`]. A row that does not open is
+    /// reported by the secret's name (or id).
+    pub(crate) fn open(self, keyring: &Keyring) -> Result<Secret, Error> {
+        let mut summary = self.summary();
+        let contents = open_version(
+            keyring,
+            &self.workspace_id,
+            &self.id,
+            self.version,
+            &Sealed {
+                key_id: self.key_id,
+                wrapped_key: self.wrapped_key,
+                ciphertext: self.ciphertext,
             },
-            contents,
+            summary.name().unwrap_or(&summary.id),
+        )?;
+        // Rows carried over from a store without key lists have none until
+        // the first start that can decrypt them fills it in.
+        summary.keys = contents.keys().cloned().collect();
+        Ok(Secret { summary, contents })
+    }
+}
+
+/// Opens the sealed contents of version `version` of a secret; an error
+/// that names the secret (`label`) and the version when it does not open.
+pub(crate) fn open_version(
+    keyring: &Keyring,
+    workspace_id: &str,
+    secret_id: &str,
+    version: i64,
+    sealed: &Sealed,
+    label: &str,
+) -> Result<latchkey_core::EnvDict, Error> {
+    keyring
+        .open(
+            Binding {
+                workspace_id,
+                secret_id,
+                version,
+            },
+            sealed,
+        )
+        .map_err(|_| {
+            tracing::error!(secret_id, version, "a stored secret version does not decrypt");
+            Error::internal(format!(
+                "Secret '{}' version {version} cannot be decrypted: its stored ciphertext is damaged \
+                 or was sealed under another key",
+                latchkey_core::rules::echo(label)
+            ))
+        })
+}
+
+/// A key list column (a JSON array of names); empty when not filled in yet.
+pub(crate) fn key_list(json: Option<&str>, id: &str) -> Vec<String> {
+    json.map_or_else(Vec::new, |json| {
+        serde_json::from_str(json).unwrap_or_else(|_| {
+            tracing::error!(id, "a stored key list cannot be read");
+            Vec::new()
+        })
+    })
+}
+
+/// Encodes a sorted key list for its column.
+pub(crate) fn key_list_column<'a>(keys: impl Iterator<Item = &'a String>) -> String {
+    serde_json::to_string(&keys.collect::<Vec<_>>()).expect("strings serialize")
+}
+
+/// A kept version of a secret, without its sealed contents.
+#[derive(sqlx::FromRow)]
+pub(crate) struct VersionRow {
+    version: i64,
+    created_at: i64,
+    created_by: String,
+    action: String,
+    source_version: Option<i64>,
+    keys: Option<String>,
+    changes: Option<String>,
+}
+
+/// The select list of [`VersionRow`].
+pub(crate) const VERSION_COLUMNS: &str =
+    "version, created_at, created_by, action, source_version, keys, changes";
+
+impl VersionRow {
+    pub(crate) fn into_version(self, secret_id: &str) -> Result<SecretVersion, Error> {
+        let action = VersionAction::from_columns(&self.action, self.source_version)
+            .ok_or_else(|| corrupt("version action", secret_id))?;
+        let changes = self
+            .changes
+            .map(|json| serde_json::from_str::<KeyChanges>(&json))
+            .transpose()
+            .map_err(|_| corrupt("version changes", secret_id))?;
+        Ok(SecretVersion {
+            version: self.version,
+            created_at: self.created_at,
+            created_by: self.created_by,
+            action,
+            keys: key_list(self.keys.as_deref(), secret_id),
+            changes,
         })
     }
 }

@@ -93,6 +93,9 @@ impl SqliteStore {
                 .await
                 .map_err(db_err)?;
             verify(&keyring, stored.as_ref())?;
+            Sql::<Sqlite>::fill_key_lists(&mut tx, &keyring)
+                .await
+                .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
             stored
         };

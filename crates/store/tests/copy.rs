@@ -14,7 +14,8 @@ use latchkey_store::{
     conformance,
     copy::{self, CopyError, Kind, RawStore, TABLES},
     crypto::{Binding, Keyring, MasterKey},
-    NewSecret, NewToken, OnConflict, PgOptions, PgStore, Role, SecretKind, SqliteStore, Store,
+    NewSecret, NewToken, OnConflict, PgOptions, PgStore, Revision, Role, SecretKind, SqliteStore,
+    Store, DEFAULT_KEEP_VERSIONS,
 };
 use support::{Proxy, TestDb};
 
@@ -60,11 +61,17 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
                 created_by: "admin".to_owned(),
                 contents,
                 on_conflict: OnConflict::Fail,
+                keep_versions: DEFAULT_KEEP_VERSIONS,
             })
             .await
             .unwrap();
         let updated = store
-            .update_secret(&ws, &s.summary.id, &[("C".to_owned(), Some(i.to_string()))])
+            .update_secret(
+                &ws,
+                &s.summary.id,
+                &[("C".to_owned(), Some(i.to_string()))],
+                &Revision::by("test"),
+            )
             .await
             .unwrap();
         store
@@ -84,6 +91,7 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
             created_by: "admin".to_owned(),
             contents: [("ANON".to_owned(), "x".to_owned())].into(),
             on_conflict: OnConflict::Fail,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         })
         .await
         .unwrap();
@@ -110,13 +118,23 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
         );
         sqlx::query(
             "INSERT INTO secrets (id, workspace_id, environment_id, name, created_at, created_by, \
-             version, key_id, wrapped_key, ciphertext) VALUES (?, ?, ?, ?, ?, 'admin', 1, ?, ?, ?)",
+             version) VALUES (?, ?, ?, ?, ?, 'admin', 1)",
         )
         .bind(&id)
         .bind(&ws)
         .bind(&dev.id)
         .bind(format!("bulk-{i:05}"))
         .bind(base + i as i64)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO secret_versions (secret_id, version, created_at, created_by, action, \
+             keys, key_id, wrapped_key, ciphertext) VALUES (?, 1, ?, 'admin', 'created', ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(base + i as i64)
+        .bind(serde_json::to_string(&contents.keys().collect::<Vec<_>>()).unwrap())
         .bind(&sealed.key_id)
         .bind(&sealed.wrapped_key)
         .bind(&sealed.ciphertext)

@@ -17,7 +17,8 @@ use latchkey_store::{
     conformance,
     copy::RawStore,
     crypto::{Keyring, MasterKey},
-    NewSecret, OnConflict, OpenError, PgOptions, PgStore, SecretKind, Store,
+    NewSecret, OnConflict, OpenError, PgOptions, PgStore, Revision, SecretKind, Store,
+    DEFAULT_KEEP_VERSIONS,
 };
 use support::{Proxy, TestDb};
 
@@ -36,6 +37,7 @@ async fn seeded(store: &PgStore, name: &str) -> (String, String) {
             created_by: "admin".to_owned(),
             contents: [("V".to_owned(), "0".to_owned())].into(),
             on_conflict: OnConflict::Fail,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         })
         .await
         .unwrap();
@@ -173,6 +175,7 @@ async fn one_sweeper_at_a_time() {
             created_by: "admin".to_owned(),
             contents: [("A".to_owned(), "1".to_owned())].into(),
             on_conflict: OnConflict::Fail,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         })
         .await
         .unwrap();
@@ -223,6 +226,7 @@ async fn fails_fast_when_the_database_is_gone_and_recovers() {
         created_by: "admin".to_owned(),
         contents: [("K".to_owned(), name.to_owned())].into(),
         on_conflict: OnConflict::Fail,
+        keep_versions: DEFAULT_KEEP_VERSIONS,
     };
     store.create_secret(&secret("before")).await.unwrap();
 
@@ -341,9 +345,14 @@ async fn lookups_stay_exact_when_the_change_feed_is_cut() {
     while started.elapsed() < Duration::from_secs(2) {
         round += 1;
         let value = round.to_string();
-        a.update_secret(&ws, &secret_id, &[("V".to_owned(), Some(value.clone()))])
-            .await
-            .unwrap();
+        a.update_secret(
+            &ws,
+            &secret_id,
+            &[("V".to_owned(), Some(value.clone()))],
+            &Revision::by("test"),
+        )
+        .await
+        .unwrap();
         assert_eq!(looked_up().await, value, "round {round}: a stale lookup");
         assert_eq!(looked_up().await, value, "round {round}: a stale repeat");
     }
@@ -437,7 +446,12 @@ async fn a_pool_of_one_connection_is_not_taken_by_the_feed() {
     for round in 1..=5 {
         let value = round.to_string();
         store
-            .update_secret(&ws, &secret_id, &[("V".to_owned(), Some(value.clone()))])
+            .update_secret(
+                &ws,
+                &secret_id,
+                &[("V".to_owned(), Some(value.clone()))],
+                &Revision::by("test"),
+            )
             .await
             .unwrap();
         let found = store.secret_in_environment(&ws, "", "one").await.unwrap();
@@ -544,6 +558,7 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         created_by: "admin".to_owned(),
         contents: [("K".to_owned(), "v".to_owned())].into(),
         on_conflict: OnConflict::Overwrite,
+        keep_versions: DEFAULT_KEEP_VERSIONS,
     };
     let change = [("K".to_owned(), Some("v".to_owned()))];
     let ids = [id.clone()];
@@ -590,7 +605,11 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         ("secret_by_id", kind(s.secret_by_id(ws, id).await.map(drop))),
         (
             "update_secret",
-            kind(s.update_secret(ws, id, &change).await.map(drop)),
+            kind(
+                s.update_secret(ws, id, &change, &Revision::by("test"))
+                    .await
+                    .map(drop),
+            ),
         ),
         (
             "list_secrets",
@@ -651,7 +670,12 @@ async fn a_write_that_commits_after_the_operation_bound_succeeds() {
     }
     let started = Instant::now();
     let updated = store
-        .update_secret(&ws, &secret_id, &[("V".to_owned(), Some("1".to_owned()))])
+        .update_secret(
+            &ws,
+            &secret_id,
+            &[("V".to_owned(), Some("1".to_owned()))],
+            &Revision::by("test"),
+        )
         .await;
     let took = started.elapsed();
     assert!(

@@ -4,7 +4,7 @@
 use latchkey_store::{
     conformance,
     crypto::{Keyring, MasterKey},
-    NewSecret, OnConflict, SecretKind, SqliteStore, Store,
+    NewSecret, OnConflict, Revision, SecretKind, SqliteStore, Store, DEFAULT_KEEP_VERSIONS,
 };
 
 fn url(dir: &tempfile::TempDir) -> String {
@@ -73,6 +73,7 @@ async fn no_plaintext_on_disk_and_wrong_key_refused() {
             created_by: "admin".to_owned(),
             contents: [("CANARY".to_owned(), value.to_owned())].into(),
             on_conflict: OnConflict::Fail,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         })
         .await
         .unwrap();
@@ -132,6 +133,7 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
         created_by: "admin".to_owned(),
         contents: [("V".to_owned(), value.to_owned())].into(),
         on_conflict,
+        keep_versions: DEFAULT_KEEP_VERSIONS,
     };
     let (created, _) = store
         .create_secret(&secret("1", OnConflict::Fail))
@@ -162,7 +164,7 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
     assert_eq!(looked_up().await, "2", "the lookup saw the overwrite");
 
     let change = [("V".to_owned(), Some("3".to_owned()))];
-    start_and_drop(store.update_secret(&ws, &id, &change));
+    start_and_drop(store.update_secret(&ws, &id, &change, &Revision::by("test")));
     settle().await;
     assert_eq!(committed().await, "3", "the update committed");
     assert_eq!(looked_up().await, "3", "the lookup saw the update");
@@ -225,6 +227,7 @@ async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
             created_by: "admin".to_owned(),
             contents: [("K".to_owned(), "v".to_owned())].into(),
             on_conflict: OnConflict::Fail,
+            keep_versions: DEFAULT_KEEP_VERSIONS,
         })
         .await
         .unwrap();

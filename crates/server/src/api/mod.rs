@@ -91,6 +91,8 @@ fn routes() -> OpenApiRouter<Service> {
         .routes(routes!(secrets::list, secrets::create))
         .routes(routes!(secrets::get, secrets::update, secrets::delete))
         .routes(routes!(secrets::resolve))
+        .routes(routes!(secrets::versions))
+        .routes(routes!(secrets::rollback))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
 }

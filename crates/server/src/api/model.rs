@@ -9,7 +9,7 @@ use latchkey_core::{
     time::{Micros, Timestamp},
     Error, Role,
 };
-use latchkey_service::{Caller, Environment, SecretSummary, Token};
+use latchkey_service::{Caller, Environment, SecretSummary, SecretVersion, Token};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -74,6 +74,50 @@ impl From<&SecretSummary> for SecretInfo {
             last_used_at: s.last_used_at.map(Timestamp::from_micros),
             keys: s.keys.clone(),
             version: s.version,
+        }
+    }
+}
+
+/// One kept version of a secret: who made it, how, and which keys it
+/// added, removed and changed (never a value).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub(crate) struct VersionInfo {
+    /// Its number: 1, 2, 3... per secret, without gaps.
+    pub(crate) version: i64,
+    /// When it was made.
+    #[schema(value_type = String, example = "2025-01-01T12:00:00.000001Z")]
+    pub(crate) created_at: Timestamp,
+    /// The name of the token that made it (empty when not known).
+    pub(crate) created_by: String,
+    /// `created`, `updated`, `overwritten` or `rolled back to N`.
+    #[schema(example = "rolled back to 3")]
+    pub(crate) action: String,
+    /// For a rollback: the version whose contents it copied.
+    pub(crate) rolled_back_to: Option<i64>,
+    /// Its keys, sorted.
+    pub(crate) keys: Vec<String>,
+    /// Keys it added against the version before (`null`: that version was
+    /// never kept, so the change is not known).
+    pub(crate) keys_added: Option<Vec<String>>,
+    /// Keys it removed.
+    pub(crate) keys_removed: Option<Vec<String>>,
+    /// Keys whose value it changed.
+    pub(crate) keys_changed: Option<Vec<String>>,
+}
+
+impl From<&SecretVersion> for VersionInfo {
+    fn from(v: &SecretVersion) -> Self {
+        let changes = v.changes.as_ref();
+        Self {
+            version: v.version,
+            created_at: Timestamp::from_micros(v.created_at),
+            created_by: v.created_by.clone(),
+            action: v.action.to_string(),
+            rolled_back_to: v.action.source(),
+            keys: v.keys.clone(),
+            keys_added: changes.map(|c| c.added.clone()),
+            keys_removed: changes.map(|c| c.removed.clone()),
+            keys_changed: changes.map(|c| c.changed.clone()),
         }
     }
 }

@@ -5,7 +5,7 @@ use axum::{
     http::{request::Parts, StatusCode},
     Json,
 };
-use latchkey_core::{time::Timestamp, EnvDict};
+use latchkey_core::{rules, time::Timestamp, EnvDict};
 use latchkey_service::{CreateMode, MAX_PAGE};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -17,7 +17,7 @@ use utoipa::{
 use super::{
     error::{ApiError, ErrorBody},
     extract::{Authenticated, Body, OptionalBody, Params, PathParams},
-    model::{parse_instant, EnvironmentQuery, SecretInfo},
+    model::{parse_instant, EnvironmentQuery, SecretInfo, VersionInfo},
     responses::{MissingKeys, SecretNotFound},
 };
 
@@ -107,11 +107,7 @@ pub(crate) async fn list(
         .filter(|s| !s.is_empty())
         .map(|s| parse_instant("created_before", s))
         .transpose()?;
-    let limit = match q.limit {
-        None => MAX_PAGE,
-        Some(0) => return Err(ApiError::invalid("limit must be at least 1")),
-        Some(n) => n.min(MAX_PAGE),
-    };
+    let limit = page_limit(q.limit)?;
     let (env, items) = service
         .list_secrets(&caller, &q.environment, before, Some(limit))
         .await?;
@@ -125,6 +121,15 @@ pub(crate) async fn list(
         items: items.iter().map(SecretInfo::from).collect(),
         next_created_before,
     }))
+}
+
+/// The `limit` of a listing: 1 to [`MAX_PAGE`], default the maximum.
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    match limit {
+        None => Ok(MAX_PAGE),
+        Some(0) => Err(ApiError::invalid("limit must be at least 1")),
+        Some(n) => Ok(n.min(MAX_PAGE)),
+    }
 }
 
 /// What to do when a secret of that name exists.
@@ -244,6 +249,8 @@ pub(crate) struct GetQuery {
     /// Comma-separated keys the secret must hold (`A,B`).
     #[serde(default)]
     required_keys: String,
+    /// A kept version (1, 2, 3...) instead of the current one.
+    version: Option<String>,
 }
 
 fn split_keys(list: &str) -> Vec<String> {
@@ -254,13 +261,27 @@ fn split_keys(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// A named secret's metadata and keys (no values).
+/// A named secret's metadata and keys, no values; with `version`, as of that
+/// version (its number and keys), with the version's record.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SecretAt {
+    /// The secret; `version` and `keys` are those of the version asked for.
+    #[serde(flatten)]
+    secret: SecretInfo,
+    /// With `?version=N`: that version's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version_info: Option<VersionInfo>,
+}
+
+/// A named secret's metadata and keys (no values), current or of a kept version.
 #[utoipa::path(
     get, path = "/secrets/{name}", tag = "secrets",
     params(SecretPath, GetQuery),
     responses(
-        (status = 200, description = "The secret", body = SecretInfo),
-        SecretNotFound,
+        (status = 200, description = "The secret", body = SecretAt),
+        (status = 400, description = "Invalid version", body = ErrorBody),
+        (status = 404, description = "No such secret, or the version is not kept \
+            (the message names the kept versions)", body = ErrorBody),
         MissingKeys,
     )
 )]
@@ -268,16 +289,138 @@ pub(crate) async fn get(
     Authenticated { service, caller }: Authenticated,
     PathParams(SecretPath { name }): PathParams<SecretPath>,
     Params(q): Params<GetQuery>,
+) -> Result<Json<SecretAt>, ApiError> {
+    let version = q.version.as_deref().map(rules::parse_version).transpose()?;
+    let required = split_keys(&q.required_keys);
+    let Some(version) = version else {
+        let secret = service
+            .lookup_secret(&caller, &q.environment, &name, &required)
+            .await?;
+        return Ok(Json(SecretAt {
+            secret: SecretInfo::from(&secret),
+            version_info: None,
+        }));
+    };
+    let current = service
+        .lookup_secret(&caller, &q.environment, &name, &[])
+        .await?;
+    let (secret, record) = service
+        .secret_version(&caller, &current.id, version)
+        .await?;
+    rules::check_required_keys_in_sorted(
+        &secret.summary.keys,
+        required.iter().map(String::as_str),
+    )?;
+    Ok(Json(SecretAt {
+        secret: SecretInfo::from(&secret.summary),
+        version_info: Some(VersionInfo::from(&record)),
+    }))
+}
+
+/// Query of `GET /secrets/{name}/versions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct VersionsQuery {
+    /// The environment; empty or absent means the workspace default.
+    #[serde(default)]
+    environment: String,
+    /// Only versions numbered below this one. Pass the previous page's
+    /// `next_before` to page.
+    before: Option<String>,
+    /// At most this many versions (1 to 1000; default and maximum 1000).
+    limit: Option<u32>,
+}
+
+/// One page of a secret's kept versions, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct VersionList {
+    /// The secret's current version.
+    current_version: i64,
+    /// The versions, newest first.
+    items: Vec<VersionInfo>,
+    /// When more versions are kept: the `before` of the next page.
+    next_before: Option<i64>,
+}
+
+/// A secret's history: its kept versions, newest first, with the keys each
+/// added, removed and changed (compared inside the server; never a value).
+#[utoipa::path(
+    get, path = "/secrets/{name}/versions", tag = "secrets",
+    params(SecretPath, VersionsQuery),
+    responses(
+        (status = 200, description = "A page of versions", body = VersionList),
+        (status = 400, description = "Bad query", body = ErrorBody),
+        SecretNotFound,
+    )
+)]
+pub(crate) async fn versions(
+    Authenticated { service, caller }: Authenticated,
+    PathParams(SecretPath { name }): PathParams<SecretPath>,
+    Params(q): Params<VersionsQuery>,
+) -> Result<Json<VersionList>, ApiError> {
+    let before = q
+        .before
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(rules::parse_version)
+        .transpose()?;
+    let limit = page_limit(q.limit)?;
+    let secret = service
+        .lookup_secret(&caller, &q.environment, &name, &[])
+        .await?;
+    let items = service
+        .secret_history(&caller, &secret.id, before, Some(limit))
+        .await?;
+    let full = u32::try_from(items.len()).unwrap_or(u32::MAX) >= limit;
+    let next_before = items
+        .last()
+        .filter(|v| full && v.version > 1)
+        .map(|v| v.version);
+    Ok(Json(VersionList {
+        current_version: secret.version,
+        items: items.iter().map(VersionInfo::from).collect(),
+        next_before,
+    }))
+}
+
+/// Body of `POST /secrets/{name}/rollback`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RollbackRequest {
+    /// The kept version whose contents become a new version.
+    to: i64,
+    /// Refuse (412) unless this is the current version.
+    #[serde(default)]
+    expected_version: Option<i64>,
+}
+
+/// Roll a secret back: a new version whose contents are those of version
+/// `to`. Rolling back to the current version is refused (412), as there is
+/// nothing to undo.
+#[utoipa::path(
+    post, path = "/secrets/{name}/rollback", tag = "secrets",
+    params(NamedSecret),
+    request_body = RollbackRequest,
+    responses(
+        (status = 200, description = "The secret at its new version", body = SecretInfo),
+        (status = 400, description = "Invalid version", body = ErrorBody),
+        (status = 404, description = "No such secret, or the version is not kept", body = ErrorBody),
+        (status = 412, description = "`to` is the current version, or `expected_version` is not", body = ErrorBody),
+    )
+)]
+pub(crate) async fn rollback(
+    Authenticated { service, caller }: Authenticated,
+    NamedSecret { name, environment }: NamedSecret,
+    Body(body): Body<RollbackRequest>,
 ) -> Result<Json<SecretInfo>, ApiError> {
     let secret = service
-        .lookup_secret(
-            &caller,
-            &q.environment,
-            &name,
-            &split_keys(&q.required_keys),
-        )
+        .lookup_secret(&caller, &environment, &name, &[])
         .await?;
-    Ok(Json(SecretInfo::from(&secret)))
+    let rolled = service
+        .rollback_secret(&caller, &secret.id, body.to, body.expected_version)
+        .await?;
+    Ok(Json(SecretInfo::from(&rolled.summary)))
 }
 
 /// Body of `POST /secrets/{name}/resolve` (may be empty).
@@ -287,6 +430,9 @@ pub(crate) struct ResolveRequest {
     /// Keys the secret must hold.
     #[serde(default)]
     required_keys: Vec<String>,
+    /// A kept version's values instead of the current ones.
+    #[serde(default)]
+    version: Option<i64>,
 }
 
 /// A secret's values, for a process that starts now.
@@ -316,9 +462,18 @@ pub(crate) async fn resolve(
     NamedSecret { name, environment }: NamedSecret,
     OptionalBody(body): OptionalBody<ResolveRequest>,
 ) -> Result<Json<Resolved>, ApiError> {
-    let secret = service
-        .resolve_secret(&caller, &environment, &name, &body.required_keys)
-        .await?;
+    let secret = match body.version {
+        None => {
+            service
+                .resolve_secret(&caller, &environment, &name, &body.required_keys)
+                .await?
+        }
+        Some(version) => {
+            service
+                .resolve_secret_version(&caller, &environment, &name, version, &body.required_keys)
+                .await?
+        }
+    };
     Ok(Json(Resolved {
         secret: SecretInfo::from(&secret.summary),
         values: secret.contents,
@@ -332,11 +487,14 @@ pub(crate) struct UpdateSecret {
     /// Keys to set (a string) or remove (`null`); keys not named stay.
     #[schema(value_type = std::collections::BTreeMap<String, Option<String>>, example = json!({"NEW_KEY": "v", "OLD_KEY": null}))]
     values: Value,
+    /// Refuse (412) unless this is the current version: a compare-and-swap.
+    #[serde(default)]
+    expected_version: Option<i64>,
 }
 
-/// Merge changes into a secret like `dict.update`: a string sets a key,
-/// `null` removes it, keys not named stay. Concurrent updates of different
-/// keys all survive.
+/// Merge changes into a secret like `dict.update`, as a new version: a
+/// string sets a key, `null` removes it, keys not named stay. Concurrent
+/// updates of different keys all survive.
 #[utoipa::path(
     patch, path = "/secrets/{name}", tag = "secrets",
     params(NamedSecret),
@@ -345,6 +503,7 @@ pub(crate) struct UpdateSecret {
         (status = 200, description = "The secret after the change", body = SecretInfo),
         (status = 400, description = "Invalid key or value", body = ErrorBody),
         SecretNotFound,
+        (status = 412, description = "`expected_version` is not the current version", body = ErrorBody),
     )
 )]
 pub(crate) async fn update(
@@ -371,7 +530,9 @@ pub(crate) async fn update(
     let secret = service
         .lookup_secret(&caller, &environment, &name, &[])
         .await?;
-    let updated = service.update_secret(&caller, &secret.id, &changes).await?;
+    let updated = service
+        .update_secret(&caller, &secret.id, &changes, body.expected_version)
+        .await?;
     Ok(Json(SecretInfo::from(&updated.summary)))
 }
 

@@ -374,7 +374,7 @@ impl ModalClient for ModalApi {
         let changes: Vec<(String, Option<String>)> =
             req.updates.into_iter().map(|u| (u.key, u.value)).collect();
         self.service
-            .update_secret(&caller, &req.secret_id, &changes)
+            .update_secret(&caller, &req.secret_id, &changes, None)
             .await
             .map_err(status)?;
         Ok(Response::new(()))

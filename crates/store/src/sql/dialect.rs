@@ -16,10 +16,6 @@ pub(crate) trait Dialect: sqlx::Database {
     /// every write (SQLite).
     const FOR_UPDATE: &'static str;
 
-    /// Appended to a `SELECT` from `secrets s` joined with its environment:
-    /// locks the secret's row only.
-    const FOR_UPDATE_OF_SECRET: &'static str;
-
     /// Appended to a `SELECT` from one table: locks the rows read against
     /// changes and deletion, but lets rows that reference them be inserted
     /// (PostgreSQL's `FOR NO KEY UPDATE`).
@@ -62,7 +58,6 @@ fn is_connection_lost(e: &sqlx::Error) -> bool {
 impl Dialect for Sqlite {
     const BACKEND: &'static str = "SQLite";
     const FOR_UPDATE: &'static str = "";
-    const FOR_UPDATE_OF_SECRET: &'static str = "";
     const FOR_NO_KEY_UPDATE: &'static str = "";
     const ADVISORY_LOCK: Option<&'static str> = None;
     const TRY_ADVISORY_LOCK: Option<&'static str> = None;
@@ -89,7 +84,6 @@ impl Dialect for Sqlite {
 impl Dialect for Postgres {
     const BACKEND: &'static str = "PostgreSQL";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
-    const FOR_UPDATE_OF_SECRET: &'static str = " FOR UPDATE OF s";
     const FOR_NO_KEY_UPDATE: &'static str = " FOR NO KEY UPDATE";
     const ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
     const TRY_ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_try_advisory_xact_lock($1)");

@@ -7,18 +7,19 @@
 
 use std::marker::PhantomData;
 
-use latchkey_core::{ids, rules, time::now_micros, time::Micros, Error};
+use latchkey_core::{ids, rules, time::now_micros, time::Micros, EnvDict, Error};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::{db_error, is_unique_violation, Dialect};
 use crate::{
     crypto::{Binding, Keyring, Sealed},
     rows::{
-        environment_not_found, environments_column, secret_not_found, token_not_found,
-        EnvironmentRow, SecretInsert, SecretRow, TokenRow, WorkspaceRow, SECRET_COLUMNS,
+        environment_not_found, environments_column, key_list_column, open_version,
+        secret_not_found, token_not_found, EnvironmentRow, SecretInsert, SecretRow, TokenRow,
+        VersionRow, WorkspaceRow, SECRET_COLUMNS, SECRET_FROM, VERSION_COLUMNS,
     },
-    Environment, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Role, Secret, SecretKind,
-    Token, Workspace,
+    Environment, EnvironmentUpdate, KeyChanges, NewSecret, NewToken, OnConflict, Revision, Role,
+    Secret, SecretKind, SecretVersion, Token, VersionAction, Workspace,
 };
 
 /// `meta` keys of the master key check.
@@ -73,6 +74,7 @@ where
     for<'r> EnvironmentRow: FromRow<'r, DB::Row>,
     for<'r> TokenRow: FromRow<'r, DB::Row>,
     for<'r> SecretRow: FromRow<'r, DB::Row>,
+    for<'r> VersionRow: FromRow<'r, DB::Row>,
 {
     // --- the master key check -------------------------------------------
 
@@ -425,6 +427,11 @@ where
 
     /// One secret row; with `lock`, the secret's row stays locked until the
     /// end of the transaction.
+    ///
+    /// The lock is taken by a statement of its own, on `secrets` alone, and
+    /// the row is read after it: a statement that locks while it joins the
+    /// current version would, once a concurrent writer commits, recheck the
+    /// new version number against the old version's row and find nothing.
     pub(crate) async fn fetch_secret(
         conn: &mut DB::Connection,
         workspace_id: &str,
@@ -435,10 +442,28 @@ where
             SecretKey::Id(_) => "s.id = $2",
             SecretKey::Name { .. } => "s.environment_id = $2 AND s.name = $3",
         };
-        let lock = if lock { DB::FOR_UPDATE_OF_SECRET } else { "" };
+        let bind = |sql| {
+            let q = sqlx::query(sql).bind(workspace_id);
+            match key {
+                SecretKey::Id(id) => q.bind(id),
+                SecretKey::Name {
+                    environment_id,
+                    name,
+                } => q.bind(environment_id).bind(name),
+            }
+        };
+        if lock && !DB::FOR_UPDATE.is_empty() {
+            let sql = format!(
+                "SELECT s.id FROM secrets s WHERE s.workspace_id = $1 AND {clause}{}",
+                DB::FOR_UPDATE
+            );
+            bind(&sql)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+        }
         let sql = format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
-             WHERE s.workspace_id = $1 AND {clause}{lock}"
+            "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.workspace_id = $1 AND {clause}"
         );
         let q = sqlx::query_as::<_, SecretRow>(&sql).bind(workspace_id);
         let q = match key {
@@ -457,8 +482,7 @@ where
         (workspace_id, environment_name, name): Lookup<'_>,
     ) -> Result<Option<SecretRow>, Error> {
         sqlx::query_as::<_, SecretRow>(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
-             WHERE s.workspace_id = $1 AND s.name = $3 \
+            "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.workspace_id = $1 AND s.name = $3 \
              AND (CASE WHEN $2 = '' THEN e.is_default ELSE (e.name = $2 OR e.id = $2) END)"
         ))
         .bind(workspace_id)
@@ -501,11 +525,9 @@ where
             SecretKind::Anonymous { .. } => now_micros(),
         };
         let id = ids::new_id(ids::SECRET);
-        let sealed = seal(keyring, &new.workspace_id, &id, 1, &new.contents);
         sqlx::query(
             "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, created_at, \
-             created_by, last_used_at, version, key_id, wrapped_key, ciphertext) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 1, $9, $10, $11)",
+             created_by, last_used_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 1)",
         )
         .bind(id.as_str())
         .bind(new.workspace_id.as_str())
@@ -515,14 +537,22 @@ where
         .bind(cols.expires_at)
         .bind(created_at)
         .bind(new.created_by.as_str())
-        .bind(sealed.key_id.as_str())
-        .bind(sealed.wrapped_key.as_slice())
-        .bind(sealed.ciphertext.as_slice())
         .execute(&mut *conn)
         .await
         // The environment lock makes this unreachable for names; the unique
         // index stays the last word all the same.
         .map_err(|e| Self::name_taken(e, "Secret", cols.name.unwrap_or_default()))?;
+        let version = NewVersion {
+            workspace_id: &new.workspace_id,
+            secret_id: &id,
+            version: 1,
+            created_at,
+            author: &new.created_by,
+            action: VersionAction::Created,
+            contents: &new.contents,
+            changes: Some(KeyChanges::between(&EnvDict::new(), &new.contents)),
+        };
+        Self::insert_version(conn, keyring, &version).await?;
         let row = Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&id), false)
             .await?
             .ok_or_else(|| secret_not_found(&id))?;
@@ -543,22 +573,65 @@ where
             ))),
             OnConflict::ReturnExisting => Ok((existing, false)),
             OnConflict::Overwrite => {
-                let version = existing.version + 1;
-                let sealed = seal(
+                let revision = Revision {
+                    author: new.created_by.clone(),
+                    keep_versions: new.keep_versions,
+                    expected_version: None,
+                };
+                let id = existing.id.clone();
+                // A current version that no longer opens is replaced all the
+                // same (its key-level changes are then unknown).
+                let head = Head {
+                    version: existing.version,
+                    contents: existing.open(keyring).ok().map(|s| s.contents),
+                };
+                let next = Next {
+                    contents: &new.contents,
+                    action: VersionAction::Overwritten,
+                };
+                Self::new_version(
+                    conn,
                     keyring,
                     &new.workspace_id,
-                    &existing.id,
-                    version,
-                    &new.contents,
-                );
-                Self::store_version(conn, &existing.id, version, sealed).await?;
-                let row =
-                    Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&existing.id), false)
-                        .await?
-                        .ok_or_else(|| secret_not_found(&existing.id))?;
+                    &id,
+                    &head,
+                    next,
+                    &revision,
+                )
+                .await?;
+                let row = Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&id), false)
+                    .await?
+                    .ok_or_else(|| secret_not_found(&id))?;
                 Ok((row, false))
             }
         }
+    }
+
+    /// The secret's current row, locked until the transaction ends: a
+    /// concurrent write of this secret, on any replica, waits here until
+    /// this one commits and then builds on its result. Refused when
+    /// `revision` expects another version.
+    async fn lock_head(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        secret_id: &str,
+        revision: &Revision,
+    ) -> Result<SecretRow, Error> {
+        let row = Self::fetch_secret(conn, workspace_id, SecretKey::Id(secret_id), true)
+            .await?
+            .ok_or_else(|| secret_not_found(secret_id))?;
+        if let Some(expected) = revision.expected_version {
+            if expected != row.version {
+                let summary = row.summary();
+                return Err(Error::failed_precondition(format!(
+                    "Secret '{}' was changed by someone else: it is at version {}, not {expected}; \
+                     reload it and apply your changes again",
+                    summary.name().unwrap_or(&summary.id),
+                    row.version
+                )));
+            }
+        }
+        Ok(row)
     }
 
     /// Applies `changes` to a secret's contents as one new version.
@@ -568,43 +641,335 @@ where
         workspace_id: &str,
         secret_id: &str,
         changes: &[(String, Option<String>)],
+        revision: &Revision,
     ) -> Result<Secret, Error> {
-        // Locked: a concurrent update of this secret, on any replica, waits
-        // here until this one commits, then merges into its result.
-        let current = Self::fetch_secret(conn, workspace_id, SecretKey::Id(secret_id), true)
+        let current = Self::lock_head(conn, workspace_id, secret_id, revision)
             .await?
-            .ok_or_else(|| secret_not_found(secret_id))?
             .open(keyring)?;
-        let contents = rules::apply_changes(current.contents, changes)?;
-        let version = current.summary.version + 1;
-        let sealed = seal(keyring, workspace_id, secret_id, version, &contents);
-        Self::store_version(conn, secret_id, version, sealed).await?;
+        let contents = rules::apply_changes(current.contents.clone(), changes)?;
+        let head = Head {
+            version: current.summary.version,
+            contents: Some(current.contents),
+        };
+        let next = Next {
+            contents: &contents,
+            action: VersionAction::Updated,
+        };
+        let version = Self::new_version(
+            conn,
+            keyring,
+            workspace_id,
+            secret_id,
+            &head,
+            next,
+            revision,
+        )
+        .await?;
         let mut summary = current.summary;
         summary.version = version;
         summary.keys = contents.keys().cloned().collect();
         Ok(Secret { summary, contents })
     }
 
-    /// Replaces a secret's sealed contents by `version`'s.
-    async fn store_version(
+    /// Makes a new version of a secret whose contents are version `to`'s.
+    /// Refused when `to` is the current version (there is nothing to undo)
+    /// or is not kept.
+    pub(crate) async fn rollback_secret(
         conn: &mut DB::Connection,
+        keyring: &Keyring,
+        workspace_id: &str,
         secret_id: &str,
-        version: i64,
-        sealed: Sealed,
-    ) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE secrets SET version = $1, key_id = $2, wrapped_key = $3, ciphertext = $4 \
-             WHERE id = $5",
+        to: i64,
+        revision: &Revision,
+    ) -> Result<Secret, Error> {
+        let row = Self::lock_head(conn, workspace_id, secret_id, revision).await?;
+        let mut summary = row.summary();
+        let label = summary.name().unwrap_or(&summary.id).to_owned();
+        if to == row.version {
+            return Err(Error::failed_precondition(format!(
+                "Secret '{label}' is at version {to} already; nothing was rolled back"
+            )));
+        }
+        let contents =
+            Self::version_contents(conn, keyring, workspace_id, secret_id, &label, to).await?;
+        let head = Head {
+            version: row.version,
+            contents: row.open(keyring).ok().map(|s| s.contents),
+        };
+        let next = Next {
+            contents: &contents,
+            action: VersionAction::RolledBack { to },
+        };
+        let version = Self::new_version(
+            conn,
+            keyring,
+            workspace_id,
+            secret_id,
+            &head,
+            next,
+            revision,
         )
-        .bind(version)
+        .await?;
+        summary.version = version;
+        summary.keys = contents.keys().cloned().collect();
+        Ok(Secret { summary, contents })
+    }
+
+    /// Writes the version after `head` and makes it current; destroys the
+    /// versions that fall out of `revision.keep_versions`. The caller holds
+    /// the secret's row lock, so numbers follow one another without gaps.
+    /// Returns the new version's number.
+    async fn new_version(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        workspace_id: &str,
+        secret_id: &str,
+        head: &Head,
+        next: Next<'_>,
+        revision: &Revision,
+    ) -> Result<i64, Error> {
+        let version = head.version + 1;
+        let row = NewVersion {
+            workspace_id,
+            secret_id,
+            version,
+            created_at: now_micros(),
+            author: &revision.author,
+            action: next.action,
+            contents: next.contents,
+            changes: head
+                .contents
+                .as_ref()
+                .map(|before| KeyChanges::between(before, next.contents)),
+        };
+        Self::insert_version(conn, keyring, &row).await?;
+        sqlx::query("UPDATE secrets SET version = $1 WHERE id = $2")
+            .bind(version)
+            .bind(secret_id)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        // Destroyed: the row goes, and with it the only copy of its wrapped
+        // data key.
+        sqlx::query("DELETE FROM secret_versions WHERE secret_id = $1 AND version <= $2")
+            .bind(secret_id)
+            .bind(version - i64::from(revision.keep_versions.max(1)))
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        Ok(version)
+    }
+
+    /// Seals and inserts one version row.
+    async fn insert_version(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        v: &NewVersion<'_>,
+    ) -> Result<(), Error> {
+        let sealed = seal(keyring, v.workspace_id, v.secret_id, v.version, v.contents);
+        let changes = v
+            .changes
+            .as_ref()
+            .map(|c| serde_json::to_string(c).expect("names serialize"));
+        sqlx::query(
+            "INSERT INTO secret_versions (secret_id, version, created_at, created_by, action, \
+             source_version, keys, changes, key_id, wrapped_key, ciphertext) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(v.secret_id)
+        .bind(v.version)
+        .bind(v.created_at)
+        .bind(v.author)
+        .bind(v.action.as_str())
+        .bind(v.action.source())
+        .bind(key_list_column(v.contents.keys()))
+        .bind(changes)
         .bind(sealed.key_id.as_str())
         .bind(sealed.wrapped_key.as_slice())
         .bind(sealed.ciphertext.as_slice())
-        .bind(secret_id)
         .execute(&mut *conn)
         .await
         .map(drop)
         .map_err(db_error::<DB>)
+    }
+
+    /// NotFound for a version that is not kept, naming the ones that are.
+    async fn version_not_kept(
+        conn: &mut DB::Connection,
+        secret_id: &str,
+        label: &str,
+        version: i64,
+    ) -> Error {
+        let kept: Result<(Option<i64>, Option<i64>), _> = sqlx::query_as(
+            "SELECT MIN(version), MAX(version) FROM secret_versions WHERE secret_id = $1",
+        )
+        .bind(secret_id)
+        .fetch_one(&mut *conn)
+        .await;
+        let kept = match kept {
+            Ok((Some(first), Some(last))) if first == last => {
+                format!("only version {last} is kept")
+            }
+            Ok((Some(first), Some(last))) => format!("versions {first} to {last} are kept"),
+            Ok(_) => "no version is kept".to_owned(),
+            Err(e) => return db_error::<DB>(e),
+        };
+        let why = if version > 0 {
+            "it was destroyed or never existed"
+        } else {
+            "versions are numbered from 1"
+        };
+        Error::not_found(format!(
+            "Secret '{}' has no version {version} ({why}); {kept}",
+            rules::echo(label)
+        ))
+    }
+
+    /// The decrypted contents of a kept version.
+    async fn version_contents(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        workspace_id: &str,
+        secret_id: &str,
+        label: &str,
+        version: i64,
+    ) -> Result<EnvDict, Error> {
+        let sealed: Option<(String, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+            "SELECT key_id, wrapped_key, ciphertext FROM secret_versions \
+             WHERE secret_id = $1 AND version = $2",
+        )
+        .bind(secret_id)
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let Some((key_id, wrapped_key, ciphertext)) = sealed else {
+            return Err(Self::version_not_kept(conn, secret_id, label, version).await);
+        };
+        let sealed = Sealed {
+            key_id,
+            wrapped_key,
+            ciphertext,
+        };
+        open_version(keyring, workspace_id, secret_id, version, &sealed, label)
+    }
+
+    /// Version `version` of a secret: the secret as it was then (its
+    /// metadata with that version's number and keys) and the version's
+    /// record.
+    pub(crate) async fn secret_version(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        workspace_id: &str,
+        secret_id: &str,
+        version: i64,
+    ) -> Result<(Secret, SecretVersion), Error> {
+        let row = Self::fetch_secret(conn, workspace_id, SecretKey::Id(secret_id), false)
+            .await?
+            .ok_or_else(|| secret_not_found(secret_id))?;
+        let mut summary = row.summary();
+        let label = summary.name().unwrap_or(&summary.id).to_owned();
+        let record = sqlx::query_as::<_, VersionRow>(&format!(
+            "SELECT {VERSION_COLUMNS} FROM secret_versions WHERE secret_id = $1 AND version = $2"
+        ))
+        .bind(secret_id)
+        .bind(version)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let Some(record) = record else {
+            return Err(Self::version_not_kept(conn, secret_id, &label, version).await);
+        };
+        let record = record.into_version(secret_id)?;
+        let contents =
+            Self::version_contents(conn, keyring, workspace_id, secret_id, &label, version).await?;
+        summary.version = version;
+        summary.keys = contents.keys().cloned().collect();
+        Ok((Secret { summary, contents }, record))
+    }
+
+    /// Kept versions of a secret, newest first, older than `before` when
+    /// given, at most `limit`. NotFound when the workspace has no such secret.
+    pub(crate) async fn secret_history(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        secret_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<SecretVersion>, Error> {
+        let rows = sqlx::query_as::<_, VersionRow>(&format!(
+            "SELECT {VERSION_COLUMNS} FROM secret_versions \
+             WHERE secret_id = (SELECT id FROM secrets WHERE workspace_id = $1 AND id = $2) \
+             AND version < $3 ORDER BY version DESC LIMIT $4"
+        ))
+        .bind(workspace_id)
+        .bind(secret_id)
+        .bind(before.unwrap_or(i64::MAX))
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        if rows.is_empty() {
+            // No version at all: tell an unknown secret from an empty page.
+            Self::fetch_secret(conn, workspace_id, SecretKey::Id(secret_id), false)
+                .await?
+                .ok_or_else(|| secret_not_found(secret_id))?;
+        }
+        rows.into_iter()
+            .map(|row| row.into_version(secret_id))
+            .collect()
+    }
+
+    /// Fills in the key lists of version rows carried over from a store
+    /// that kept none, by decrypting them once; a version 1 also gets its
+    /// changes (every key added). Rows that do not open are left as they
+    /// are, and logged. Returns how many rows it filled.
+    pub(crate) async fn fill_key_lists(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<u64, sqlx::Error> {
+        // (workspace id, secret id, version, key id, wrapped key, ciphertext)
+        type Unlisted = (String, String, i64, String, Vec<u8>, Vec<u8>);
+        let rows: Vec<Unlisted> = sqlx::query_as(
+            "SELECT s.workspace_id, v.secret_id, v.version, v.key_id, v.wrapped_key, v.ciphertext \
+             FROM secret_versions v JOIN secrets s ON s.id = v.secret_id WHERE v.keys IS NULL",
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut filled = 0;
+        for (workspace_id, secret_id, version, key_id, wrapped_key, ciphertext) in rows {
+            let sealed = Sealed {
+                key_id,
+                wrapped_key,
+                ciphertext,
+            };
+            let Ok(contents) = open_version(
+                keyring,
+                &workspace_id,
+                &secret_id,
+                version,
+                &sealed,
+                &secret_id,
+            ) else {
+                continue;
+            };
+            let changes = (version == 1).then(|| {
+                serde_json::to_string(&KeyChanges::between(&EnvDict::new(), &contents))
+                    .expect("names serialize")
+            });
+            sqlx::query(
+                "UPDATE secret_versions SET keys = $1, changes = COALESCE(changes, $2) \
+                 WHERE secret_id = $3 AND version = $4",
+            )
+            .bind(key_list_column(contents.keys()))
+            .bind(changes)
+            .bind(secret_id.as_str())
+            .bind(version)
+            .execute(&mut *conn)
+            .await?;
+            filled += 1;
+        }
+        Ok(filled)
     }
 
     /// Deletes a secret; NotFound when there is none.
@@ -633,7 +998,7 @@ where
         limit: u32,
     ) -> Result<Vec<SecretRow>, Error> {
         sqlx::query_as::<_, SecretRow>(&format!(
-            "SELECT {SECRET_COLUMNS} FROM secrets s JOIN environments e ON e.id = s.environment_id \
+            "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} \
              WHERE s.workspace_id = $1 AND s.environment_id = $2 AND s.name IS NOT NULL \
              AND s.created_at < $3 ORDER BY s.created_at DESC LIMIT $4"
         ))
@@ -764,6 +1129,31 @@ where
             db_error::<DB>(e)
         }
     }
+}
+
+/// The current version a new one is made from: its number, and its
+/// contents when they open (a damaged version can still be replaced).
+struct Head {
+    version: i64,
+    contents: Option<EnvDict>,
+}
+
+/// What the next version holds, and why.
+struct Next<'a> {
+    contents: &'a EnvDict,
+    action: VersionAction,
+}
+
+/// One version row to write.
+struct NewVersion<'a> {
+    workspace_id: &'a str,
+    secret_id: &'a str,
+    version: i64,
+    created_at: Micros,
+    author: &'a str,
+    action: VersionAction,
+    contents: &'a EnvDict,
+    changes: Option<KeyChanges>,
 }
 
 /// Seals a secret's contents for one version of it.

@@ -18,9 +18,9 @@ use super::{
     Changed, Dialect, Engine, Pending,
 };
 use crate::{
-    rows::{secret_not_found, EnvironmentRow, SecretRow, TokenRow, WorkspaceRow},
-    Environment, EnvironmentUpdate, NewSecret, NewToken, Secret, SecretSummary, Store, Token,
-    Workspace,
+    rows::{secret_not_found, EnvironmentRow, SecretRow, TokenRow, VersionRow, WorkspaceRow},
+    Environment, EnvironmentUpdate, NewSecret, NewToken, Revision, Secret, SecretSummary,
+    SecretVersion, Store, Token, Workspace,
 };
 
 async fn connection<DB: Dialect>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Error> {
@@ -36,7 +36,7 @@ async fn begin<DB: Dialect>(pool: &Pool<DB>) -> Result<Transaction<'static, DB>,
 /// metadata only). A macro: a generic function would need the `where` clause
 /// below once more.
 macro_rules! named_lookup {
-    ($store:ident, $lookup:expr, $answer:ident) => {{
+    ($store:ident, $lookup:expr, $answer:ident $(, $arg:expr)*) => {{
         let lookup = $lookup;
         $store
             .read(async {
@@ -45,10 +45,7 @@ macro_rules! named_lookup {
                     let mut conn = connection($store.reader()).await?;
                     Sql::<E::DB>::read_named(&mut conn, lookup).await
                 };
-                $store
-                    .cache()
-                    .$answer($store.keyring(), lookup, current, read)
-                    .await
+                $store.cache().$answer($($arg,)* lookup, current, read).await
             })
             .await
     }};
@@ -76,6 +73,7 @@ where
     for<'r> EnvironmentRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
     for<'r> TokenRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
     for<'r> SecretRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
+    for<'r> VersionRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
 {
     async fn ping(&self) -> Result<(), Error> {
         self.probe(async {
@@ -244,7 +242,12 @@ where
         environment_name: &str,
         name: &str,
     ) -> Result<Option<Secret>, Error> {
-        named_lookup!(self, (workspace_id, environment_name, name), secret)
+        named_lookup!(
+            self,
+            (workspace_id, environment_name, name),
+            secret,
+            self.keyring()
+        )
     }
 
     async fn secret_summary_in_environment(
@@ -254,6 +257,21 @@ where
         name: &str,
     ) -> Result<Option<SecretSummary>, Error> {
         named_lookup!(self, (workspace_id, environment_name, name), summary)
+    }
+
+    async fn secret_summary_by_id(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+    ) -> Result<SecretSummary, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::fetch_secret(&mut conn, workspace_id, SecretKey::Id(secret_id), false)
+                .await?
+                .map(|row| row.summary())
+                .ok_or_else(|| secret_not_found(secret_id))
+        })
+        .await
     }
 
     async fn secret_by_id(&self, workspace_id: &str, secret_id: &str) -> Result<Secret, Error> {
@@ -272,11 +290,13 @@ where
         workspace_id: &str,
         secret_id: &str,
         changes: &[(String, Option<String>)],
+        revision: &Revision,
     ) -> Result<Secret, Error> {
-        let (workspace_id, secret_id, changes) = (
+        let (workspace_id, secret_id, changes, revision) = (
             workspace_id.to_owned(),
             secret_id.to_owned(),
             changes.to_vec(),
+            revision.clone(),
         );
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
@@ -286,9 +306,72 @@ where
                 &workspace_id,
                 &secret_id,
                 &changes,
+                &revision,
             )
             .await?;
             Ok(Pending::new(tx, secret, Changed::secret(&secret_id)))
+        })
+        .await
+    }
+
+    async fn rollback_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        to: i64,
+        revision: &Revision,
+    ) -> Result<Secret, Error> {
+        let (workspace_id, secret_id, revision) = (
+            workspace_id.to_owned(),
+            secret_id.to_owned(),
+            revision.clone(),
+        );
+        self.write(move |store| async move {
+            let mut tx = begin(store.writer()).await?;
+            let secret = Sql::<E::DB>::rollback_secret(
+                &mut tx,
+                store.keyring(),
+                &workspace_id,
+                &secret_id,
+                to,
+                &revision,
+            )
+            .await?;
+            Ok(Pending::new(tx, secret, Changed::secret(&secret_id)))
+        })
+        .await
+    }
+
+    async fn secret_version(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        version: i64,
+    ) -> Result<(Secret, SecretVersion), Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::secret_version(
+                &mut conn,
+                self.keyring(),
+                workspace_id,
+                secret_id,
+                version,
+            )
+            .await
+        })
+        .await
+    }
+
+    async fn secret_history(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<SecretVersion>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::secret_history(&mut conn, workspace_id, secret_id, before, limit).await
         })
         .await
     }
@@ -319,10 +402,8 @@ where
                 created_before,
                 limit,
             )
-            .await?
-            .into_iter()
-            .map(|row| row.open(self.keyring()).map(|s| s.summary))
-            .collect()
+            .await
+            .map(|rows| rows.iter().map(SecretRow::summary).collect())
         })
         .await
     }

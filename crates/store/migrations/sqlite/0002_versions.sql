@@ -1,0 +1,37 @@
+-- Secret history: every version of a secret is a row of its own, sealed
+-- under its own data key; `secrets` keeps the metadata and the number of
+-- the current version. Times are microseconds since the Unix epoch.
+--
+-- `keys` (a JSON array of the version's key names, sorted) and `changes`
+-- (JSON {"added":[...],"removed":[...],"changed":[...]} against the version
+-- before it) hold names, never values: listing and history need no
+-- decryption. Rows moved here from an older store get `keys` filled in at
+-- the first start that can decrypt them; `changes` stays NULL (unknown)
+-- where the version before them was never kept.
+
+CREATE TABLE secret_versions (
+    secret_id      TEXT NOT NULL REFERENCES secrets (id) ON DELETE CASCADE,
+    version        INTEGER NOT NULL,
+    created_at     INTEGER NOT NULL,
+    created_by     TEXT NOT NULL,
+    action         TEXT NOT NULL,
+    source_version INTEGER,
+    keys           TEXT,
+    changes        TEXT,
+    key_id         TEXT NOT NULL,
+    wrapped_key    BLOB NOT NULL,
+    ciphertext     BLOB NOT NULL,
+    PRIMARY KEY (secret_id, version)
+);
+
+INSERT INTO secret_versions (secret_id, version, created_at, created_by, action, key_id, wrapped_key, ciphertext)
+SELECT id, version,
+       CASE WHEN version = 1 THEN created_at ELSE CAST(unixepoch('subsec') * 1000000 AS INTEGER) END,
+       CASE WHEN version = 1 THEN created_by ELSE '' END,
+       CASE WHEN version = 1 THEN 'created' ELSE 'updated' END,
+       key_id, wrapped_key, ciphertext
+FROM secrets;
+
+ALTER TABLE secrets DROP COLUMN key_id;
+ALTER TABLE secrets DROP COLUMN wrapped_key;
+ALTER TABLE secrets DROP COLUMN ciphertext;
