@@ -30,6 +30,9 @@ macro_rules! conformance_tests {
             secrets_in_an_unknown_environment,
             long_input_is_echoed_shortened,
             environments_by_id,
+            versions_history_and_rollback,
+            versions_are_destroyed_past_the_limit,
+            versions_gapless_under_concurrent_writers,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -61,6 +64,7 @@ macro_rules! conformance_replica_tests {
             replicas_concurrent_creates,
             replicas_paging_while_writing,
             replicas_sweep,
+            replicas_versions_gapless,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -1433,4 +1437,543 @@ pub async fn environments_by_id(store: &dyn Store) {
         store.environment(ws, &env.id).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+}
+
+// --- versions -----------------------------------------------------------
+
+/// A write by `author` that keeps `keep` versions.
+fn by(author: &str, keep: u32) -> Revision {
+    Revision {
+        author: author.to_owned(),
+        keep_versions: keep,
+        expected_version: None,
+    }
+}
+
+/// The version numbers of a secret's whole history, newest first.
+async fn version_numbers(store: &dyn Store, ws: &str, id: &str) -> Vec<i64> {
+    store
+        .secret_history(ws, id, None, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.version)
+        .collect()
+}
+
+/// Every change makes a version with its author, action and key-level
+/// changes; old versions read back; rollback makes a new version with an
+/// old one's contents; compare-and-swap refuses a stale write and writes
+/// nothing.
+pub async fn versions_history_and_rollback(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = store.environment(ws, "").await.unwrap().id;
+    let v1 = dict(&[("A", "1"), ("B", "2")]);
+    let (s, _) = store
+        .create_secret(&named(ws, &env, "hist", v1.clone(), OnConflict::Fail))
+        .await
+        .unwrap();
+    let id = s.summary.id;
+    assert_eq!(s.summary.version, 1);
+    // v2: A changed, B removed, C added.
+    let changes = [
+        ("A".to_owned(), Some("10".to_owned())),
+        ("B".to_owned(), None),
+        ("C".to_owned(), Some("3".to_owned())),
+    ];
+    let v2 = store
+        .update_secret(ws, &id, &changes, &by("deployer", KEEP))
+        .await
+        .unwrap();
+    assert_eq!(v2.summary.version, 2);
+    // v3: an overwrite by another token.
+    let mut overwrite = named(ws, &env, "hist", dict(&[("Z", "z")]), OnConflict::Overwrite);
+    overwrite.created_by = "ci".to_owned();
+    let (v3, created) = store.create_secret(&overwrite).await.unwrap();
+    assert!(!created);
+    assert_eq!(v3.summary.version, 3);
+    assert_eq!(v3.summary.created_by, "admin", "the secret's creator stays");
+    // v4: rollback to 1.
+    let v4 = store
+        .rollback_secret(ws, &id, 1, &by("oncall", KEEP))
+        .await
+        .unwrap();
+    assert_eq!(v4.summary.version, 4);
+    assert_eq!(v4.contents, v1, "a rollback restores version 1's contents");
+    let current = store
+        .secret_in_environment(ws, "", "hist")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(current.contents, v1, "lookups see the rolled-back contents");
+    assert_eq!(current.summary.version, 4);
+
+    let history = store.secret_history(ws, &id, None, 100).await.unwrap();
+    let summary: Vec<_> = history
+        .iter()
+        .map(|v| (v.version, v.action.to_string(), v.created_by.as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (4, "rolled back to 1".to_owned(), "oncall"),
+            (3, "overwritten".to_owned(), "ci"),
+            (2, "updated".to_owned(), "deployer"),
+            (1, "created".to_owned(), "admin"),
+        ]
+    );
+    let changes_of = |n: i64| {
+        history
+            .iter()
+            .find(|v| v.version == n)
+            .unwrap()
+            .changes
+            .clone()
+    };
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let v2_changes = changes_of(2).expect("version 1 is kept, so the changes are known");
+    assert_eq!(v2_changes.added, names(&["C"]));
+    assert_eq!(v2_changes.removed, names(&["B"]));
+    assert_eq!(v2_changes.changed, names(&["A"]));
+    let v1_changes = changes_of(1).unwrap();
+    assert_eq!(v1_changes.added, names(&["A", "B"]));
+    let v4_changes = changes_of(4).unwrap();
+    assert_eq!(v4_changes.added, names(&["A", "B"]));
+    assert_eq!(v4_changes.removed, names(&["Z"]));
+    assert!(history
+        .windows(2)
+        .all(|w| w[0].created_at >= w[1].created_at));
+    assert_eq!(history[1].keys, names(&["Z"]));
+
+    // Old versions read back, with their own keys and record.
+    let (old, record) = store.secret_version(ws, &id, 2).await.unwrap();
+    assert_eq!(old.contents, dict(&[("A", "10"), ("C", "3")]));
+    assert_eq!(old.summary.version, 2);
+    assert_eq!(old.summary.keys, names(&["A", "C"]));
+    assert_eq!(record.created_by, "deployer");
+
+    // Paging: versions below `before`, at most `limit`.
+    let page = store.secret_history(ws, &id, Some(4), 2).await.unwrap();
+    assert_eq!(page.iter().map(|v| v.version).collect::<Vec<_>>(), [3, 2]);
+
+    // Refusals write nothing.
+    let err = store
+        .rollback_secret(ws, &id, 4, &revision())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("at version 4 already"), "{err:?}");
+    let err = store
+        .rollback_secret(ws, &id, 99, &revision())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(
+        err.message().contains("'hist' has no version 99")
+            && err.message().contains("versions 1 to 4 are kept"),
+        "{err:?}"
+    );
+    let err = store.secret_version(ws, &id, 0).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let stale = Revision {
+        expected_version: Some(3),
+        ..revision()
+    };
+    let err = store
+        .update_secret(ws, &id, &[("N".to_owned(), Some("n".to_owned()))], &stale)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("at version 4, not 3"), "{err:?}");
+    let err = store.rollback_secret(ws, &id, 2, &stale).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert_eq!(version_numbers(store, ws, &id).await, [4, 3, 2, 1]);
+    let fresh = Revision {
+        expected_version: Some(4),
+        ..revision()
+    };
+    let v5 = store
+        .update_secret(ws, &id, &[("N".to_owned(), Some("n".to_owned()))], &fresh)
+        .await
+        .unwrap();
+    assert_eq!(
+        v5.summary.version, 5,
+        "the expected version is current: written"
+    );
+
+    // A list shows the current keys, read without decrypting.
+    let listed = store.list_secrets(ws, &env, None, 10).await.unwrap();
+    assert_eq!(listed[0].keys, names(&["A", "B", "N"]));
+    assert_eq!(listed[0].version, 5);
+
+    // Deleting the secret destroys its history.
+    store.delete_secret(ws, &id).await.unwrap();
+    let err = store.secret_history(ws, &id, None, 10).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let err = store.secret_version(ws, &id, 1).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+}
+
+/// Past the limit, the oldest versions are destroyed; what is kept is
+/// always the newest `keep`, and a destroyed version is refused naming
+/// the kept ones. Another workspace sees none of it.
+pub async fn versions_are_destroyed_past_the_limit(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = store.environment(ws, "").await.unwrap().id;
+    let (s, _) = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "kept",
+            dict(&[("V", "0")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    let id = s.summary.id;
+    for i in 1..=5 {
+        store
+            .update_secret(
+                ws,
+                &id,
+                &[("V".to_owned(), Some(i.to_string()))],
+                &by("admin", 3),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(version_numbers(store, ws, &id).await, [6, 5, 4]);
+    let err = store.secret_version(ws, &id, 3).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert!(
+        err.message().contains("versions 4 to 6 are kept"),
+        "{err:?}"
+    );
+    let err = store
+        .rollback_secret(ws, &id, 1, &by("admin", 3))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let (v4, _) = store.secret_version(ws, &id, 4).await.unwrap();
+    assert_eq!(v4.contents, dict(&[("V", "3")]));
+    // The oldest kept version's changes are still known: they were
+    // recorded when it was made.
+    let history = store.secret_history(ws, &id, None, 10).await.unwrap();
+    assert!(history.iter().all(|v| v.changes.is_some()));
+
+    // Keeping one: only the current version survives a write.
+    store
+        .rollback_secret(ws, &id, 4, &by("admin", 1))
+        .await
+        .unwrap();
+    assert_eq!(version_numbers(store, ws, &id).await, [7]);
+    let err = store.secret_version(ws, &id, 6).await.unwrap_err();
+    assert!(err.message().contains("only version 7 is kept"), "{err:?}");
+    let current = store.secret_by_id(ws, &id).await.unwrap();
+    assert_eq!(current.contents, dict(&[("V", "3")]));
+
+    // Another workspace: the secret and its versions are not there.
+    let other = ids::new_id(ids::WORKSPACE);
+    for err in [
+        store
+            .secret_history(&other, &id, None, 10)
+            .await
+            .unwrap_err(),
+        store
+            .secret_version(&other, &id, 7)
+            .await
+            .map(drop)
+            .unwrap_err(),
+        store
+            .rollback_secret(&other, &id, 7, &revision())
+            .await
+            .map(drop)
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    }
+}
+
+/// Writers that update one secret at once (`writers` × `rounds`, through
+/// `stores` in turn) all survive, and its versions are numbered 1, 2, 3...
+/// without a gap or a repeat.
+async fn versions_without_gaps(stores: &[&dyn Store], ws: &str, env: &str, writers: usize) {
+    const ROUNDS: usize = 4;
+    let (s, _) = stores[0]
+        .create_secret(&named(ws, env, "gapless", EnvDict::new(), OnConflict::Fail))
+        .await
+        .unwrap();
+    let id = s.summary.id;
+    let tasks = (0..writers).map(|w| {
+        let store = stores[w % stores.len()];
+        let id = id.clone();
+        async move {
+            for round in 0..ROUNDS {
+                let key = format!("W{w}_{round}");
+                store
+                    .update_secret(ws, &id, &[(key, Some(round.to_string()))], &by("w", 1000))
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    join_all(tasks).await;
+    let total = i64::try_from(writers * ROUNDS).unwrap() + 1;
+    let numbers = version_numbers(stores[0], ws, &id).await;
+    assert_eq!(
+        numbers,
+        (1..=total).rev().collect::<Vec<_>>(),
+        "versions numbered without gaps"
+    );
+    let last = stores[stores.len() - 1]
+        .secret_by_id(ws, &id)
+        .await
+        .unwrap();
+    assert_eq!(
+        last.contents.len(),
+        writers * ROUNDS,
+        "every update survives"
+    );
+    assert_eq!(last.summary.version, total);
+    // Each version holds one key more than the one before it.
+    let history = stores[0]
+        .secret_history(ws, &id, None, 10_000)
+        .await
+        .unwrap();
+    for v in &history {
+        assert_eq!(v.keys.len() as i64, v.version - 1, "version {}", v.version);
+        if v.version > 1 {
+            assert_eq!(v.changes.as_ref().unwrap().added.len(), 1);
+        }
+    }
+}
+
+/// 16 concurrent writers of one secret: gapless versions.
+pub async fn versions_gapless_under_concurrent_writers(store: &dyn Store) {
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = store.environment(ws, "").await.unwrap().id;
+    versions_without_gaps(&[store], ws, &env, 16).await;
+}
+
+/// 16 concurrent writers of one secret through two replicas: gapless versions.
+pub async fn replicas_versions_gapless(a: &dyn Store, b: &dyn Store) {
+    let (ws, env) = setup_replicas(a, b).await;
+    versions_without_gaps(&[a, b], &ws, &env, 16).await;
+}
+
+/// A secret whose current ciphertext no longer opens (`damage` alters the
+/// stored bytes of the given secret's versions): its environment still
+/// lists, the secret still deletes, and reading its values names it.
+pub async fn damaged_ciphertext<F, Fut>(store: &dyn Store, damage: F)
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let admin = setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let env = store.environment(ws, "").await.unwrap().id;
+    let (bad, _) = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "damaged",
+            dict(&[("K", "s3cr3t-value")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    store
+        .create_secret(&named(
+            ws,
+            &env,
+            "fine",
+            dict(&[("OK", "1")]),
+            OnConflict::Fail,
+        ))
+        .await
+        .unwrap();
+    damage(bad.summary.id.clone()).await;
+    let listed = store.list_secrets(ws, &env, None, 10).await.unwrap();
+    let names: Vec<_> = listed.iter().filter_map(|s| s.name()).collect();
+    assert_eq!(names, ["fine", "damaged"], "the environment still lists");
+    assert_eq!(
+        listed[1].keys,
+        ["K"],
+        "with the keys, read without decrypting"
+    );
+    let summary = store
+        .secret_summary_in_environment(ws, "", "damaged")
+        .await
+        .unwrap()
+        .expect("the metadata lookup answers");
+    assert_eq!(summary.keys, ["K"]);
+    let err = store
+        .secret_in_environment(ws, "", "damaged")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::FailedPrecondition,
+        "not retried: {err:?}"
+    );
+    assert!(
+        err.message()
+            .contains("Secret 'damaged' version 1 cannot be decrypted"),
+        "{err:?}"
+    );
+    assert!(!err.message().contains("s3cr3t"), "{err:?}");
+    // An overwrite replaces it (its changes are then unknown).
+    let (replaced, _) = store
+        .create_secret(&named(
+            ws,
+            &env,
+            "damaged",
+            dict(&[("K", "w")]),
+            OnConflict::Overwrite,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(replaced.summary.version, 2);
+    let history = store
+        .secret_history(ws, &bad.summary.id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(history[0].changes, None);
+    store.delete_secret(ws, &bad.summary.id).await.unwrap();
+    assert!(store
+        .secret_in_environment(ws, "", "damaged")
+        .await
+        .unwrap()
+        .is_none());
+}
+
+// --- migration from a store without versions ------------------------------
+
+/// What a store of the first schema (before versions were kept) holds, as
+/// seeded by [`Unversioned::seed_sql`], for [`history_after_migration`].
+#[derive(Debug, Clone)]
+pub struct Unversioned {
+    /// The workspace.
+    pub workspace_id: String,
+    /// A secret never changed: version 1.
+    pub created_id: String,
+    /// A secret changed twice: its row says version 3.
+    pub updated_id: String,
+}
+
+impl Default for Unversioned {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Unversioned {
+    /// New ids.
+    pub fn new() -> Self {
+        Unversioned {
+            workspace_id: ids::new_id(ids::WORKSPACE),
+            created_id: ids::new_id(ids::SECRET),
+            updated_id: ids::new_id(ids::SECRET),
+        }
+    }
+
+    /// The contents of both secrets.
+    pub fn contents() -> EnvDict {
+        dict(&[("API_KEY", "k-1"), ("DB_URL", "postgres://db")])
+    }
+
+    /// SQL that fills a database of the first schema: a workspace, its
+    /// default environment, and the two secrets sealed under `keyring` as
+    /// that schema stored them. `blob` writes a byte string as a literal
+    /// of the backend's dialect.
+    pub fn seed_sql(&self, keyring: &crate::crypto::Keyring, blob: fn(&[u8]) -> String) -> String {
+        let ws = &self.workspace_id;
+        let env = ids::new_id(ids::ENVIRONMENT);
+        let now = now_micros();
+        let mut sql = format!(
+            "INSERT INTO workspaces (id, name, created_at) VALUES ('{ws}', 'default', {now});\n\
+             INSERT INTO environments (id, workspace_id, name, is_default, created_at) \
+             VALUES ('{env}', '{ws}', 'main', TRUE, {now});\n"
+        );
+        for (i, (id, version)) in [(&self.created_id, 1), (&self.updated_id, 3)]
+            .into_iter()
+            .enumerate()
+        {
+            let sealed = keyring.seal(
+                crate::crypto::Binding {
+                    workspace_id: ws,
+                    secret_id: id,
+                    version,
+                },
+                &Self::contents(),
+            );
+            sql += &format!(
+                "INSERT INTO secrets (id, workspace_id, environment_id, name, created_at, created_by, \
+                 version, key_id, wrapped_key, ciphertext) VALUES ('{id}', '{ws}', '{env}', \
+                 'old-{i}', {}, 'founder', {version}, '{}', {}, {});\n",
+                now + i as i64,
+                sealed.key_id,
+                blob(&sealed.wrapped_key),
+                blob(&sealed.ciphertext),
+            );
+        }
+        sql
+    }
+}
+
+/// A store migrated from the first schema keeps every secret's contents as
+/// its current version: version 1 as `created` with its keys added, a
+/// later version with its author and changes unknown. Lists show the keys;
+/// the next change numbers on.
+pub async fn history_after_migration(store: &dyn Store, old: &Unversioned) {
+    let ws = old.workspace_id.as_str();
+    let env = store.environment(ws, "").await.unwrap().id;
+    let keys = ["API_KEY", "DB_URL"];
+    for id in [&old.created_id, &old.updated_id] {
+        let secret = store.secret_by_id(ws, id).await.unwrap();
+        assert_eq!(secret.contents, Unversioned::contents(), "contents kept");
+    }
+    let listed = store.list_secrets(ws, &env, None, 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed.iter().all(|s| s.keys == keys), "{listed:?}");
+
+    let created = store
+        .secret_history(ws, &old.created_id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].version, 1);
+    assert_eq!(created[0].action, crate::VersionAction::Created);
+    assert_eq!(created[0].created_by, "founder");
+    assert_eq!(created[0].changes.as_ref().unwrap().added, keys);
+
+    let updated = store
+        .secret_history(ws, &old.updated_id, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(updated.len(), 1);
+    assert_eq!(updated[0].version, 3);
+    assert_eq!(updated[0].action, crate::VersionAction::Updated);
+    assert_eq!(updated[0].created_by, "", "the author was never recorded");
+    assert_eq!(
+        updated[0].changes, None,
+        "what version 3 changed is not known"
+    );
+    assert_eq!(updated[0].keys, keys);
+
+    let next = store
+        .update_secret(
+            ws,
+            &old.updated_id,
+            &[("NEW".to_owned(), Some("n".to_owned()))],
+            &revision(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next.summary.version, 4);
+    let (v3, _) = store.secret_version(ws, &old.updated_id, 3).await.unwrap();
+    assert_eq!(v3.contents, Unversioned::contents());
 }

@@ -233,7 +233,8 @@ pub(crate) fn open_version(
         )
         .map_err(|_| {
             tracing::error!(secret_id, version, "a stored secret version does not decrypt");
-            Error::internal(format!(
+            // Not Internal: a client retries that, and this answer will not change.
+            Error::failed_precondition(format!(
                 "Secret '{}' version {version} cannot be decrypted: its stored ciphertext is damaged \
                  or was sealed under another key",
                 latchkey_core::rules::echo(label)

@@ -688,3 +688,64 @@ async fn a_write_that_commits_after_the_operation_bound_succeeds() {
     look.close().await;
     store.close().await;
 }
+
+/// Finding 4 of the hardening review: one damaged ciphertext must not break
+/// its environment's listing or the secret's deletion.
+#[tokio::test]
+async fn a_damaged_ciphertext_is_listed_deleted_and_named() {
+    let (db, store) = fresh().await;
+    let url = db.url.clone();
+    conformance::damaged_ciphertext(&store, |secret_id| async move {
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query(
+            "UPDATE secret_versions SET ciphertext = \
+             overlay(ciphertext PLACING '\\xff'::bytea FROM 21 FOR 1) WHERE secret_id = $1",
+        )
+        .bind(&secret_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    })
+    .await;
+    store.close().await;
+}
+
+/// A store made by the schema before versions were kept migrates: each
+/// secret's contents become its current version.
+#[tokio::test]
+async fn a_store_without_versions_migrates() {
+    let db = TestDb::create().await;
+    let before = tempfile::tempdir().unwrap();
+    for file in ["0001_initial.sql", "0002_change_feed.sql"] {
+        std::fs::copy(
+            format!("{}/migrations/postgres/{file}", env!("CARGO_MANIFEST_DIR")),
+            before.path().join(file),
+        )
+        .unwrap();
+    }
+    let key = MasterKey::generate();
+    let old = conformance::Unversioned::new();
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    sqlx::migrate::Migrator::new(before.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let blob = |bytes: &[u8]| {
+        format!(
+            "'\\x{}'::bytea",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    sqlx::raw_sql(&old.seed_sql(&Keyring::new(key.clone()), blob))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = open(&db, &key).await;
+    conformance::history_after_migration(&store, &old).await;
+    store.close().await;
+}

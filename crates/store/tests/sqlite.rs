@@ -242,3 +242,74 @@ async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
     );
     assert_wrong_key_refused_without_writing(&dir).await;
 }
+
+/// Finding 4 of the hardening review: one damaged ciphertext must not break
+/// its environment's listing or the secret's deletion.
+#[tokio::test]
+async fn a_damaged_ciphertext_is_listed_deleted_and_named() {
+    let (dir, store) = fresh().await;
+    let file = dir.path().join("latchkey.db");
+    conformance::damaged_ciphertext(&store, |secret_id| async move {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", file.display()))
+            .await
+            .unwrap();
+        let (mut ciphertext,): (Vec<u8>,) =
+            sqlx::query_as("SELECT ciphertext FROM secret_versions WHERE secret_id = $1")
+                .bind(&secret_id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        ciphertext[20] ^= 1;
+        sqlx::query("UPDATE secret_versions SET ciphertext = $1 WHERE secret_id = $2")
+            .bind(ciphertext)
+            .bind(&secret_id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    })
+    .await;
+    store.close().await;
+}
+
+/// A store made by the first schema, before versions were kept, migrates:
+/// each secret's contents become its current version.
+#[tokio::test]
+async fn a_store_without_versions_migrates() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0001_initial.sql"
+        ),
+        first.path().join("0001_initial.sql"),
+    )
+    .unwrap();
+    let keyring = Keyring::new(MasterKey::generate());
+    let old = conformance::Unversioned::new();
+    let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", url(&dir)))
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(first.path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let blob = |bytes: &[u8]| {
+        format!(
+            "X'{}'",
+            bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    };
+    sqlx::raw_sql(&old.seed_sql(&keyring, blob))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let store = SqliteStore::open(&url(&dir), keyring).await.unwrap();
+    conformance::history_after_migration(&store, &old).await;
+    store.close().await;
+}
