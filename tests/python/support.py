@@ -369,3 +369,23 @@ def raw_call(url: str, method: str, request, metadata: dict[str, str] | None = N
             channel.close()
 
     return asyncio.run(_call())
+
+
+def api(server: Server, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """Call latchkey's JSON API (`/api/v1` + path) as the server's admin: (status, JSON answer)."""
+    import json
+
+    req = urllib.request.Request(
+        f"{server.url}/api/v1{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": f"Bearer {server.token_id}:{server.token_secret}",
+            "Content-Type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")

@@ -167,6 +167,20 @@ def test_values_of_named_and_dict_secrets_arrive(sbc, app):
     assert "DROPPED" not in env
 
 
+def test_a_sandbox_gets_the_current_version_after_updates_and_a_rollback(sandbox_server, sbc, app):
+    name = named_secret(sbc, {"TOKEN": "v1-token", "GONE": "v1-only"})
+    status, body = support.api(
+        sandbox_server, "PATCH", f"/secrets/{name}", {"values": {"TOKEN": "v2-token", "GONE": None}}
+    )
+    assert status == 200, body
+    env = env_of(sbc, app, secrets=[modal.Secret.from_name(name)])
+    assert env["TOKEN"] == "v2-token" and "GONE" not in env
+    status, body = support.api(sandbox_server, "POST", f"/secrets/{name}/rollback", {"to": 1})
+    assert (status, body.get("version")) == (200, 3), body
+    env = env_of(sbc, app, secrets=[modal.Secret.from_name(name, required_keys=["GONE"])])
+    assert (env["TOKEN"], env["GONE"]) == ("v1-token", "v1-only")
+
+
 def test_later_secrets_override_earlier_ones_key_by_key(sbc, app):
     middle = named_secret(sbc, {"B": "named", "C": "named"})
     env = env_of(

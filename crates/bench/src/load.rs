@@ -236,6 +236,32 @@ impl Load {
         Ok(())
     }
 
+    /// Gives the named secret `name` (made by [`create_named`](Self::create_named))
+    /// `count` more versions, each changing one key through `update()`.
+    pub(crate) async fn add_versions(&self, name: &str, count: usize) -> Result<()> {
+        let mut client = self.clients[0].clone();
+        let id = client
+            .secret_get_or_create(api::SecretGetOrCreateRequest {
+                deployment_name: name.to_owned(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner()
+            .secret_id;
+        for i in 0..count {
+            client
+                .secret_update(api::SecretUpdateRequest {
+                    secret_id: id.clone(),
+                    updates: vec![api::secret_update_request::Update {
+                        key: "KEY_0".to_owned(),
+                        value: Some(format!("value-0-version-{i}")),
+                    }],
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn create_environment(&self, name: &str) -> Result<()> {
         let mut client = self.clients[0].clone();
         client

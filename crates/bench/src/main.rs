@@ -131,7 +131,9 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or(if args.quick { 5_000 } else { 1_000_000 });
     let mut figures = Vec::new();
 
-    let server = Server::start(&bin, &[]).await?;
+    // Versions are kept up to 1,000 for the history figure; nothing else
+    // makes more than 20.
+    let server = Server::start(&bin, &["--keep-versions", "1000"]).await?;
     let load = Load::new(&server, args.connections).await?;
     load.create_named("bench", 10).await?;
 
@@ -139,8 +141,15 @@ async fn run(args: Args) -> Result<()> {
         "lookup throughput ({} streams over {} connections, {seconds:?} each)",
         args.streams, args.connections
     );
-    let [(hello, hello_cpu), (lookup, lookup_cpu)] =
-        paired(&load, &server, Pace::FlatOut, args.streams, seconds).await?;
+    let [(hello, hello_cpu), (lookup, lookup_cpu)] = paired(
+        &load,
+        &server,
+        lookup_vs_hello(),
+        Pace::FlatOut,
+        args.streams,
+        seconds,
+    )
+    .await?;
     figures.push(Figure::new(
         "lookup rate (SecretGetOrCreate type 0)",
         (lookup.rate(), "req/s"),
@@ -170,8 +179,15 @@ async fn run(args: Args) -> Result<()> {
     // half and a quarter of the empty RPC's peak) show a lookup's latency.
     for share in [2.0, 4.0] {
         let fixed = (hello.rate() / share).floor().max(100.0);
-        let [(hello_at, _), (lookup_at, _)] =
-            paired(&load, &server, Pace::Rate(fixed), args.streams, seconds).await?;
+        let [(hello_at, _), (lookup_at, _)] = paired(
+            &load,
+            &server,
+            lookup_vs_hello(),
+            Pace::Rate(fixed),
+            args.streams,
+            seconds,
+        )
+        .await?;
         figures.push(Figure::new(
             format!(
                 "lookup p99 at {fixed:.0} req/s (1/{share} of peak, {} streams)",
@@ -184,10 +200,46 @@ async fn run(args: Args) -> Result<()> {
         ));
     }
 
+    eprintln!("versions: lookups of a secret with 20 versions, and a history of 1,000");
+    load.create_named("bench20", 10).await?;
+    load.add_versions("bench20", 19).await?;
+    let [(one, _), (twenty, _)] = paired(
+        &load,
+        &server,
+        [Op::Lookup("bench".into()), Op::Lookup("bench20".into())],
+        Pace::FlatOut,
+        args.streams,
+        seconds,
+    )
+    .await?;
+    figures.push(Figure::new(
+        "lookup rate, secret with 20 versions",
+        (twenty.rate(), "req/s"),
+        "same, secret with 1 version",
+        (one.rate(), "req/s"),
+        "≥ 0.95 × baseline",
+    ));
+    load.create_named("hist", 10).await?;
+    load.add_versions("hist", 999).await?;
+    let [history, info] = server::time_cli_pair(
+        &bin,
+        &server,
+        [&["secret", "history", "hist"], &["secret", "info", "hist"]],
+        if args.quick { 5 } else { 20 },
+    )
+    .await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    figures.push(Figure::new(
+        "latchkey secret history, 1,000 versions (median)",
+        (ms(history), "ms"),
+        "latchkey secret info, same secret (median)",
+        (ms(info), "ms"),
+        "(reported)",
+    ));
+
     eprintln!("resolve for a start (latchkey run --secret bench -- true)");
     let runs = if args.quick { 5 } else { 30 };
     let starts = server::time_run(&bin, &server, runs).await?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     figures.push(Figure::new(
         "latchkey run --secret bench -- true (median)",
         (ms(starts.latchkey), "ms"),
@@ -278,8 +330,15 @@ async fn run(args: Args) -> Result<()> {
         let pg = Server::start(&bin, &["--database", &db]).await?;
         let load = Load::new(&pg, args.connections).await?;
         load.create_named("bench", 10).await?;
-        let [(hello, _), (lookup, _)] =
-            paired(&load, &pg, Pace::FlatOut, args.streams, seconds).await?;
+        let [(hello, _), (lookup, _)] = paired(
+            &load,
+            &pg,
+            lookup_vs_hello(),
+            Pace::FlatOut,
+            args.streams,
+            seconds,
+        )
+        .await?;
         let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
         figures.push(Figure::new(
             "PostgreSQL lookup rate",
@@ -317,13 +376,20 @@ enum Pace {
     Rate(f64),
 }
 
-/// ClientHello and the lookup, each for `duration` in all, taking turns in
-/// short rounds so that whatever else the machine does (and where the
-/// runtime happens to place the connections) falls on both alike. Each with
-/// the server CPU time it used.
+/// The pair most figures compare: ClientHello (the baseline) and the lookup
+/// of the secret `bench`.
+fn lookup_vs_hello() -> [Op; 2] {
+    [Op::Hello, Op::Lookup("bench".into())]
+}
+
+/// Two operations, each for `duration` in all, taking turns in short rounds
+/// so that whatever else the machine does (and where the runtime happens to
+/// place the connections) falls on both alike. Each with the server CPU
+/// time it used.
 async fn paired(
     load: &Load,
     server: &Server,
+    ops: [Op; 2],
     pace: Pace,
     streams: usize,
     duration: Duration,
@@ -334,10 +400,7 @@ async fn paired(
         (load::Stats::empty(), Duration::ZERO),
     ];
     for _ in 0..ROUNDS {
-        for (op, (stats, cpu)) in [Op::Hello, Op::Lookup("bench".into())]
-            .into_iter()
-            .zip(results.iter_mut())
-        {
+        for (op, (stats, cpu)) in ops.iter().cloned().zip(results.iter_mut()) {
             let before = server.cpu_time()?;
             let run = match pace {
                 Pace::FlatOut => load.run(op, streams, duration / ROUNDS).await?,

@@ -200,7 +200,6 @@ pub(crate) struct Starts {
 /// Times `runs` starts of `true` each way, interleaved so that a busy moment
 /// of the machine falls on all of them alike.
 pub(crate) async fn time_run(bin: &Path, server: &Server, runs: usize) -> Result<Starts> {
-    let (id, secret) = server.admin_token();
     let truth = which("true").context("`true` is not on PATH")?;
     // The same ten variables the secret `bench` holds, as a .env file.
     let dotenvx = match which("dotenvx") {
@@ -214,24 +213,10 @@ pub(crate) async fn time_run(bin: &Path, server: &Server, runs: usize) -> Result
         }
         None => None,
     };
-    let timed = |mut command: Command| async move {
-        let started = Instant::now();
-        let status = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .await?;
-        anyhow::ensure!(status.success(), "{command:?} failed: {status}");
-        Ok::<_, anyhow::Error>(started.elapsed())
-    };
     let (mut with_secret, mut bare, mut with_dotenvx) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
-        let mut run = Command::new(bin);
-        run.args(["run", "--secret", "bench", "--"])
-            .arg(&truth)
-            .env("LATCHKEY_SERVER_URL", server.url())
-            .env("LATCHKEY_TOKEN_ID", &id)
-            .env("LATCHKEY_TOKEN_SECRET", &secret);
+        let mut run = cli(bin, server, &["run", "--secret", "bench", "--"]);
+        run.arg(&truth);
         with_secret.push(timed(run).await?);
         bare.push(timed(Command::new(&truth)).await?);
         if let Some((dotenvx, env_file)) = &dotenvx {
@@ -256,4 +241,44 @@ fn which(name: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(name))
             .find(|p| p.is_file())
     })
+}
+
+/// `bin ARGS` as a client of `server`, with its admin token.
+fn cli(bin: &Path, server: &Server, args: &[&str]) -> Command {
+    let (id, secret) = server.admin_token();
+    let mut command = Command::new(bin);
+    command
+        .args(args)
+        .env("LATCHKEY_SERVER_URL", server.url())
+        .env("LATCHKEY_TOKEN_ID", id)
+        .env("LATCHKEY_TOKEN_SECRET", secret);
+    command
+}
+
+/// The wall time of `command` to its exit, which must be a success.
+async fn timed(mut command: Command) -> Result<Duration> {
+    let started = Instant::now();
+    let status = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "{command:?} failed: {status}");
+    Ok(started.elapsed())
+}
+
+/// Medians of `runs` runs of two client commands against `server`,
+/// interleaved so that a busy moment falls on both alike.
+pub(crate) async fn time_cli_pair(
+    bin: &Path,
+    server: &Server,
+    [first, second]: [&[&str]; 2],
+    runs: usize,
+) -> Result<[Duration; 2]> {
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        a.push(timed(cli(bin, server, first)).await?);
+        b.push(timed(cli(bin, server, second)).await?);
+    }
+    Ok([median(a), median(b)])
 }

@@ -1450,6 +1450,26 @@ fn by(author: &str, keep: u32) -> Revision {
     }
 }
 
+/// Bootstraps `store`; returns the workspace's id and its default
+/// environment's.
+async fn default_environment(store: &dyn Store) -> (String, String) {
+    let admin = setup(store).await;
+    let env = store.environment(&admin.workspace_id, "").await.unwrap().id;
+    (admin.workspace_id, env)
+}
+
+/// Creates the named secret `name` holding `pairs`; returns its id.
+async fn create_named(
+    store: &dyn Store,
+    ws: &str,
+    env: &str,
+    name: &str,
+    pairs: &[(&str, &str)],
+) -> String {
+    let new = named(ws, env, name, dict(pairs), OnConflict::Fail);
+    store.create_secret(&new).await.unwrap().0.summary.id
+}
+
 /// The version numbers of a secret's whole history, newest first.
 async fn version_numbers(store: &dyn Store, ws: &str, id: &str) -> Vec<i64> {
     store
@@ -1466,9 +1486,8 @@ async fn version_numbers(store: &dyn Store, ws: &str, id: &str) -> Vec<i64> {
 /// old one's contents; compare-and-swap refuses a stale write and writes
 /// nothing.
 pub async fn versions_history_and_rollback(store: &dyn Store) {
-    let admin = setup(store).await;
-    let ws = admin.workspace_id.as_str();
-    let env = store.environment(ws, "").await.unwrap().id;
+    let (ws, env) = default_environment(store).await;
+    let ws = ws.as_str();
     let v1 = dict(&[("A", "1"), ("B", "2")]);
     let (s, _) = store
         .create_secret(&named(ws, &env, "hist", v1.clone(), OnConflict::Fail))
@@ -1619,20 +1638,9 @@ pub async fn versions_history_and_rollback(store: &dyn Store) {
 /// always the newest `keep`, and a destroyed version is refused naming
 /// the kept ones. Another workspace sees none of it.
 pub async fn versions_are_destroyed_past_the_limit(store: &dyn Store) {
-    let admin = setup(store).await;
-    let ws = admin.workspace_id.as_str();
-    let env = store.environment(ws, "").await.unwrap().id;
-    let (s, _) = store
-        .create_secret(&named(
-            ws,
-            &env,
-            "kept",
-            dict(&[("V", "0")]),
-            OnConflict::Fail,
-        ))
-        .await
-        .unwrap();
-    let id = s.summary.id;
+    let (ws, env) = default_environment(store).await;
+    let ws = ws.as_str();
+    let id = create_named(store, ws, &env, "kept", &[("V", "0")]).await;
     for i in 1..=5 {
         store
             .update_secret(
@@ -1752,9 +1760,8 @@ async fn versions_without_gaps(stores: &[&dyn Store], ws: &str, env: &str, write
 
 /// 16 concurrent writers of one secret: gapless versions.
 pub async fn versions_gapless_under_concurrent_writers(store: &dyn Store) {
-    let admin = setup(store).await;
-    let ws = admin.workspace_id.as_str();
-    let env = store.environment(ws, "").await.unwrap().id;
+    let (ws, env) = default_environment(store).await;
+    let ws = ws.as_str();
     versions_without_gaps(&[store], ws, &env, 16).await;
 }
 
@@ -1772,30 +1779,11 @@ where
     F: FnOnce(String) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let admin = setup(store).await;
-    let ws = admin.workspace_id.as_str();
-    let env = store.environment(ws, "").await.unwrap().id;
-    let (bad, _) = store
-        .create_secret(&named(
-            ws,
-            &env,
-            "damaged",
-            dict(&[("K", "s3cr3t-value")]),
-            OnConflict::Fail,
-        ))
-        .await
-        .unwrap();
-    store
-        .create_secret(&named(
-            ws,
-            &env,
-            "fine",
-            dict(&[("OK", "1")]),
-            OnConflict::Fail,
-        ))
-        .await
-        .unwrap();
-    damage(bad.summary.id.clone()).await;
+    let (ws, env) = default_environment(store).await;
+    let ws = ws.as_str();
+    let bad = create_named(store, ws, &env, "damaged", &[("K", "s3cr3t-value")]).await;
+    create_named(store, ws, &env, "fine", &[("OK", "1")]).await;
+    damage(bad.clone()).await;
     let listed = store.list_secrets(ws, &env, None, 10).await.unwrap();
     let names: Vec<_> = listed.iter().filter_map(|s| s.name()).collect();
     assert_eq!(names, ["fine", "damaged"], "the environment still lists");
@@ -1837,12 +1825,9 @@ where
         .await
         .unwrap();
     assert_eq!(replaced.summary.version, 2);
-    let history = store
-        .secret_history(ws, &bad.summary.id, None, 10)
-        .await
-        .unwrap();
+    let history = store.secret_history(ws, &bad, None, 10).await.unwrap();
     assert_eq!(history[0].changes, None);
-    store.delete_secret(ws, &bad.summary.id).await.unwrap();
+    store.delete_secret(ws, &bad).await.unwrap();
     assert!(store
         .secret_in_environment(ws, "", "damaged")
         .await

@@ -119,6 +119,8 @@ const ROUTES: &[&str] = &[
     "PATCH /secrets/{name}",
     "DELETE /secrets/{name}",
     "POST /secrets/{name}/resolve",
+    "GET /secrets/{name}/versions",
+    "POST /secrets/{name}/rollback",
     "GET /tokens",
     "POST /tokens",
     "DELETE /tokens/{id}",

@@ -19,7 +19,7 @@ use crate::{
         VersionRow, WorkspaceRow, SECRET_COLUMNS, SECRET_FROM, VERSION_COLUMNS,
     },
     Environment, EnvironmentUpdate, KeyChanges, NewSecret, NewToken, OnConflict, Revision, Role,
-    Secret, SecretKind, SecretVersion, Token, VersionAction, Workspace,
+    Secret, SecretKind, SecretSummary, SecretVersion, Token, VersionAction, Workspace,
 };
 
 /// `meta` keys of the master key check.
@@ -579,26 +579,12 @@ where
                     expected_version: None,
                 };
                 let id = existing.id.clone();
-                // A current version that no longer opens is replaced all the
-                // same (its key-level changes are then unknown).
-                let head = Head {
-                    version: existing.version,
-                    contents: existing.open(keyring).ok().map(|s| s.contents),
-                };
                 let next = Next {
-                    contents: &new.contents,
+                    contents: new.contents.clone(),
                     action: VersionAction::Overwritten,
                 };
-                Self::new_version(
-                    conn,
-                    keyring,
-                    &new.workspace_id,
-                    &id,
-                    &head,
-                    next,
-                    &revision,
-                )
-                .await?;
+                let head = Head::of(existing, keyring);
+                Self::new_version(conn, keyring, &new.workspace_id, head, next, &revision).await?;
                 let row = Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&id), false)
                     .await?
                     .ok_or_else(|| secret_not_found(&id))?;
@@ -647,28 +633,11 @@ where
             .await?
             .open(keyring)?;
         let contents = rules::apply_changes(current.contents.clone(), changes)?;
-        let head = Head {
-            version: current.summary.version,
-            contents: Some(current.contents),
-        };
         let next = Next {
-            contents: &contents,
+            contents,
             action: VersionAction::Updated,
         };
-        let version = Self::new_version(
-            conn,
-            keyring,
-            workspace_id,
-            secret_id,
-            &head,
-            next,
-            revision,
-        )
-        .await?;
-        let mut summary = current.summary;
-        summary.version = version;
-        summary.keys = contents.keys().cloned().collect();
-        Ok(Secret { summary, contents })
+        Self::new_version(conn, keyring, workspace_id, current.into(), next, revision).await
     }
 
     /// Makes a new version of a secret whose contents are version `to`'s.
@@ -683,7 +652,7 @@ where
         revision: &Revision,
     ) -> Result<Secret, Error> {
         let row = Self::lock_head(conn, workspace_id, secret_id, revision).await?;
-        let mut summary = row.summary();
+        let summary = row.summary();
         let label = summary.name().unwrap_or(&summary.id).to_owned();
         if to == row.version {
             return Err(Error::failed_precondition(format!(
@@ -692,43 +661,29 @@ where
         }
         let contents =
             Self::version_contents(conn, keyring, workspace_id, secret_id, &label, to).await?;
-        let head = Head {
-            version: row.version,
-            contents: row.open(keyring).ok().map(|s| s.contents),
-        };
         let next = Next {
-            contents: &contents,
+            contents,
             action: VersionAction::RolledBack { to },
         };
-        let version = Self::new_version(
-            conn,
-            keyring,
-            workspace_id,
-            secret_id,
-            &head,
-            next,
-            revision,
-        )
-        .await?;
-        summary.version = version;
-        summary.keys = contents.keys().cloned().collect();
-        Ok(Secret { summary, contents })
+        let head = Head::of(row, keyring);
+        Self::new_version(conn, keyring, workspace_id, head, next, revision).await
     }
 
     /// Writes the version after `head` and makes it current; destroys the
     /// versions that fall out of `revision.keep_versions`. The caller holds
     /// the secret's row lock, so numbers follow one another without gaps.
-    /// Returns the new version's number.
+    /// Returns the secret at its new version.
     async fn new_version(
         conn: &mut DB::Connection,
         keyring: &Keyring,
         workspace_id: &str,
-        secret_id: &str,
-        head: &Head,
-        next: Next<'_>,
+        head: Head,
+        next: Next,
         revision: &Revision,
-    ) -> Result<i64, Error> {
-        let version = head.version + 1;
+    ) -> Result<Secret, Error> {
+        let mut summary = head.summary;
+        let secret_id = summary.id.as_str();
+        let version = summary.version + 1;
         let row = NewVersion {
             workspace_id,
             secret_id,
@@ -736,11 +691,11 @@ where
             created_at: now_micros(),
             author: &revision.author,
             action: next.action,
-            contents: next.contents,
+            contents: &next.contents,
             changes: head
                 .contents
                 .as_ref()
-                .map(|before| KeyChanges::between(before, next.contents)),
+                .map(|before| KeyChanges::between(before, &next.contents)),
         };
         Self::insert_version(conn, keyring, &row).await?;
         sqlx::query("UPDATE secrets SET version = $1 WHERE id = $2")
@@ -757,7 +712,12 @@ where
             .execute(&mut *conn)
             .await
             .map_err(db_error::<DB>)?;
-        Ok(version)
+        summary.version = version;
+        summary.keys = next.contents.keys().cloned().collect();
+        Ok(Secret {
+            summary,
+            contents: next.contents,
+        })
     }
 
     /// Seals and inserts one version row.
@@ -1131,16 +1091,38 @@ where
     }
 }
 
-/// The current version a new one is made from: its number, and its
-/// contents when they open (a damaged version can still be replaced).
+/// The current version a new one is made from: the secret's metadata (its
+/// number among them), and its contents when they open.
 struct Head {
-    version: i64,
+    summary: SecretSummary,
     contents: Option<EnvDict>,
 }
 
+impl Head {
+    /// The head of a locked row. A current version that no longer opens is
+    /// replaced all the same (overwrite, rollback); the key-level changes
+    /// of the next version are then unknown.
+    fn of(row: SecretRow, keyring: &Keyring) -> Self {
+        let summary = row.summary();
+        Head {
+            summary,
+            contents: row.open(keyring).ok().map(|s| s.contents),
+        }
+    }
+}
+
+impl From<Secret> for Head {
+    fn from(secret: Secret) -> Self {
+        Head {
+            summary: secret.summary,
+            contents: Some(secret.contents),
+        }
+    }
+}
+
 /// What the next version holds, and why.
-struct Next<'a> {
-    contents: &'a EnvDict,
+struct Next {
+    contents: EnvDict,
     action: VersionAction,
 }
 
