@@ -39,6 +39,8 @@ BAD_SECRET_NAMES = [
     "ünicode",
     "semi;colon",
     "ap-" + "A1b2C3d4E5f6G7h8I9j0Kl",  # looks like an App ID
+    ".",  # path segments no URL can address
+    "..",
 ]
 
 

@@ -69,7 +69,10 @@ pub fn parse_version(text: &str) -> Result<i64, Error> {
     Ok(version)
 }
 
-/// A secret name: 1 to 64 characters of `[A-Za-z0-9._-]`, not an app id.
+/// A secret name: 1 to 64 characters of `[A-Za-z0-9._-]`, not an app id,
+/// and not `.` or `..`: those are path segments that every URL client
+/// resolves away (even percent-encoded, as WHATWG URLs do), so no
+/// `/secrets/{name}` route could address such a secret.
 pub fn check_secret_name(name: &str) -> Result<(), Error> {
     let reason = if name.is_empty() {
         Some("it is empty".to_owned())
@@ -84,6 +87,8 @@ pub fn check_secret_name(name: &str) -> Result<(), Error> {
         Some("only letters, digits, '.', '_' and '-' are allowed".to_owned())
     } else if looks_like_app_id(name) {
         Some("it has the form of an app id (ap-...)".to_owned())
+    } else if name == "." || name == ".." {
+        Some("'.' and '..' name a directory in a URL path, not a secret".to_owned())
     } else {
         None
     };
@@ -429,8 +434,17 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for ok in ["a", "my-secret", "A.b_c-9", &"x".repeat(64), "ap-short"] {
+        for ok in ["a", "my-secret", "A.b_c-9", &"x".repeat(64), "ap-short", "...", ".env"] {
             check_secret_name(ok).unwrap();
+        }
+        for dots in [".", ".."] {
+            assert_eq!(
+                msg(check_secret_name(dots)),
+                format!(
+                    "Invalid Secret name: '{dots}': '.' and '..' name a directory in a URL path, \
+                     not a secret"
+                )
+            );
         }
         assert!(msg(check_secret_name("")).contains("empty"));
         assert!(msg(check_secret_name(&"x".repeat(65))).contains("longer than 64"));
