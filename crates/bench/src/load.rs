@@ -17,7 +17,7 @@ use tonic::{
 use crate::server::Server;
 
 #[derive(Clone)]
-struct Auth {
+pub(crate) struct Auth {
     id: MetadataValue<tonic::metadata::Ascii>,
     secret: MetadataValue<tonic::metadata::Ascii>,
 }
@@ -31,7 +31,7 @@ impl tonic::service::Interceptor for Auth {
     }
 }
 
-type Client = ModalClientClient<InterceptedService<Channel, Auth>>;
+pub(crate) type Client = ModalClientClient<InterceptedService<Channel, Auth>>;
 
 /// What one request does.
 #[derive(Debug, Clone)]
@@ -120,6 +120,11 @@ impl Load {
             clients,
             counter: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// A gRPC client on one of the load's connections.
+    pub(crate) fn client(&self, i: usize) -> Client {
+        self.clients[i % self.clients.len()].clone()
     }
 
     async fn once(&self, client: &mut Client, op: &Op) -> Result<(), Status> {

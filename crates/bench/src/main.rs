@@ -8,6 +8,7 @@
 
 mod load;
 mod server;
+mod soak;
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
@@ -49,6 +50,15 @@ struct Args {
     /// database it creates there); without it they are skipped.
     #[arg(long, env = "LATCHKEY_BENCH_DATABASE_URL")]
     postgres: Option<String>,
+    /// Instead of the figures: a mixed load (lookups, resolves, creates,
+    /// updates, lists, deletes) for this long (e.g. 10m), reporting errors,
+    /// RSS and open descriptors; on PostgreSQL with --postgres.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    soak: Option<Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{e} (e.g. 30s, 10m, 1h)"))
 }
 
 /// One figure beside its baseline.
@@ -124,6 +134,20 @@ fn server_bin(args: &Args) -> Result<PathBuf> {
 
 async fn run(args: Args) -> Result<()> {
     let bin = server_bin(&args)?;
+    if let Some(duration) = args.soak {
+        let database = match &args.postgres {
+            Some(url) => Some(server::fresh_postgres_database(url).await?),
+            None => None,
+        };
+        let extra: Vec<&str> = database
+            .iter()
+            .flat_map(|db| ["--database", db.as_str()])
+            .collect();
+        let server = Server::start(&bin, &extra).await?;
+        let result = soak::soak(&server, duration).await;
+        server.stop().await?;
+        return result;
+    }
     let seconds =
         Duration::from_secs_f64(args.seconds.unwrap_or(if args.quick { 1.0 } else { 5.0 }));
     let large = args

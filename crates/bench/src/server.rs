@@ -68,8 +68,19 @@ impl Server {
         Ok(Duration::from_millis((ticks(11)? + ticks(12)?) * 10))
     }
 
+    /// A client of the SDK for the server, with its admin token.
+    pub(crate) fn sdk_client(&self) -> Result<latchkey::Client> {
+        Ok(self.0.client()?)
+    }
+
+    /// How many descriptors the server process has open.
+    pub(crate) fn open_descriptors(&self) -> Result<usize> {
+        let pid = self.0.pid();
+        Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+    }
+
     /// Resident memory of the server process, in KiB.
-    fn rss_kib(&self) -> Result<u64> {
+    pub(crate) fn rss_kib(&self) -> Result<u64> {
         let pid = self.0.pid();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
         status

@@ -434,7 +434,15 @@ mod tests {
 
     #[test]
     fn secret_names() {
-        for ok in ["a", "my-secret", "A.b_c-9", &"x".repeat(64), "ap-short", "...", ".env"] {
+        for ok in [
+            "a",
+            "my-secret",
+            "A.b_c-9",
+            &"x".repeat(64),
+            "ap-short",
+            "...",
+            ".env",
+        ] {
             check_secret_name(ok).unwrap();
         }
         for dots in [".", ".."] {
