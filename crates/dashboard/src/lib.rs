@@ -62,15 +62,23 @@ struct App {
     service: Service,
     sessions: Arc<session::Sessions>,
     fingerprints: Arc<edit::Fingerprints>,
+    #[cfg(test)]
+    interleave: Arc<edit::Interleave>,
 }
 
 /// The dashboard's routes.
 pub fn router(service: Service) -> Router {
-    let app = App {
+    routes(App {
         service,
         sessions: Arc::new(session::Sessions::default()),
         fingerprints: Arc::new(edit::Fingerprints::random()),
-    };
+        #[cfg(test)]
+        interleave: Arc::default(),
+    })
+}
+
+/// The routes over `app`.
+fn routes(app: App) -> Router {
     Router::new()
         .route("/", get(secrets::list))
         .route(
