@@ -7,7 +7,10 @@ use axum::{
     Router,
 };
 use latchkey_core::admin_token::AdminTokenFile;
-use latchkey_service::{testing::TestService, CreateMode, Role, Service};
+use latchkey_service::{
+    testing::{TestService, ANONYMOUS_TTL},
+    Caller, CreateMode, Role, Service, ServiceConfig,
+};
 use tower::ServiceExt;
 
 const HOST: &str = "dash.test";
@@ -28,6 +31,46 @@ async fn harness() -> Harness {
         token_id: test.admin_token_id().to_owned(),
         token_secret: test.admin_token_secret().to_owned(),
         _test: test,
+    }
+}
+
+/// A harness whose server keeps `keep` versions of each secret.
+async fn harness_keeping(keep: u32) -> Harness {
+    let test = TestService::start().await;
+    let service = Service::new(
+        test.service().store().clone(),
+        ServiceConfig {
+            anonymous_ttl: ANONYMOUS_TTL,
+            keep_versions: keep,
+        },
+    );
+    Harness {
+        router: latchkey_dashboard::router(service.clone()),
+        service,
+        token_id: test.admin_token_id().to_owned(),
+        token_secret: test.admin_token_secret().to_owned(),
+        _test: test,
+    }
+}
+
+impl Harness {
+    async fn admin(&self) -> Caller {
+        self.service
+            .authenticate(&self.token_id, &self.token_secret)
+            .await
+            .unwrap()
+    }
+
+    /// Someone else's change of secret `id`, made through the service.
+    async fn update(&self, id: &str, changes: &[(&str, Option<&str>)]) {
+        let changes: Vec<(String, Option<String>)> = changes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+            .collect();
+        self.service
+            .update_secret(&self.admin().await, id, &changes, None)
+            .await
+            .unwrap();
     }
 }
 
@@ -311,6 +354,12 @@ async fn every_page_has_the_security_headers() {
     replies.push(b.get("/").await);
     replies.push(b.get(&format!("/secrets/{id}")).await);
     replies.push(b.get(&format!("/secrets/{id}/value?key=A")).await);
+    replies.push(b.get(&format!("/secrets/{id}/history")).await);
+    replies.push(b.get(&format!("/secrets/{id}/versions/1?reveal=A")).await);
+    replies.push(
+        b.get(&format!("/secrets/{id}/versions/1/value?key=A"))
+            .await,
+    );
     replies.push(
         b.post_with("/signout", &[], "http://evil.test", "cross-site")
             .await,
@@ -1058,4 +1107,147 @@ async fn a_reader_sees_but_cannot_change() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.body.contains("may not create secrets"));
+}
+
+/// The row of version `n` on a history page.
+fn history_row(page: &Reply, n: i64) -> &str {
+    let start = page
+        .body
+        .find(&format!("id=\"v-{n}\""))
+        .unwrap_or_else(|| panic!("no version {n} in {}", page.body));
+    let end = page.body[start..].find("</tr>").unwrap();
+    // From the row's own opening tag.
+    let open = page.body[..start].rfind("<tr").unwrap();
+    &page.body[open..start + end]
+}
+
+#[tokio::test]
+async fn history_lists_versions_and_key_changes_and_reveals_old_values_one_at_a_time() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b
+        .create("hist", &[("A", "val-a-1"), ("B", "val-b-1")])
+        .await;
+    h.update(
+        &id,
+        &[("A", Some("val-a-2")), ("B", None), ("C", Some("val-c-2"))],
+    )
+    .await;
+
+    let page = b.get(&format!("/secrets/{id}")).await;
+    assert!(page
+        .body
+        .contains(&format!("href=\"/secrets/{id}/history\"")));
+
+    let history = b.get(&format!("/secrets/{id}/history")).await;
+    assert_eq!(history.status, StatusCode::OK);
+    assert_eq!(history.headers[header::CACHE_CONTROL], "no-store");
+    let v2 = history_row(&history, 2);
+    assert!(
+        v2.contains("class=\"current\"") && v2.contains(">current<"),
+        "{v2}"
+    );
+    for part in [
+        "updated",
+        "admin",
+        "added <code>C</code>",
+        "removed <code>B</code>",
+        "changed <code>A</code>",
+    ] {
+        assert!(v2.contains(part), "{part} in {v2}");
+    }
+    let v1 = history_row(&history, 1);
+    assert!(!v1.contains(">current<"), "{v1}");
+    for part in ["created", "added <code>A</code>, <code>B</code>"] {
+        assert!(v1.contains(part), "{part} in {v1}");
+    }
+    assert!(
+        history.body.find("id=\"v-2\"").unwrap() < history.body.find("id=\"v-1\"").unwrap(),
+        "newest first"
+    );
+    assert!(!history.body.contains("val-"), "never a value");
+
+    // An old version: keys, values hidden until one is revealed.
+    let old = b.get(&format!("/secrets/{id}/versions/1")).await;
+    assert_eq!(old.status, StatusCode::OK);
+    assert!(old.body.contains("<code>A</code>") && old.body.contains("<code>B</code>"));
+    assert!(old.body.contains("This is an old version"));
+    assert!(!old.body.contains("val-"), "values hidden until revealed");
+    let revealed = b.get(&format!("/secrets/{id}/versions/1?reveal=B")).await;
+    assert_eq!(revealed.headers[header::CACHE_CONTROL], "no-store");
+    assert!(revealed
+        .body
+        .contains("<code class=\"revealed\">val-b-1</code>"));
+    assert_eq!(
+        revealed.body.matches("val-").count(),
+        1,
+        "one value at a time"
+    );
+    let value = b
+        .get(&format!("/secrets/{id}/versions/1/value?key=A"))
+        .await;
+    assert_eq!(value.body, "val-a-1", "the old value, not the current one");
+    assert_eq!(value.headers[header::CACHE_CONTROL], "no-store");
+    assert!(value.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(
+        b.get(&format!("/secrets/{id}/versions/1/value?key=C"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "C came later"
+    );
+    let current = b.get(&format!("/secrets/{id}/versions/2")).await;
+    assert!(current.body.contains("This is the current version"));
+
+    let missing = b.get(&format!("/secrets/{id}/versions/9")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.body.contains("has no version 9"),
+        "{}",
+        missing.body
+    );
+    let bad = b.get(&format!("/secrets/{id}/versions/x1")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("Invalid version"), "{}", bad.body);
+    let bad = b.get(&format!("/secrets/{id}/history?before=0")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        b.get("/secrets/st-nope/history").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_long_history_is_paged() {
+    let h = harness_keeping(1000).await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("busy", &[("N", "0")]).await;
+    for i in 1..60 {
+        h.update(&id, &[("N", Some(&i.to_string()))]).await;
+    }
+    let first = b.get(&format!("/secrets/{id}/history")).await;
+    assert_eq!(first.body.matches("id=\"v-").count(), 50);
+    assert!(history_row(&first, 60).contains(">current<"));
+    assert!(first.body.contains("id=\"v-11\"") && !first.body.contains("id=\"v-10\""));
+    let next = format!("/secrets/{id}/history?before=11");
+    assert!(
+        first
+            .body
+            .contains(&format!("href=\"{next}\" rel=\"next\"")),
+        "{}",
+        first.body
+    );
+    let second = b.get(&next).await;
+    assert_eq!(second.body.matches("id=\"v-").count(), 10);
+    assert!(second.body.contains("id=\"v-10\"") && second.body.contains("id=\"v-1\""));
+    assert!(
+        !second.body.contains(">current<"),
+        "the current version is on the first page"
+    );
+    assert!(!second.body.contains("rel=\"next\"") && second.body.contains("Newest"));
 }
