@@ -1,18 +1,28 @@
-//! A secret's history: its kept versions with their key-level changes, and
-//! one old version with its values hidden (one can be revealed, as on the
-//! secret's page).
+//! A secret's history: its kept versions with their key-level changes, one
+//! old version with its values hidden (one can be revealed, as on the
+//! secret's page), and rolling back to one.
+//!
+//! A rollback changes what every process that starts from then on gets, so
+//! it has a page of its own first, like deletion: what the rollback would
+//! add, remove and change (key names, never values). Its form carries the
+//! version it was confirmed against, and the store makes the rollback only
+//! if that is still the current version: a save landing after the page was
+//! shown is not undone unseen; the page comes back with what it would now
+//! do.
 
 use axum::{
+    body::Bytes,
     extract::{Path, Query, State},
     http::StatusCode,
-    response::Response,
+    response::{IntoResponse, Redirect, Response},
 };
-use latchkey_core::{rules, Error};
-use latchkey_service::{KeyChanges, Secret, SecretVersion};
+use latchkey_core::{rules, Error, ErrorKind};
+use latchkey_service::{KeyChanges, Role, Secret, SecretVersion};
 use maud::{html, Markup};
 use serde::Deserialize;
 
 use crate::{
+    form::Form,
     format,
     layout::{self, Section},
     secrets::{self, named_secret, query, ShowQuery, ValueQuery},
@@ -22,6 +32,9 @@ use crate::{
 
 /// Versions per page of the history (a secret keeps up to 1,000).
 const PAGE: usize = 50;
+
+/// What the rollback needs that only a Developer has.
+const ROLL_BACK: &str = "roll back secrets";
 
 #[derive(Deserialize)]
 pub(crate) struct HistoryQuery {
@@ -116,8 +129,14 @@ async fn history_page(
     Ok(Page { versions, next })
 }
 
-/// The history page.
-fn history_markup(auth: &Auth, secret: &Secret, page: &Page, before: Option<i64>) -> Markup {
+/// The history page; `error` is a refused rollback's message.
+fn history_markup(
+    auth: &Auth,
+    secret: &Secret,
+    page: &Page,
+    before: Option<i64>,
+    error: Option<&str>,
+) -> Markup {
     let s = &secret.summary;
     let name = s.name().unwrap_or_default();
     // A version made after `secret` was read is newer still: the newest
@@ -126,9 +145,13 @@ fn history_markup(auth: &Auth, secret: &Secret, page: &Page, before: Option<i64>
         .versions
         .first()
         .map_or(s.version, |v| v.version.max(s.version));
+    let may_roll_back = auth.can(Role::Developer);
     let body = html! {
         (crumbs(secret, &html! { "history" }))
         h1 { "History of " (name) }
+        @if let Some(error) = error {
+            p.error role="alert" #rollback-error { (error) }
+        }
         p.hint {
             "Every change makes a new version. Values stay hidden: open a version to reveal one. "
             "Versions beyond the number the server keeps are destroyed with their keys."
@@ -162,6 +185,11 @@ fn history_markup(auth: &Auth, secret: &Secret, page: &Page, before: Option<i64>
                                 td.row-actions {
                                     a href=(version_path(&s.id, v.version))
                                         aria-label={ "View version " (v.version) } { "View" }
+                                    @if may_roll_back && !is_current {
+                                        " "
+                                        a href={ (version_path(&s.id, v.version)) "/rollback" }
+                                            aria-label={ "Roll back to version " (v.version) } { "Roll back" }
+                                    }
                                 }
                             }
                         }
@@ -204,7 +232,7 @@ pub(crate) async fn list(
     match history_page(&app, &auth, &id, before).await {
         Ok(page) => layout::respond(
             StatusCode::OK,
-            history_markup(&auth, &secret, &page, before),
+            history_markup(&auth, &secret, &page, before, None),
         ),
         Err(e) => layout::error_page(Some(&auth), &e),
     }
@@ -249,7 +277,14 @@ pub(crate) async fn show(
         (crumbs(&current, &html! {
             a href={ "/secrets/" (s.id) "/history" } { "history" } " / version " (n)
         }))
-        h1 { (name) " · version " (n) }
+        div.heading {
+            h1 { (name) " · version " (n) }
+            @if auth.can(Role::Developer) && !is_current {
+                div.actions {
+                    a.button href={ (path) "/rollback" } { "Roll back to version " (n) }
+                }
+            }
+        }
         p.note #version-note {
             @if is_current {
                 "This is the current version."
@@ -288,4 +323,154 @@ pub(crate) async fn value(
         Ok((_, old, _)) => secrets::value_of(&auth, &old.contents, &q.key),
         Err(page) => page,
     }
+}
+
+/// The confirmation of a rollback of `current` to `old`: what it would
+/// change, and the form that does it; `error` is why the last try was
+/// refused.
+fn rollback_markup(
+    auth: &Auth,
+    current: &Secret,
+    old: &Secret,
+    n: i64,
+    error: Option<&str>,
+) -> Markup {
+    let s = &current.summary;
+    let name = s.name().unwrap_or_default();
+    let path = version_path(&s.id, n);
+    let would = KeyChanges::between(&current.contents, &old.contents);
+    let body = html! {
+        (crumbs(current, &html! {
+            a href={ "/secrets/" (s.id) "/history" } { "history" } " / "
+            a href=(path) { "version " (n) } " / roll back"
+        }))
+        h1 { "Roll back " (name) " to version " (n) }
+        @if let Some(error) = error {
+            p.error role="alert" #rollback-error { (error) }
+        }
+        div.warning role="note" {
+            p { "This makes " strong { "version " (s.version + 1) } " with the keys and values of version " (n) ". "
+                "Every app, function and " code { "latchkey run" } " that starts after this gets them." }
+            p { "Version " (s.version) ", the current one, stays in the history as long as the server keeps it: "
+                "rolling back to it undoes this." }
+        }
+        h2 { "Compared with version " (s.version) }
+        div #rollback-changes { (changes(Some(&would))) }
+        form.stack method="post" action={ (path) "/rollback" } {
+            (layout::csrf(auth))
+            input type="hidden" name="expected" value=(s.version);
+            div.actions {
+                button.primary type="submit" { "Roll back to version " (n) }
+                a href={ "/secrets/" (s.id) "/history" } { "Cancel" }
+            }
+        }
+    };
+    layout::page(
+        &format!("Roll back {name}"),
+        Some(auth),
+        Section::Secrets,
+        body,
+    )
+}
+
+/// The history with why a rollback was refused on top.
+async fn refused(app: &App, auth: &Auth, id: &str, error: &Error) -> Response {
+    let page = match named_secret(app, auth, id).await {
+        Ok(secret) => history_page(app, auth, id, None)
+            .await
+            .map(|page| history_markup(auth, &secret, &page, None, Some(error.message()))),
+        Err(page) => return page,
+    };
+    match page {
+        Ok(markup) => layout::respond(layout::status_of(error), markup),
+        Err(_) => layout::error_page(Some(auth), error),
+    }
+}
+
+/// The rollback's confirmation page.
+pub(crate) async fn rollback_form(
+    auth: Auth,
+    State(app): State<App>,
+    Path((id, version)): Path<(String, String)>,
+) -> Response {
+    if let Err(e) = auth.caller.require(Role::Developer, ROLL_BACK) {
+        return layout::error_page(Some(&auth), &e);
+    }
+    let (current, old, record) = match load_version(&app, &auth, &id, &version).await {
+        Ok(found) => found,
+        Err(page) => return page,
+    };
+    if record.version == current.summary.version {
+        let e = Error::failed_precondition(format!(
+            "Version {} is the current version of '{}'; there is nothing to roll back",
+            record.version,
+            current.summary.name().unwrap_or_default()
+        ));
+        return refused(&app, &auth, &id, &e).await;
+    }
+    layout::respond(
+        StatusCode::OK,
+        rollback_markup(&auth, &current, &old, record.version, None),
+    )
+}
+
+/// Rolls back, if the secret is still at the version the confirmation was
+/// made against; otherwise shows the confirmation again, as it now is.
+pub(crate) async fn rollback(
+    auth: Auth,
+    State(app): State<App>,
+    Path((id, version)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let form = Form::parse(&body);
+    if let Some(refusal) = auth.csrf_refusal(&form) {
+        return refusal;
+    }
+    let n = match rules::parse_version(&version) {
+        Ok(n) => n,
+        Err(e) => return layout::error_page(Some(&auth), &e),
+    };
+    let Ok(expected) = form.get("expected").parse::<i64>() else {
+        return layout::error_page(
+            Some(&auth),
+            &Error::invalid("The rollback form was incomplete; open it again."),
+        );
+    };
+    if let Err(page) = named_secret(&app, &auth, &id).await {
+        return page;
+    }
+    let error = match app
+        .service
+        .rollback_secret(&auth.caller, &id, n, Some(expected))
+        .await
+    {
+        Ok(secret) => {
+            auth.flash_next(format!(
+                "Rolled back {} to version {n}: version {} now holds its keys and values.",
+                secret.summary.name().unwrap_or_default(),
+                secret.summary.version
+            ));
+            return Redirect::to(&format!("/secrets/{id}/history")).into_response();
+        }
+        Err(e) => e,
+    };
+    if matches!(
+        error.kind(),
+        ErrorKind::PermissionDenied | ErrorKind::Unauthenticated
+    ) {
+        return layout::error_page(Some(&auth), &error);
+    }
+    // Someone saved since the confirmation was shown: show it again, as it
+    // now is, with the service's message.
+    if error.kind() == ErrorKind::FailedPrecondition {
+        if let Ok((current, old, _)) = load_version(&app, &auth, &id, &version).await {
+            if current.summary.version != expected && current.summary.version != n {
+                return layout::respond(
+                    layout::status_of(&error),
+                    rollback_markup(&auth, &current, &old, n, Some(error.message())),
+                );
+            }
+        }
+    }
+    refused(&app, &auth, &id, &error).await
 }

@@ -100,6 +100,10 @@ fn routes(app: App) -> Router {
             get(history::value),
         )
         .route(
+            "/secrets/{id}/versions/{version}/rollback",
+            get(history::rollback_form).post(history::rollback),
+        )
+        .route(
             "/secrets/{id}/delete",
             get(secrets::delete_form).post(secrets::delete),
         )
