@@ -454,10 +454,13 @@ pub(crate) async fn rollback(
         }
         Err(e) => e,
     };
+    // Refusals of the caller, and failures of the server (logged there),
+    // have nothing to do with the history.
     if matches!(
         error.kind(),
         ErrorKind::PermissionDenied | ErrorKind::Unauthenticated
-    ) {
+    ) || layout::status_of(&error).is_server_error()
+    {
         return layout::error_page(Some(&auth), &error);
     }
     // Someone saved since the confirmation was shown: show it again, as it
