@@ -13,11 +13,16 @@
 //! overwrites knowingly. When no changed key was touched by the other person,
 //! the save merges and both people's changes survive.
 //!
+//! The check reads the current version and the write names it: the store
+//! writes only if that is still the current version (a compare-and-swap).
+//! A save landing between the check and the write therefore makes the write
+//! fail instead of being overwritten; the check is then made again against
+//! the newer version, and the write retried, a few times at most
+//! ([`SAVE_ATTEMPTS`]) before the person is asked to save again.
+//!
 //! A form from before a restart of the server (a new HMAC key) finds every
 //! fingerprint changed, so it errs towards a conflict, never towards losing a
-//! key. The check and the merge are two steps: a concurrent save landing
-//! between them, on the same key, within that instant, is the one case the
-//! check cannot see; a compare-and-swap in the store would close it.
+//! key.
 
 use std::collections::{HashMap, HashSet};
 
@@ -29,7 +34,7 @@ use axum::{
 };
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine as _};
 use hmac::{Hmac, Mac};
-use latchkey_core::{rules, Error};
+use latchkey_core::{rules, Error, ErrorKind};
 use latchkey_service::Secret;
 use maud::{html, Markup};
 use rand::{rngs::OsRng, RngCore};
@@ -48,6 +53,12 @@ use crate::{
 const ABSENT: &str = "-";
 /// Blank rows for new keys.
 const BLANK_ROWS: usize = 2;
+/// Writes a save tries at most; each that finds another save landed first
+/// is followed by a new conflict check against that save.
+const SAVE_ATTEMPTS: usize = 3;
+
+/// What a save changes, in order: a value sets a key, `None` removes it.
+type Changes = Vec<(String, Option<String>)>;
 
 /// Keyed fingerprints of values, for conflict detection.
 pub(crate) struct Fingerprints {
@@ -76,6 +87,40 @@ impl Fingerprints {
             mac.update(part.as_bytes());
         }
         URL_SAFE_NO_PAD.encode(&mac.finalize().into_bytes()[..16])
+    }
+}
+
+/// A failpoint for tests: saves to make as someone else right before the
+/// editor's own write, between its conflict check and its compare-and-swap,
+/// where no request from outside can be timed to land.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Interleave(std::sync::Mutex<Vec<Changes>>);
+
+#[cfg(test)]
+impl Interleave {
+    /// Saves `changes` before the next write that finds none queued before.
+    fn push(&self, changes: &[(&str, Option<&str>)]) {
+        let changes = changes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+            .collect();
+        self.0.lock().unwrap().insert(0, changes);
+    }
+
+    /// How many queued saves have not been made yet.
+    fn pending(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    async fn before_write(&self, app: &App, auth: &Auth, id: &str) {
+        let next = self.0.lock().unwrap().pop();
+        if let Some(changes) = next {
+            app.service
+                .update_secret(&auth.caller, id, &changes, None)
+                .await
+                .expect("the interleaved save");
+        }
     }
 }
 
@@ -116,7 +161,7 @@ impl Editor {
     }
 
     /// Puts `changes` back into the fields of this editor.
-    fn refill(&mut self, changes: Vec<(String, Option<String>)>) {
+    fn refill(&mut self, changes: Changes) {
         let existing: HashSet<String> = self.existing.iter().map(|(k, _)| k.clone()).collect();
         for (key, value) in changes {
             match value {
@@ -256,7 +301,7 @@ pub(crate) async fn save(
     let base_fp: HashMap<&str, &str> = ek.iter().copied().zip(ef.iter().copied()).collect();
 
     // What this form changes, in order: existing keys, then new rows.
-    let mut changes: Vec<(String, Option<String>)> = Vec::new();
+    let mut changes: Changes = Vec::new();
     for (key, value) in ek.iter().zip(&ev) {
         if removed.contains(key) {
             ed.removed.insert((*key).to_owned());
@@ -303,48 +348,82 @@ pub(crate) async fn save(
         return Redirect::to(&format!("/secrets/{id}")).into_response();
     }
 
-    let moved = current.summary.version != base_version;
-    if moved {
-        let conflicts: Vec<String> = changes
-            .iter()
-            .filter(|(key, mine)| {
-                let now = current.contents.get(key).map(String::as_str);
-                let same_result = mine.as_deref() == now;
-                !same_result && app.fingerprints.of(&id, key, now) != base_fp[key]
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !conflicts.is_empty() {
-            let mut rebased = Editor::on(&app, &current);
-            rebased.conflicts = conflicts;
-            rebased.refill(changes);
-            return layout::respond(StatusCode::CONFLICT, page(&auth, &current, &rebased));
+    let mut current = current;
+    for _ in 0..SAVE_ATTEMPTS {
+        let moved = current.summary.version != base_version;
+        if moved {
+            let conflicts = conflicts(&app, &current, &changes, &base_fp);
+            if !conflicts.is_empty() {
+                let mut rebased = Editor::on(&app, &current);
+                rebased.conflicts = conflicts;
+                rebased.refill(changes);
+                return layout::respond(StatusCode::CONFLICT, page(&auth, &current, &rebased));
+            }
         }
+        #[cfg(test)]
+        app.interleave.before_write(&app, &auth, &id).await;
+        // Written only if `current` is still the current version.
+        let expected = Some(current.summary.version);
+        let refusal = match app
+            .service
+            .update_secret(&auth.caller, &id, &changes, expected)
+            .await
+        {
+            Ok(_) => {
+                let n = changes.len();
+                let what = crate::format::plural(n, "key", "keys");
+                auth.flash_next(if moved {
+                    format!("Saved {what}. Someone else changed other keys meanwhile; their changes were kept too.")
+                } else {
+                    format!("Saved {what}.")
+                });
+                return Redirect::to(&format!("/secrets/{id}")).into_response();
+            }
+            Err(e) => e,
+        };
+        // Refused because another save landed since `current` was read:
+        // check again against that save. Any other refusal is shown.
+        if refusal.kind() == ErrorKind::FailedPrecondition {
+            let latest = match named_secret(&app, &auth, &id).await {
+                Ok(s) => s,
+                Err(page) => return page,
+            };
+            if latest.summary.version != current.summary.version {
+                current = latest;
+                continue;
+            }
+        }
+        ed.general = Some(refusal.message().to_owned());
+        return layout::respond(layout::status_of(&refusal), page(&auth, &current, &ed));
     }
-    // A compare-and-swap on the version the check above was made against:
-    // a save that lands in between makes this one fail rather than be
-    // overwritten.
-    let expected = Some(current.summary.version);
-    match app
-        .service
-        .update_secret(&auth.caller, &id, &changes, expected)
-        .await
-    {
-        Ok(_) => {
-            let n = changes.len();
-            let what = crate::format::plural(n, "key", "keys");
-            auth.flash_next(if moved {
-                format!("Saved {what}. Someone else changed other keys meanwhile; their changes were kept too.")
-            } else {
-                format!("Saved {what}.")
-            });
-            Redirect::to(&format!("/secrets/{id}")).into_response()
-        }
-        Err(e) => {
-            ed.general = Some(e.message().to_owned());
-            layout::respond(layout::status_of(&e), page(&auth, &current, &ed))
-        }
-    }
+    // Others kept saving in between. The form stays based on what its
+    // person saw, so saving it again checks for conflicts with all of them.
+    ed.general = Some(format!(
+        "Others saved this secret {SAVE_ATTEMPTS} times while yours was being saved, so \
+         nothing was saved. Your changes are kept below: save again."
+    ));
+    layout::respond(StatusCode::CONFLICT, page(&auth, &current, &ed))
+}
+
+/// The keys that `changes` change and someone else changed too since the
+/// editor's base (whose fingerprints are `base_fp`): unless both arrived at
+/// the same result, saving them would overwrite the other person's value.
+fn conflicts(
+    app: &App,
+    current: &Secret,
+    changes: &[(String, Option<String>)],
+    base_fp: &HashMap<String, String>,
+) -> Vec<String> {
+    let id = &current.summary.id;
+    changes
+        .iter()
+        .filter(|(key, mine)| {
+            let now = current.contents.get(key).map(String::as_str);
+            let same_result = mine.as_deref() == now;
+            !same_result && app.fingerprints.of(id, key, now) != base_fp[key]
+        })
+        .map(|(k, _)| k.clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -362,5 +441,222 @@ mod tests {
         assert_ne!(a, Fingerprints::random().of("st-1", "K", Some("v")));
         assert_eq!(f.of("st-1", "K", None), ABSENT);
         assert_eq!(a.len(), 22);
+    }
+
+    /// Saves racing the editor's write, landed through [`Interleave`]
+    /// between its conflict check and its compare-and-swap: the real router,
+    /// service and SQLite store, driven with `oneshot`.
+    mod race {
+        use std::sync::Arc;
+
+        use axum::{
+            body::{to_bytes, Body},
+            http::{header, Request, StatusCode},
+            Router,
+        };
+        use latchkey_core::EnvDict;
+        use latchkey_service::{testing::TestService, CreateMode};
+        use tower::ServiceExt;
+
+        use crate::{edit::Fingerprints, session, App};
+
+        struct Race {
+            test: TestService,
+            app: App,
+            router: Router,
+            cookie: String,
+            id: String,
+        }
+
+        /// A signed-in admin and a secret holding `contents`.
+        async fn start(contents: &[(&str, &str)]) -> Race {
+            let test = TestService::start().await;
+            let app = App {
+                service: test.service().clone(),
+                sessions: Arc::default(),
+                fingerprints: Arc::new(Fingerprints::random()),
+                interleave: Arc::default(),
+            };
+            let router = crate::routes(app.clone());
+            let session = app.sessions.create(test.admin().clone());
+            let contents: EnvDict = contents
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let (secret, _) = test
+                .service()
+                .create_secret(test.admin(), "", "raced", contents, CreateMode::Fail, &[])
+                .await
+                .unwrap();
+            Race {
+                cookie: format!("{}={session}", session::COOKIE),
+                id: secret.summary.id,
+                test,
+                app,
+                router,
+            }
+        }
+
+        impl Race {
+            async fn send(
+                &self,
+                request: axum::http::request::Builder,
+                body: String,
+            ) -> (StatusCode, String) {
+                let request = request
+                    .header(header::HOST, "dash.test")
+                    .header(header::COOKIE, &self.cookie)
+                    .body(Body::from(body))
+                    .unwrap();
+                let response = self.router.clone().oneshot(request).await.unwrap();
+                let status = response.status();
+                let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+
+            async fn get(&self, path: &str) -> (StatusCode, String) {
+                self.send(Request::get(path), String::new()).await
+            }
+
+            /// The editor as it is now.
+            async fn open_editor(&self) -> String {
+                let (status, page) = self.get(&format!("/secrets/{}/edit", self.id)).await;
+                assert_eq!(status, StatusCode::OK);
+                page
+            }
+
+            /// A save of the editor `page` with `set` typed into existing
+            /// keys' boxes, as the browser sends it.
+            async fn save(&self, page: &str, set: &[(&str, &str)]) -> (StatusCode, String) {
+                let mut fields = vec![("action".to_owned(), "save".to_owned())];
+                let marker = "<input type=\"hidden\" name=\"";
+                for chunk in page.split(marker).skip(1) {
+                    let (name, rest) = chunk.split_once('"').unwrap();
+                    let value = rest.split('"').nth(1).unwrap();
+                    let seen = fields.iter().any(|(n, _)| n == "csrf");
+                    if name != "csrf" || !seen {
+                        fields.push((name.to_owned(), value.to_owned()));
+                    }
+                }
+                let keys: Vec<String> = fields
+                    .iter()
+                    .filter(|(n, _)| n == "ek")
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                for key in keys {
+                    let typed = set.iter().find(|(k, _)| *k == key).map_or("", |(_, v)| *v);
+                    fields.push(("ev".to_owned(), typed.to_owned()));
+                }
+                let body = form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(&fields)
+                    .finish();
+                let request = Request::post(format!("/secrets/{}/edit", self.id))
+                    .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+                self.send(request, body).await
+            }
+
+            /// Someone else's save, made now.
+            async fn other_save(&self, changes: &[(&str, Option<&str>)]) {
+                let changes: Vec<(String, Option<String>)> = changes
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+                    .collect();
+                self.test
+                    .service()
+                    .update_secret(self.test.admin(), &self.id, &changes, None)
+                    .await
+                    .unwrap();
+            }
+
+            async fn now(&self) -> (i64, EnvDict) {
+                let s = self
+                    .test
+                    .service()
+                    .secret(self.test.admin(), &self.id)
+                    .await
+                    .unwrap();
+                (s.summary.version, s.contents)
+            }
+        }
+
+        fn dict(pairs: &[(&str, &str)]) -> EnvDict {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        }
+
+        #[tokio::test]
+        async fn a_save_landing_between_check_and_write_on_other_keys_is_kept_and_ours_retried() {
+            let r = start(&[("A", "1"), ("B", "2"), ("C", "3")]).await;
+            let form = r.open_editor().await;
+            // One save before ours is checked, one between the check and
+            // the write.
+            r.other_save(&[("C", Some("early"))]).await;
+            r.app.interleave.push(&[("B", Some("theirs"))]);
+            let (status, body) = r.save(&form, &[("A", "mine")]).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+            assert_eq!(r.app.interleave.pending(), 0, "the racing save was made");
+            let (version, contents) = r.now().await;
+            assert_eq!(
+                contents,
+                dict(&[("A", "mine"), ("B", "theirs"), ("C", "early")])
+            );
+            assert_eq!(version, 4, "created, early, theirs, then ours");
+            let (_, page) = r.get(&format!("/secrets/{}", r.id)).await;
+            assert!(page.contains("their changes were kept too"), "{page}");
+        }
+
+        #[tokio::test]
+        async fn a_save_landing_between_check_and_write_on_the_same_key_is_a_conflict() {
+            let r = start(&[("A", "1"), ("B", "2")]).await;
+            let form = r.open_editor().await;
+            r.app.interleave.push(&[("A", Some("their-value"))]);
+            let (status, body) = r.save(&form, &[("A", "mine"), ("B", "mine")]).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert_eq!(r.app.interleave.pending(), 0, "the racing save was made");
+            assert!(body.contains("Someone else changed A"), "{body}");
+            assert!(body.contains(">mine</textarea>"), "what was typed is kept");
+            assert!(!body.contains("their-value"), "their value is not shown");
+            assert_eq!(
+                r.now().await,
+                (2, dict(&[("A", "their-value"), ("B", "2")])),
+                "theirs is not overwritten, and nothing of ours is half-saved"
+            );
+            // The rebased editor, saved again, overwrites knowingly.
+            let (status, body) = r.save(&body, &[("A", "mine")]).await;
+            assert_eq!(status, StatusCode::SEE_OTHER, "{body}");
+            assert_eq!(r.now().await.1["A"], "mine");
+        }
+
+        #[tokio::test]
+        async fn saves_that_keep_landing_in_between_stop_the_retries_and_lose_nothing() {
+            let r = start(&[("A", "1"), ("B", "2")]).await;
+            let form = r.open_editor().await;
+            // Other keys first (each retry is right to go on), then, before
+            // the last attempt's write, the key this form changes too.
+            assert_eq!(super::super::SAVE_ATTEMPTS, 3);
+            r.app.interleave.push(&[("B", Some("theirs-1"))]);
+            r.app.interleave.push(&[("B", Some("theirs-2"))]);
+            r.app.interleave.push(&[("A", Some("their-a"))]);
+            r.app.interleave.push(&[("B", Some("never"))]);
+            let (status, body) = r.save(&form, &[("A", "mine")]).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(body.contains("Others saved this secret 3 times"), "{body}");
+            assert!(body.contains(">mine</textarea>"), "what was typed is kept");
+            assert_eq!(
+                r.app.interleave.pending(),
+                1,
+                "no write after the last attempt"
+            );
+            let theirs = dict(&[("A", "their-a"), ("B", "theirs-2")]);
+            assert_eq!(r.now().await, (4, theirs.clone()));
+            // The form is still based on what its person saw, so saving it
+            // again finds the last of those saves changed A too.
+            let (status, body) = r.save(&body, &[("A", "mine")]).await;
+            assert_eq!(status, StatusCode::CONFLICT, "{body}");
+            assert!(body.contains("Someone else changed A"), "{body}");
+            assert_eq!(r.now().await, (4, theirs));
+        }
     }
 }

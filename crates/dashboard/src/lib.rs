@@ -1,6 +1,6 @@
-//! The dashboard served at `/`: sign in with a token, manage secrets,
-//! environments and tokens. It calls the service layer directly, so every
-//! rule and permission is the same as on the APIs.
+//! The dashboard served at `/`: sign in with a token, manage secrets (and
+//! their versions), environments and tokens. It calls the service layer
+//! directly, so every rule and permission is the same as on the APIs.
 //!
 //! Pages are rendered on the server with [`maud`] (templates compiled into
 //! the binary) and work without JavaScript; one small script, served from
@@ -28,6 +28,7 @@ mod edit;
 mod environments;
 mod form;
 mod format;
+mod history;
 mod layout;
 mod paste;
 mod rows;
@@ -62,15 +63,23 @@ struct App {
     service: Service,
     sessions: Arc<session::Sessions>,
     fingerprints: Arc<edit::Fingerprints>,
+    #[cfg(test)]
+    interleave: Arc<edit::Interleave>,
 }
 
 /// The dashboard's routes.
 pub fn router(service: Service) -> Router {
-    let app = App {
+    routes(App {
         service,
         sessions: Arc::new(session::Sessions::default()),
         fingerprints: Arc::new(edit::Fingerprints::random()),
-    };
+        #[cfg(test)]
+        interleave: Arc::default(),
+    })
+}
+
+/// The routes over `app`.
+fn routes(app: App) -> Router {
     Router::new()
         .route("/", get(secrets::list))
         .route(
@@ -84,6 +93,16 @@ pub fn router(service: Service) -> Router {
         .route("/secrets/{id}", get(secrets::show))
         .route("/secrets/{id}/value", get(secrets::value))
         .route("/secrets/{id}/edit", get(edit::form).post(edit::save))
+        .route("/secrets/{id}/history", get(history::list))
+        .route("/secrets/{id}/versions/{version}", get(history::show))
+        .route(
+            "/secrets/{id}/versions/{version}/value",
+            get(history::value),
+        )
+        .route(
+            "/secrets/{id}/versions/{version}/rollback",
+            get(history::rollback_form).post(history::rollback),
+        )
         .route(
             "/secrets/{id}/delete",
             get(secrets::delete_form).post(secrets::delete),

@@ -6,7 +6,7 @@ use axum::{
     http::{header, StatusCode},
     response::{IntoResponse, Redirect, Response},
 };
-use latchkey_core::{time::Micros, Error};
+use latchkey_core::{time::Micros, EnvDict, Error};
 use latchkey_service::{Environment, Role, Secret, SecretSummary};
 use maud::{html, Markup};
 use serde::Deserialize;
@@ -267,7 +267,7 @@ pub(crate) async fn named_secret(app: &App, auth: &Auth, id: &str) -> Result<Sec
 #[derive(Deserialize)]
 pub(crate) struct ShowQuery {
     #[serde(default)]
-    reveal: Option<String>,
+    pub(crate) reveal: Option<String>,
 }
 
 /// Code that uses the secret.
@@ -317,17 +317,15 @@ pub(crate) async fn show(
         .service
         .environment(&auth.caller, &s.environment_name)
         .await;
-    let reveal = q
-        .reveal
-        .as_deref()
-        .filter(|k| secret.contents.contains_key(*k));
+    let reveal = revealed(&secret.contents, q.reveal.as_deref());
     let back = query(&[("env", &s.environment_name)]);
     let body = html! {
         p.crumbs { a href={ "/" (back) } { "Secrets" } " / " (s.environment_name) }
         div.heading {
             h1 { (name) }
-            @if auth.can(Role::Developer) {
-                div.actions {
+            div.actions {
+                a.button href={ "/secrets/" (s.id) "/history" } { "History" }
+                @if auth.can(Role::Developer) {
                     a.button href={ "/secrets/" (s.id) "/edit" } { "Edit" }
                     a.button.danger href={ "/secrets/" (s.id) "/delete" } { "Delete" }
                 }
@@ -341,7 +339,29 @@ pub(crate) async fn show(
             dt { "Id" } dd { code { (s.id) } }
         }
         h2 { (format::plural(secret.contents.len(), "key", "keys")) }
-        @if secret.contents.is_empty() {
+        (keys_table(name, &format!("/secrets/{}", s.id), &secret.contents, reveal))
+        @if let Ok(env) = &env {
+            (usage(name, env, secret.contents.keys().next().map_or("KEY", String::as_str)))
+        }
+    };
+    layout::respond(
+        StatusCode::OK,
+        layout::page(name, Some(&auth), Section::Secrets, body),
+    )
+}
+
+/// The keys of `contents` (a secret's, or one of its versions') with their
+/// values hidden but for `reveal`. `page` is the path of the page that shows
+/// them: a value is revealed by that page with `?reveal=KEY`, and fetched
+/// alone for the copy button from `{page}/value?key=KEY`.
+pub(crate) fn keys_table(
+    name: &str,
+    page: &str,
+    contents: &EnvDict,
+    reveal: Option<&str>,
+) -> Markup {
+    html! {
+        @if contents.is_empty() {
             p.empty { "This secret has no keys." }
         } @else {
             div.table-wrap {
@@ -349,7 +369,7 @@ pub(crate) async fn show(
                     caption.sr { "Keys of " (name) "; values are hidden until revealed" }
                     thead { tr { th scope="col" { "Key" } th scope="col" { "Value" } th scope="col" { span.sr { "Actions" } } } }
                     tbody {
-                        @for (key, value) in &secret.contents {
+                        @for (key, value) in contents {
                             tr id={ "key-" (key) } {
                                 td { code { (key) } }
                                 td.value {
@@ -361,14 +381,14 @@ pub(crate) async fn show(
                                 }
                                 td.row-actions {
                                     @if reveal == Some(key.as_str()) {
-                                        a href={ "/secrets/" (s.id) "#key-" (key) } { "Hide" }
+                                        a href={ (page) "#key-" (key) } { "Hide" }
                                     } @else {
-                                        a href={ "/secrets/" (s.id) (query(&[("reveal", key)])) "#key-" (key) }
+                                        a href={ (page) (query(&[("reveal", key)])) "#key-" (key) }
                                             aria-label={ "Reveal " (key) } { "Reveal" }
                                     }
                                     " "
                                     button.small type="button" hidden
-                                        data-copy-url={ "/secrets/" (s.id) "/value" (query(&[("key", key)])) }
+                                        data-copy-url={ (page) "/value" (query(&[("key", key)])) }
                                         aria-label={ "Copy the value of " (key) } { "Copy" }
                                 }
                             }
@@ -377,19 +397,18 @@ pub(crate) async fn show(
                 }
             }
         }
-        @if let Ok(env) = &env {
-            (usage(name, env, secret.contents.keys().next().map_or("KEY", String::as_str)))
-        }
-    };
-    layout::respond(
-        StatusCode::OK,
-        layout::page(name, Some(&auth), Section::Secrets, body),
-    )
+    }
+}
+
+/// The key to reveal on a page of `contents`: the one asked for, if there
+/// is such a key.
+pub(crate) fn revealed<'a>(contents: &EnvDict, asked: Option<&'a str>) -> Option<&'a str> {
+    asked.filter(|k| contents.contains_key(*k))
 }
 
 #[derive(Deserialize)]
 pub(crate) struct ValueQuery {
-    key: String,
+    pub(crate) key: String,
 }
 
 /// One value, alone, as text (for the copy button). Never cached.
@@ -403,7 +422,13 @@ pub(crate) async fn value(
         Ok(s) => s,
         Err(page) => return page,
     };
-    match secret.contents.get(&q.key) {
+    value_of(&auth, &secret.contents, &q.key)
+}
+
+/// One value of `contents`, alone, as text: for the copy buttons. Never
+/// cached.
+pub(crate) fn value_of(auth: &Auth, contents: &EnvDict, key: &str) -> Response {
+    match contents.get(key) {
         Some(value) => (
             [
                 (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
@@ -413,10 +438,10 @@ pub(crate) async fn value(
         )
             .into_response(),
         None => layout::error_page(
-            Some(&auth),
+            Some(auth),
             &Error::not_found(format!(
                 "Secret has no key '{}'",
-                latchkey_core::rules::echo(&q.key)
+                latchkey_core::rules::echo(key)
             )),
         ),
     }

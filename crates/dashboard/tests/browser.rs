@@ -220,6 +220,149 @@ async fn value_box(c: &Client, key: &str) -> Element {
     .await
 }
 
+/// The text of every element matching `selector`.
+async fn texts(c: &Client, selector: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in c.find_all(Locator::Css(selector)).await.unwrap() {
+        out.push(e.text().await.unwrap());
+    }
+    out
+}
+
+/// A value fetched as the copy button fetches it.
+async fn fetch_value(c: &Client, url: &str) -> serde_json::Value {
+    c.execute(
+        "return fetch(arguments[0]).then(r => r.text())",
+        vec![json!(url)],
+    )
+    .await
+    .unwrap()
+}
+
+/// The secret's history at this point of `run`: version 1 as created from
+/// the pasted file, 2 Alice's edit (API_KEY changed, DERIVED removed,
+/// NEW_FLAG added), 3 her DB_URL (Bob's conflicting save made none). An old
+/// value is revealed, then the secret rolled back to version 1.
+async fn history_and_rollback(a: &Client, base: &str, secret_id: &str) {
+    a.goto(&format!("{base}/secrets/{secret_id}"))
+        .await
+        .unwrap();
+    css(a, "a.button[href$='/history']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    css(a, "table#history").await;
+    assert_eq!(path(a).await, format!("/secrets/{secret_id}/history"));
+    let rows = texts(a, "table#history tbody tr").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let v3 = text(a, "tr#v-3").await;
+    assert!(
+        v3.contains("current") && v3.contains("changed DB_URL"),
+        "{v3}"
+    );
+    let v2 = text(a, "tr#v-2").await;
+    for part in [
+        "added NEW_FLAG",
+        "removed DERIVED",
+        "changed API_KEY",
+        "admin",
+    ] {
+        assert!(v2.contains(part), "{part} in {v2}");
+    }
+    assert!(!v2.contains("current"), "{v2}");
+    assert!(text(a, "tr#v-1").await.contains("created"));
+    let source = a.source().await.unwrap();
+    assert!(
+        !source.contains("k-12345-secret") && !source.contains("postgres://"),
+        "never a value"
+    );
+    shot(a, "08a-history").await;
+
+    // Version 1, one value revealed.
+    css(a, "a[aria-label='View version 1']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert!(text(a, "#version-note").await.contains("old version"));
+    assert!(!a.source().await.unwrap().contains("k-12345-secret"));
+    css(a, "a[aria-label='Reveal API_KEY']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert_eq!(text(a, "code.revealed").await, "k-12345-secret");
+    assert_eq!(texts(a, "code.revealed").await.len(), 1);
+    assert!(
+        !a.source().await.unwrap().contains("postgres://db.internal"),
+        "one at a time"
+    );
+    assert_eq!(
+        fetch_value(
+            a,
+            &format!("/secrets/{secret_id}/versions/1/value?key=DB_URL")
+        )
+        .await,
+        json!("postgres://db.internal/app"),
+        "the old value, for the copy button"
+    );
+    shot(a, "08b-version-revealed").await;
+
+    // Roll back to it, after the confirmation.
+    css(a, "a.button[href$='/versions/1/rollback']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert!(text(a, ".warning").await.contains("version 4"));
+    let would = text(a, "#rollback-changes").await;
+    for part in [
+        "added DERIVED",
+        "removed NEW_FLAG",
+        "changed API_KEY, DB_URL",
+    ] {
+        assert!(would.contains(part), "{part} in {would}");
+    }
+    assert!(!a.source().await.unwrap().contains("k-12345-secret"));
+    shot(a, "08c-rollback-confirm").await;
+    css(a, "form[action$='/rollback'] button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    assert!(
+        text(a, ".flash").await.contains("version 4 now holds"),
+        "the new version is named"
+    );
+    let v4 = text(a, "tr#v-4").await;
+    assert!(
+        v4.contains("rolled back to 1") && v4.contains("current"),
+        "{v4}"
+    );
+    assert_eq!(texts(a, "table#history tbody tr").await.len(), 4);
+    shot(a, "08d-rolled-back").await;
+    for (key, value) in [
+        ("API_KEY", "k-12345-secret"),
+        ("DB_URL", "postgres://db.internal/app"),
+        ("DERIVED", "postgres://db.internal/app?sslmode=require"),
+    ] {
+        assert_eq!(
+            fetch_value(a, &format!("/secrets/{secret_id}/value?key={key}")).await,
+            json!(value),
+            "{key} is version 1's again"
+        );
+    }
+    a.goto(&format!("{base}/secrets/{secret_id}"))
+        .await
+        .unwrap();
+    let keys = text(a, "table#keys").await;
+    assert!(
+        !keys.contains("NEW_FLAG") && keys.contains("DERIVED"),
+        "{keys}"
+    );
+}
+
 async fn run(
     base: String,
     evil_port: u16,
@@ -397,6 +540,8 @@ async fn run(
         json!("postgres://alice"),
         "Bob's stale save did not overwrite Alice's"
     );
+
+    history_and_rollback(&a, &base, &secret_id).await;
 
     // A cross-site form post is refused: from another port of this host
     // (same site, so the SameSite cookie is sent; the Origin check and the

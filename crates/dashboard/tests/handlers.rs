@@ -7,7 +7,10 @@ use axum::{
     Router,
 };
 use latchkey_core::admin_token::AdminTokenFile;
-use latchkey_service::{testing::TestService, CreateMode, Role, Service};
+use latchkey_service::{
+    testing::{TestService, ANONYMOUS_TTL},
+    Caller, CreateMode, Role, Service, ServiceConfig,
+};
 use tower::ServiceExt;
 
 const HOST: &str = "dash.test";
@@ -29,6 +32,59 @@ async fn harness() -> Harness {
         token_secret: test.admin_token_secret().to_owned(),
         _test: test,
     }
+}
+
+/// A harness whose server keeps `keep` versions of each secret.
+async fn harness_keeping(keep: u32) -> Harness {
+    let test = TestService::start().await;
+    let service = Service::new(
+        test.service().store().clone(),
+        ServiceConfig {
+            anonymous_ttl: ANONYMOUS_TTL,
+            keep_versions: keep,
+        },
+    );
+    Harness {
+        router: latchkey_dashboard::router(service.clone()),
+        service,
+        token_id: test.admin_token_id().to_owned(),
+        token_secret: test.admin_token_secret().to_owned(),
+        _test: test,
+    }
+}
+
+impl Harness {
+    async fn admin(&self) -> Caller {
+        self.service
+            .authenticate(&self.token_id, &self.token_secret)
+            .await
+            .unwrap()
+    }
+
+    /// Someone else's change of secret `id`, made through the service.
+    async fn update(&self, id: &str, changes: &[(&str, Option<&str>)]) {
+        let changes: Vec<(String, Option<String>)> = changes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.map(str::to_owned)))
+            .collect();
+        self.service
+            .update_secret(&self.admin().await, id, &changes, None)
+            .await
+            .unwrap();
+    }
+
+    /// Secret `id`'s current version and contents.
+    async fn now(&self, id: &str) -> (i64, Vec<(String, String)>) {
+        let s = self.service.secret(&self.admin().await, id).await.unwrap();
+        (s.summary.version, s.contents.into_iter().collect())
+    }
+}
+
+/// Owned pairs, for comparing contents.
+fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
+    p.iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 struct Reply {
@@ -311,6 +367,12 @@ async fn every_page_has_the_security_headers() {
     replies.push(b.get("/").await);
     replies.push(b.get(&format!("/secrets/{id}")).await);
     replies.push(b.get(&format!("/secrets/{id}/value?key=A")).await);
+    replies.push(b.get(&format!("/secrets/{id}/history")).await);
+    replies.push(b.get(&format!("/secrets/{id}/versions/1?reveal=A")).await);
+    replies.push(
+        b.get(&format!("/secrets/{id}/versions/1/value?key=A"))
+            .await,
+    );
     replies.push(
         b.post_with("/signout", &[], "http://evil.test", "cross-site")
             .await,
@@ -1058,4 +1120,407 @@ async fn a_reader_sees_but_cannot_change() {
         .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
     assert!(r.body.contains("may not create secrets"));
+}
+
+/// The row of version `n` on a history page.
+fn history_row(page: &Reply, n: i64) -> &str {
+    let start = page
+        .body
+        .find(&format!("id=\"v-{n}\""))
+        .unwrap_or_else(|| panic!("no version {n} in {}", page.body));
+    let end = page.body[start..].find("</tr>").unwrap();
+    // From the row's own opening tag.
+    let open = page.body[..start].rfind("<tr").unwrap();
+    &page.body[open..start + end]
+}
+
+#[tokio::test]
+async fn history_lists_versions_and_key_changes_and_reveals_old_values_one_at_a_time() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b
+        .create("hist", &[("A", "val-a-1"), ("B", "val-b-1")])
+        .await;
+    h.update(
+        &id,
+        &[("A", Some("val-a-2")), ("B", None), ("C", Some("val-c-2"))],
+    )
+    .await;
+
+    let page = b.get(&format!("/secrets/{id}")).await;
+    assert!(page
+        .body
+        .contains(&format!("href=\"/secrets/{id}/history\"")));
+
+    let history = b.get(&format!("/secrets/{id}/history")).await;
+    assert_eq!(history.status, StatusCode::OK);
+    assert_eq!(history.headers[header::CACHE_CONTROL], "no-store");
+    let v2 = history_row(&history, 2);
+    assert!(
+        v2.contains("class=\"current\"") && v2.contains(">current<"),
+        "{v2}"
+    );
+    for part in [
+        "updated",
+        "admin",
+        "added <code>C</code>",
+        "removed <code>B</code>",
+        "changed <code>A</code>",
+    ] {
+        assert!(v2.contains(part), "{part} in {v2}");
+    }
+    assert!(
+        !v2.contains("Roll back"),
+        "the current version is not offered"
+    );
+    let v1 = history_row(&history, 1);
+    assert!(!v1.contains(">current<"), "{v1}");
+    for part in [
+        "created",
+        "added <code>A</code>, <code>B</code>",
+        "Roll back to version 1",
+    ] {
+        assert!(v1.contains(part), "{part} in {v1}");
+    }
+    assert!(
+        history.body.find("id=\"v-2\"").unwrap() < history.body.find("id=\"v-1\"").unwrap(),
+        "newest first"
+    );
+    assert!(!history.body.contains("val-"), "never a value");
+
+    // An old version: keys, values hidden until one is revealed.
+    let old = b.get(&format!("/secrets/{id}/versions/1")).await;
+    assert_eq!(old.status, StatusCode::OK);
+    assert!(old.body.contains("<code>A</code>") && old.body.contains("<code>B</code>"));
+    assert!(old.body.contains("This is an old version"));
+    assert!(!old.body.contains("val-"), "values hidden until revealed");
+    let revealed = b.get(&format!("/secrets/{id}/versions/1?reveal=B")).await;
+    assert_eq!(revealed.headers[header::CACHE_CONTROL], "no-store");
+    assert!(revealed
+        .body
+        .contains("<code class=\"revealed\">val-b-1</code>"));
+    assert_eq!(
+        revealed.body.matches("val-").count(),
+        1,
+        "one value at a time"
+    );
+    let value = b
+        .get(&format!("/secrets/{id}/versions/1/value?key=A"))
+        .await;
+    assert_eq!(value.body, "val-a-1", "the old value, not the current one");
+    assert_eq!(value.headers[header::CACHE_CONTROL], "no-store");
+    assert!(value.headers[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert_eq!(
+        b.get(&format!("/secrets/{id}/versions/1/value?key=C"))
+            .await
+            .status,
+        StatusCode::NOT_FOUND,
+        "C came later"
+    );
+    let current = b.get(&format!("/secrets/{id}/versions/2")).await;
+    assert!(current.body.contains("This is the current version"));
+    assert!(!current.body.contains("/rollback"));
+
+    let missing = b.get(&format!("/secrets/{id}/versions/9")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert!(
+        missing.body.contains("has no version 9"),
+        "{}",
+        missing.body
+    );
+    let bad = b.get(&format!("/secrets/{id}/versions/x1")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert!(bad.body.contains("Invalid version"), "{}", bad.body);
+    let bad = b.get(&format!("/secrets/{id}/history?before=0")).await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        b.get("/secrets/st-nope/history").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_long_history_is_paged() {
+    let h = harness_keeping(1000).await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("busy", &[("N", "0")]).await;
+    for i in 1..60 {
+        h.update(&id, &[("N", Some(&i.to_string()))]).await;
+    }
+    let first = b.get(&format!("/secrets/{id}/history")).await;
+    assert_eq!(first.body.matches("id=\"v-").count(), 50);
+    assert!(history_row(&first, 60).contains(">current<"));
+    assert!(first.body.contains("id=\"v-11\"") && !first.body.contains("id=\"v-10\""));
+    let next = format!("/secrets/{id}/history?before=11");
+    assert!(
+        first
+            .body
+            .contains(&format!("href=\"{next}\" rel=\"next\"")),
+        "{}",
+        first.body
+    );
+    let second = b.get(&next).await;
+    assert_eq!(second.body.matches("id=\"v-").count(), 10);
+    assert!(second.body.contains("id=\"v-10\"") && second.body.contains("id=\"v-1\""));
+    assert!(
+        !second.body.contains(">current<"),
+        "the current version is on the first page"
+    );
+    assert!(history_row(&second, 10).contains("Roll back to version 10"));
+    assert!(!second.body.contains("rel=\"next\"") && second.body.contains("Newest"));
+}
+
+#[tokio::test]
+async fn rollback_is_confirmed_then_makes_a_new_version_with_the_old_contents() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("rb", &[("A", "a1"), ("B", "b1")]).await;
+    h.update(&id, &[("A", Some("a2"))]).await;
+    h.update(&id, &[("B", None), ("C", Some("c3"))]).await;
+    let v1 = pairs(&[("A", "a1"), ("B", "b1")]);
+    let v3 = pairs(&[("A", "a2"), ("C", "c3")]);
+    let rollback = format!("/secrets/{id}/versions/1/rollback");
+
+    let confirm = b.get(&rollback).await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(
+        confirm
+            .body
+            .contains("This makes <strong>version 4</strong>"),
+        "{}",
+        confirm.body
+    );
+    for part in [
+        "added <code>B</code>",
+        "removed <code>C</code>",
+        "changed <code>A</code>",
+    ] {
+        assert!(confirm.body.contains(part), "{part} in {}", confirm.body);
+    }
+    assert!(
+        !confirm.body.contains("a1") && !confirm.body.contains("a2"),
+        "never a value"
+    );
+    assert_eq!(confirm.hidden("expected"), "3");
+    assert_eq!(
+        h.now(&id).await,
+        (3, v3.clone()),
+        "showing it changed nothing"
+    );
+
+    // Without the session's CSRF token, or from another site: refused.
+    let r = b.post(&rollback, &[("expected", "3")]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let fields = [("csrf", confirm.csrf()), ("expected", "3".to_owned())];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = b
+        .post_with(&rollback, &fields, "http://evil.test", "cross-site")
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert_eq!(h.now(&id).await, (3, v3.clone()));
+
+    let r = b.post(&rollback, &fields).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(r.location(), format!("/secrets/{id}/history"));
+    assert_eq!(
+        h.now(&id).await,
+        (4, v1.clone()),
+        "version 4 holds version 1's contents"
+    );
+    let history = b.get(r.location()).await;
+    assert!(
+        history
+            .body
+            .contains("Rolled back rb to version 1: version 4 now holds its keys and values."),
+        "{}",
+        history.body
+    );
+    let v4 = history_row(&history, 4);
+    assert!(
+        v4.contains("rolled back to 1") && v4.contains(">current<"),
+        "{v4}"
+    );
+    assert!(
+        history_row(&history, 3).contains("Roll back to version 3"),
+        "undo is one more rollback"
+    );
+
+    // Posting the same confirmation again: the secret moved on since, so
+    // the store refuses and the page comes back as it now is.
+    let again = b.post(&rollback, &fields).await;
+    assert_eq!(again.status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        again
+            .body
+            .contains("was changed by someone else: it is at version 4, not 3"),
+        "{}",
+        again.body
+    );
+    assert_eq!(again.hidden("expected"), "4");
+    assert!(
+        again.body.contains("no key changed"),
+        "version 1 is what 4 holds"
+    );
+    assert_eq!(h.now(&id).await.0, 4, "nothing was rolled back");
+}
+
+#[tokio::test]
+async fn a_rollback_confirmed_before_another_save_is_not_made_unseen() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("raced", &[("A", "a1")]).await;
+    h.update(&id, &[("A", Some("a2"))]).await;
+    let rollback = format!("/secrets/{id}/versions/1/rollback");
+    let confirm = b.get(&rollback).await;
+    assert_eq!(confirm.hidden("expected"), "2");
+    // Someone saves after the confirmation was shown.
+    h.update(&id, &[("B", Some("b3"))]).await;
+    let fields = [
+        ("csrf", confirm.csrf()),
+        ("expected", confirm.hidden("expected")),
+    ];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = b.post(&rollback, &fields).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED, "{}", r.body);
+    assert!(r.body.contains("was changed by someone else"), "{}", r.body);
+    assert_eq!(
+        h.now(&id).await,
+        (3, pairs(&[("A", "a2"), ("B", "b3")])),
+        "their save was not undone"
+    );
+    // The confirmation, shown again, now says it removes B too.
+    assert!(r.body.contains("This makes <strong>version 4</strong>"));
+    assert!(r.body.contains("removed <code>B</code>"), "{}", r.body);
+    let fields = [("csrf", r.csrf()), ("expected", r.hidden("expected"))];
+    let fields: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let r = b.post(&rollback, &fields).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
+    assert_eq!(h.now(&id).await, (4, pairs(&[("A", "a1")])));
+}
+
+#[tokio::test]
+async fn rollback_to_the_current_or_a_destroyed_version_is_refused_with_the_reason() {
+    let h = harness_keeping(3).await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("kept", &[("N", "1")]).await;
+    for n in 2..=5 {
+        h.update(&id, &[("N", Some(&n.to_string()))]).await;
+    }
+    let csrf = b.csrf().await;
+    let post = |to: i64| format!("/secrets/{id}/versions/{to}/rollback");
+
+    // The current version: nothing to roll back.
+    let r = b.get(&post(5)).await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        r.body.contains("nothing to roll back")
+            && !r.body.contains("method=\"post\" action=\"/secrets"),
+        "{}",
+        r.body
+    );
+    let r = b
+        .post(&post(5), &[("csrf", &csrf), ("expected", "5")])
+        .await;
+    assert_eq!(r.status, StatusCode::PRECONDITION_FAILED);
+    assert!(
+        r.body
+            .contains("Secret &#39;kept&#39; is at version 5 already; nothing was rolled back")
+            || r.body
+                .contains("Secret 'kept' is at version 5 already; nothing was rolled back"),
+        "the service's message: {}",
+        r.body
+    );
+    assert!(r.body.contains("id=\"history\""), "shown over the history");
+
+    // A destroyed version: the history shows only the kept ones, and a
+    // rollback to another says which are kept.
+    let history = b.get(&format!("/secrets/{id}/history")).await;
+    assert_eq!(history.body.matches("id=\"v-").count(), 3);
+    assert!(!history.body.contains("id=\"v-2\""));
+    let r = b.get(&post(1)).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("versions 3 to 5 are kept"), "{}", r.body);
+    let r = b
+        .post(&post(1), &[("csrf", &csrf), ("expected", "5")])
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(
+        r.body.contains("has no version 1") && r.body.contains("versions 3 to 5 are kept"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("id=\"history\""), "shown over the history");
+    let r = b
+        .post(&post(0), &[("csrf", &csrf), ("expected", "5")])
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = b.post(&post(3), &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "no expected version");
+    assert_eq!(
+        h.now(&id).await,
+        (5, pairs(&[("N", "5")])),
+        "nothing was rolled back"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_sees_the_history_but_cannot_roll_back() {
+    let h = harness().await;
+    let admin = h.admin().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("ro", &[("A", "a1")]).await;
+    h.update(&id, &[("A", Some("a2"))]).await;
+    let (token, secret) = h
+        .service
+        .create_token(&admin, "viewer", Role::Reader, None)
+        .await
+        .unwrap();
+    let mut r = Browser::new(&h);
+    r.post(
+        "/signin",
+        &[("token_id", &token.id), ("token_secret", &secret)],
+    )
+    .await;
+    let history = r.get(&format!("/secrets/{id}/history")).await;
+    assert_eq!(history.status, StatusCode::OK);
+    assert!(history_row(&history, 1).contains("View version 1"));
+    assert!(
+        !history.body.contains("/rollback"),
+        "no rollback for a reader"
+    );
+    let old = r.get(&format!("/secrets/{id}/versions/1?reveal=A")).await;
+    assert!(
+        old.body.contains(">a1<"),
+        "a reader may reveal, as on the secret's page"
+    );
+    assert!(!old.body.contains("/rollback"));
+
+    let rollback = format!("/secrets/{id}/versions/1/rollback");
+    let page = r.get(&rollback).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(
+        page.body.contains("may not roll back secrets"),
+        "{}",
+        page.body
+    );
+    let csrf = history.csrf();
+    let post = r
+        .post(&rollback, &[("csrf", &csrf), ("expected", "2")])
+        .await;
+    assert_eq!(post.status, StatusCode::FORBIDDEN);
+    assert!(
+        post.body.contains("may not roll back secrets"),
+        "{}",
+        post.body
+    );
+    assert_eq!(h.now(&id).await, (2, pairs(&[("A", "a2")])));
 }
