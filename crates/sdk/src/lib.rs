@@ -249,5 +249,11 @@ pub use objects::{
 };
 pub use profile::{Profile, ProfileFile};
 pub use secret::{merge, EnvValue, Secret, SecretInfo};
-pub use time::{IntoTimestamp, Timestamp};
+pub use time::IntoTimestamp;
+// Shown as core's type, not inlined: the docs of its `strftime` link to
+// `jiff::fmt::strtime`, which rustdoc cannot resolve and writes out, without
+// a warning, as a dead href; inlined here, that was the one broken link of
+// this crate's docs. (The link itself is latchkey-core's to fix.)
+#[doc(no_inline)]
+pub use time::Timestamp;
 pub use tokens::{CreateToken, NewToken, Role, TokenInfo, TokenSecret, Tokens};
