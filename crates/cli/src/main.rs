@@ -39,6 +39,7 @@ use clap::{Parser, Subcommand};
   latchkey serve                              # in one terminal
   latchkey secret create demo A=1             # in another: no set-up needed
   latchkey secret list
+  latchkey secret history demo
   latchkey login --server https://secrets.example.com --token-id ak-...
   eval \"$(latchkey modal-env)\"                # point Modal's client here
 
