@@ -6,6 +6,9 @@
 //! not found, a file cannot be read, a secret is unknown or lacks a required
 //! key) fails before the command starts, with exit code 1.
 //!
+//! `--secret NAME@N` resolves the kept version N rather than the current
+//! one.
+//!
 //! # Why spawn and wait rather than `exec`
 //!
 //! `exec` would hand the process over to the command, so signals would reach
@@ -43,7 +46,10 @@ use nix::{
     unistd::{getpgid, getpgrp, Pid},
 };
 
-use crate::mask::{Masker, MASK_MIN_CHARS};
+use crate::{
+    mask::{Masker, MASK_MIN_CHARS},
+    output::usage,
+};
 
 /// The signals forwarded to the command.
 const FORWARDED: [Signal; 6] = [
@@ -61,10 +67,16 @@ const SI_KERNEL: i32 = 0x80;
 /// The flags of `latchkey run`, as clap parses them. No `Debug`: `--set`
 /// holds values.
 #[derive(Args)]
+#[command(after_help = "Examples:
+  latchkey run --secret db:DATABASE_URL -- ./server --port 8080
+  latchkey run --secret db --env-file .env --set MODE=dev -- npm start
+  latchkey run --secret db@3 -- ./migrate.sh        # version 3 of db
+  latchkey run --isolate --mask --secret api -- env")]
 struct RawRunArgs {
-    /// A named secret, optionally with keys it must hold: NAME or
-    /// NAME:KEY,KEY,... (checked by the server). Repeatable.
-    #[arg(long = "secret", value_name = "NAME[:KEY,KEY...]")]
+    /// A named secret, optionally at a kept version and with keys it must
+    /// hold: NAME, NAME@VERSION, NAME:KEY,KEY,... or NAME@VERSION:KEY,...
+    /// (keys checked by the server). Repeatable.
+    #[arg(long = "secret", value_name = "NAME[@VERSION][:KEY,KEY...]")]
     secret: Vec<String>,
     /// Variables from a dotenv file. Repeatable.
     #[arg(long = "env-file", value_name = "PATH")]
@@ -244,7 +256,76 @@ fn find_program(name: &std::ffi::OsStr) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("command not found: {shown} (not in PATH)"))
 }
 
-/// The sources as SDK secrets; local files and variables are read here.
+/// `--secret NAME[@VERSION][:KEY,KEY...]`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SecretSpec {
+    name: String,
+    version: Option<i64>,
+    keys: Vec<String>,
+}
+
+impl SecretSpec {
+    /// Reads a `--secret` argument; a mistake is a usage error naming it.
+    /// Keys cannot hold ':' or '@' and names cannot hold '@', so the first
+    /// ':' ends the name and version, and the last '@' before it starts the
+    /// version.
+    fn parse(spec: &str) -> anyhow::Result<SecretSpec> {
+        let fail = |why: String| {
+            usage(format!(
+                "--secret '{}': {why}",
+                latchkey_core::rules::echo(spec)
+            ))
+        };
+        let (head, keys) = match spec.split_once(':') {
+            Some((head, keys)) => (
+                head,
+                keys.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            ),
+            None => (spec, Vec::new()),
+        };
+        if let Some((key, version)) = keys.iter().find_map(|k| k.split_once('@')) {
+            return Err(fail(format!(
+                "put the version before the keys: {head}@{version}:{key}"
+            )));
+        }
+        let (name, version) = match head.rsplit_once('@') {
+            None => (head, None),
+            Some((name, "")) => {
+                return Err(fail(format!(
+                    "no version after '@' (expected {}@VERSION, e.g. {0}@3)",
+                    if name.is_empty() { "NAME" } else { name }
+                )))
+            }
+            Some((name, version)) => (
+                name,
+                Some(
+                    latchkey_core::rules::parse_version(version)
+                        .map_err(|e| fail(e.message().to_owned()))?,
+                ),
+            ),
+        };
+        if name.is_empty() {
+            let before = if version.is_some() || head.contains('@') {
+                '@'
+            } else {
+                ':'
+            };
+            return Err(fail(format!("no secret name before '{before}'")));
+        }
+        Ok(SecretSpec {
+            name: name.to_owned(),
+            version,
+            keys,
+        })
+    }
+}
+
+/// The sources as SDK secrets; `--secret` arguments are checked, and local
+/// files and variables read, before any request.
 fn sources_to_secrets(
     sources: &[Source],
     environment: Option<&str>,
@@ -252,24 +333,14 @@ fn sources_to_secrets(
     sources
         .iter()
         .map(|source| match source {
-            Source::Secret(spec) => {
-                let (name, keys) = match spec.split_once(':') {
-                    Some((name, keys)) => (
-                        name,
-                        keys.split(',')
-                            .map(str::trim)
-                            .filter(|k| !k.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                    ),
-                    None => (spec.as_str(), Vec::new()),
-                };
-                if name.is_empty() {
-                    bail!("--secret {spec:?}: no secret name before ':'");
-                }
-                let mut secret = Secret::from_name(name).required_keys(keys);
+            Source::Secret(text) => {
+                let spec = SecretSpec::parse(text)?;
+                let mut secret = Secret::from_name(&spec.name).required_keys(spec.keys);
                 if let Some(e) = environment {
                     secret = secret.environment_name(e);
+                }
+                if let Some(v) = spec.version {
+                    secret = secret.version(v);
                 }
                 Ok(secret)
             }
@@ -421,5 +492,38 @@ mod tests {
             format!("{:?}", Source::Local("HOME".to_owned())),
             "Local(\"HOME\")"
         );
+    }
+
+    #[test]
+    fn secret_specs_name_a_version_and_keys() {
+        let spec = |text: &str| SecretSpec::parse(text).map_err(|e| e.to_string());
+        let ok = |name: &str, version: Option<i64>, keys: &[&str]| {
+            Ok(SecretSpec {
+                name: name.to_owned(),
+                version,
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            })
+        };
+        assert_eq!(spec("db"), ok("db", None, &[]));
+        assert_eq!(spec("db:A, B,"), ok("db", None, &["A", "B"]));
+        assert_eq!(spec("db.prod@3"), ok("db.prod", Some(3), &[]));
+        assert_eq!(spec("db@12:A,B"), ok("db", Some(12), &["A", "B"]));
+        // Names cannot hold '@': the last one starts the version.
+        assert_eq!(spec("a@b@2"), ok("a@b", Some(2), &[]));
+
+        for (text, needle) in [
+            ("db@", "no version after '@'"),
+            ("db@:A", "no version after '@'"),
+            ("db@0", "Invalid version 0: versions are numbered from 1"),
+            ("db@-2", "Invalid version -2"),
+            ("db@latest", "Invalid version 'latest'"),
+            ("@3", "no secret name before '@'"),
+            (":A", "no secret name before ':'"),
+            ("db:A@3", "put the version before the keys: db@3:A"),
+        ] {
+            let e = spec(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.starts_with(&format!("--secret '{text}': ")), "{e}");
+        }
     }
 }

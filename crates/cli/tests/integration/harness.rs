@@ -81,6 +81,15 @@ impl Server {
             .unwrap_or_else(|e| panic!("server did not start:\n{e}"))
     }
 
+    /// A server on a new temp data dir, started with these flags.
+    pub(crate) fn start_with(args: &[&str]) -> Server {
+        builder()
+            .args(args)
+            .start()
+            .map(Server)
+            .unwrap_or_else(|e| panic!("server did not start:\n{e}"))
+    }
+
     /// Starts a server on `dir`; `Err` carries its output when it exits instead.
     pub(crate) fn try_start(
         dir: &Path,

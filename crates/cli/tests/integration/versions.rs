@@ -7,27 +7,53 @@ use serde_json::{json, Value};
 
 use crate::harness::{Cli, Out, Server};
 
-/// A server, and the admin's CLI and SDK client.
+/// A server, the admin's CLI and SDK client, and a directory for files.
 struct Fixture {
     server: Server,
     cli: Cli,
     client: Client,
+    dir: tempfile::TempDir,
 }
 
 impl Fixture {
     fn new() -> Fixture {
-        let server = Server::start();
+        Fixture::with_server(Server::start())
+    }
+
+    fn with_server(server: Server) -> Fixture {
         let (id, secret) = server.admin_token();
         let client = Client::new(Config::new(server.url(), &id, &secret)).unwrap();
         Fixture {
             cli: Cli::admin(&server),
             server,
             client,
+            dir: tempfile::tempdir().unwrap(),
         }
     }
 
     fn run(&self, args: &[&str]) -> Out {
         self.cli.run(args)
+    }
+
+    /// `latchkey run ARGS -- sh -c SCRIPT`.
+    fn sh(&self, args: &[&str], script: &str) -> Out {
+        let mut all = vec!["run"];
+        all.extend(args);
+        all.extend(["--", "sh", "-c", script]);
+        self.run(&all)
+    }
+
+    /// `latchkey run ARGS -- touch MARKER`, which must fail with `code`
+    /// and `needle` on stderr without running the command.
+    #[track_caller]
+    fn refused(&self, args: &[&str], code: i32, needle: &str) -> Out {
+        let marker = self.dir.path().join("ran");
+        let mut all = vec!["run"];
+        all.extend(args);
+        all.extend(["--", "touch", marker.to_str().unwrap()]);
+        let out = self.run(&all).fails(code, needle);
+        assert!(!marker.exists(), "{args:?}: the command ran");
+        out
     }
 
     fn versions(&self, name: &str) -> Vec<i64> {
@@ -309,6 +335,100 @@ fn info_shows_the_keys_and_record_of_a_kept_version() {
 }
 
 #[test]
+fn run_resolves_the_version_after_the_last_at_sign() {
+    let f = Fixture::new();
+    // Names may hold '.', so NAME@N splits on the last '@'.
+    f.run(&["secret", "create", "db.prod", "PASSWORD=first-pw"])
+        .ok();
+    f.run(&[
+        "secret",
+        "update",
+        "db.prod",
+        "PASSWORD=second-pw",
+        "EXTRA=value-d",
+    ])
+    .ok();
+    let echo = "echo \"$PASSWORD|$EXTRA\"";
+    let out = f.sh(&["--secret", "db.prod@1"], echo).ok();
+    assert_eq!(out.stdout, "first-pw|\n");
+    let out = f.sh(&["--secret", "db.prod@2:PASSWORD,EXTRA"], echo).ok();
+    assert_eq!(out.stdout, "second-pw|value-d\n");
+    let out = f.sh(&["--secret", "db.prod"], echo).ok();
+    assert_eq!(out.stdout, "second-pw|value-d\n");
+    // Later sources override earlier ones, versions or not.
+    let out = f
+        .sh(&["--secret", "db.prod", "--secret", "db.prod@1"], echo)
+        .ok();
+    assert_eq!(out.stdout, "first-pw|value-d\n");
+
+    // Required keys are checked against the version asked for.
+    f.refused(&["--secret", "db.prod@1:EXTRA"], 1, "missing key(s): EXTRA");
+    // Bad versions name the problem; nothing runs.
+    for (spec, code, needle) in [
+        (
+            "db.prod@0",
+            2,
+            "--secret 'db.prod@0': Invalid version 0: versions are numbered from 1",
+        ),
+        ("db.prod@-1", 2, "Invalid version -1"),
+        (
+            "db.prod@two",
+            2,
+            "Invalid version 'two': expected a whole number from 1",
+        ),
+        ("db.prod@", 2, "--secret 'db.prod@': no version after '@'"),
+        ("db.prod@:PASSWORD", 2, "no version after '@'"),
+        ("@1", 2, "no secret name before '@'"),
+        (
+            "db.prod:PASSWORD@1",
+            2,
+            "put the version before the keys: db.prod@1:PASSWORD",
+        ),
+        (
+            "db.prod@7",
+            1,
+            "Secret 'db.prod' has no version 7 (it was destroyed or never existed); \
+             versions 1 to 2 are kept",
+        ),
+        ("nope@1", 1, "Secret 'nope' not found"),
+    ] {
+        let out = f.refused(&["--secret", spec], code, needle);
+        assert_no_value(&out);
+    }
+}
+
+#[test]
+fn keep_versions_destroys_old_versions_and_errors_name_the_kept_ones() {
+    let f = Fixture::with_server(Server::start_with(&["--keep-versions", "3"]));
+    f.run(&["secret", "create", "s", "N=value-a1"]).ok();
+    for value in ["value-a2", "value-b1", "value-c1"] {
+        f.run(&["secret", "update", "s", &format!("N={value}")])
+            .ok();
+    }
+    let history = f.run(&["secret", "history", "s", "--json"]).ok().json();
+    let versions: Vec<_> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].clone())
+        .collect();
+    assert_eq!(versions, [json!(4), json!(3), json!(2)]);
+    // Version 2's changes were recorded while version 1 was kept.
+    assert_eq!(history[2]["keys_changed"], json!(["N"]));
+
+    let gone = "Secret 's' has no version 1 (it was destroyed or never existed); \
+                versions 2 to 4 are kept";
+    f.refused(&["--secret", "s@1"], 1, gone);
+    let out = f.sh(&["--secret", "s@2"], "echo $N").ok();
+    assert_eq!(out.stdout, "value-a2\n");
+    f.run(&["secret", "rollback", "s", "--to", "1"])
+        .fails(1, gone);
+    f.run(&["secret", "info", "s", "--version", "1"])
+        .fails(1, gone);
+    assert_eq!(f.versions("s"), [4, 3, 2]);
+}
+
+#[test]
 fn help_shows_examples_of_the_version_commands() {
     let f = Fixture::new();
     for (args, example) in [
@@ -324,6 +444,7 @@ fn help_shows_examples_of_the_version_commands() {
             &["secret", "info", "--help"],
             "latchkey secret info my-secret --version 2",
         ),
+        (&["run", "--help"], "latchkey run --secret db@3"),
     ] {
         let out = f.run(args).ok();
         assert!(out.stdout.contains(example), "{args:?}: {}", out.stdout);
