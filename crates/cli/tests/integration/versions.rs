@@ -2,6 +2,8 @@
 //! rollback`, `secret info --version`, `run --secret NAME@N` and lockfiles
 //! (`run --lock`, `run --locked`, `lock status`), through the real binary.
 
+use std::path::PathBuf;
+
 use latchkey::{blocking::Wait, Client, Config, Role, Secret};
 use serde_json::{json, Value};
 
@@ -35,6 +37,10 @@ impl Fixture {
         self.cli.run(args)
     }
 
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
     /// `latchkey run ARGS -- sh -c SCRIPT`.
     fn sh(&self, args: &[&str], script: &str) -> Out {
         let mut all = vec!["run"];
@@ -65,6 +71,15 @@ impl Fixture {
             .map(|v| v.version)
             .collect()
     }
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {value}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The values this file's secrets hold: none may ever be printed.
@@ -426,6 +441,317 @@ fn keep_versions_destroys_old_versions_and_errors_name_the_kept_ones() {
     f.run(&["secret", "info", "s", "--version", "1"])
         .fails(1, gone);
     assert_eq!(f.versions("s"), [4, 3, 2]);
+
+    // A lockfile whose version is destroyed later: `lock status` says so,
+    // and `run --locked` refuses.
+    let lock = f.path("s.lock");
+    f.sh(&["--lock", &lock, "--secret", "s@2"], "true").ok();
+    f.run(&["secret", "update", "s", "N=value-z1"]).ok();
+    let out = f.run(&["lock", "status", &lock, "--json"]).fails(
+        1,
+        "secret 's' (environment 'main', version 2): version 2 is no longer kept (destroyed); \
+         versions 3 to 5 are kept",
+    );
+    let status = out.json();
+    assert_eq!(status[0]["pinned_version"], 2);
+    assert_eq!(status[0]["current_version"], 5);
+    assert_eq!(status[0]["keys_changed"], Value::Null);
+    f.refused(
+        &["--locked", &lock],
+        1,
+        "Secret 's' has no version 2 (it was destroyed or never existed); versions 3 to 5 are kept",
+    );
+}
+
+/// The `[[secret]]` tables of a lockfile, as JSON.
+fn lock_entries(path: &str) -> (toml::Table, Vec<Value>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let entries = table["secret"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    (table, entries)
+}
+
+#[test]
+fn a_lockfile_pins_versions_until_it_is_written_again() {
+    let f = Fixture::new();
+    f.run(&["secret", "create", "a", "A=value-a1", "B=value-b1"])
+        .ok();
+    f.run(&["secret", "create", "b", "C=value-c1"]).ok();
+    let lock = f.path("app.lock");
+    let echo = "echo \"$A|$B|$C|$D\"";
+
+    // Resolves as usual, writes the file, then runs.
+    let out = f
+        .sh(
+            &[
+                "--lock", &lock, "--secret", "a:A", "--set", "D=set", "--secret", "b",
+            ],
+            &format!("test -f {lock} && {echo}"),
+        )
+        .ok();
+    assert_eq!(out.stdout, "value-a1|value-b1|value-c1|set\n");
+    let text = std::fs::read_to_string(&lock).unwrap();
+    for value in VALUES.iter().chain(&["set"]) {
+        assert!(!text.contains(&format!("\"{value}\"")), "{value} in {text}");
+    }
+    let (table, entries) = lock_entries(&lock);
+    assert_eq!(table["latchkey_lockfile"].as_integer(), Some(1));
+    let ids: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            Secret::from_name(*n)
+                .info_with(&f.client)
+                .wait()
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            json!({"environment": "main", "name": "a", "id": ids[0], "version": 1, "required_keys": ["A"]}),
+            json!({"environment": "main", "name": "b", "id": ids[1], "version": 1, "required_keys": []}),
+        ]
+    );
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy() != lock)
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+
+    let status = f.run(&["lock", "status", &lock, "--json"]).ok().json();
+    assert_eq!(status[0]["name"], "a");
+    assert_eq!(status[0]["pinned_version"], 1);
+    assert_eq!(status[0]["current_version"], 1);
+    assert_eq!(status[0]["keys_changed"], json!([]));
+    assert_eq!(status[0]["error"], Value::Null);
+
+    // The secrets change; the lockfile still gives the old values.
+    f.run(&[
+        "secret",
+        "update",
+        "a",
+        "A=value-a2",
+        "D=value-d",
+        "--unset",
+        "B",
+    ])
+    .ok();
+    let out = f.sh(&["--locked", &lock], echo).ok();
+    assert_eq!(out.stdout, "value-a1|value-b1|value-c1|\n");
+    // In its place among other sources: later ones override it.
+    let out = f
+        .sh(
+            &["--set", "A=before", "--locked", &lock, "--set", "C=after"],
+            echo,
+        )
+        .ok();
+    assert_eq!(out.stdout, "value-a1|value-b1|after|\n");
+    let out = f.sh(&["--secret", "a", "--secret", "b"], echo).ok();
+    assert_eq!(out.stdout, "value-a2||value-c1|value-d\n");
+
+    // `lock status` shows what changed since, by key name.
+    let out = f.run(&["lock", "status", &lock, "--json"]).ok();
+    assert_no_value(&out);
+    let status = out.json();
+    assert_eq!(status[0]["pinned_version"], 1);
+    assert_eq!(status[0]["current_version"], 2);
+    assert_eq!(strings(&status[0]["keys_added"]), ["D"]);
+    assert_eq!(strings(&status[0]["keys_removed"]), ["B"]);
+    assert_eq!(strings(&status[0]["keys_changed"]), ["A"]);
+    assert_eq!(status[1]["name"], "b");
+    assert_eq!(status[1]["current_version"], 1);
+    assert_eq!(status[1]["keys_added"], json!([]));
+    let out = f.run(&["lock", "status", &lock]).ok();
+    assert_no_value(&out);
+    let rows: Vec<Vec<&str>> = out
+        .stdout
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["a", "main", "1", "2", "D", "B", "A"],
+            vec!["b", "main", "1", "1", "-", "-", "-"],
+        ]
+    );
+
+    // Written again: the current versions.
+    f.sh(&["--lock", &lock, "--secret", "a"], "true").ok();
+    let (_, entries) = lock_entries(&lock);
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["version"], 2);
+    // A pinned version is what the lockfile records.
+    f.sh(&["--lock", &lock, "--secret", "a@1:B"], "true").ok();
+    let (_, entries) = lock_entries(&lock);
+    assert_eq!(entries[0]["version"], 1);
+    assert_eq!(entries[0]["required_keys"], json!(["B"]));
+}
+
+#[test]
+fn nothing_is_written_or_run_when_a_lock_cannot_be_made() {
+    let f = Fixture::new();
+    f.run(&["secret", "create", "a", "A=value-a1"]).ok();
+    let lock = f.path("app.lock");
+    std::fs::write(&lock, "# the old file\n").unwrap();
+    let unchanged = || assert_eq!(std::fs::read_to_string(&lock).unwrap(), "# the old file\n");
+
+    f.refused(
+        &["--lock", &lock, "--secret", "a", "--secret", "nope"],
+        1,
+        "Secret 'nope' not found",
+    );
+    unchanged();
+    f.refused(
+        &["--lock", &lock, "--secret", "a:NOPE"],
+        1,
+        "missing key(s): NOPE",
+    );
+    unchanged();
+    f.refused(
+        &["--lock", &lock, "--secret", "a@0"],
+        2,
+        "Invalid version 0",
+    );
+    unchanged();
+    f.refused(&["--lock", &lock, "--set", "A=1"], 2, "nothing to lock");
+    unchanged();
+    f.refused(
+        &["--lock", &lock, "--locked", &lock, "--secret", "a"],
+        2,
+        "cannot be used with",
+    );
+    unchanged();
+    f.refused(
+        &["--lock", &f.path("no/such/dir/x.lock"), "--secret", "a"],
+        1,
+        "cannot write lockfile",
+    );
+    let out = f.run(&[
+        "run",
+        "--lock",
+        &lock,
+        "--secret",
+        "a",
+        "--",
+        "no-such-command-latchkey",
+    ]);
+    out.fails(1, "command not found");
+    unchanged();
+}
+
+#[test]
+fn a_locked_secret_that_is_gone_fails_with_nothing_run() {
+    let f = Fixture::new();
+    f.client.environments().create("dev").wait().unwrap();
+    f.run(&["secret", "create", "a", "A=value-a1"]).ok();
+    f.run(&["secret", "create", "d", "D=value-d", "--env", "dev"])
+        .ok();
+    let lock_d = f.path("dev.lock");
+    f.sh(
+        &["--lock", &lock_d, "--env", "dev", "--secret", "d"],
+        "true",
+    )
+    .ok();
+    let (_, entries) = lock_entries(&lock_d);
+    assert_eq!(entries[0]["environment"], "dev");
+    // The file names the environment: --env does not move a locked secret.
+    let out = f
+        .sh(
+            &["--locked", &lock_d, "--env", "main", "--secret", "a"],
+            "echo $A $D",
+        )
+        .ok();
+    assert_eq!(out.stdout, "value-a1 value-d\n");
+
+    // The environment is deleted (with its secrets).
+    f.run(&["environment", "delete", "dev", "--with-secrets", "--yes"])
+        .ok();
+    f.refused(
+        &["--secret", "a", "--locked", &lock_d],
+        1,
+        &format!(
+            "lockfile {lock_d}: secret 'd' (environment 'dev', version 1): \
+             Environment 'dev' not found"
+        ),
+    );
+    f.run(&["lock", "status", &lock_d]).fails(
+        1,
+        "secret 'd' (environment 'dev', version 1): Environment 'dev' not found",
+    );
+
+    // The secret is deleted.
+    let lock_a = f.path("a.lock");
+    f.sh(&["--lock", &lock_a, "--secret", "a"], "true").ok();
+    f.run(&["secret", "delete", "a", "--yes"]).ok();
+    f.refused(&["--locked", &lock_a], 1, "Secret 'a' not found");
+    let out = f
+        .run(&["lock", "status", &lock_a, "--json"])
+        .fails(1, "1 of 1 locked secret(s) can no longer be resolved");
+    assert_eq!(out.json()[0]["error"], "Secret 'a' not found");
+    assert_eq!(out.json()[0]["current_version"], Value::Null);
+
+    // Created again under the same name: numbered from 1 again, but not
+    // the secret that was locked.
+    f.run(&["secret", "create", "a", "A=value-z1"]).ok();
+    let out = f.refused(&["--locked", &lock_a], 1, "deleted and created again");
+    assert_no_value(&out);
+    f.run(&["lock", "status", &lock_a])
+        .fails(1, "deleted and created again");
+}
+
+#[test]
+fn files_that_are_not_lockfiles_are_refused_without_being_quoted() {
+    let f = Fixture::new();
+    f.run(&["secret", "create", "a", "A=value-a1"]).ok();
+    let write = |name: &str, text: &str| -> String {
+        let path = f.path(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let dotenv = write(".env", "PASSWORD=first-pw\nTOKEN=\"second-pw\"\n");
+    let config = write("config.toml", "password = \"first-pw\"\n");
+    let newer = write("newer.lock", "latchkey_lockfile = 2\n");
+    let bad_version = write(
+        "bad.lock",
+        "latchkey_lockfile = 1\n[[secret]]\nenvironment = \"main\"\nname = \"a\"\nid = \"st-x\"\nversion = 0\n",
+    );
+    let missing = f.path("missing.lock");
+    for (path, needle) in [
+        (
+            &dotenv,
+            format!("{dotenv} is not a latchkey lockfile: it is not valid TOML (line 1)"),
+        ),
+        (
+            &config,
+            format!("{config} is not a latchkey lockfile: it has no `latchkey_lockfile = 1` line"),
+        ),
+        (&newer, format!("{newer} is a lockfile of format 2")),
+        (
+            &bad_version,
+            format!("{bad_version}: secret 1: Invalid version 0: versions are numbered from 1"),
+        ),
+        (&missing, format!("cannot read lockfile {missing}")),
+    ] {
+        let out = f.refused(&["--locked", path], 1, &needle);
+        assert_no_value(&out);
+        let out = f.run(&["lock", "status", path]).fails(1, &needle);
+        assert_no_value(&out);
+    }
+    // The lockfile is read before any request: a bad one fails even with
+    // no server to ask.
+    let offline = Cli::bare().var("LATCHKEY_SERVER_URL", "http://127.0.0.1:9");
+    offline
+        .run(&["run", "--locked", &dotenv, "--", "true"])
+        .fails(1, "is not a latchkey lockfile");
 }
 
 #[test]
@@ -445,6 +771,11 @@ fn help_shows_examples_of_the_version_commands() {
             "latchkey secret info my-secret --version 2",
         ),
         (&["run", "--help"], "latchkey run --secret db@3"),
+        (&["run", "--help"], "latchkey run --locked secrets.lock"),
+        (
+            &["lock", "status", "--help"],
+            "latchkey lock status secrets.lock",
+        ),
     ] {
         let out = f.run(args).ok();
         assert!(out.stdout.contains(example), "{args:?}: {}", out.stdout);
