@@ -7,6 +7,7 @@ mod connect;
 mod db;
 mod environment;
 mod input;
+mod lock;
 mod login;
 mod mask;
 mod modal_env;
@@ -39,6 +40,7 @@ use clap::{Parser, Subcommand};
   latchkey serve                              # in one terminal
   latchkey secret create demo A=1             # in another: no set-up needed
   latchkey secret list
+  latchkey secret history demo
   latchkey login --server https://secrets.example.com --token-id ak-...
   eval \"$(latchkey modal-env)\"                # point Modal's client here
 
@@ -73,6 +75,8 @@ enum Command {
     Completions(completions::CompletionsArgs),
     /// Run a command with secrets in its environment.
     Run(run::RunArgs),
+    /// Inspect the lockfiles that `latchkey run --lock` writes.
+    Lock(lock::LockArgs),
 }
 
 fn main() -> ExitCode {
@@ -96,5 +100,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::ModalEnv(args) => modal_env::run(&args),
         Command::Completions(args) => completions::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Lock(args) => lock::run(args),
     }
 }

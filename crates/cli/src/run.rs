@@ -6,6 +6,12 @@
 //! not found, a file cannot be read, a secret is unknown or lacks a required
 //! key) fails before the command starts, with exit code 1.
 //!
+//! `--secret NAME@N` resolves the kept version N rather than the current
+//! one. `--lock FILE` records the version each `--secret` resolved in a
+//! lockfile (see [`crate::lock`]), written once every secret has resolved
+//! and before the command starts; `--locked FILE` resolves exactly the
+//! versions of a lockfile, in its place among the other sources.
+//!
 //! # Why spawn and wait rather than `exec`
 //!
 //! `exec` would hand the process over to the command, so signals would reach
@@ -34,7 +40,7 @@ use std::{
 
 use anyhow::{bail, Context};
 use clap::{ArgMatches, Args, FromArgMatches};
-use latchkey::{Client, EnvDict, Secret};
+use latchkey::{Client, EnvDict, Resolved, Secret};
 use nix::{
     sys::{
         signal::{kill, SigSet, Signal},
@@ -43,7 +49,11 @@ use nix::{
     unistd::{getpgid, getpgrp, Pid},
 };
 
-use crate::mask::{Masker, MASK_MIN_CHARS};
+use crate::{
+    lock::{Lockfile, Pin},
+    mask::{Masker, MASK_MIN_CHARS},
+    output::usage,
+};
 
 /// The signals forwarded to the command.
 const FORWARDED: [Signal; 6] = [
@@ -61,11 +71,28 @@ const SI_KERNEL: i32 = 0x80;
 /// The flags of `latchkey run`, as clap parses them. No `Debug`: `--set`
 /// holds values.
 #[derive(Args)]
+#[command(after_help = "Examples:
+  latchkey run --secret db:DATABASE_URL -- ./server --port 8080
+  latchkey run --secret db --env-file .env --set MODE=dev -- npm start
+  latchkey run --secret db@3 -- ./migrate.sh        # version 3 of db
+  latchkey run --lock secrets.lock --secret db --secret api:TOKEN -- ./deploy.sh
+  latchkey run --locked secrets.lock -- ./deploy.sh # exactly the locked versions
+  latchkey run --isolate --mask --secret api -- env")]
 struct RawRunArgs {
-    /// A named secret, optionally with keys it must hold: NAME or
-    /// NAME:KEY,KEY,... (checked by the server). Repeatable.
-    #[arg(long = "secret", value_name = "NAME[:KEY,KEY...]")]
+    /// A named secret, optionally at a kept version and with keys it must
+    /// hold: NAME, NAME@VERSION, NAME:KEY,KEY,... or NAME@VERSION:KEY,...
+    /// (keys checked by the server). Repeatable.
+    #[arg(long = "secret", value_name = "NAME[@VERSION][:KEY,KEY...]")]
     secret: Vec<String>,
+    /// Write the version each --secret resolved to FILE (a lockfile, no
+    /// values), once every secret has resolved and before the command runs.
+    #[arg(long, value_name = "FILE", conflicts_with = "locked")]
+    lock: Option<PathBuf>,
+    /// Resolve exactly the versions that FILE (written by --lock) records,
+    /// in its place among the other sources; a version that is no longer
+    /// kept, a deleted secret or environment is an error and nothing runs.
+    #[arg(long, value_name = "FILE")]
+    locked: Option<PathBuf>,
     /// Variables from a dotenv file. Repeatable.
     #[arg(long = "env-file", value_name = "PATH")]
     env_file: Vec<PathBuf>,
@@ -105,6 +132,7 @@ enum Source {
     EnvFile(PathBuf),
     Local(String),
     Set(String),
+    Locked(PathBuf),
 }
 
 /// Names what a source is without the value of `--set KEY=VALUE`.
@@ -114,6 +142,7 @@ impl std::fmt::Debug for Source {
             Source::Secret(spec) => f.debug_tuple("Secret").field(spec).finish(),
             Source::EnvFile(path) => f.debug_tuple("EnvFile").field(path).finish(),
             Source::Local(key) => f.debug_tuple("Local").field(key).finish(),
+            Source::Locked(path) => f.debug_tuple("Locked").field(path).finish(),
             Source::Set(pair) => {
                 let key = pair.split_once('=').map_or(pair.as_str(), |(k, _)| k);
                 write!(f, "Set({key:?}=<hidden>)")
@@ -144,6 +173,9 @@ impl FromArgMatches for RunArgs {
         collect("env_file", &|n| Source::EnvFile(raw.env_file[n].clone()));
         collect("local", &|n| Source::Local(raw.local[n].clone()));
         collect("set", &|n| Source::Set(raw.set[n].clone()));
+        collect("locked", &|_| {
+            Source::Locked(raw.locked.clone().unwrap_or_default())
+        });
         indexed.sort_by_key(|(index, _)| *index);
         let sources = indexed.into_iter().map(|(_, s)| s).collect();
         Ok(Self { raw, sources })
@@ -172,8 +204,18 @@ pub(crate) fn run(args: &RunArgs) -> anyhow::Result<()> {
         return exec_unblocked(arg0, &args.raw.command);
     }
     let program = find_program(&args.raw.command[0])?;
-    let secrets = sources_to_secrets(&args.sources, args.raw.env.as_deref())?;
-    let layers = resolve(&secrets, args.raw.env.as_deref())?;
+    let layers = sources_to_layers(&args.sources, args.raw.env.as_deref())?;
+    let named_flags = layers.iter().any(|l| matches!(l.origin, Origin::Flag(_)));
+    if args.raw.lock.is_some() && !named_flags {
+        return Err(usage(
+            "nothing to lock: --lock records the versions of --secret sources, and none is given",
+        ));
+    }
+    let resolved = resolve(&layers, args.raw.env.as_deref())?;
+    if let Some(path) = &args.raw.lock {
+        lockfile_of(&layers, &resolved).write(path)?;
+    }
+    let layers: Vec<EnvDict> = resolved.into_iter().map(|r| r.values).collect();
     let mask_values = if args.raw.mask {
         values_to_mask(&layers)
     } else {
@@ -244,44 +286,160 @@ fn find_program(name: &std::ffi::OsStr) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("command not found: {shown} (not in PATH)"))
 }
 
-/// The sources as SDK secrets; local files and variables are read here.
-fn sources_to_secrets(
-    sources: &[Source],
-    environment: Option<&str>,
-) -> anyhow::Result<Vec<Secret>> {
-    sources
-        .iter()
-        .map(|source| match source {
-            Source::Secret(spec) => {
-                let (name, keys) = match spec.split_once(':') {
-                    Some((name, keys)) => (
-                        name,
-                        keys.split(',')
-                            .map(str::trim)
-                            .filter(|k| !k.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                    ),
-                    None => (spec.as_str(), Vec::new()),
-                };
-                if name.is_empty() {
-                    bail!("--secret {spec:?}: no secret name before ':'");
-                }
-                let mut secret = Secret::from_name(name).required_keys(keys);
+/// `--secret NAME[@VERSION][:KEY,KEY...]`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SecretSpec {
+    name: String,
+    version: Option<i64>,
+    keys: Vec<String>,
+}
+
+impl SecretSpec {
+    /// Reads a `--secret` argument; a mistake is a usage error naming it.
+    /// Keys cannot hold ':' or '@' and names cannot hold '@', so the first
+    /// ':' ends the name and version, and the last '@' before it starts the
+    /// version.
+    fn parse(spec: &str) -> anyhow::Result<SecretSpec> {
+        let fail = |why: String| {
+            usage(format!(
+                "--secret '{}': {why}",
+                latchkey_core::rules::echo(spec)
+            ))
+        };
+        let (head, keys) = match spec.split_once(':') {
+            Some((head, keys)) => (
+                head,
+                keys.split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>(),
+            ),
+            None => (spec, Vec::new()),
+        };
+        if let Some((key, version)) = keys.iter().find_map(|k| k.split_once('@')) {
+            return Err(fail(format!(
+                "put the version before the keys: {head}@{version}:{key}"
+            )));
+        }
+        let (name, version) = match head.rsplit_once('@') {
+            None => (head, None),
+            Some((name, "")) => {
+                return Err(fail(format!(
+                    "no version after '@' (expected {}@VERSION, e.g. {0}@3)",
+                    if name.is_empty() { "NAME" } else { name }
+                )))
+            }
+            Some((name, version)) => (
+                name,
+                Some(
+                    latchkey_core::rules::parse_version(version)
+                        .map_err(|e| fail(e.message().to_owned()))?,
+                ),
+            ),
+        };
+        if name.is_empty() {
+            let before = if version.is_some() || head.contains('@') {
+                '@'
+            } else {
+                ':'
+            };
+            return Err(fail(format!("no secret name before '{before}'")));
+        }
+        Ok(SecretSpec {
+            name: name.to_owned(),
+            version,
+            keys,
+        })
+    }
+}
+
+/// Where a layer of variables comes from: what `--lock` records and what
+/// an error names.
+enum Origin {
+    /// `--secret`.
+    Flag(SecretSpec),
+    /// An entry of the `--locked` file.
+    Pinned { file: PathBuf, pin: Pin },
+    /// `--env-file`, `--local`, `--set`.
+    Local,
+}
+
+/// A source, ready to resolve.
+struct Layer {
+    secret: Secret,
+    origin: Origin,
+}
+
+/// The sources as SDK secrets, in order; `--secret` arguments are checked,
+/// and local files, variables and the lockfile read, before any request.
+fn sources_to_layers(sources: &[Source], environment: Option<&str>) -> anyhow::Result<Vec<Layer>> {
+    let mut layers = Vec::with_capacity(sources.len());
+    for source in sources {
+        match source {
+            Source::Secret(text) => {
+                let spec = SecretSpec::parse(text)?;
+                let mut secret = Secret::from_name(&spec.name).required_keys(spec.keys.clone());
                 if let Some(e) = environment {
                     secret = secret.environment_name(e);
                 }
-                Ok(secret)
+                if let Some(v) = spec.version {
+                    secret = secret.version(v);
+                }
+                layers.push(Layer {
+                    secret,
+                    origin: Origin::Flag(spec),
+                });
             }
-            Source::EnvFile(path) => read_env_file(path),
-            Source::Local(key) => Ok(Secret::from_local_environ([key])?),
+            Source::Locked(path) => {
+                for pin in Lockfile::read(path)?.pins {
+                    layers.push(Layer {
+                        secret: pin.secret(),
+                        origin: Origin::Pinned {
+                            file: path.clone(),
+                            pin,
+                        },
+                    });
+                }
+            }
+            Source::EnvFile(path) => layers.push(Layer {
+                secret: read_env_file(path)?,
+                origin: Origin::Local,
+            }),
+            Source::Local(key) => layers.push(Layer {
+                secret: Secret::from_local_environ([key])?,
+                origin: Origin::Local,
+            }),
             Source::Set(pair) => match pair.split_once('=') {
-                Some((key, value)) => Ok(Secret::from_dict([(key, value)])),
+                Some((key, value)) => layers.push(Layer {
+                    secret: Secret::from_dict([(key, value)]),
+                    origin: Origin::Local,
+                }),
                 // Not echoed: text without '=' may be a value typed without its key.
                 None => bail!("a --set argument has no '=': expected KEY=VALUE"),
             },
+        }
+    }
+    Ok(layers)
+}
+
+/// The lockfile of what `--secret` sources resolved, in command-line order.
+fn lockfile_of(layers: &[Layer], resolved: &[Resolved]) -> Lockfile {
+    let pins = layers
+        .iter()
+        .zip(resolved)
+        .filter_map(|(layer, resolved)| match (&layer.origin, &resolved.info) {
+            (Origin::Flag(spec), Some(info)) => Some(Pin {
+                environment: info.environment_name.clone(),
+                name: info.name.clone(),
+                id: info.id.clone(),
+                version: info.version,
+                required_keys: spec.keys.clone(),
+            }),
+            _ => None,
         })
-        .collect()
+        .collect();
+    Lockfile { pins }
 }
 
 fn read_env_file(path: &Path) -> anyhow::Result<Secret> {
@@ -296,12 +454,13 @@ fn read_env_file(path: &Path) -> anyhow::Result<Secret> {
     )))
 }
 
-/// Each secret's values, in order. The server checks named secrets' required
-/// keys and records their use (`last_used_at`). The runtime is dropped before
-/// returning, so that no thread of it outlives the resolution: signals must
-/// then reach only the thread that forwards them.
-fn resolve(secrets: &[Secret], environment: Option<&str>) -> anyhow::Result<Vec<EnvDict>> {
-    let client = if secrets.iter().any(|s| s.name().is_some()) {
+/// Each layer's values, in order. The server checks named secrets' required
+/// keys and records their use (`last_used_at`); a locked secret must still
+/// be the one that was locked. The runtime is dropped before returning, so
+/// that no thread of it outlives the resolution: signals must then reach
+/// only the thread that forwards them.
+fn resolve(layers: &[Layer], environment: Option<&str>) -> anyhow::Result<Vec<Resolved>> {
+    let client = if layers.iter().any(|l| l.secret.name().is_some()) {
         let client = Client::from_env()?;
         Some(match environment {
             Some(e) => client.with_environment(Some(e)),
@@ -314,24 +473,39 @@ fn resolve(secrets: &[Secret], environment: Option<&str>) -> anyhow::Result<Vec<
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let layers = runtime.block_on(async {
-        let mut layers = Vec::with_capacity(secrets.len());
-        for secret in secrets {
-            let layer = match &client {
-                Some(client) => secret.resolve_with(client).await,
-                // A local secret never contacts the server.
-                None => secret.resolve().await,
+    let resolved = runtime.block_on(async {
+        let mut resolved = Vec::with_capacity(layers.len());
+        for Layer { secret, origin } in layers {
+            let what = || match origin {
+                Origin::Flag(spec) => format!("secret '{}'", spec.name),
+                Origin::Pinned { file, pin } => {
+                    format!("lockfile {}: {}", file.display(), pin.label())
+                }
+                Origin::Local => "local secret".to_owned(),
             };
-            let layer = layer.with_context(|| match secret.name() {
-                Some(name) => format!("secret '{name}'"),
-                None => "local secret".to_owned(),
-            })?;
-            layers.push(layer);
+            let layer = match &client {
+                Some(client) => secret.resolve_detailed_with(client).await,
+                // A local secret never contacts the server.
+                None => secret.resolve_detailed().await,
+            }
+            .with_context(what)?;
+            if let (Origin::Pinned { pin, .. }, Some(info)) = (origin, &layer.info) {
+                if info.id != pin.id {
+                    bail!(
+                        "{}: the secret was deleted and created again since it was \
+                         locked (locked id {}, now {}); lock it again with --lock",
+                        what(),
+                        pin.id,
+                        info.id
+                    );
+                }
+            }
+            resolved.push(layer);
         }
-        anyhow::Ok(layers)
+        anyhow::Ok(resolved)
     })?;
     drop(runtime);
-    Ok(layers)
+    Ok(resolved)
 }
 
 /// Every value of every layer (overridden ones too) long enough to mask.
@@ -421,5 +595,38 @@ mod tests {
             format!("{:?}", Source::Local("HOME".to_owned())),
             "Local(\"HOME\")"
         );
+    }
+
+    #[test]
+    fn secret_specs_name_a_version_and_keys() {
+        let spec = |text: &str| SecretSpec::parse(text).map_err(|e| e.to_string());
+        let ok = |name: &str, version: Option<i64>, keys: &[&str]| {
+            Ok(SecretSpec {
+                name: name.to_owned(),
+                version,
+                keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+            })
+        };
+        assert_eq!(spec("db"), ok("db", None, &[]));
+        assert_eq!(spec("db:A, B,"), ok("db", None, &["A", "B"]));
+        assert_eq!(spec("db.prod@3"), ok("db.prod", Some(3), &[]));
+        assert_eq!(spec("db@12:A,B"), ok("db", Some(12), &["A", "B"]));
+        // Names cannot hold '@': the last one starts the version.
+        assert_eq!(spec("a@b@2"), ok("a@b", Some(2), &[]));
+
+        for (text, needle) in [
+            ("db@", "no version after '@'"),
+            ("db@:A", "no version after '@'"),
+            ("db@0", "Invalid version 0: versions are numbered from 1"),
+            ("db@-2", "Invalid version -2"),
+            ("db@latest", "Invalid version 'latest'"),
+            ("@3", "no secret name before '@'"),
+            (":A", "no secret name before ':'"),
+            ("db:A@3", "put the version before the keys: db@3:A"),
+        ] {
+            let e = spec(text).unwrap_err();
+            assert!(e.contains(needle), "{text}: {e}");
+            assert!(e.starts_with(&format!("--secret '{text}': ")), "{e}");
+        }
     }
 }

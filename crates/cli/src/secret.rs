@@ -1,10 +1,11 @@
-//! `latchkey secret`: create, list, info, update and delete named secrets.
+//! `latchkey secret`: create, list, info, update and delete named secrets,
+//! and read and roll back their versions.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use latchkey::{blocking::Wait, EnvDict, Secret, SecretInfo};
+use latchkey::{blocking::Wait, EnvDict, Secret, SecretInfo, VersionInfo};
 
 use crate::{
     connect, input,
@@ -18,6 +19,8 @@ use crate::{
   latchkey secret list
   latchkey secret info my-secret
   latchkey secret update my-secret API_KEY=new --unset DB_URL
+  latchkey secret history my-secret
+  latchkey secret rollback my-secret --to 2
   latchkey secret delete my-secret --yes")]
 pub(crate) struct SecretArgs {
     #[command(subcommand)]
@@ -34,6 +37,10 @@ enum SecretCommand {
     Info(InfoArgs),
     /// Set or remove some keys of a secret; the others stay.
     Update(UpdateArgs),
+    /// Show a secret's kept versions: who changed which keys, when, how.
+    History(HistoryArgs),
+    /// Make a new version of a secret with the contents of an older one.
+    Rollback(RollbackArgs),
     /// Delete a secret, irreversibly.
     Delete(DeleteArgs),
 }
@@ -106,13 +113,22 @@ struct ListArgs {
 }
 
 /// Show a secret's metadata: id, environment, creation, last use, keys.
+/// With --version N, the keys of version N and how it was made.
 #[derive(Debug, Args)]
-#[command(after_help = "Examples:
+#[command(
+    // `--version N` is a secret's version here, not latchkey's.
+    disable_version_flag = true,
+    after_help = "Examples:
   latchkey secret info my-secret
-  latchkey secret info my-secret --env prod --json")]
+  latchkey secret info my-secret --version 2
+  latchkey secret info my-secret --env prod --json"
+)]
 struct InfoArgs {
     /// The secret's name.
     name: String,
+    /// A kept version (see `latchkey secret history`) instead of the current one.
+    #[arg(long, value_name = "N", value_parser = parse_version, allow_negative_numbers = true)]
+    version: Option<i64>,
     #[command(flatten)]
     env: EnvArg,
     /// Print JSON instead of text.
@@ -143,6 +159,50 @@ struct UpdateArgs {
     json: bool,
 }
 
+/// The versions of a secret that the server keeps, newest first: each one's
+/// number, time, author (a token's name), action (created, updated,
+/// overwritten, rolled back to N) and the names of the keys it added,
+/// removed and changed. Never a value. "?" marks changes that are not known
+/// (the version before was never kept).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latchkey secret history my-secret
+  latchkey secret history my-secret --env prod --json | jq '.[0].keys_changed'")]
+struct HistoryArgs {
+    /// The secret's name.
+    name: String,
+    #[command(flatten)]
+    env: EnvArg,
+    /// Print JSON (an array of versions, newest first) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Roll a secret back: a new version whose contents are those of version N
+/// (history is kept; roll forward the same way). Prints the new version.
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latchkey secret history my-secret          # find the version to go back to
+  latchkey secret rollback my-secret --to 3
+  latchkey secret rollback my-secret --to 3 --env prod --json")]
+struct RollbackArgs {
+    /// The secret's name.
+    name: String,
+    /// The kept version whose contents become the new version.
+    #[arg(long, value_name = "N", value_parser = parse_version, allow_negative_numbers = true)]
+    to: i64,
+    #[command(flatten)]
+    env: EnvArg,
+    /// Print the secret's metadata at its new version as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A version number given on the command line; clap shows the message.
+pub(crate) fn parse_version(text: &str) -> Result<i64, String> {
+    latchkey_core::rules::parse_version(text).map_err(|e| e.message().to_owned())
+}
+
 /// Delete a secret: its values are gone for good. Asks first on a terminal;
 /// elsewhere --yes is required.
 #[derive(Debug, Args)]
@@ -169,6 +229,8 @@ pub(crate) fn run(args: SecretArgs) -> Result<()> {
         SecretCommand::List(a) => list(&a),
         SecretCommand::Info(a) => info(&a),
         SecretCommand::Update(a) => update(&a),
+        SecretCommand::History(a) => history(&a),
+        SecretCommand::Rollback(a) => rollback(&a),
         SecretCommand::Delete(a) => delete(&a),
     }
 }
@@ -306,7 +368,11 @@ fn named(name: &str, client: &latchkey::Client) -> Secret {
 
 fn info(args: &InfoArgs) -> Result<()> {
     let client = connect::client(args.env.env.as_deref())?;
-    let info = named(&args.name, &client).info_with(&client).wait()?;
+    let mut secret = named(&args.name, &client);
+    if let Some(version) = args.version {
+        secret = secret.version(version);
+    }
+    let info = secret.info_with(&client).wait()?;
     if args.json {
         return output::json(&info);
     }
@@ -314,16 +380,29 @@ fn info(args: &InfoArgs) -> Result<()> {
 }
 
 fn print_info(info: &SecretInfo) -> Result<()> {
-    let rows = [
+    let version = match &info.version_info {
+        None => info.version.to_string(),
+        Some(v) => format!(
+            "{} ({} by {} at {})",
+            v.version,
+            v.action,
+            author(v),
+            output::time(v.created_at)
+        ),
+    };
+    let mut rows = vec![
         ("Name", info.name.clone()),
         ("Id", info.id.clone()),
         ("Environment", info.environment_name.clone()),
         ("Created at", output::time(info.created_at)),
         ("Created by", info.created_by.clone()),
         ("Last used at", output::time_or(info.last_used_at, "never")),
-        ("Version", info.version.to_string()),
-        ("Keys", info.keys.join(", ")),
+        ("Version", version),
     ];
+    if let Some(v) = &info.version_info {
+        rows.push(("Changes", changes_phrase(v)));
+    }
+    rows.push(("Keys", info.keys.join(", ")));
     let mut text = String::new();
     for (label, value) in rows {
         text.push_str(&format!(
@@ -371,6 +450,90 @@ fn update(args: &UpdateArgs) -> Result<()> {
         info.environment_name,
         keys_phrase(&info.keys),
         info.version
+    ))
+}
+
+/// The author of a version, for people.
+fn author(v: &VersionInfo) -> &str {
+    if v.created_by.is_empty() {
+        "an unknown token"
+    } else {
+        &v.created_by
+    }
+}
+
+/// `added A; changed B, C`: what a version did to keys, for people.
+fn changes_phrase(v: &VersionInfo) -> String {
+    let (Some(added), Some(removed), Some(changed)) =
+        (&v.keys_added, &v.keys_removed, &v.keys_changed)
+    else {
+        return "not known (the version before was never kept)".to_owned();
+    };
+    let parts: Vec<String> = [("added", added), ("removed", removed), ("changed", changed)]
+        .into_iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .map(|(what, keys)| format!("{what} {}", keys.join(", ")))
+        .collect();
+    if parts.is_empty() {
+        "no key changed".to_owned()
+    } else {
+        parts.join("; ")
+    }
+}
+
+fn history(args: &HistoryArgs) -> Result<()> {
+    let client = connect::client(args.env.env.as_deref())?;
+    let versions = named(&args.name, &client).history_with(&client).wait()?;
+    if args.json {
+        return output::json(&versions);
+    }
+    let list = |keys: &Option<Vec<String>>| match keys {
+        None => "?".to_owned(),
+        Some(k) if k.is_empty() => "-".to_owned(),
+        Some(k) => k.join(", "),
+    };
+    let mut table = Table::new(&[
+        "Version",
+        "Created at",
+        "Created by",
+        "Action",
+        "Keys added",
+        "Keys removed",
+        "Keys changed",
+    ]);
+    for v in &versions {
+        table.row(vec![
+            v.version.to_string(),
+            output::time(v.created_at),
+            if v.created_by.is_empty() {
+                "-".to_owned()
+            } else {
+                v.created_by.clone()
+            },
+            v.action.to_string(),
+            list(&v.keys_added),
+            list(&v.keys_removed),
+            list(&v.keys_changed),
+        ]);
+    }
+    table.print(&format!("Secret '{}' has no kept version.", args.name))
+}
+
+fn rollback(args: &RollbackArgs) -> Result<()> {
+    let client = connect::client(args.env.env.as_deref())?;
+    let info = named(&args.name, &client)
+        .rollback_with(&client, args.to)
+        .wait()?;
+    if args.json {
+        return output::json(&info);
+    }
+    output::line(format!(
+        "Rolled back secret '{}' in environment '{}' to version {}: it is now at version {} ({}).",
+        info.name,
+        info.environment_name,
+        args.to,
+        info.version,
+        keys_phrase(&info.keys)
     ))
 }
 

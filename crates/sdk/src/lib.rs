@@ -216,6 +216,36 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Versions
+//!
+//! Every change of a named secret makes a new version; the server keeps the
+//! latest ones (`latchkey serve --keep-versions`, 20 by default). A program
+//! can pin one, read the history (who changed which keys, never a value) and
+//! roll back, which makes a new version with an old one's contents:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let _server = latchkey::testing::start_server_for_examples()?;
+//! use latchkey::{Secret, VersionAction};
+//!
+//! Secret::objects().create("api", [("KEY", "old")]).await?;
+//! let api = Secret::from_name("api");
+//! api.update([("KEY", "new")]).await?;
+//!
+//! // Version 1's values, whatever the current version is.
+//! assert_eq!(api.clone().version(1).resolve().await?["KEY"], "old");
+//!
+//! let history = api.history().await?;
+//! assert_eq!(history[0].keys_changed, Some(vec!["KEY".to_owned()]));
+//! assert_eq!(history[0].created_by, "admin");
+//!
+//! let info = api.rollback(1).await?;
+//! assert_eq!((info.version, &api.resolve().await?["KEY"][..]), (3, "old"));
+//! assert_eq!(api.history().await?[0].action, VersionAction::RolledBack { to: 1 });
+//! # Ok(()) }
+//! ```
+//!
 //! # Errors
 //!
 //! Every call returns [`Error`], whose variants map the server's answers
@@ -236,6 +266,7 @@ mod secret;
 pub mod testing;
 mod time;
 mod tokens;
+mod versions;
 
 pub use app::{App, Function, FunctionCall, FunctionError, Isolation};
 pub use client::{Client, WhoAmI};
@@ -248,6 +279,13 @@ pub use objects::{
     BoxFuture, CreateSecret, CreatedSecret, DeleteSecret, ListSecrets, SecretObjects,
 };
 pub use profile::{Profile, ProfileFile};
-pub use secret::{merge, EnvValue, Secret, SecretInfo};
-pub use time::{IntoTimestamp, Timestamp};
+pub use secret::{merge, EnvValue, Resolved, Secret, SecretInfo, UpdateSecret};
+pub use time::IntoTimestamp;
+// Shown as core's type, not inlined: the docs of its `strftime` link to
+// `jiff::fmt::strtime`, which rustdoc cannot resolve and writes out, without
+// a warning, as a dead href; inlined here, that was the one broken link of
+// this crate's docs. (The link itself is latchkey-core's to fix.)
+#[doc(no_inline)]
+pub use time::Timestamp;
 pub use tokens::{CreateToken, NewToken, Role, TokenInfo, TokenSecret, Tokens};
+pub use versions::{Rollback, SecretHistory, VersionAction, VersionInfo};

@@ -9,7 +9,12 @@ use latchkey_core::{rules, EnvDict};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::{objects::SecretObjects, time::Timestamp, Client, Error, Result};
+use crate::{
+    objects::{BoxFuture, SecretObjects},
+    time::Timestamp,
+    versions::{Rollback, SecretHistory, Target, VersionInfo},
+    Client, Error, Result,
+};
 
 /// A dictionary of environment variables to give a process: Modal's
 /// `modal.Secret`.
@@ -41,6 +46,9 @@ enum Source {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         environment_name: Option<String>,
+        /// A kept version instead of the current one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<i64>,
     },
 }
 
@@ -95,23 +103,50 @@ pub struct SecretInfo {
     pub last_used_at: Option<Timestamp>,
     /// Its keys, sorted.
     pub keys: Vec<String>,
-    /// Incremented by every change of its contents.
+    /// Its version: 1 for a new secret, one more with every change of its
+    /// contents. With [`Secret::version`], the version asked for.
     pub version: i64,
+    /// With [`Secret::version`]: the record of that version (when and how
+    /// it was made, the keys it changed). `None` for the current version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_info: Option<VersionInfo>,
 }
 
+/// What resolving a secret gave ([`Secret::resolve_detailed`]): the values,
+/// and for a named secret the metadata of the version they are from.
+/// `Debug` shows the keys, never the values.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Resolved {
+    /// The values, for a process's environment.
+    pub values: EnvDict,
+    /// For a named secret: its metadata, `version` and `keys` being those of
+    /// the version resolved (`last_used_at` as it was before this use).
+    /// `None` for a local secret.
+    pub info: Option<SecretInfo>,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolved")
+            .field("keys", &self.values.keys().collect::<Vec<_>>())
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// The answer of `POST /secrets/{name}/resolve`.
 #[derive(Deserialize)]
-struct Resolved {
+struct ResolveAnswer {
+    secret: SecretInfo,
     values: EnvDict,
 }
 
 #[derive(Serialize)]
 struct ResolveBody<'a> {
     required_keys: &'a [String],
-}
-
-#[derive(Serialize)]
-struct UpdateBody {
-    values: serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<i64>,
 }
 
 impl Secret {
@@ -245,6 +280,7 @@ impl Secret {
             source: Source::Named {
                 name: name.into(),
                 environment_name: None,
+                version: None,
             },
             required_keys: Vec::new(),
         }
@@ -258,6 +294,38 @@ impl Secret {
         } = &mut self.source
         {
             *environment_name = Some(environment.into()).filter(|e| !e.is_empty());
+        }
+        self
+    }
+
+    /// For a named secret: use its kept version `version` (1, 2, 3...)
+    /// rather than the current one. [`resolve`](Secret::resolve) then gives
+    /// that version's values and [`info`](Secret::info) its keys and
+    /// record; a version the server no longer keeps is [`Error::NotFound`]
+    /// naming the versions it keeps, and a number below 1 is
+    /// [`Error::Invalid`] (before any request). Updates, history and
+    /// rollbacks act on the secret itself, whatever its pinned version.
+    /// Does nothing to a local secret.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let _server = latchkey::testing::start_server_for_examples()?;
+    /// use latchkey::Secret;
+    ///
+    /// Secret::objects().create("db", [("PASSWORD", "first")]).await?;
+    /// let db = Secret::from_name("db");
+    /// db.update([("PASSWORD", "second")]).await?;
+    /// assert_eq!(db.resolve().await?["PASSWORD"], "second");
+    /// assert_eq!(db.clone().version(1).resolve().await?["PASSWORD"], "first");
+    ///
+    /// let err = db.version(7).resolve().await.unwrap_err();
+    /// assert!(err.to_string().contains("versions 1 to 2 are kept"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    pub fn version(mut self, version: i64) -> Self {
+        if let Source::Named { version: v, .. } = &mut self.source {
+            *v = Some(version);
         }
         self
     }
@@ -292,6 +360,14 @@ impl Secret {
         }
     }
 
+    /// The version given to a named secret by [`Secret::version`], if any.
+    pub fn pinned_version(&self) -> Option<i64> {
+        match &self.source {
+            Source::Named { version, .. } => *version,
+            Source::Local { .. } => None,
+        }
+    }
+
     /// The values of a local secret; `None` for a named one (use
     /// [`Secret::resolve`]).
     pub fn local_values(&self) -> Option<&EnvDict> {
@@ -313,6 +389,7 @@ impl Secret {
             Source::Named {
                 name,
                 environment_name,
+                ..
             } => Ok((name, environment_name.as_deref())),
             Source::Local { .. } => Err(Error::invalid(format!(
                 "Only a named secret (Secret::from_name) has {what} on the server"
@@ -320,8 +397,27 @@ impl Secret {
         }
     }
 
+    /// [`Secret::named`], owned, for a builder that reports the error when
+    /// it runs.
+    fn target(&self, what: &str) -> Target {
+        self.named(what)
+            .map(|(name, env)| (name.to_owned(), env.map(str::to_owned)))
+    }
+
+    /// The pinned version, checked: a number below 1 fails here, before
+    /// any request.
+    fn checked_version(&self) -> Result<Option<i64>> {
+        let version = self.pinned_version();
+        if let Some(v) = version {
+            rules::check_version(v)?;
+        }
+        Ok(version)
+    }
+
     /// The named secret's metadata (name, created_at, created_by, keys...),
-    /// with the shared client. The required keys are checked.
+    /// with the shared client. The required keys are checked. With
+    /// [`Secret::version`], that version's keys and number, and its record
+    /// in [`SecretInfo::version_info`].
     pub async fn info(&self) -> Result<SecretInfo> {
         self.info_with(&Client::shared()?).await
     }
@@ -329,54 +425,115 @@ impl Secret {
     /// [`Secret::info`] with `client`.
     pub async fn info_with(&self, client: &Client) -> Result<SecretInfo> {
         let (name, env) = self.named("info")?;
+        let version = self.checked_version()?;
         let query = [
             ("environment", client.environment_or_default(env)),
             ("required_keys", self.required_keys.join(",")),
+            (
+                "version",
+                version.map(|v| v.to_string()).unwrap_or_default(),
+            ),
         ];
         client
             .call(Method::GET, &["secrets", name], &query, None::<&()>)
             .await
     }
 
+    /// The named secret's kept versions, newest first, with the shared
+    /// client: who made each, when, how (created, updated, overwritten,
+    /// rolled back) and the names of the keys it added, removed and
+    /// changed. Never a value. `.await` the returned builder.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let _server = latchkey::testing::start_server_for_examples()?;
+    /// use latchkey::{Secret, VersionAction};
+    ///
+    /// Secret::objects().create("api", [("KEY", "k1"), ("URL", "u")]).await?;
+    /// let api = Secret::from_name("api");
+    /// api.update([("KEY", Some("k2")), ("URL", None)]).await?;
+    ///
+    /// let history = api.history().await?;
+    /// assert_eq!(history[0].version, 2);
+    /// assert_eq!(history[0].action, VersionAction::Updated);
+    /// assert_eq!(history[0].keys_changed, Some(vec!["KEY".to_owned()]));
+    /// assert_eq!(history[0].keys_removed, Some(vec!["URL".to_owned()]));
+    /// assert_eq!(history[1].action, VersionAction::Created);
+    /// # Ok(()) }
+    /// ```
+    pub fn history(&self) -> SecretHistory {
+        SecretHistory::new(None, self.target("a history"))
+    }
+
+    /// [`Secret::history`] with `client`.
+    pub fn history_with(&self, client: &Client) -> SecretHistory {
+        SecretHistory::new(Some(client.clone()), self.target("a history"))
+    }
+
+    /// Rolls the named secret back to its kept version `to`, with the shared
+    /// client: a new version whose contents are those of `to` (history is
+    /// never rewritten). `.await` the returned builder for the secret's
+    /// metadata at its new version.
+    ///
+    /// Rolling back to the current version is
+    /// [`Error::FailedPrecondition`] (nothing to undo); a version that is
+    /// not kept is [`Error::NotFound`] naming the kept ones; a number below
+    /// 1 is [`Error::Invalid`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let _server = latchkey::testing::start_server_for_examples()?;
+    /// use latchkey::{Secret, VersionAction};
+    ///
+    /// Secret::objects().create("db", [("PASSWORD", "good")]).await?;
+    /// let db = Secret::from_name("db");
+    /// db.update([("PASSWORD", "bad")]).await?;
+    ///
+    /// let info = db.rollback(1).await?;
+    /// assert_eq!(info.version, 3);
+    /// assert_eq!(db.resolve().await?["PASSWORD"], "good");
+    /// assert_eq!(db.history().await?[0].action, VersionAction::RolledBack { to: 1 });
+    ///
+    /// // Only if nobody changed it since version 3:
+    /// db.rollback(2).expected_version(3).await?;
+    /// assert!(db.rollback(1).expected_version(3).await.is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn rollback(&self, to: i64) -> Rollback {
+        Rollback::new(None, self.target("versions"), to)
+    }
+
+    /// [`Secret::rollback`] with `client`.
+    pub fn rollback_with(&self, client: &Client, to: i64) -> Rollback {
+        Rollback::new(Some(client.clone()), self.target("versions"), to)
+    }
+
     /// Merges `changes` into the named secret like Python's `dict.update`:
     /// a value sets its key, `None` removes it, keys not named stay.
     /// Concurrent updates of different keys all survive. Uses the shared
-    /// client; returns the metadata after the change.
-    pub async fn update<I, K, V>(&self, changes: I) -> Result<SecretInfo>
+    /// client; `.await` the returned builder for the metadata after the
+    /// change (a new version).
+    /// [`expected_version`](UpdateSecret::expected_version) makes it a
+    /// compare-and-swap.
+    pub fn update<I, K, V>(&self, changes: I) -> UpdateSecret
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
         V: EnvValue,
     {
-        self.update_with(&Client::shared()?, changes).await
+        UpdateSecret::new(None, self.target("update"), changes)
     }
 
     /// [`Secret::update`] with `client`.
-    pub async fn update_with<I, K, V>(&self, client: &Client, changes: I) -> Result<SecretInfo>
+    pub fn update_with<I, K, V>(&self, client: &Client, changes: I) -> UpdateSecret
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
         V: EnvValue,
     {
-        let (name, env) = self.named("update")?;
-        let values = changes
-            .into_iter()
-            .map(|(k, v)| {
-                let value = v
-                    .into_env_value()
-                    .map_or(serde_json::Value::Null, serde_json::Value::String);
-                (k.into(), value)
-            })
-            .collect();
-        let query = [("environment", client.environment_or_default(env))];
-        client
-            .call(
-                Method::PATCH,
-                &["secrets", name],
-                &query,
-                Some(&UpdateBody { values }),
-            )
-            .await
+        UpdateSecret::new(Some(client.clone()), self.target("update"), changes)
     }
 
     /// The values to put in a process's environment, with the shared client
@@ -391,27 +548,56 @@ impl Secret {
 
     /// [`Secret::resolve`] with `client` (not contacted for a local secret).
     pub async fn resolve_with(&self, client: &Client) -> Result<EnvDict> {
+        Ok(self.resolve_detailed_with(client).await?.values)
+    }
+
+    /// [`Secret::resolve`], also telling which version of a named secret
+    /// the values are from (to pin it later with [`Secret::version`], as
+    /// `latchkey run --lock` does). One request: the version and the
+    /// values cannot disagree.
+    pub async fn resolve_detailed(&self) -> Result<Resolved> {
         match &self.source {
-            Source::Local { .. } => self.resolve_local(),
+            Source::Local { .. } => Ok(Resolved {
+                values: self.resolve_local()?,
+                info: None,
+            }),
+            Source::Named { .. } => self.resolve_detailed_with(&Client::shared()?).await,
+        }
+    }
+
+    /// [`Secret::resolve_detailed`] with `client` (not contacted for a local
+    /// secret).
+    pub async fn resolve_detailed_with(&self, client: &Client) -> Result<Resolved> {
+        match &self.source {
+            Source::Local { .. } => Ok(Resolved {
+                values: self.resolve_local()?,
+                info: None,
+            }),
             Source::Named {
                 name,
                 environment_name,
+                ..
             } => {
+                let version = self.checked_version()?;
                 let query = [(
                     "environment",
                     client.environment_or_default(environment_name.as_deref()),
                 )];
-                let resolved: Resolved = client
+                let answer: ResolveAnswer = client
                     .call(
                         Method::POST,
                         &["secrets", name, "resolve"],
                         &query,
                         Some(&ResolveBody {
                             required_keys: &self.required_keys,
+                            version,
                         }),
                     )
                     .await?;
-                Ok(resolved.values)
+                Ok(Resolved {
+                    values: answer.values,
+                    info: Some(answer.secret),
+                })
             }
         }
     }
@@ -483,11 +669,123 @@ impl fmt::Debug for Secret {
             Source::Named {
                 name,
                 environment_name,
+                version,
             } => d
                 .field("name", name)
-                .field("environment_name", environment_name),
+                .field("environment_name", environment_name)
+                .field("version", version),
         };
         d.field("required_keys", &self.required_keys).finish()
+    }
+}
+
+/// A pending [`Secret::update`]; `.await` it for the secret's metadata
+/// after the change. Its `Debug` shows the keys, never the values.
+#[must_use = "a builder does nothing until it is awaited"]
+pub struct UpdateSecret {
+    client: Option<Client>,
+    target: Target,
+    changes: Vec<(String, Option<String>)>,
+    expected_version: Option<i64>,
+}
+
+impl UpdateSecret {
+    fn new<I, K, V>(client: Option<Client>, target: Target, changes: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: EnvValue,
+    {
+        Self {
+            client,
+            target,
+            changes: changes
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into_env_value()))
+                .collect(),
+            expected_version: None,
+        }
+    }
+
+    /// Change the secret only if `version` is still its current version,
+    /// else fail with [`Error::FailedPrecondition`] and change nothing: a
+    /// read-modify-write then never overwrites a change made since the read
+    /// ([`SecretInfo::version`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let _server = latchkey::testing::start_server_for_examples()?;
+    /// use latchkey::{Error, Secret};
+    ///
+    /// let created = Secret::objects().create("counter", [("N", "1")]).await?;
+    /// let counter = Secret::from_name("counter");
+    /// counter.update([("N", "2")]).expected_version(created.info.version).await?;
+    /// // Version 1 is no longer current: refused, nothing changed.
+    /// let err = counter.update([("N", "3")]).expected_version(1).await.unwrap_err();
+    /// assert!(matches!(err, Error::FailedPrecondition { .. }));
+    /// assert_eq!(counter.resolve().await?["N"], "2");
+    /// # Ok(()) }
+    /// ```
+    pub fn expected_version(mut self, version: i64) -> Self {
+        self.expected_version = Some(version);
+        self
+    }
+
+    async fn run(self) -> Result<SecretInfo> {
+        #[derive(Serialize)]
+        struct Body {
+            values: serde_json::Map<String, serde_json::Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            expected_version: Option<i64>,
+        }
+        let (name, env) = self.target?;
+        let client = match self.client {
+            Some(client) => client,
+            None => Client::shared()?,
+        };
+        let values = self
+            .changes
+            .into_iter()
+            .map(|(k, v)| {
+                let value = v.map_or(serde_json::Value::Null, serde_json::Value::String);
+                (k, value)
+            })
+            .collect();
+        let query = [("environment", client.environment_or_default(env.as_deref()))];
+        client
+            .call(
+                Method::PATCH,
+                &["secrets", &name],
+                &query,
+                Some(&Body {
+                    values,
+                    expected_version: self.expected_version,
+                }),
+            )
+            .await
+    }
+}
+
+impl std::future::IntoFuture for UpdateSecret {
+    type Output = Result<SecretInfo>;
+    type IntoFuture = BoxFuture<Self::Output>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+impl fmt::Debug for UpdateSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpdateSecret")
+            .field("target", &self.target)
+            .field(
+                "keys",
+                &self.changes.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            )
+            .field("expected_version", &self.expected_version)
+            .finish_non_exhaustive()
     }
 }
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use latchkey::{
     blocking::Wait, testing, Client, Config, ConfigSource, EnvDict, Error, Profile, ProfileFile,
-    Role, Secret, Timestamp,
+    Role, Secret, Timestamp, VersionAction,
 };
 
 fn server() -> (testing::TestServer, Client) {
@@ -576,4 +576,160 @@ fn blocking_calls_and_the_shared_client() {
 
     assert!(Secret::objects().delete("b").wait().unwrap());
     assert!(secret.info().wait().unwrap_err().is_not_found());
+}
+
+#[test]
+fn versions_history_rollback_and_pinned_reads() {
+    // Blocking (`.wait()`) throughout: the wrappers cover these builders too.
+    let (_server, client) = server();
+    client.secrets().create("s", [("A", "1")]).wait().unwrap();
+    let s = Secret::from_name("s");
+    for change in [
+        ("A", Some("2")),
+        ("A", Some("3")),
+        ("B", Some("x")),
+        ("B", None),
+    ] {
+        s.update_with(&client, [change]).wait().unwrap();
+    }
+
+    // Every page, newest first, whatever the page size.
+    let history = s.history_with(&client).page_size(2).wait().unwrap();
+    let numbers: Vec<i64> = history.iter().map(|v| v.version).collect();
+    assert_eq!(numbers, [5, 4, 3, 2, 1]);
+    assert_eq!(s.history_with(&client).wait().unwrap(), history);
+    assert_eq!(history[4].action, VersionAction::Created);
+    assert!(history[..4]
+        .iter()
+        .all(|v| v.action == VersionAction::Updated));
+    assert_eq!(history[0].keys_removed, Some(vec!["B".to_owned()]));
+    assert_eq!(history[1].keys_added, Some(vec!["B".to_owned()]));
+    assert_eq!(history[2].keys_changed, Some(vec!["A".to_owned()]));
+    assert_eq!(history[0].created_by, "admin");
+
+    // A pinned version: its values, keys and record.
+    let v2 = Secret::from_name("s").version(2);
+    assert_eq!(v2.pinned_version(), Some(2));
+    assert_eq!(
+        v2.resolve_with(&client).wait().unwrap(),
+        dict(&[("A", "2")])
+    );
+    let info = v2.info_with(&client).wait().unwrap();
+    assert_eq!((info.version, info.keys.clone()), (2, vec!["A".to_owned()]));
+    let record = info.version_info.unwrap();
+    assert_eq!(record.version, 2);
+    assert_eq!(record.keys_changed, Some(vec!["A".to_owned()]));
+    assert_eq!(s.info_with(&client).wait().unwrap().version_info, None);
+    let resolved = v2.resolve_detailed_with(&client).wait().unwrap();
+    assert_eq!(resolved.info.as_ref().map(|i| i.version), Some(2));
+    let resolved = s.resolve_detailed_with(&client).wait().unwrap();
+    assert_eq!(resolved.info.as_ref().map(|i| i.version), Some(5));
+    assert_eq!(resolved.values, dict(&[("A", "3")]));
+    let err = v2
+        .clone()
+        .required_keys(["B"])
+        .resolve_with(&client)
+        .wait()
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::MissingKeys { keys, .. } if keys == &["B"]),
+        "{err:?}"
+    );
+
+    // Bad numbers fail before any request: even with no server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let down = Client::new(Config::new(
+        format!("http://127.0.0.1:{port}"),
+        "ak-x",
+        "as-x",
+    ))
+    .unwrap();
+    for err in [
+        s.clone().version(0).resolve_with(&down).wait().unwrap_err(),
+        s.clone().version(-1).info_with(&down).wait().unwrap_err(),
+        s.rollback_with(&down, 0).wait().unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::Invalid { message } if message.starts_with("Invalid version")),
+            "{err:?}"
+        );
+    }
+    // Only named secrets have versions.
+    let local = Secret::from_dict([("A", "1")]).version(3);
+    assert_eq!(local.pinned_version(), None);
+    for err in [
+        local.history_with(&client).wait().unwrap_err(),
+        local.rollback_with(&client, 1).wait().unwrap_err(),
+        local.update_with(&client, [("A", "2")]).wait().unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, Error::Invalid { message } if message.contains("Only a named secret")),
+            "{err:?}"
+        );
+    }
+
+    // Rollbacks: a new version; the current one and destroyed ones refused.
+    let err = s.rollback_with(&client, 5).wait().unwrap_err();
+    assert!(
+        matches!(&err, Error::FailedPrecondition { message } if message.contains("at version 5 already")),
+        "{err:?}"
+    );
+    let err = s.rollback_with(&client, 9).wait().unwrap_err();
+    assert!(
+        matches!(&err, Error::NotFound { message } if message.contains("versions 1 to 5 are kept")),
+        "{err:?}"
+    );
+    let info = s.rollback_with(&client, 1).wait().unwrap();
+    assert_eq!(info.version, 6);
+    assert_eq!(s.resolve_with(&client).wait().unwrap(), dict(&[("A", "1")]));
+    let err = s
+        .rollback_with(&client, 2)
+        .expected_version(5)
+        .wait()
+        .unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err:?}");
+    assert_eq!(
+        s.rollback_with(&client, 2)
+            .expected_version(6)
+            .wait()
+            .unwrap()
+            .version,
+        7
+    );
+    assert_eq!(
+        s.history_with(&client).wait().unwrap()[0].action,
+        VersionAction::RolledBack { to: 2 }
+    );
+
+    // Compare-and-swap updates.
+    let err = s
+        .update_with(&client, [("A", "lost")])
+        .expected_version(6)
+        .wait()
+        .unwrap_err();
+    assert!(matches!(err, Error::FailedPrecondition { .. }), "{err:?}");
+    let info = s
+        .update_with(&client, [("A", "kept")])
+        .expected_version(7)
+        .wait()
+        .unwrap();
+    assert_eq!(info.version, 8);
+    assert_eq!(
+        s.resolve_with(&client).wait().unwrap(),
+        dict(&[("A", "kept")])
+    );
+
+    // Debug never shows a value; a pinned secret travels as JSON.
+    let pending = s.update_with(&client, [("TOKEN", "hunter2-value")]);
+    assert!(!format!("{pending:?}").contains("hunter2"), "{pending:?}");
+    assert!(format!("{pending:?}").contains("TOKEN"));
+    let resolved = s.resolve_detailed_with(&client).wait().unwrap();
+    assert!(!format!("{resolved:?}").contains("kept"), "{resolved:?}");
+    let json = serde_json::to_string(&v2).unwrap();
+    assert_eq!(serde_json::from_str::<Secret>(&json).unwrap(), v2);
+    assert!(format!("{v2:?}").contains("version: Some(2)"), "{v2:?}");
 }

@@ -3,120 +3,14 @@
 
 use std::{
     io::Write,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
 };
 
 use latchkey::{blocking::Wait, Client, Config, Secret};
 use serde_json::Value;
 
-use crate::harness::{binary, Server};
-
-/// What a run of `latchkey` gave.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    #[track_caller]
-    fn ok(self) -> Out {
-        assert_eq!(self.code, 0, "expected success: {self:#?}");
-        self
-    }
-
-    #[track_caller]
-    fn fails(self, code: i32, needle: &str) -> Out {
-        assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
-        assert!(
-            self.stderr.contains(needle),
-            "stderr lacks {needle:?}: {self:#?}"
-        );
-        self
-    }
-
-    #[track_caller]
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// A `latchkey` to run with a clean environment: PATH, a temp HOME, a temp
-/// profile file, and the variables given.
-struct Cli {
-    home: tempfile::TempDir,
-    vars: Vec<(String, String)>,
-}
-
-impl Cli {
-    /// No token configured (only HOME and LATCHKEY_CONFIG_PATH).
-    fn bare() -> Cli {
-        let home = tempfile::tempdir().unwrap();
-        let config = home.path().join("latchkey.toml").display().to_string();
-        Cli {
-            home,
-            vars: vec![("LATCHKEY_CONFIG_PATH".into(), config)],
-        }
-    }
-
-    /// The server's admin token in LATCHKEY_* variables.
-    fn admin(server: &Server) -> Cli {
-        let (id, secret) = server.admin_token();
-        Cli::bare()
-            .var("LATCHKEY_SERVER_URL", server.url())
-            .var("LATCHKEY_TOKEN_ID", &id)
-            .var("LATCHKEY_TOKEN_SECRET", &secret)
-    }
-
-    fn var(mut self, key: &str, value: &str) -> Cli {
-        self.vars.push((key.into(), value.into()));
-        self
-    }
-
-    fn config_path(&self) -> PathBuf {
-        self.home.path().join("latchkey.toml")
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(binary());
-        cmd.args(args)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", self.home.path())
-            .envs(self.vars.iter().map(|(k, v)| (k, v)));
-        cmd
-    }
-
-    fn run(&self, args: &[&str]) -> Out {
-        self.run_stdin(args, "")
-    }
-
-    fn run_stdin(&self, args: &[&str], stdin: &str) -> Out {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut input = child.stdin.take().unwrap();
-        // A command that does not need its stdin may exit before reading it.
-        match input.write_all(stdin.as_bytes()) {
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
-            other => other.unwrap(),
-        }
-        drop(input);
-        let out = child.wait_with_output().unwrap();
-        Out {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8(out.stdout).unwrap(),
-            stderr: String::from_utf8(out.stderr).unwrap(),
-        }
-    }
-}
+use crate::harness::{binary, Cli, Out, Server};
 
 /// The SDK, to check what the CLI did.
 fn sdk(server: &Server) -> Client {

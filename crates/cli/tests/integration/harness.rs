@@ -3,13 +3,15 @@
 //! the CLI tests' own is a gRPC client and a raw HTTP GET.
 
 use std::{
+    io::Write,
     ops::{Deref, DerefMut},
     path::{Path, PathBuf},
-    process::ExitStatus,
+    process::{Command, ExitStatus, Stdio},
 };
 
 use latchkey::testing::{Builder, TestServer};
 use latchkey_proto::api::modal_client_client::ModalClientClient;
+use serde_json::Value;
 use tonic::{
     metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request,
     Status,
@@ -74,6 +76,15 @@ impl Server {
     /// A server on a new temp data dir.
     pub(crate) fn start() -> Server {
         builder()
+            .start()
+            .map(Server)
+            .unwrap_or_else(|e| panic!("server did not start:\n{e}"))
+    }
+
+    /// A server on a new temp data dir, started with these flags.
+    pub(crate) fn start_with(args: &[&str]) -> Server {
+        builder()
+            .args(args)
             .start()
             .map(Server)
             .unwrap_or_else(|e| panic!("server did not start:\n{e}"))
@@ -145,4 +156,110 @@ pub(crate) fn http_get(url: &str, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// What a run of `latchkey` gave.
+#[derive(Debug)]
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl Out {
+    #[track_caller]
+    pub(crate) fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success: {self:#?}");
+        self
+    }
+
+    #[track_caller]
+    pub(crate) fn fails(self, code: i32, needle: &str) -> Out {
+        assert_eq!(self.code, code, "expected exit {code}: {self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr lacks {needle:?}: {self:#?}"
+        );
+        self
+    }
+
+    #[track_caller]
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+/// A `latchkey` to run with a clean environment: PATH, a temp HOME, a temp
+/// profile file, and the variables given.
+pub(crate) struct Cli {
+    pub(crate) home: tempfile::TempDir,
+    pub(crate) vars: Vec<(String, String)>,
+}
+
+impl Cli {
+    /// No token configured (only HOME and LATCHKEY_CONFIG_PATH).
+    pub(crate) fn bare() -> Cli {
+        let home = tempfile::tempdir().unwrap();
+        let config = home.path().join("latchkey.toml").display().to_string();
+        Cli {
+            home,
+            vars: vec![("LATCHKEY_CONFIG_PATH".into(), config)],
+        }
+    }
+
+    /// The server's admin token in LATCHKEY_* variables.
+    pub(crate) fn admin(server: &Server) -> Cli {
+        let (id, secret) = server.admin_token();
+        Cli::bare()
+            .var("LATCHKEY_SERVER_URL", server.url())
+            .var("LATCHKEY_TOKEN_ID", &id)
+            .var("LATCHKEY_TOKEN_SECRET", &secret)
+    }
+
+    pub(crate) fn var(mut self, key: &str, value: &str) -> Cli {
+        self.vars.push((key.into(), value.into()));
+        self
+    }
+
+    pub(crate) fn config_path(&self) -> PathBuf {
+        self.home.path().join("latchkey.toml")
+    }
+
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary());
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.home.path())
+            .envs(self.vars.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+
+    pub(crate) fn run(&self, args: &[&str]) -> Out {
+        self.run_stdin(args, "")
+    }
+
+    pub(crate) fn run_stdin(&self, args: &[&str], stdin: &str) -> Out {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        // A command that does not need its stdin may exit before reading it.
+        match input.write_all(stdin.as_bytes()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            other => other.unwrap(),
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        Out {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8(out.stdout).unwrap(),
+            stderr: String::from_utf8(out.stderr).unwrap(),
+        }
+    }
 }

@@ -7,3 +7,4 @@ mod harness;
 mod limits;
 mod run;
 mod serve;
+mod versions;
