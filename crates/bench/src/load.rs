@@ -44,6 +44,12 @@ pub(crate) enum Op {
     Create(String),
     /// The newest page of 100 in an environment.
     ListNewest(String),
+    /// `update()` of one key of one of these secrets (by id), in turn: a new version each time.
+    Update(Arc<Vec<String>>),
+    /// Deletes these secrets (by id), one per request, in turn (the counter
+    /// says which is next); a request past the end deletes nothing and is
+    /// not counted.
+    Delete(Arc<(Vec<String>, AtomicU64)>),
 }
 
 pub(crate) struct Load {
@@ -149,6 +155,32 @@ impl Load {
                     .await
                     .map(drop)
             }
+            Op::Update(ids) => {
+                let n = self.counter.fetch_add(1, Ordering::Relaxed);
+                client
+                    .secret_update(api::SecretUpdateRequest {
+                        secret_id: ids[n as usize % ids.len()].clone(),
+                        updates: vec![api::secret_update_request::Update {
+                            key: "KEY".to_owned(),
+                            value: Some(format!("value-{n}")),
+                        }],
+                    })
+                    .await
+                    .map(drop)
+            }
+            Op::Delete(list) => {
+                let (ids, next) = &**list;
+                let n = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(id) = ids.get(n) else {
+                    return Err(Status::out_of_range("no secret left to delete"));
+                };
+                client
+                    .secret_delete(api::SecretDeleteRequest {
+                        secret_id: id.clone(),
+                    })
+                    .await
+                    .map(drop)
+            }
             Op::ListNewest(env) => client
                 .secret_list(api::SecretListRequest {
                     environment_name: env.clone(),
@@ -171,23 +203,57 @@ impl Load {
             let op = op.clone();
             async move {
                 let mut h = Histogram::<u64>::new(3).expect("histogram");
-                while Instant::now() < deadline {
-                    self.timed(&mut client, &op, &mut h).await?;
-                }
+                while Instant::now() < deadline && self.timed(&mut client, &op, &mut h).await? {}
                 Ok::<_, anyhow::Error>(h)
             }
         });
         Stats::of(started, tasks).await
     }
 
-    /// One request, its latency recorded in `h`.
-    async fn timed(&self, client: &mut Client, op: &Op, h: &mut Histogram<u64>) -> Result<()> {
+    /// One request, its latency recorded in `h`. False when the operation
+    /// has nothing left to do (deletes past their list).
+    async fn timed(&self, client: &mut Client, op: &Op, h: &mut Histogram<u64>) -> Result<bool> {
         let sent = Instant::now();
-        self.once(client, op)
-            .await
-            .map_err(|s| anyhow::anyhow!("{op:?}: {s}"))?;
+        match self.once(client, op).await {
+            Err(s) if s.code() == tonic::Code::OutOfRange => return Ok(false),
+            other => other.map_err(|s| anyhow::anyhow!("{op:?}: {s}"))?,
+        }
         h.record(sent.elapsed().as_micros() as u64).ok();
-        Ok(())
+        Ok(true)
+    }
+
+    /// Makes the secrets `{prefix}N` for N below `count` (one key each), 128
+    /// at a time; returns their ids.
+    pub(crate) async fn make_secrets(&self, prefix: &str, count: usize) -> Result<Vec<String>> {
+        let next = Arc::new(AtomicU64::new(0));
+        let tasks = (0..128.min(count.max(1))).map(|i| {
+            let mut client = self.client(i);
+            let next = next.clone();
+            async move {
+                let mut ids = Vec::new();
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count as u64 {
+                        return Ok::<_, anyhow::Error>(ids);
+                    }
+                    let created = client
+                        .secret_get_or_create(api::SecretGetOrCreateRequest {
+                            deployment_name: format!("{prefix}{n}"),
+                            object_creation_type: api::ObjectCreationType::CreateFailIfExists
+                                as i32,
+                            env_dict: [("KEY".to_owned(), format!("value-{n}"))].into(),
+                            ..Default::default()
+                        })
+                        .await?;
+                    ids.push(created.into_inner().secret_id);
+                }
+            }
+        });
+        let mut ids = Vec::with_capacity(count);
+        for made in futures::future::join_all(tasks).await {
+            ids.extend(made?);
+        }
+        Ok(ids)
     }
 
     /// `op` at a fixed total `rate` (requests per second) from `streams`
@@ -217,7 +283,9 @@ impl Load {
                 let mut due = first;
                 while due < started + duration {
                     tokio::time::sleep_until(due.into()).await;
-                    self.timed(&mut client, &op, &mut h).await?;
+                    if !self.timed(&mut client, &op, &mut h).await? {
+                        break;
+                    }
                     due += interval;
                 }
                 Ok::<_, anyhow::Error>(h)

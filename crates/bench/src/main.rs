@@ -10,7 +10,12 @@ mod load;
 mod server;
 mod soak;
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::{atomic::AtomicU64, Arc},
+    time::Duration,
+};
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -363,12 +368,46 @@ async fn run(args: Args) -> Result<()> {
             seconds,
         )
         .await?;
-        let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
         figures.push(Figure::new(
             "PostgreSQL lookup rate",
             (lookup.rate(), "req/s"),
             "ClientHello rate",
             (hello.rate(), "req/s"),
+            "≥ 0.8 × baseline",
+        ));
+        // pgbench needs whole seconds.
+        let baseline =
+            server::pgbench_inserts(&db, 16, seconds.max(Duration::from_secs(1))).await?;
+        let pgbench = "pgbench: one-row INSERT transactions, 16 clients";
+        let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
+        figures.push(Figure::new(
+            "PostgreSQL creates at 16 clients",
+            (writes.rate(), "creates/s"),
+            pgbench,
+            (baseline, "tx/s"),
+            "≥ 0.5 × baseline",
+        ));
+        let ids = Arc::new(load.make_secrets("u", 256).await?);
+        let updates = load.run(Op::Update(ids), 16, seconds).await?;
+        figures.push(Figure::new(
+            "PostgreSQL updates at 16 clients (256 secrets)",
+            (updates.rate(), "updates/s"),
+            pgbench,
+            (baseline, "tx/s"),
+            "≥ 0.5 × baseline",
+        ));
+        // A fixed number: the run ends when they are gone, and the rate
+        // counts the time it took.
+        let doomed = load
+            .make_secrets("d", if args.quick { 300 } else { 3000 })
+            .await?;
+        let doomed = Arc::new((doomed, AtomicU64::new(0)));
+        let deletes = load.run(Op::Delete(doomed), 16, seconds).await?;
+        figures.push(Figure::new(
+            "PostgreSQL deletes at 16 clients",
+            (deletes.rate(), "deletes/s"),
+            pgbench,
+            (baseline, "tx/s"),
             "≥ 0.5 × baseline",
         ));
         figures.push(Figure::new(

@@ -293,3 +293,58 @@ pub(crate) async fn time_cli_pair(
     }
     Ok([median(a), median(b)])
 }
+
+/// PostgreSQL's own rate of independent one-row INSERT transactions from
+/// `clients` clients for `duration` (pgbench, against the database at
+/// `db_url`): what the database commits when nothing is serialised.
+pub(crate) async fn pgbench_inserts(
+    db_url: &str,
+    clients: usize,
+    duration: Duration,
+) -> Result<f64> {
+    let psql = Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", db_url, "-c"])
+        .arg(
+            "CREATE TABLE IF NOT EXISTS bench_baseline (id BIGSERIAL PRIMARY KEY, v TEXT NOT NULL)",
+        )
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .context("psql (Debian's postgresql-client) is needed for the PostgreSQL figures")?;
+    anyhow::ensure!(psql.success(), "psql could not create the baseline table");
+    let script = tempfile_path("latchkey-bench-pgbench.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO bench_baseline (v) VALUES ('value-0123456789abcdef');\n",
+    )?;
+    let seconds = duration.as_secs().max(1).to_string();
+    let clients = clients.to_string();
+    let output = Command::new("pgbench")
+        .args(["-n", "-c", &clients, "-j", "2", "-T", &seconds, "-f"])
+        .arg(&script)
+        .arg(db_url)
+        .output()
+        .await
+        .context(
+            "pgbench is needed for the PostgreSQL baseline (it ships with PostgreSQL: \
+             Debian's postgresql-contrib or postgresql-client)",
+        )?;
+    std::fs::remove_file(&script).ok();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
+/// A path in the temp dir unique to this process.
+fn tempfile_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
+}

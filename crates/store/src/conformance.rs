@@ -65,6 +65,7 @@ macro_rules! conformance_replica_tests {
             replicas_paging_while_writing,
             replicas_sweep,
             replicas_versions_gapless,
+            replicas_paging_while_many_write,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -1961,4 +1962,79 @@ pub async fn history_after_migration(store: &dyn Store, old: &Unversioned) {
     assert_eq!(next.summary.version, 4);
     let (v3, _) = store.secret_version(ws, &old.updated_id, 3).await.unwrap();
     assert_eq!(v3.contents, Unversioned::contents());
+}
+
+/// 16 writers on each of two replicas create into one environment while a
+/// reader pages through it again and again: every pass lists each secret
+/// at most once, newest first with unique creation times, and misses none
+/// that was acknowledged before the pass began.
+pub async fn replicas_paging_while_many_write(a: &dyn Store, b: &dyn Store) {
+    const PER_WRITER: usize = 12;
+    let (ws, _) = setup_replicas(a, b).await;
+    let ws = ws.as_str();
+    let env = a.create_environment(ws, "crowd").await.unwrap().id;
+    let acknowledged = std::sync::Mutex::new(Vec::<String>::new());
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let writers = join_all((0..32).map(|w| {
+        let (store, env, acknowledged) = (if w % 2 == 0 { a } else { b }, &env, &acknowledged);
+        async move {
+            for i in 0..PER_WRITER {
+                let name = format!("w{w:02}-{i:02}");
+                let new = named(ws, env, &name, EnvDict::new(), OnConflict::Fail);
+                store.create_secret(&new).await.unwrap();
+                acknowledged.lock().unwrap().push(name);
+            }
+        }
+    }));
+    let reader = async {
+        let mut passes = 0;
+        loop {
+            let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+            let before: Vec<String> = acknowledged.lock().unwrap().clone();
+            let (mut seen, mut cursor) = (Vec::new(), None);
+            loop {
+                let page = a.list_secrets(ws, &env, cursor, 25).await.unwrap();
+                let Some(last) = page.last() else { break };
+                assert!(
+                    page.windows(2).all(|w| w[0].created_at > w[1].created_at),
+                    "newest first, creation times unique"
+                );
+                assert!(
+                    cursor.is_none_or(|c| page[0].created_at < c),
+                    "pages do not overlap"
+                );
+                cursor = Some(last.created_at);
+                seen.extend(page.iter().map(|s| s.name().unwrap().to_owned()));
+            }
+            let mut unique = seen.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                seen.len(),
+                "pass {passes}: a secret listed twice"
+            );
+            for name in &before {
+                assert!(
+                    unique.binary_search(name).is_ok(),
+                    "pass {passes}: {name} was acknowledged before the pass began, and missed"
+                );
+            }
+            passes += 1;
+            if finished {
+                assert_eq!(
+                    seen.len(),
+                    32 * PER_WRITER,
+                    "the last pass sees every secret"
+                );
+                return passes;
+            }
+        }
+    };
+    let writers = async {
+        writers.await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let ((), passes) = futures::join!(writers, reader);
+    assert!(passes >= 2, "the reader paged while the writers wrote");
 }

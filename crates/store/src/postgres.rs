@@ -16,7 +16,10 @@
 //!   creations per environment: a second create of one name waits for the
 //!   first and then sees it (AlreadyExists, or the existing secret), and
 //!   `MAX(created_at) + 1` stays unique so that paging by `created_before`
-//!   is exact while other replicas write (the unique indexes back this up);
+//!   is exact while other replicas write (the unique indexes back this up).
+//!   Creates are committed in groups, one transaction (and one hold of the
+//!   environment's lock) for all that wait ([`crate::sql::group`] says why
+//!   that keeps every guarantee);
 //! - the sweeper takes a transaction-scoped advisory lock and skips its turn
 //!   when another replica holds it; bootstrap takes one too, so two replicas
 //!   starting on an empty database create one workspace.
@@ -45,9 +48,13 @@ use crate::{
     cache::LookupCache,
     changes::ChangeFeed,
     crypto::Keyring,
-    rows::SecretRow,
-    sql::{bounded, db_error, queries::Sql, verify, Changed, Dialect, Engine, Pending},
-    NewSecret, OpenError,
+    sql::{
+        bounded, db_error,
+        group::{self, CommitGroup, Creates},
+        queries::Sql,
+        verify, Dialect, Engine, Pending,
+    },
+    OpenError,
 };
 
 /// How the PostgreSQL adapter uses its connections.
@@ -93,6 +100,7 @@ pub struct PgStore {
     /// Rows of named lookups, live while `feed` is connected.
     cache: Arc<LookupCache>,
     feed: ChangeFeed,
+    creates: Creates,
 }
 
 impl fmt::Debug for PgStore {
@@ -152,12 +160,32 @@ impl PgStore {
             options.acquire_timeout,
             cache.clone(),
         );
+        let commit: CommitGroup = {
+            let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
+            let bound = options.operation_timeout();
+            Arc::new(move |news| {
+                let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
+                Box::pin(async move {
+                    // Bounded up to its commit, as every write (see `write`).
+                    let (tx, results) = bounded(bound, async {
+                        let mut tx = pool.begin().await.map_err(db_error::<Postgres>)?;
+                        let results =
+                            Sql::<Postgres>::create_group(&mut tx, &keyring, &news).await?;
+                        Ok((tx, results))
+                    })
+                    .await?;
+                    let changed = group::overwritten(&results);
+                    Pending::new(tx, results, changed).commit(&cache).await
+                })
+            })
+        };
         Ok(Self {
             pool,
             keyring,
             options,
             cache,
             feed,
+            creates: Creates::start(commit),
         })
     }
 
@@ -236,19 +264,8 @@ impl Engine for PgStore {
         self.feed.sync().await
     }
 
-    async fn create(&self, new: &NewSecret) -> Result<(SecretRow, bool), Error> {
-        let new = new.clone();
-        self.write(|store| async move {
-            let mut tx = store.pool.begin().await.map_err(db_error::<Postgres>)?;
-            let (row, created) = Sql::<Postgres>::create(&mut tx, &store.keyring, &new).await?;
-            let changed = if created {
-                Changed::Nothing
-            } else {
-                Changed::secret(&row.id)
-            };
-            Ok(Pending::new(tx, (row, created), changed))
-        })
-        .await
+    fn creates(&self) -> &Creates {
+        &self.creates
     }
 
     /// Stops the change feed and closes the pool, waiting for connections

@@ -19,14 +19,17 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
     Connection as _, Sqlite, SqlitePool,
 };
-use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     cache::LookupCache,
     crypto::Keyring,
-    rows::SecretRow,
-    sql::{db_error, queries::Sql, verify, Dialect, Engine, Pending},
-    NewSecret, OpenError,
+    sql::{
+        db_error,
+        group::{self, CommitGroup, Creates},
+        queries::Sql,
+        verify, Dialect, Engine, Pending,
+    },
+    OpenError,
 };
 
 /// The SQLite adapter.
@@ -35,22 +38,13 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     keyring: Keyring,
-    creates: mpsc::Sender<CreateJob>,
+    creates: Creates,
     /// Rows of named lookups. Every write to this database goes through
     /// this store (one server per SQLite file), so the cache is always live.
     cache: Arc<LookupCache>,
     /// Held while the store is open: one server per SQLite database.
     lock: Arc<std::fs::File>,
 }
-
-/// A create waiting for the next group commit, and where its answer goes.
-struct CreateJob {
-    new: NewSecret,
-    done: oneshot::Sender<Result<(SecretRow, bool), Error>>,
-}
-
-/// Most creates committed together. One fsync then acknowledges them all.
-const MAX_GROUP: usize = 128;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `url` (`sqlite://PATH`),
@@ -112,14 +106,20 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(db_err)?;
-        let (creates, queue) = mpsc::channel(4 * MAX_GROUP);
         let cache = Arc::new(LookupCache::new(true));
-        tokio::spawn(group_commit(
-            writer.clone(),
-            keyring.clone(),
-            cache.clone(),
-            queue,
-        ));
+        let commit: CommitGroup = {
+            let (writer, keyring, cache) = (writer.clone(), keyring.clone(), cache.clone());
+            Arc::new(move |news| {
+                let (writer, keyring, cache) = (writer.clone(), keyring.clone(), cache.clone());
+                Box::pin(async move {
+                    let mut tx = writer.begin().await.map_err(db_error::<Sqlite>)?;
+                    let results = Sql::<Sqlite>::create_group(&mut tx, &keyring, &news).await?;
+                    let changed = group::overwritten(&results);
+                    Pending::new(tx, results, changed).commit(&cache).await
+                })
+            })
+        };
+        let creates = Creates::start(commit);
         Ok(Self {
             writer,
             reader,
@@ -182,15 +182,8 @@ impl Engine for SqliteStore {
         true
     }
 
-    async fn create(&self, new: &NewSecret) -> Result<(SecretRow, bool), Error> {
-        let (done, answer) = oneshot::channel();
-        let job = CreateJob {
-            new: new.clone(),
-            done,
-        };
-        let closed = || Error::unavailable("The secret store is closing; try again shortly");
-        self.creates.send(job).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+    fn creates(&self) -> &Creates {
+        &self.creates
     }
 
     /// Closes both pools, checkpointing the WAL, and lets go of the database.
@@ -313,67 +306,4 @@ async fn check_key_without_writing(path: &Path, keyring: &Keyring) -> Result<(),
         .unwrap_or(None);
     conn.close().await.ok();
     verify(keyring, stored.as_ref())
-}
-
-/// Commits creates in groups: each waits in the queue while the previous
-/// group's fsync runs, then the next transaction takes everything waiting
-/// (each create in its own savepoint, so one refusal does not undo the
-/// others) and one fsync makes the whole group durable before any of them is
-/// acknowledged. Under load this turns one fsync per create into one per
-/// group; alone, a create costs what it did.
-async fn group_commit(
-    writer: SqlitePool,
-    keyring: Keyring,
-    cache: Arc<LookupCache>,
-    mut queue: mpsc::Receiver<CreateJob>,
-) {
-    while let Some(first) = queue.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_GROUP {
-            match queue.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        match commit_group(&writer, &keyring, &jobs).await {
-            Ok(results) => {
-                // Here, not in the caller, which may have stopped waiting:
-                // the cache must hear of every overwrite that committed.
-                for (row, created) in results.iter().flatten() {
-                    if !created {
-                        cache.forget(&row.id);
-                    }
-                }
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.done.send(result);
-                }
-            }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.done.send(Err(e.clone()));
-                }
-            }
-        }
-    }
-}
-
-async fn commit_group(
-    writer: &SqlitePool,
-    keyring: &Keyring,
-    jobs: &[CreateJob],
-) -> Result<Vec<Result<(SecretRow, bool), Error>>, Error> {
-    let mut tx = writer.begin().await.map_err(db_error::<Sqlite>)?;
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let mut savepoint = tx.begin().await.map_err(db_error::<Sqlite>)?;
-        let result = Sql::<Sqlite>::create(&mut savepoint, keyring, &job.new).await;
-        if result.is_ok() {
-            savepoint.commit().await.map_err(db_error::<Sqlite>)?;
-        } else {
-            savepoint.rollback().await.map_err(db_error::<Sqlite>)?;
-        }
-        results.push(result);
-    }
-    tx.commit().await.map_err(db_error::<Sqlite>)?;
-    Ok(results)
 }

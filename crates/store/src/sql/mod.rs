@@ -15,6 +15,7 @@
 //!   (row and advisory locks, the change feed, time bounds).
 
 pub(crate) mod dialect;
+pub(crate) mod group;
 pub(crate) mod queries;
 mod store;
 
@@ -25,7 +26,7 @@ use sqlx::{Pool, Transaction};
 
 pub(crate) use dialect::Dialect;
 
-use crate::{cache::LookupCache, crypto::Keyring, rows::SecretRow, NewSecret};
+use crate::{cache::LookupCache, crypto::Keyring};
 
 /// What an adapter supplies below the shared SQL: its connections, and the
 /// few behaviours that differ per backend. The [`Store`](crate::Store)
@@ -75,12 +76,8 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// call; false sends lookups to the database.
     fn lookups_current(&self) -> impl Future<Output = bool> + Send;
 
-    /// Creates a secret in a transaction of its own (see
-    /// [`queries::Sql::create`]), forgetting an overwritten one in the cache.
-    fn create(
-        &self,
-        new: &NewSecret,
-    ) -> impl Future<Output = Result<(SecretRow, bool), Error>> + Send;
+    /// The queue of creates, committed in groups ([`group`]).
+    fn creates(&self) -> &group::Creates;
 
     /// Closes the connections (and whatever else the engine runs).
     fn close(&self) -> impl Future<Output = ()> + Send;

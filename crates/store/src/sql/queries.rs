@@ -493,6 +493,32 @@ where
         .map_err(db_error::<DB>)
     }
 
+    /// Creates `news` in the transaction `conn` is in, each in a savepoint
+    /// of its own, so that one refusal (a name taken, an environment gone)
+    /// undoes only itself. Answers in the order given. The caller orders
+    /// `news` by environment, so that every group takes the environments'
+    /// locks in one order and two groups on two replicas cannot deadlock.
+    pub(crate) async fn create_group(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        news: &[NewSecret],
+    ) -> Result<Vec<Result<(SecretRow, bool), Error>>, Error> {
+        let mut results = Vec::with_capacity(news.len());
+        for new in news {
+            let mut savepoint = sqlx::Connection::begin(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+            let result = Self::create(&mut savepoint, keyring, new).await;
+            if result.is_ok() {
+                savepoint.commit().await.map_err(db_error::<DB>)?;
+            } else {
+                savepoint.rollback().await.map_err(db_error::<DB>)?;
+            }
+            results.push(result);
+        }
+        Ok(results)
+    }
+
     /// Creates a secret, or, for a named one whose name exists, acts as
     /// `new.on_conflict` says. Returns the row, not yet decrypted, and
     /// whether it is new.

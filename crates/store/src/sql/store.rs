@@ -212,7 +212,7 @@ where
     }
 
     async fn create_secret(&self, new: &NewSecret) -> Result<(Secret, bool), Error> {
-        let (row, created) = self.create(new).await?;
+        let (row, created) = self.creates().create(new).await?;
         Ok((row.open(self.keyring())?, created))
     }
 
