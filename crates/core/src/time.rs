@@ -112,7 +112,7 @@ impl Timestamp {
             .map(|ts| Self(ts.as_microsecond()))
     }
 
-    /// The instant in a [`strftime`](jiff::fmt::strtime) `format`, in UTC
+    /// The instant in a [`strftime`](https://docs.rs/jiff/1/jiff/fmt/strtime/index.html) `format`, in UTC
     /// (`%Y-%m-%d %H:%M UTC`), for display to people; the wire form when it
     /// is beyond the years 9999.
     pub fn strftime(self, format: &str) -> String {
