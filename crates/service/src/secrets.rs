@@ -10,7 +10,7 @@ use latchkey_core::{
     time::{now_micros, Micros},
     EnvDict, Error,
 };
-use latchkey_store::{NewSecret, OnConflict, Revision};
+use latchkey_store::{NewSecret, OnConflict, Revision, LAST_USED_RESOLUTION};
 
 use crate::{
     Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary, SecretVersion,
@@ -104,8 +104,7 @@ impl Service {
         let secret = self
             .lookup_secret_values(caller, environment_name, name, required_keys)
             .await?;
-        self.mark_used(caller, std::slice::from_ref(&secret.summary.id))
-            .await?;
+        self.mark_delivered(caller, &secret.summary).await?;
         Ok(secret)
     }
 
@@ -320,8 +319,7 @@ impl Service {
             .secret_version(caller.workspace_id(), &summary.id, version)
             .await?;
         rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
-        self.mark_used(caller, std::slice::from_ref(&secret.summary.id))
-            .await?;
+        self.mark_delivered(caller, &secret.summary).await?;
         Ok(secret)
     }
 
@@ -372,6 +370,23 @@ impl Service {
             .await?;
         self.store
             .delete_secret(caller.workspace_id(), &secret.id)
+            .await
+    }
+
+    /// Records that a secret's values reach a process that starts now,
+    /// unless its recorded use is recent enough already: the store keeps
+    /// `last_used_at` to [`LAST_USED_RESOLUTION`], so a resolve of a secret
+    /// used within that time need not wait for the writer.
+    async fn mark_delivered(&self, caller: &Caller, secret: &SecretSummary) -> Result<(), Error> {
+        let now = now_micros();
+        let recent = secret
+            .last_used_at
+            .is_some_and(|at| now.saturating_sub(at) < LAST_USED_RESOLUTION);
+        if recent {
+            return Ok(());
+        }
+        self.store
+            .mark_used(caller.workspace_id(), std::slice::from_ref(&secret.id), now)
             .await
     }
 
