@@ -88,6 +88,13 @@ impl Service {
                 )));
             }
         }
+        // The environment may be named by its id: the checks below compare
+        // names, so they take its name.
+        let env = self
+            .store
+            .environment(caller.workspace_id(), current_name)
+            .await?;
+        let current_name = env.name.as_str();
         if let Some(new_name) = update.name.as_deref().filter(|n| *n != current_name) {
             // Token limits name environments: a rename would lock such tokens
             // out of theirs, or point them at another one.

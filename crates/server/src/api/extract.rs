@@ -6,6 +6,7 @@ use axum::{
     extract::{FromRequest, FromRequestParts, Path, Query, Request},
     http::{header, request::Parts, HeaderMap},
 };
+use latchkey_core::rules;
 use latchkey_service::{Caller, Service};
 use serde::de::DeserializeOwned;
 
@@ -97,7 +98,7 @@ fn parse<T: DeserializeOwned>(json: bool, bytes: &[u8]) -> Result<T, ApiError> {
         };
         // serde's own description may quote a piece of the body: keep only
         // the part that names fields and types, never a string's content.
-        let detail = describe_data_error(&e.to_string());
+        let detail = tame(&describe_data_error(&e.to_string()));
         ApiError::invalid(format!(
             "The request body {what} (line {}, column {}){detail}",
             e.line(),
@@ -147,6 +148,39 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalB
     }
 }
 
+/// Longest rejection text an error repeats.
+const MAX_DETAIL: usize = 300;
+
+/// A rejection's text made fit to repeat. What serde quotes in backticks may
+/// be the caller's input (an unknown field, an unknown variant): each such
+/// name is shortened and escaped by [`rules::echo`]; control characters
+/// elsewhere are escaped, and the whole is cut to [`MAX_DETAIL`] characters,
+/// so that no request can make its error as long as itself.
+fn tame(text: &str) -> String {
+    let mut out = String::new();
+    for (i, part) in text.split('`').enumerate() {
+        if i > 0 {
+            out.push('`');
+        }
+        if i % 2 == 1 {
+            out.push_str(&rules::echo(part));
+        } else {
+            for c in part.chars() {
+                if c.is_control() {
+                    out.extend(c.escape_default());
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+    }
+    if out.chars().count() > MAX_DETAIL {
+        out = out.chars().take(MAX_DETAIL).collect();
+        out.push('…');
+    }
+    out
+}
+
 /// Query parameters of type `T`.
 pub(crate) struct Params<T>(pub(crate) T);
 
@@ -162,7 +196,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
                 let text = text
                     .strip_prefix("Failed to deserialize query string: ")
                     .unwrap_or(&text);
-                ApiError::invalid(format!("Invalid query string: {text}"))
+                ApiError::invalid(format!("Invalid query string: {}", tame(text)))
             })
     }
 }
@@ -178,7 +212,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for PathPar
             .await
             .map(|Path(p)| PathParams(p))
             .map_err(|rejection| {
-                ApiError::invalid(format!("Invalid path: {}", rejection.body_text()))
+                ApiError::invalid(format!("Invalid path: {}", tame(&rejection.body_text())))
             })
     }
 }

@@ -914,3 +914,64 @@ async fn tokens_are_created_listed_and_revoked() {
         "last admin token",
     );
 }
+
+// ---- Found by the fuzz targets ---------------------------------------------
+
+/// An environment named by its id is the same environment: a rename that
+/// would lock a token out of it is refused however it is named.
+#[tokio::test]
+async fn a_rename_by_id_is_refused_while_tokens_are_limited_to_the_environment() {
+    let h = Harness::new().await;
+    h.token("limited", Role::Developer, Some(vec!["main".to_owned()]))
+        .await;
+    let (_, body) = h.call(Method::GET, "/environments", None).await;
+    let main_id = body["items"][0]["id"].as_str().unwrap().to_owned();
+    for current in ["main", main_id.as_str()] {
+        let got = h
+            .call(
+                Method::PATCH,
+                &format!("/environments/{current}"),
+                Some(json!({"name": "renamed"})),
+            )
+            .await;
+        assert_error(
+            &got,
+            StatusCode::PRECONDITION_FAILED,
+            "failed_precondition",
+            "Environment 'main' cannot be renamed to 'renamed' while tokens are limited",
+        );
+    }
+    let (_, body) = h.call(Method::GET, "/environments", None).await;
+    assert_eq!(body["items"][0]["name"], "main", "nothing was renamed");
+}
+
+/// A rejected request names what was wrong without quoting the caller's
+/// input whole: an unknown field or parameter of any length makes a short
+/// message, with control characters escaped.
+#[tokio::test]
+async fn unknown_fields_are_named_shortened() {
+    let h = Harness::new().await;
+    let long = format!("{}\u{1}", "a".repeat(1_100));
+    let query = format!("/secrets?{}=1", "a".repeat(1_100));
+    let body = json!({"name": "dev", long.clone(): 1});
+    let answers = [
+        h.call(Method::GET, &query, None).await,
+        h.call(Method::POST, "/environments", Some(body)).await,
+        h.call(
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "t", "role": "a".repeat(1_100)})),
+        )
+        .await,
+    ];
+    for got in answers {
+        assert_eq!(got.0, StatusCode::BAD_REQUEST, "{}", got.1);
+        let message = got.1["error"]["message"].as_str().unwrap();
+        assert!(
+            message.len() < 400,
+            "a message of {} bytes: {message}",
+            message.len()
+        );
+        assert!(!message.contains('\u{1}'), "{message:?}");
+    }
+}
