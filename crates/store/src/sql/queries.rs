@@ -457,10 +457,14 @@ where
                 "SELECT s.id FROM secrets s WHERE s.workspace_id = $1 AND {clause}{}",
                 DB::FOR_UPDATE
             );
-            bind(&sql)
-                .execute(&mut *conn)
+            let locked = bind(&sql)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error::<DB>)?;
+            if locked.is_none() {
+                // Nothing to lock is nothing to read (a create's name check).
+                return Ok(None);
+            }
         }
         let sql = format!(
             "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.workspace_id = $1 AND {clause}"
@@ -504,15 +508,18 @@ where
         news: &[NewSecret],
     ) -> Result<Vec<Result<(SecretRow, bool), Error>>, Error> {
         let mut results = Vec::with_capacity(news.len());
+        let mut clocks = Clocks::default();
         for new in news {
             let mut savepoint = sqlx::Connection::begin(&mut *conn)
                 .await
                 .map_err(db_error::<DB>)?;
-            let result = Self::create(&mut savepoint, keyring, new).await;
+            let result = Self::create_in(&mut savepoint, keyring, new, &mut clocks).await;
             if result.is_ok() {
                 savepoint.commit().await.map_err(db_error::<DB>)?;
             } else {
                 savepoint.rollback().await.map_err(db_error::<DB>)?;
+                // Locks taken in a savepoint that rolls back are let go.
+                clocks.remove(&new.environment_id);
             }
             results.push(result);
         }
@@ -528,15 +535,23 @@ where
     /// one name waits for the first and then sees it, and the next creation
     /// time (`MAX(created_at) + 1` at least) stays unique so that paging by
     /// `created_before` is exact (the unique indexes back this up). On SQLite the one writer does the same.
-    pub(crate) async fn create(
+    ///
+    /// `clocks` holds, for each environment whose lock this transaction
+    /// already holds, the newest creation time it gave: the next create
+    /// there needs neither the lock nor `MAX(created_at)` again.
+    async fn create_in(
         conn: &mut DB::Connection,
         keyring: &Keyring,
         new: &NewSecret,
+        clocks: &mut Clocks,
     ) -> Result<(SecretRow, bool), Error> {
         let cols = SecretInsert::of(&new.kind);
         let created_at = match &new.kind {
             SecretKind::Named(name) => {
-                Self::lock_environment(conn, &new.workspace_id, &new.environment_id).await?;
+                let newest = clocks.get(&new.environment_id).copied();
+                if newest.is_none() {
+                    Self::lock_environment(conn, &new.workspace_id, &new.environment_id).await?;
+                }
                 let key = SecretKey::Name {
                     environment_id: &new.environment_id,
                     name,
@@ -546,7 +561,12 @@ where
                 {
                     return Self::on_conflict(conn, keyring, new, name, existing).await;
                 }
-                Self::next_created_at(conn, &new.environment_id).await?
+                let created_at = match newest {
+                    Some(newest) => now_micros().max(newest + 1),
+                    None => Self::next_created_at(conn, &new.environment_id).await?,
+                };
+                clocks.insert(new.environment_id.clone(), created_at);
+                created_at
             }
             SecretKind::Anonymous { .. } => now_micros(),
         };
@@ -1116,6 +1136,10 @@ where
         }
     }
 }
+
+/// Per environment locked by a group's transaction, the newest creation
+/// time given there (see [`Sql::create_group`]).
+type Clocks = std::collections::HashMap<String, Micros>;
 
 /// The current version a new one is made from: the secret's metadata (its
 /// number among them), and its contents when they open.
