@@ -282,7 +282,9 @@ mod tests {
 
     #[test]
     fn hidden_paths_binds_network_and_workdir() {
-        let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+        // Outside /tmp, /run, /home and /root, which the policy empties
+        // anyway (a checkout may well live under one of them).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let key = dir.path().join("master.key");
         std::fs::write(&key, "k").unwrap();
         let bwrap = Bwrap::new()
@@ -315,7 +317,9 @@ mod tests {
 
     #[test]
     fn a_bound_directory_does_not_uncover_a_hidden_file_in_it() {
-        let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+        // Outside /tmp, /run, /home and /root, which the policy empties
+        // anyway (a checkout may well live under one of them).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let config = dir.path().join(CLIENT_CONFIG_FILE);
         std::fs::write(&config, "token").unwrap();
         let args = joined(&Bwrap::new().bind_ro_try(dir.path()).hide(&config));
@@ -336,7 +340,9 @@ mod tests {
             eprintln!("skipped: no bwrap");
             return;
         };
-        let dir = tempfile::tempdir_in(std::env::current_dir().unwrap()).unwrap();
+        // Outside /tmp, /run, /home and /root, which the policy empties
+        // anyway (a checkout may well live under one of them).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let config = dir.path().join(CLIENT_CONFIG_FILE);
         std::fs::write(&config, "secret-token").unwrap();
         let data = dir.path().join("data");
