@@ -157,8 +157,11 @@ impl World {
     }
 
     /// The token secret, if any, that `text` shows: a secret or any run of
-    /// 12 of its characters (a shortened echo is a leak too).
-    pub fn shown_secret(&mut self, text: &[u8]) -> Option<&str> {
+    /// 12 of its characters (a shortened echo is a leak too), unless that
+    /// run is in `sent` too (what the caller sent: libFuzzer learns the
+    /// bytes the process compares, secrets included, and a request may
+    /// well have its own text echoed).
+    pub fn shown_secret(&mut self, text: &[u8], sent: &[u8]) -> Option<&str> {
         const PIECE: usize = 12;
         let secrets = &self.secrets;
         let finder = self.secret_finder.get_or_insert_with(|| {
@@ -172,8 +175,10 @@ impl World {
                 .build(pieces)
                 .expect("patterns")
         });
-        let found = finder.find(text)?;
-        let piece = &text[found.start()..found.end()];
+        let piece = finder
+            .find_iter(text)
+            .map(|found| &text[found.start()..found.end()])
+            .find(|piece| !sent.windows(PIECE).any(|w| w == *piece))?;
         self.secrets
             .iter()
             .find(|s| s.as_bytes().windows(PIECE).any(|w| w == piece))
