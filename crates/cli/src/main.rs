@@ -2,6 +2,7 @@
 //! (`secret`, `environment`, `token`, `profile`, `login`, ...), the client
 //! commands being a thin layer over the SDK (crate `latchkey`).
 
+mod audit;
 mod completions;
 mod connect;
 mod db;
@@ -77,6 +78,8 @@ enum Command {
     Run(run::RunArgs),
     /// Inspect the lockfiles that `latchkey run --lock` writes.
     Lock(lock::LockArgs),
+    /// The audit log: list, export and verify it (admin token).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Db(args) => db::run(args),
         Command::Secret(args) => secret::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Environment(args) => environment::run(args),
         Command::Token(args) => token::run(args),
         Command::Profile(args) => profile::run(args),

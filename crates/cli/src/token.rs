@@ -160,6 +160,34 @@ pub(crate) fn run(args: TokenArgs) -> Result<()> {
             table.print("No tokens.")
         }
         TokenCommand::Revoke(a) => {
+            // What to rotate: shown before the question, so that it can be
+            // weighed (and copied) before the token goes.
+            let read = client.audit().token_exposure(&a.id).wait()?;
+            if read.is_empty() {
+                output::note(format!(
+                    "Token {} has read the current version of no secret.",
+                    a.id
+                ));
+            } else {
+                output::note(output::paint(
+                    Stream::Stderr,
+                    "33",
+                    &format!(
+                        "Token {} has read the current version of these secrets; rotate them:",
+                        a.id
+                    ),
+                ));
+                for r in &read {
+                    output::note(format!(
+                        "  {} (environment {}, version {}, {} reads, last {})",
+                        r.secret,
+                        r.environment,
+                        r.version,
+                        r.count,
+                        output::time(r.last)
+                    ));
+                }
+            }
             input::confirm(
                 &format!("revoke token {}", a.id),
                 "Everything that uses it stops working.",

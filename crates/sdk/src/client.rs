@@ -167,6 +167,11 @@ impl Client {
         Tokens::new(self.clone())
     }
 
+    /// The audit log: events, its head, verification, and who read what.
+    pub fn audit(&self) -> crate::Audit {
+        crate::Audit::new(self.clone())
+    }
+
     /// The environment a call uses: its own, else the client's, else the
     /// server's default (empty).
     pub(crate) fn environment_or_default(&self, explicit: Option<&str>) -> String {
@@ -300,6 +305,9 @@ pub struct WhoAmI {
     pub workspace_name: String,
     /// The token making the calls.
     pub token: TokenInfo,
+    /// The head of the server's audit chain (absent from older servers).
+    #[serde(default)]
+    pub audit_head: Option<crate::AuditHead>,
 }
 
 #[cfg(test)]

@@ -94,7 +94,10 @@ impl<'a> Target<'a> {
 
 /// Whether an action reads metadata only (recorded only when asked).
 fn is_metadata_read(action: &str) -> bool {
-    matches!(action, "secret.list" | "secret.info")
+    matches!(
+        action,
+        "secret.list" | "secret.info" | "token.list" | "audit.list" | "audit.exposure"
+    )
 }
 
 impl Caller {

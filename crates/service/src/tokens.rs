@@ -55,8 +55,11 @@ impl Service {
 
     /// The tokens of the caller's workspace.
     pub async fn list_tokens(&self, caller: &Caller) -> Result<Vec<Token>, Error> {
-        caller.require_workspace_admin("list tokens")?;
-        self.store.list_tokens(caller.workspace_id()).await
+        self.audited(caller, "token.list", Target::default(), async {
+            caller.require_workspace_admin("list tokens")?;
+            self.store.list_tokens(caller.workspace_id()).await
+        })
+        .await
     }
 
     /// Revokes a token. The workspace's last active admin token cannot be

@@ -40,6 +40,10 @@ pub const ACTIONS: &[&str] = &[
     "dashboard.signin",
     "dashboard.signout",
     "audit.checkpoint",
+    "token.list",
+    "audit.list",
+    "audit.verify",
+    "audit.exposure",
 ];
 
 /// The action of a read of a secret's values.

@@ -26,7 +26,7 @@ pub(crate) async fn whoami(
 ) -> Result<Json<WhoAmI>, ApiError> {
     let head = service.audit_head(&caller).await?;
     Ok(Json(WhoAmI {
-        audit_head: Some((&head).into()),
+        audit_head: Some(super::audit::AuditHeadInfo::new(&head, &caller)),
         ..WhoAmI::from(&caller)
     }))
 }
