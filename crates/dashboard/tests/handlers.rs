@@ -8,12 +8,15 @@ use axum::{
 };
 use latchkey_core::admin_token::AdminTokenFile;
 use latchkey_service::{
+    log::{AuditEvent, AuditFilter},
     testing::{TestService, ANONYMOUS_TTL},
-    Caller, CreateMode, Role, Service, ServiceConfig,
+    Caller, ClientAddr, CreateMode, Role, Service, ServiceConfig,
 };
 use tower::ServiceExt;
 
 const HOST: &str = "dash.test";
+/// The address the test browser's requests come from.
+const CLIENT: &str = "203.0.113.7";
 
 struct Harness {
     router: Router,
@@ -78,6 +81,23 @@ impl Harness {
             .unwrap();
     }
 
+    /// The audit log's events that `filter` selects, oldest first.
+    async fn events(&self, filter: AuditFilter) -> Vec<AuditEvent> {
+        self.service
+            .audit_events(&self.admin().await, &filter, 1000)
+            .await
+            .unwrap()
+    }
+
+    /// The audit log's events of `action`, oldest first.
+    async fn events_of(&self, action: &str) -> Vec<AuditEvent> {
+        self.events(AuditFilter {
+            action: Some(action.to_owned()),
+            ..AuditFilter::default()
+        })
+        .await
+    }
+
     /// Secret `id`'s current version and contents.
     async fn now(&self, id: &str) -> (i64, Vec<(String, String)>) {
         let s = self.service.secret(&self.admin().await, id).await.unwrap();
@@ -138,7 +158,11 @@ impl<'a> Browser<'a> {
         Self { h, cookie: None }
     }
 
-    async fn send(&mut self, request: Request<Body>) -> Reply {
+    async fn send(&mut self, mut request: Request<Body>) -> Reply {
+        // As the server puts it there for every connection.
+        request
+            .extensions_mut()
+            .insert(ClientAddr(format!("{CLIENT}:50000").parse().unwrap()));
         let response = self.h.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -1564,4 +1588,79 @@ async fn a_reader_sees_the_history_but_cannot_roll_back() {
         post.body
     );
     assert_eq!(h.now(&id).await, (2, pairs(&[("A", "a2")])));
+}
+
+#[tokio::test]
+async fn only_pages_that_show_values_record_a_read() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b
+        .create("audited", &[("A", "val-a-1"), ("B", "val-b-1")])
+        .await;
+    h.update(&id, &[("A", Some("val-a-2"))]).await;
+    for path in [
+        format!("/secrets/{id}"),
+        format!("/secrets/{id}?reveal=NOPE"),
+        format!("/secrets/{id}/history"),
+        format!("/secrets/{id}/delete"),
+        format!("/secrets/{id}/versions/1"),
+        format!("/secrets/{id}/versions/2"),
+        format!("/secrets/{id}/versions/1?reveal=NOPE"),
+        "/".to_owned(),
+    ] {
+        let r = b.get(&path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert!(!r.body.contains("val-"), "{path} shows no value");
+    }
+    assert!(h.events_of("secret.read").await.is_empty());
+
+    // A reveal reads, once, as the dashboard, from the browser's address.
+    let r = b.get(&format!("/secrets/{id}?reveal=A")).await;
+    assert!(r.body.contains("<code class=\"revealed\">val-a-2</code>"));
+    let reads = h.events_of("secret.read").await;
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    let e = &reads[0].entry;
+    assert_eq!(e.interface, "dashboard");
+    assert_eq!(e.client.as_deref(), Some(CLIENT));
+    assert_eq!(e.actor.as_ref().unwrap().token_id, h.token_id);
+    assert_eq!(
+        (e.secret_id.as_deref(), e.secret_name.as_deref(), e.version),
+        (Some(id.as_str()), Some("audited"), Some(2))
+    );
+    assert_eq!(e.outcome, "ok");
+
+    // An old version's reveal reads that version; the copy buttons read too.
+    let r = b.get(&format!("/secrets/{id}/versions/1?reveal=B")).await;
+    assert!(r.body.contains("<code class=\"revealed\">val-b-1</code>"));
+    assert_eq!(
+        b.get(&format!("/secrets/{id}/value?key=B")).await.body,
+        "val-b-1"
+    );
+    assert_eq!(
+        b.get(&format!("/secrets/{id}/versions/1/value?key=A"))
+            .await
+            .body,
+        "val-a-1"
+    );
+    let versions: Vec<_> = h
+        .events_of("secret.read")
+        .await
+        .iter()
+        .map(|e| (e.entry.interface.clone(), e.entry.version))
+        .collect();
+    let dashboard = || "dashboard".to_owned();
+    assert_eq!(
+        versions,
+        [
+            (dashboard(), Some(2)),
+            (dashboard(), Some(1)),
+            (dashboard(), Some(2)),
+            (dashboard(), Some(1))
+        ]
+    );
+    // A version that is not kept is still named as such.
+    let r = b.get(&format!("/secrets/{id}/versions/9")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("has no version 9"), "{}", r.body);
 }
