@@ -23,7 +23,7 @@ struct Harness {
     service: Service,
     token_id: String,
     token_secret: String,
-    _test: TestService,
+    test: TestService,
 }
 
 async fn harness() -> Harness {
@@ -33,7 +33,7 @@ async fn harness() -> Harness {
         service: test.service().clone(),
         token_id: test.admin_token_id().to_owned(),
         token_secret: test.admin_token_secret().to_owned(),
-        _test: test,
+        test,
     }
 }
 
@@ -53,7 +53,7 @@ async fn harness_keeping(keep: u32) -> Harness {
         service,
         token_id: test.admin_token_id().to_owned(),
         token_secret: test.admin_token_secret().to_owned(),
-        _test: test,
+        test,
     }
 }
 
@@ -96,6 +96,17 @@ impl Harness {
             ..AuditFilter::default()
         })
         .await
+    }
+
+    /// Runs `sql` on the store's database, behind the service's back.
+    async fn sql(&self, sql: &str) {
+        let url = format!(
+            "sqlite://{}",
+            self.test.data_dir().join("latchkey.db").display()
+        );
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
     }
 
     /// Secret `id`'s current version and contents.
@@ -270,6 +281,8 @@ async fn signed_out_pages_lead_to_sign_in() {
     assert!(r.body.contains("type=\"password\""));
 }
 
+/// Sign-in, sign-out and a refused sign-in are recorded, as the
+/// dashboard, from the browser's address.
 #[tokio::test]
 async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
     let h = harness().await;
@@ -283,6 +296,11 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(wrong.body.contains("not accepted"));
     assert!(b.cookie.is_none());
+    assert!(h.events_of("dashboard.signin").await.is_empty());
+    let failures = h.events_of("auth.failure").await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].entry.interface, "dashboard");
+    assert_eq!(failures[0].entry.client.as_deref(), Some(CLIENT));
 
     let r = b
         .post(
@@ -304,6 +322,20 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
     }
     assert!(!set.contains(&h.token_secret));
     let old_cookie = b.cookie.clone().unwrap();
+    let signins = h.events_of("dashboard.signin").await;
+    assert_eq!(signins.len(), 1, "{signins:?}");
+    let e = &signins[0].entry;
+    assert_eq!(e.actor.as_ref().unwrap().token_id, h.token_id);
+    assert_eq!(e.actor.as_ref().unwrap().role, "admin");
+    assert_eq!(
+        (
+            e.interface.as_str(),
+            e.client.as_deref(),
+            e.outcome.as_str()
+        ),
+        ("dashboard", Some(CLIENT), "ok")
+    );
+    assert!(h.events_of("dashboard.signout").await.is_empty());
 
     let page = b.get("/").await;
     assert_eq!(page.status, StatusCode::OK);
@@ -322,6 +354,11 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
+    let signouts = h.events_of("dashboard.signout").await;
+    assert_eq!(signouts.len(), 1, "{signouts:?}");
+    let e = &signouts[0].entry;
+    assert_eq!(e.actor.as_ref().unwrap().token_id, h.token_id);
+    assert_eq!(e.client.as_deref(), Some(CLIENT));
     // The old cookie no longer works: the session is gone on the server.
     b.cookie = Some(old_cookie);
     let r = b.get("/").await;
@@ -1663,4 +1700,32 @@ async fn only_pages_that_show_values_record_a_read() {
     let r = b.get(&format!("/secrets/{id}/versions/9")).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert!(r.body.contains("has no version 9"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_sign_in_the_audit_log_cannot_record_does_not_happen() {
+    let h = harness().await;
+    h.sql(
+        "CREATE TRIGGER signin_down BEFORE INSERT ON audit_events \
+         WHEN NEW.action = 'dashboard.signin' \
+         BEGIN SELECT RAISE(ABORT, 'audit device down'); END",
+    )
+    .await;
+    let mut b = Browser::new(&h);
+    let r = b
+        .post(
+            "/signin",
+            &[("token_id", &h.token_id), ("token_secret", &h.token_secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(!r.headers.contains_key(header::SET_COOKIE));
+    assert!(b.cookie.is_none());
+    assert!(r.body.contains("role=\"alert\""));
+    assert!(!r.body.contains(&h.token_secret));
+
+    h.sql("DROP TRIGGER signin_down").await;
+    b.sign_in().await;
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    assert_eq!(h.events_of("dashboard.signin").await.len(), 1);
 }
