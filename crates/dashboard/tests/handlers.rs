@@ -81,6 +81,17 @@ impl Harness {
             .unwrap();
     }
 
+    /// A new token of `role` named `name`, made by the admin: its id and
+    /// secret.
+    async fn token(&self, name: &str, role: Role) -> (String, String) {
+        let (token, secret) = self
+            .service
+            .create_token(&self.admin().await, name, role, None)
+            .await
+            .unwrap();
+        (token.id, secret.to_string())
+    }
+
     /// The audit log's events that `filter` selects, oldest first.
     async fn events(&self, filter: AuditFilter) -> Vec<AuditEvent> {
         self.service
@@ -230,10 +241,16 @@ impl<'a> Browser<'a> {
             .await
     }
 
+    /// Signs in with the admin token.
     async fn sign_in(&mut self) {
         let (id, secret) = (self.h.token_id.clone(), self.h.token_secret.clone());
+        self.sign_in_as(&id, &secret).await;
+    }
+
+    /// Signs in with the token `id`.
+    async fn sign_in_as(&mut self, id: &str, secret: &str) {
         let r = self
-            .post("/signin", &[("token_id", &id), ("token_secret", &secret)])
+            .post("/signin", &[("token_id", id), ("token_secret", secret)])
             .await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     }
@@ -270,6 +287,7 @@ async fn signed_out_pages_lead_to_sign_in() {
         "/secrets/new",
         "/environments",
         "/tokens",
+        "/audit",
         "/secrets/st-x",
     ] {
         let r = b.get(path).await;
@@ -435,6 +453,7 @@ async fn every_page_has_the_security_headers() {
     b.sign_in().await;
     let id = b.create("hdr", &[("A", "1")]).await;
     replies.push(b.get("/").await);
+    replies.push(b.get("/audit").await);
     replies.push(b.get(&format!("/secrets/{id}")).await);
     replies.push(b.get(&format!("/secrets/{id}/value?key=A")).await);
     replies.push(b.get(&format!("/secrets/{id}/history")).await);
@@ -1185,26 +1204,9 @@ async fn tokens_are_created_once_listed_and_revoked() {
 #[tokio::test]
 async fn a_reader_sees_but_cannot_change() {
     let h = harness().await;
-    let admin = h
-        .service
-        .authenticate(
-            &h.token_id,
-            &h.token_secret,
-            &latchkey_service::Origin::server(),
-        )
-        .await
-        .unwrap();
-    let (token, secret) = h
-        .service
-        .create_token(&admin, "viewer", Role::Reader, None)
-        .await
-        .unwrap();
+    let (token, secret) = h.token("viewer", Role::Reader).await;
     let mut b = Browser::new(&h);
-    b.post(
-        "/signin",
-        &[("token_id", &token.id), ("token_secret", &secret)],
-    )
-    .await;
+    b.sign_in_as(&token, &secret).await;
     let page = b.get("/").await;
     assert!(!page.body.contains("New secret"));
     let csrf = page.csrf();
@@ -1576,22 +1578,13 @@ async fn rollback_to_the_current_or_a_destroyed_version_is_refused_with_the_reas
 #[tokio::test]
 async fn a_reader_sees_the_history_but_cannot_roll_back() {
     let h = harness().await;
-    let admin = h.admin().await;
     let mut b = Browser::new(&h);
     b.sign_in().await;
     let id = b.create("ro", &[("A", "a1")]).await;
     h.update(&id, &[("A", Some("a2"))]).await;
-    let (token, secret) = h
-        .service
-        .create_token(&admin, "viewer", Role::Reader, None)
-        .await
-        .unwrap();
+    let (token, secret) = h.token("viewer", Role::Reader).await;
     let mut r = Browser::new(&h);
-    r.post(
-        "/signin",
-        &[("token_id", &token.id), ("token_secret", &secret)],
-    )
-    .await;
+    r.sign_in_as(&token, &secret).await;
     let history = r.get(&format!("/secrets/{id}/history")).await;
     assert_eq!(history.status, StatusCode::OK);
     assert!(history_row(&history, 1).contains("View version 1"));
@@ -1627,6 +1620,20 @@ async fn a_reader_sees_the_history_but_cannot_roll_back() {
     assert_eq!(h.now(&id).await, (2, pairs(&[("A", "a2")])));
 }
 
+/// The events a page lists, by number.
+fn listed(r: &Reply) -> Vec<i64> {
+    r.body
+        .split("<tr id=\"event-")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Their numbers.
+fn seqs(events: &[AuditEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
 #[tokio::test]
 async fn only_pages_that_show_values_record_a_read() {
     let h = harness().await;
@@ -1645,6 +1652,7 @@ async fn only_pages_that_show_values_record_a_read() {
         format!("/secrets/{id}/versions/2"),
         format!("/secrets/{id}/versions/1?reveal=NOPE"),
         "/".to_owned(),
+        "/audit".to_owned(),
     ] {
         let r = b.get(&path).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
@@ -1728,4 +1736,201 @@ async fn a_sign_in_the_audit_log_cannot_record_does_not_happen() {
     b.sign_in().await;
     assert_eq!(b.get("/").await.status, StatusCode::OK);
     assert_eq!(h.events_of("dashboard.signin").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_audit_page_lists_and_filters_events_and_never_a_value() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("pg", &[("PASSWORD", "val-hunter2")]).await;
+    b.get(&format!("/secrets/{id}?reveal=PASSWORD")).await;
+    let (ci, ci_secret) = h.token("ci", Role::Reader).await;
+
+    let all = b.get("/audit").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert!(all.body.contains("aria-current=\"page\">Audit</a>"));
+    let everything = h.events(AuditFilter::default()).await;
+    assert_eq!(listed(&all), seqs(&everything), "oldest first, all of them");
+    for part in [
+        "dashboard.signin",
+        "secret.create",
+        "secret.read",
+        "token.create",
+        h.token_id.as_str(),
+        CLIENT,
+        ">pg<",
+    ] {
+        assert!(all.body.contains(part), "{part}");
+    }
+    for secret in ["val-hunter2", &h.token_secret, &ci_secret] {
+        assert!(!all.body.contains(secret), "no value or token secret");
+    }
+
+    // Each filter selects what the service selects.
+    let filters: [(&str, AuditFilter); 5] = [
+        (
+            "action=secret.read",
+            AuditFilter {
+                action: Some("secret.read".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "secret=pg&env=main",
+            AuditFilter {
+                secret: Some("pg".into()),
+                environment: Some("main".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            &format!("token={}", ci),
+            AuditFilter {
+                token: Some(ci.clone()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "since=2000-01-01&until=2000-01-01",
+            AuditFilter {
+                until: Some(946_771_200_000_000),
+                ..AuditFilter::default()
+            },
+        ),
+        ("since=2000-01-01", AuditFilter::default()),
+    ];
+    for (q, filter) in &filters {
+        let r = b.get(&format!("/audit?{q}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
+        let expected = seqs(&h.events(filter.clone()).await);
+        assert_eq!(listed(&r), expected, "{q}");
+    }
+    let reads = b.get("/audit?action=secret.read").await;
+    assert_eq!(listed(&reads).len(), 1);
+    assert!(reads
+        .body
+        .contains("<option value=\"secret.read\" selected>secret.read</option>"));
+    let none = b.get("/audit?since=2000-01-01&until=2000-01-01").await;
+    assert!(none.body.contains("id=\"no-events\""));
+    assert!(
+        none.body.contains("value=\"2000-01-01\""),
+        "the filter stays"
+    );
+    // Today's events are in a window that ends today.
+    let today = latchkey_core::time::Timestamp::from_micros(everything[0].at).strftime("%Y-%m-%d");
+    let r = b.get(&format!("/audit?since={today}&until={today}")).await;
+    assert_eq!(listed(&r), seqs(&everything));
+
+    // Bad filters: the reason, on the page, as 400.
+    for (q, reason) in [
+        ("action=secret.steal", "Unknown audit action 'secret.steal'"),
+        (
+            "since=2025-01-02&until=2025-01-01",
+            "'since' is later than 'until'",
+        ),
+        ("token=xyz", "token ids start with ak-"),
+        ("since=yesterday", "Invalid since"),
+        ("after=x", "Invalid page"),
+    ] {
+        let r = b.get(&format!("/audit?{q}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(r.body.contains("id=\"audit-error\""), "{q}: {}", r.body);
+        assert!(r.body.contains(reason), "{q}: {}", r.body);
+        assert!(listed(&r).is_empty());
+    }
+    // What was typed is shown back, escaped.
+    let r = b.get("/audit?secret=%3Cscript%3Ex").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("value=\"&lt;script&gt;x\""));
+    assert!(!r.body.contains("<script>x"));
+}
+
+#[tokio::test]
+async fn the_audit_page_pages_by_event_number() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("busy", &[("A", "1")]).await;
+    let admin = h.admin().await;
+    for _ in 0..130 {
+        h.service.secret(&admin, &id).await.unwrap();
+    }
+    let expected = seqs(&h.events_of("secret.read").await);
+    assert_eq!(expected.len(), 130);
+    let first = b.get("/audit?action=secret.read").await;
+    assert_eq!(listed(&first), expected[..100]);
+    assert!(!first.body.contains("← First"));
+    let next = format!("/audit?action=secret.read&amp;after={}", expected[99]);
+    assert!(first.body.contains(&next), "{}", first.body);
+    let second = b.get(&next.replace("&amp;", "&")).await;
+    assert_eq!(listed(&second), expected[100..]);
+    assert!(second.body.contains("← First"));
+    assert!(!second.body.contains("rel=\"next\""), "the last page");
+}
+
+#[tokio::test]
+async fn verifying_the_chain_needs_the_csrf_token_and_finds_an_edited_event() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    b.create("chained", &[("A", "1")]).await;
+    let page = b.get("/audit").await;
+    let csrf = page.csrf();
+    assert!(page.body.contains("action=\"/audit/verify\""));
+
+    let r = b.post("/audit/verify", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!r.body.contains("id=\"verdict\""));
+    let r = b
+        .post_with(
+            "/audit/verify",
+            &[("csrf", &csrf)],
+            "http://evil.test",
+            "cross-site",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    let r = b.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let n = h.events(AuditFilter::default()).await.len();
+    assert!(r.body.contains("The chain is intact."), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("{n} events checked")),
+        "{}",
+        r.body
+    );
+
+    h.sql("UPDATE audit_events SET outcome = 'denied' WHERE seq = 2")
+        .await;
+    let r = b.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.contains("The chain is broken at event 2."),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("The chain is intact."));
+}
+
+#[tokio::test]
+async fn a_reader_may_not_read_the_audit_log() {
+    let h = harness().await;
+    let (reader, secret) = h.token("viewer", Role::Reader).await;
+    let mut r = Browser::new(&h);
+    r.sign_in_as(&reader, &secret).await;
+    let home = r.get("/").await;
+    assert!(!home.body.contains("href=\"/audit\""), "no audit link");
+    let csrf = home.csrf();
+    for path in ["/audit", "/audit?action=nope", "/audit?since=garbage"] {
+        let page = r.get(path).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(listed(&page).is_empty());
+    }
+    let verify = r.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert_eq!(verify.status, StatusCode::FORBIDDEN);
+    assert!(!verify.body.contains("id=\"verdict\""));
+    let denied = h.events_of("permission.denied").await;
+    assert_eq!(denied.len(), 4, "{denied:?}");
 }
