@@ -117,6 +117,7 @@ fn routes(app: App) -> Router {
         .route("/environments/delete", post(environments::delete))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/revoke", post(tokens::revoke))
+        .route("/tokens/{id}", get(tokens::show))
         .route("/audit", get(audit::list))
         .route("/audit/verify", post(audit::verify))
         .route("/static/app.css", get(assets::css))

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use latchkey_core::{time::Micros, EnvDict, Error};
-use latchkey_service::{Environment, Role, Secret, SecretSummary};
+use latchkey_service::{log::VersionExposure, Environment, Role, Secret, SecretSummary};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -319,8 +319,8 @@ fn usage(name: &str, env: &Environment, first_key: &str) -> Markup {
 }
 
 /// A secret: its metadata, its keys with values hidden (one can be revealed),
-/// and how to use it. Only a reveal reads values (and is recorded as a
-/// read).
+/// how to use it, and, for admins, who read it. Only a reveal reads values
+/// (and is recorded as a read).
 pub(crate) async fn show(
     auth: Auth,
     State(app): State<App>,
@@ -346,6 +346,16 @@ pub(crate) async fn show(
         .service
         .environment(&auth.caller, &s.environment_name)
         .await;
+    let readers = if auth.can(Role::Admin) {
+        Some(
+            app.service
+                .secret_exposure(&auth.caller, &s.environment_name, name)
+                .await
+                .map(|(_, readers)| readers),
+        )
+    } else {
+        None
+    };
     let back = query(&[("env", &s.environment_name)]);
     let body = html! {
         p.crumbs { a href={ "/" (back) } { "Secrets" } " / " (s.environment_name) }
@@ -368,6 +378,9 @@ pub(crate) async fn show(
         }
         h2 { (format::plural(s.keys.len(), "key", "keys")) }
         (keys_table(name, &format!("/secrets/{}", s.id), &s.keys, shown.as_ref().map(|(k, v)| (*k, v.as_str()))))
+        @if let Some(readers) = &readers {
+            (who_read(s.version, readers))
+        }
         @if let Ok(env) = &env {
             (usage(name, env, s.keys.first().map_or("KEY", String::as_str)))
         }
@@ -376,6 +389,41 @@ pub(crate) async fn show(
         StatusCode::OK,
         layout::page(name, Some(&auth), Section::Secrets, body),
     )
+}
+
+/// Who read the values of each version of a secret whose current version
+/// is `current` (for admins), or why that is not known.
+fn who_read(current: i64, readers: &Result<Vec<VersionExposure>, Error>) -> Markup {
+    html! {
+        section.exposure aria-labelledby="who-read-h" {
+            h2 #who-read-h { "Who read it" }
+            @match readers {
+                Err(e) => p.error role="alert" { (e.message()) },
+                Ok(readers) if readers.is_empty() => p.empty #no-readers { "No token has read its values." },
+                Ok(readers) => div.table-wrap {
+                    table #readers {
+                        caption.sr { "Tokens that read each version's values, newest version first" }
+                        (layout::columns(&["Version", "Token", "Reads", "First", "Last", "Through"]))
+                        tbody {
+                            @for r in readers {
+                                tr {
+                                    td.num {
+                                        (r.version)
+                                        @if r.version == current { " " span.badge { "current" } }
+                                    }
+                                    td { (r.token_name) " " code { (r.token_id) } }
+                                    td.num { (r.count) }
+                                    td { (format::time(r.first_at)) }
+                                    td { (format::time(r.last_at)) }
+                                    td { (r.interfaces.join(", ")) }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
 }
 
 /// The keys of a secret (or of one of its versions) with their values

@@ -287,6 +287,7 @@ async fn signed_out_pages_lead_to_sign_in() {
         "/secrets/new",
         "/environments",
         "/tokens",
+        "/tokens/ak-x",
         "/audit",
         "/secrets/st-x",
     ] {
@@ -454,6 +455,7 @@ async fn every_page_has_the_security_headers() {
     let id = b.create("hdr", &[("A", "1")]).await;
     replies.push(b.get("/").await);
     replies.push(b.get("/audit").await);
+    replies.push(b.get(&format!("/tokens/{}", h.token_id)).await);
     replies.push(b.get(&format!("/secrets/{id}")).await);
     replies.push(b.get(&format!("/secrets/{id}/value?key=A")).await);
     replies.push(b.get(&format!("/secrets/{id}/history")).await);
@@ -1915,15 +1917,23 @@ async fn verifying_the_chain_needs_the_csrf_token_and_finds_an_edited_event() {
 }
 
 #[tokio::test]
-async fn a_reader_may_not_read_the_audit_log() {
+async fn a_reader_may_not_read_the_audit_log_nor_who_read_a_secret() {
     let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("guarded", &[("A", "1")]).await;
     let (reader, secret) = h.token("viewer", Role::Reader).await;
     let mut r = Browser::new(&h);
     r.sign_in_as(&reader, &secret).await;
     let home = r.get("/").await;
     assert!(!home.body.contains("href=\"/audit\""), "no audit link");
     let csrf = home.csrf();
-    for path in ["/audit", "/audit?action=nope", "/audit?since=garbage"] {
+    for path in [
+        "/audit",
+        "/audit?action=nope",
+        "/audit?since=garbage",
+        &format!("/tokens/{}", h.token_id),
+    ] {
         let page = r.get(path).await;
         assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
         assert!(listed(&page).is_empty());
@@ -1932,5 +1942,76 @@ async fn a_reader_may_not_read_the_audit_log() {
     assert_eq!(verify.status, StatusCode::FORBIDDEN);
     assert!(!verify.body.contains("id=\"verdict\""));
     let denied = h.events_of("permission.denied").await;
-    assert_eq!(denied.len(), 4, "{denied:?}");
+    assert_eq!(denied.len(), 5, "{denied:?}");
+    // The secret's page, without who read it.
+    let page = r.get(&format!("/secrets/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("Who read it"));
+    assert!(b
+        .get(&format!("/secrets/{id}"))
+        .await
+        .body
+        .contains("Who read it"));
+}
+
+#[tokio::test]
+async fn a_tokens_page_says_what_to_rotate_and_a_secrets_page_who_read_it() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("db", &[("PASSWORD", "val-s3cret")]).await;
+    let (ci, ci_secret) = h.token("ci-runner", Role::Reader).await;
+    let ci_caller = h
+        .service
+        .authenticate(&ci, &ci_secret, &latchkey_service::Origin::server())
+        .await
+        .unwrap();
+
+    // Nothing read yet.
+    let tokens = b.get("/tokens").await;
+    let page_path = format!("/tokens/{ci}");
+    assert!(tokens.body.contains(&format!("href=\"{page_path}\"")));
+    assert!(
+        !tokens.body.contains("action=\"/tokens/revoke\""),
+        "revoking goes through the token's page"
+    );
+    let page = b.get(&page_path).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"no-exposure\""), "{}", page.body);
+    let secret_page = b.get(&format!("/secrets/{id}")).await;
+    assert!(secret_page.body.contains("id=\"no-readers\""));
+
+    // The token reads the secret's values: rotate it if the token goes.
+    h.service.secret(&ci_caller, &id).await.unwrap();
+    h.service.secret(&ci_caller, &id).await.unwrap();
+    let page = b.get(&page_path).await;
+    assert!(page.body.contains("Rotate these"), "{}", page.body);
+    let table = &page.body[page.body.find("id=\"exposure\"").unwrap()..];
+    assert!(table.contains(&format!("<a href=\"/secrets/{id}\">db</a>")));
+    assert!(table.contains("<td class=\"num\">2</td>"), "two reads");
+    assert!(!page.body.contains("val-s3cret") && !page.body.contains(&ci_secret));
+    assert!(page.body.contains("action=\"/tokens/revoke\""));
+
+    // Who read it, on the secret's page.
+    let secret_page = b.get(&format!("/secrets/{id}")).await;
+    let readers = &secret_page.body[secret_page.body.find("id=\"readers\"").unwrap()..];
+    assert!(readers.contains("ci-runner"), "{readers}");
+    assert!(readers.contains(&ci));
+    assert!(readers.contains("current"));
+
+    // Once the secret changes, there is nothing of it left to rotate.
+    h.update(&id, &[("PASSWORD", Some("val-rotated"))]).await;
+    let page = b.get(&page_path).await;
+    assert!(page.body.contains("id=\"no-exposure\""), "{}", page.body);
+
+    // Revoking from that page.
+    let csrf = page.hidden("csrf");
+    let r = b
+        .post("/tokens/revoke", &[("csrf", &csrf), ("id", &ci)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = b.get(&page_path).await;
+    assert!(page.body.contains("revoked"));
+    assert!(!page.body.contains("action=\"/tokens/revoke\""));
+    assert_eq!(b.get("/tokens/ak-nope").await.status, StatusCode::NOT_FOUND);
 }
