@@ -1,13 +1,15 @@
-//! Tokens: list, create (the secret is shown once), revoke. Admin only, as
-//! the service decides.
+//! Tokens: list, create (the secret is shown once), and a token's page,
+//! which shows the secrets it has read at their current version (what to
+//! rotate) before offering to revoke it. Admin only, as the service decides.
 
 use axum::{
     body::Bytes,
-    extract::State,
+    extract::{Path, State},
     http::StatusCode,
     response::{IntoResponse, Redirect, Response},
 };
-use latchkey_service::{Environment, Role, Token};
+use latchkey_core::Error;
+use latchkey_service::{log::TokenExposure, Environment, Role, Token};
 use maud::{html, Markup};
 
 use crate::{
@@ -54,7 +56,10 @@ fn page(
                 tbody {
                     @for t in tokens {
                         tr {
-                            td { (t.name) @if t.id == auth.caller.token().id { " " span.badge { "you" } } }
+                            td {
+                                a href={ "/tokens/" (t.id) } { (t.name) }
+                                @if t.id == auth.caller.token().id { " " span.badge { "you" } }
+                            }
                             td { code { (t.id) } }
                             td { (t.role.as_str()) }
                             td { @match &t.environments { Some(e) => (e.join(", ")), None => span.muted { "all" } } }
@@ -63,11 +68,8 @@ fn page(
                                 @if let Some(at) = t.revoked_at {
                                     "revoked " (format::time(at))
                                 } @else {
-                                    form.inline method="post" action="/tokens/revoke" {
-                                        (layout::csrf(auth))
-                                        input type="hidden" name="id" value=(t.id);
-                                        button.small.danger type="submit" aria-label={ "Revoke " (t.name) } { "Revoke" }
-                                    }
+                                    "active · "
+                                    a href={ "/tokens/" (t.id) } aria-label={ "Revoke " (t.name) "…" } { "Revoke…" }
                                 }
                             }
                         }
@@ -183,4 +185,84 @@ pub(crate) async fn revoke(auth: Auth, State(app): State<App>, body: Bytes) -> R
             render(&app, &auth, status, None, Some(e.message())).await
         }
     }
+}
+
+/// A token's page: who it is, the secrets whose current version it has
+/// read (rotate these when revoking it), and the revoke button.
+pub(crate) async fn show(auth: Auth, State(app): State<App>, Path(id): Path<String>) -> Response {
+    let found = async {
+        let read = app.service.token_exposure(&auth.caller, &id).await?;
+        let token = app
+            .service
+            .list_tokens(&auth.caller)
+            .await?
+            .into_iter()
+            .find(|t| t.id == id)
+            .ok_or_else(|| {
+                Error::not_found(format!(
+                    "Token '{}' not found",
+                    latchkey_core::rules::echo(&id)
+                ))
+            })?;
+        Ok::<_, Error>((token, read))
+    };
+    match found.await {
+        Ok((token, read)) => layout::respond(StatusCode::OK, token_page(&auth, &token, &read)),
+        Err(e) => layout::error_page(Some(&auth), &e),
+    }
+}
+
+fn token_page(auth: &Auth, t: &Token, read: &[TokenExposure]) -> Markup {
+    let body = html! {
+        p.crumbs { a href="/tokens" { "Tokens" } " / " (t.name) }
+        h1 { "Token " (t.name) }
+        dl.meta {
+            dt { "Id" } dd { code { (t.id) } }
+            dt { "Role" } dd { (t.role.as_str()) }
+            dt { "Environments" } dd { @match &t.environments { Some(e) => (e.join(", ")), None => span.muted { "all" } } }
+            dt { "Created" } dd { (format::time(t.created_at)) }
+            dt { "Status" } dd { @if let Some(at) = t.revoked_at { "revoked " (format::time(at)) } @else { "active" } }
+        }
+        section aria-labelledby="exposure-h" {
+            h2 #exposure-h { "Secrets it has read" }
+            @if read.is_empty() {
+                p.empty #no-exposure { "This token has read no secret's current values." }
+            } @else {
+                p { strong { "Rotate these" } ": this token has read their current version's values, "
+                    "so whoever holds it may still know them after it is revoked." }
+                div.table-wrap {
+                    table #exposure {
+                        (layout::columns(&["Secret", "Environment", "Version", "Reads", "Last read"]))
+                        tbody {
+                            @for r in read {
+                                tr {
+                                    td { a href={ "/secrets/" (r.secret_id) } { (r.secret_name) } }
+                                    td { (r.environment) }
+                                    td.num { (r.version) }
+                                    td.num { (r.count) }
+                                    td { (format::time(r.last_at)) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        @if t.revoked_at.is_none() {
+            form.stack #revoke method="post" action="/tokens/revoke" {
+                (layout::csrf(auth))
+                input type="hidden" name="id" value=(t.id);
+                div.actions {
+                    button.danger type="submit" { "Revoke " (t.name) }
+                    a href="/tokens" { "Cancel" }
+                }
+            }
+        }
+    };
+    layout::page(
+        &format!("Token {}", t.name),
+        Some(auth),
+        Section::Tokens,
+        body,
+    )
 }
