@@ -178,3 +178,36 @@ fn a_server_restored_from_an_older_copy_is_noticed() {
     );
     server.stop();
 }
+
+#[test]
+fn a_read_whose_event_cannot_be_written_returns_no_value() {
+    let data = tempfile::tempdir().unwrap();
+    let server = Server::try_start(data.path(), &[], &[]).unwrap();
+    let admin = Cli::admin(&server);
+    admin
+        .run(&["secret", "create", "db", "PASSWORD=never-shown-value"])
+        .ok();
+    server.stop();
+    // An audit device that refuses every event.
+    sql(
+        data.path(),
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events \
+         BEGIN SELECT RAISE(ABORT, 'audit device down'); END",
+    );
+    let server = Server::try_start(data.path(), &[], &[]).unwrap();
+    let admin = admin.var("LATCHKEY_SERVER_URL", server.url());
+    let out = admin
+        .run(&["run", "--secret", "db", "--", "sh", "-c", "echo $PASSWORD"])
+        .fails(1, "audit log cannot be written");
+    assert!(!out.stdout.contains("never-shown") && !out.stderr.contains("never-shown"));
+    admin
+        .run(&["secret", "update", "db", "PASSWORD=changed"])
+        .fails(1, "audit log cannot be written");
+    server.stop();
+    sql(data.path(), "DROP TRIGGER audit_down");
+    let server = Server::try_start(data.path(), &[], &[]).unwrap();
+    let admin = admin.var("LATCHKEY_SERVER_URL", server.url());
+    let info = admin.run(&["secret", "info", "db", "--json"]).ok().json();
+    assert_eq!(info["version"], 1, "the refused update changed nothing");
+    server.stop();
+}
