@@ -452,6 +452,14 @@ async fn run(args: Args) -> Result<()> {
             (baseline, "tx/s"),
             "≥ 0.5 × baseline",
         ));
+        let reads = load.run(Op::Resolve("bench".into()), 16, seconds).await?;
+        figures.push(Figure::new(
+            "PostgreSQL value reads (JSON resolve) at 16 clients, audited",
+            (reads.rate(), "reads/s"),
+            "SQLite, same",
+            (resolves.rate(), "reads/s"),
+            "(reported)",
+        ));
         figures.push(Figure::new(
             "PostgreSQL creates at 16 clients",
             (writes.rate(), "creates/s"),
