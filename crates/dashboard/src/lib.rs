@@ -115,6 +115,7 @@ fn routes(app: App) -> Router {
         .route("/environments/delete", post(environments::delete))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/revoke", post(tokens::revoke))
+        .route("/tokens/rotate", post(tokens::rotate))
         .route("/static/app.css", get(assets::css))
         .route("/static/app.js", get(assets::js))
         .route("/static/icon.svg", get(assets::icon))

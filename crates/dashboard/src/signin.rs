@@ -125,6 +125,9 @@ pub(crate) async fn submit(State(app): State<App>, headers: HeaderMap, body: Byt
         Err(e) if e.kind() == latchkey_core::ErrorKind::Unauthenticated => {
             let message = if token_id.is_empty() || token_secret.0.is_empty() {
                 "Give both the token id (ak-…) and its secret (as-…)."
+            } else if e.message().contains(" expired at ") {
+                // Said only to a caller who holds the token's secret.
+                e.message()
             } else {
                 "That token was not accepted: it is unknown, revoked, or its secret is wrong."
             };

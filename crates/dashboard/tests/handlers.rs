@@ -61,6 +61,21 @@ impl Harness {
             .unwrap()
     }
 
+    /// A new token made by the admin, valid for `ttl` if given, and its secret.
+    async fn token(
+        &self,
+        name: &str,
+        role: Role,
+        ttl: Option<std::time::Duration>,
+    ) -> (latchkey_service::Token, String) {
+        let (token, secret) = self
+            .service
+            .create_token(&self.admin().await, name, role, None, ttl)
+            .await
+            .unwrap();
+        (token, secret.to_string())
+    }
+
     /// Someone else's change of secret `id`, made through the service.
     async fn update(&self, id: &str, changes: &[(&str, Option<&str>)]) {
         let changes: Vec<(String, Option<String>)> = changes
@@ -192,8 +207,13 @@ impl<'a> Browser<'a> {
 
     async fn sign_in(&mut self) {
         let (id, secret) = (self.h.token_id.clone(), self.h.token_secret.clone());
+        self.sign_in_as(&id, &secret).await;
+    }
+
+    /// Signs in with this token.
+    async fn sign_in_as(&mut self, id: &str, secret: &str) {
         let r = self
-            .post("/signin", &[("token_id", &id), ("token_secret", &secret)])
+            .post("/signin", &[("token_id", id), ("token_secret", secret)])
             .await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     }
@@ -334,7 +354,7 @@ async fn a_revoked_token_ends_its_sessions() {
         .unwrap();
     let (token, secret) = h
         .service
-        .create_token(&admin, "dev", Role::Developer, None)
+        .create_token(&admin, "dev", Role::Developer, None, None)
         .await
         .unwrap();
     let mut b = Browser::new(&h);
@@ -355,6 +375,46 @@ async fn a_revoked_token_ends_its_sessions() {
     let r = b.get("/").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.location(), "/signin?ended=1");
+}
+
+#[tokio::test]
+async fn an_expired_or_rotated_out_token_ends_its_sessions() {
+    let h = harness().await;
+    let ttl = std::time::Duration::from_millis(600);
+    let (short, short_secret) = h.token("short", Role::Developer, Some(ttl)).await;
+    let (ci, ci_secret) = h.token("ci", Role::Developer, None).await;
+    let mut expiring = Browser::new(&h);
+    let mut rotated = Browser::new(&h);
+    expiring.sign_in_as(&short.id, &short_secret).await;
+    rotated.sign_in_as(&ci.id, &ci_secret).await;
+    for b in [&mut expiring, &mut rotated] {
+        assert_eq!(b.get("/").await.status, StatusCode::OK);
+    }
+    // A rotation with a grace period keeps the session until it ends.
+    h.service
+        .rotate_token(&h.admin().await, &ci.id, Some(ttl))
+        .await
+        .unwrap();
+    assert_eq!(rotated.get("/").await.status, StatusCode::OK);
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    for b in [&mut expiring, &mut rotated] {
+        let r = b.get("/").await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        assert_eq!(r.location(), "/signin?ended=1");
+    }
+    // Signing in again with the expired token says when it expired.
+    let r = expiring
+        .post(
+            "/signin",
+            &[("token_id", &short.id), ("token_secret", &short_secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body.contains(&format!("token {} expired at", short.id)),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -1085,6 +1145,63 @@ async fn tokens_are_created_once_listed_and_revoked() {
 }
 
 #[tokio::test]
+async fn tokens_get_an_expiry_and_are_rotated_from_the_form() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let fields = |ttl| {
+        [
+            ("csrf", csrf.as_str()),
+            ("name", "ci"),
+            ("role", "reader"),
+            ("ttl", ttl),
+        ]
+    };
+    let r = b.post("/tokens", &fields("0")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("greater than zero"), "{}", r.body);
+    let r = b.post("/tokens", &fields("30d")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let tokens = h.service.list_tokens(&h.admin().await).await.unwrap();
+    assert_eq!(tokens.len(), 2, "the refused form created nothing");
+    let ci = tokens.iter().find(|t| t.name == "ci").unwrap();
+    let expires = ci.expires_at.expect("an expiry") - ci.created_at;
+    assert!(
+        (expires - 30 * 86_400_000_000).abs() < 5_000_000,
+        "{expires}"
+    );
+
+    let r = b
+        .post(
+            "/tokens/rotate",
+            &[("csrf", &csrf), ("id", &ci.id), ("grace", "10m")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("has a new secret"), "{}", r.body);
+    assert!(
+        r.body.contains("previous secret is accepted until"),
+        "{}",
+        r.body
+    );
+    let at = r.body.find("LATCHKEY_TOKEN_SECRET=").unwrap() + 22;
+    let secret = r.body[at..at + 35].to_owned();
+    assert!(h.service.authenticate(&ci.id, &secret).await.is_ok());
+    let r = b
+        .post(
+            "/tokens/rotate",
+            &[("csrf", &csrf), ("id", &ci.id), ("grace", "later")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        h.service.authenticate(&ci.id, &secret).await.is_ok(),
+        "unchanged"
+    );
+}
+
+#[tokio::test]
 async fn a_reader_sees_but_cannot_change() {
     let h = harness().await;
     let admin = h
@@ -1094,7 +1211,7 @@ async fn a_reader_sees_but_cannot_change() {
         .unwrap();
     let (token, secret) = h
         .service
-        .create_token(&admin, "viewer", Role::Reader, None)
+        .create_token(&admin, "viewer", Role::Reader, None, None)
         .await
         .unwrap();
     let mut b = Browser::new(&h);
@@ -1481,7 +1598,7 @@ async fn a_reader_sees_the_history_but_cannot_roll_back() {
     h.update(&id, &[("A", Some("a2"))]).await;
     let (token, secret) = h
         .service
-        .create_token(&admin, "viewer", Role::Reader, None)
+        .create_token(&admin, "viewer", Role::Reader, None, None)
         .await
         .unwrap();
     let mut r = Browser::new(&h);

@@ -82,6 +82,10 @@ pub const TABLES: &[Table] = &[
             ("environments", Text),
             ("created_at", Int),
             ("revoked_at", Int),
+            ("expires_at", Int),
+            ("last_used_at", Int),
+            ("previous_secret_hash", Bytes),
+            ("previous_secret_until", Int),
         ],
     },
     Table {

@@ -218,9 +218,34 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new token (only the hash of its secret).
     async fn create_token(&self, token: &NewToken) -> Result<Token, Error>;
 
-    /// The token with this id, with the stored hash of its secret, if any and
-    /// not revoked. Never fails for an unknown id: authentication decides.
-    async fn token_for_auth(&self, token_id: &str) -> Result<Option<(Token, Vec<u8>)>, Error>;
+    /// The token with this id, with the stored hash of its secret (and of
+    /// the secret a rotation replaced, while its grace period runs at
+    /// `now`), if any and not revoked. An expired token is returned too
+    /// (authentication says when it expired). Never fails for an unknown
+    /// id: authentication decides.
+    async fn token_for_auth(
+        &self,
+        token_id: &str,
+        now: Micros,
+    ) -> Result<Option<TokenCredentials>, Error>;
+
+    /// Records that the token authenticated a request at `at`, at most once
+    /// per [`LAST_USED_RESOLUTION`] (a use within that time of the recorded
+    /// one changes nothing), like [`mark_used`](Self::mark_used) for secrets.
+    async fn mark_token_used(&self, token_id: &str, at: Micros) -> Result<(), Error>;
+
+    /// Gives the workspace's active, unexpired token `token_id` a new secret
+    /// (`secret_hash`). The secret it replaces stays accepted until
+    /// `grace_until` if that is in the future, and is forgotten otherwise.
+    /// NotFound if the workspace has no such active token,
+    /// FailedPrecondition if it has expired.
+    async fn rotate_token(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+        secret_hash: &[u8; 32],
+        grace_until: Option<Micros>,
+    ) -> Result<Token, Error>;
 
     /// The tokens of a workspace (revoked ones included), oldest first.
     async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error>;

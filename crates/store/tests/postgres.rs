@@ -541,6 +541,7 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         role: Role::Admin,
         environments: None,
         secret_hash: latchkey_store::crypto::hash_token_secret("as-hang"),
+        expires_at: None,
     };
 
     proxy.stall();
@@ -593,7 +594,12 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         ("create_token", kind(s.create_token(token).await.map(drop))),
         (
             "token_for_auth",
-            kind(s.token_for_auth("ak-x").await.map(drop)),
+            kind(s.token_for_auth("ak-x", 0).await.map(drop)),
+        ),
+        ("mark_token_used", kind(s.mark_token_used("ak-x", 0).await)),
+        (
+            "rotate_token",
+            kind(s.rotate_token(ws, "ak-x", &[0; 32], None).await.map(drop)),
         ),
         ("list_tokens", kind(s.list_tokens(ws).await.map(drop))),
         ("revoke_token", kind(s.revoke_token(ws, "ak-x").await)),

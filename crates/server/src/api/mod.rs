@@ -95,6 +95,7 @@ fn routes() -> OpenApiRouter<Service> {
         .routes(routes!(secrets::rollback))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(tokens::rotate))
 }
 
 /// The OpenAPI 3 document of the API, as served at `/api/v1/openapi.json`.
