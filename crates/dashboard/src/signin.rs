@@ -116,12 +116,33 @@ fn credentials(form: &Form) -> (String, Secret) {
 }
 
 /// Checks the token, starts a session, and sets its cookie.
-pub(crate) async fn submit(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn submit(
+    State(app): State<App>,
+    client: Option<axum::Extension<latchkey_service::ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = Form::parse(&body);
     let (token_id, token_secret) = credentials(&form);
     drop(form);
-    let caller = match app.service.authenticate(&token_id, &token_secret.0).await {
+    let client = client.map(|axum::Extension(c)| c);
+    let authenticated = app
+        .service
+        .authenticate_from(client, &token_id, &token_secret.0)
+        .await;
+    let caller = match authenticated {
         Ok(caller) => caller,
+        Err(e) if e.kind() == latchkey_core::ErrorKind::ResourceExhausted => {
+            let mut page = layout::respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                signin_page(None, Some(e.message())),
+            );
+            if let Some(wait) = e.retry_after() {
+                page.headers_mut()
+                    .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+            }
+            return page;
+        }
         Err(e) if e.kind() == latchkey_core::ErrorKind::Unauthenticated => {
             let message = if token_id.is_empty() || token_secret.0.is_empty() {
                 "Give both the token id (ak-…) and its secret (as-…)."

@@ -42,6 +42,7 @@ async fn harness_keeping(keep: u32) -> Harness {
         ServiceConfig {
             anonymous_ttl: ANONYMOUS_TTL,
             keep_versions: keep,
+            auth_failures: latchkey_service::AuthFailureLimit::default(),
         },
     );
     Harness {

@@ -9,7 +9,7 @@ use std::{
 use latchkey_core::{
     paths::ADMIN_TOKEN_FILE,
     time::{now_micros, Micros, Timestamp},
-    Error,
+    Error, ErrorKind,
 };
 use latchkey_store::{
     crypto::{hash_token_secret, token_hash_matches},
@@ -115,6 +115,33 @@ impl Service {
     /// server's paths, which a caller without a token has no business
     /// knowing.
     pub async fn authenticate(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
+        self.authenticate_from(None, token_id, token_secret).await
+    }
+
+    /// [`authenticate`](Self::authenticate) a request from `client`, whose
+    /// failed attempts are throttled (see [`AuthFailureLimit`]): past the
+    /// limit, its attempts are refused as ResourceExhausted, naming the
+    /// wait, before the credentials are looked at.
+    ///
+    /// [`AuthFailureLimit`]: crate::AuthFailureLimit
+    pub async fn authenticate_from(
+        &self,
+        client: Option<crate::ClientAddr>,
+        token_id: &str,
+        token_secret: &str,
+    ) -> Result<Caller, Error> {
+        if token_id.is_empty() || token_secret.is_empty() {
+            // No credentials guess nothing: not counted, never throttled.
+            return Err(denied(token_id, token_secret));
+        }
+        let attempt = self.throttle.begin(client)?;
+        let result = self.check_credentials(token_id, token_secret).await;
+        let failed = matches!(&result, Err(e) if e.kind() == ErrorKind::Unauthenticated);
+        self.throttle.settle(attempt, failed);
+        result
+    }
+
+    async fn check_credentials(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
         if token_id.is_empty() || token_secret.is_empty() {
             return Err(denied(token_id, token_secret));
         }

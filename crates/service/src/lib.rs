@@ -14,6 +14,7 @@ pub mod sandboxes;
 mod secrets;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
 mod tokens;
 
 use std::{sync::Arc, time::Duration};
@@ -23,6 +24,7 @@ pub use latchkey_store::{
     Environment, EnvironmentUpdate, KeyChanges, Role, Secret, SecretKind, SecretSummary,
     SecretVersion, Store, Token, VersionAction, DEFAULT_KEEP_VERSIONS,
 };
+pub use throttle::{AuthFailureLimit, ClientAddr, MAX_ADDRESSES};
 
 /// Largest page a listing returns; larger requests are cut to this.
 pub const MAX_PAGE: u32 = 1_000;
@@ -35,6 +37,8 @@ pub struct ServiceConfig {
     /// How many versions of each named secret are kept (at least 1); older
     /// ones are destroyed with their data keys.
     pub keep_versions: u32,
+    /// How many failed authentications a client address may make.
+    pub auth_failures: AuthFailureLimit,
 }
 
 /// The service layer. Cheap to clone.
@@ -43,6 +47,7 @@ pub struct Service {
     store: Arc<dyn Store>,
     config: Arc<ServiceConfig>,
     tokens: Arc<auth::TokenCache>,
+    throttle: Arc<throttle::Throttle>,
 }
 
 /// How a named secret is created when its name exists.
@@ -53,6 +58,7 @@ impl Service {
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
         Self {
             store,
+            throttle: Arc::new(throttle::Throttle::new(config.auth_failures)),
             config: Arc::new(config),
             tokens: Arc::new(auth::TokenCache::default()),
         }

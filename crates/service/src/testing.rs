@@ -87,6 +87,7 @@ impl TestService {
             ServiceConfig {
                 anonymous_ttl: ANONYMOUS_TTL,
                 keep_versions: crate::DEFAULT_KEEP_VERSIONS,
+                auth_failures: crate::AuthFailureLimit::default(),
             },
         );
         let admin = service

@@ -7,5 +7,6 @@ mod harness;
 mod limits;
 mod run;
 mod serve;
+mod throttle;
 mod tokens;
 mod versions;

@@ -46,7 +46,11 @@ impl FromRequestParts<Service> for Authenticated {
                 })?
             }
         };
-        let caller = service.authenticate(id, secret).await?;
+        let client = parts
+            .extensions
+            .get::<latchkey_service::ClientAddr>()
+            .copied();
+        let caller = service.authenticate_from(client, id, secret).await?;
         Ok(Authenticated {
             service: service.clone(),
             caller,

@@ -133,7 +133,11 @@ pub(crate) async fn authenticate_first(
             };
             (header("x-modal-token-id"), header("x-modal-token-secret"))
         };
-        match auth.service.authenticate(&id, &secret).await {
+        let client = request
+            .extensions()
+            .get::<latchkey_service::ClientAddr>()
+            .copied();
+        match auth.service.authenticate_from(client, &id, &secret).await {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
             }
