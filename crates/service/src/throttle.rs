@@ -1,25 +1,29 @@
 //! Throttling failed authentication per client address.
 //!
 //! Each address has a token bucket of [`AuthFailureLimit::burst`]
-//! attempts, refilled at `burst` per [`AuthFailureLimit::period`]. Every
-//! authentication attempt from an address takes one attempt from its bucket
-//! before the credentials are checked, and a successful one gives it back:
-//! only failures use the bucket up. Once it is empty, every further attempt
-//! from the address is refused (RESOURCE_EXHAUSTED / 429, naming the wait)
-//! *without checking the credentials*, valid ones included: checking them
-//! would let a guessing script learn when it guessed right, which is what
-//! the limit exists to stop. That is how Vault and similar systems treat a
-//! locked-out client. Requests from other addresses are never slowed, and
-//! requests that authenticate no token (a signed-in dashboard session,
-//! `/healthz`) are not affected.
+//! attempts, refilled at `burst` per [`AuthFailureLimit::period`]. An
+//! authentication attempt from an address is let through while its bucket
+//! holds at least one attempt, and takes one from it only if it fails: valid
+//! requests cost nothing, however many arrive at once. Failures that were
+//! already under way when the bucket ran dry still count: the bucket goes
+//! into debt, and the address waits until it is repaid, so that guessing
+//! with many requests at once gains nothing over the limit's rate. Once the
+//! bucket is empty, every further attempt from the address is refused
+//! (RESOURCE_EXHAUSTED / 429, naming the wait) *without checking the
+//! credentials*, valid ones included: checking them would let a guessing
+//! script learn when it guessed right, which is what the limit exists to
+//! stop. That is how Vault and similar systems treat a locked-out client.
+//! Requests from other addresses are never slowed, and requests that
+//! authenticate no token (a signed-in dashboard session, `/healthz`) are
+//! not affected.
 //!
 //! IPv6 addresses are grouped by their /64 (one host usually has a whole
 //! /64), and IPv4-mapped IPv6 addresses count as their IPv4 address.
 //!
 //! This is a small map of our own rather than a crate such as `governor`:
-//! a failure must be counted only once known (a reservation given back on
-//! success), the retry time must be named, and the memory must have a hard
-//! bound. At most [`MAX_ADDRESSES`] addresses are tracked; when the map is
+//! a failure must be counted only once known (after the check that lets the
+//! attempt through), the retry time must be named, and the memory must have
+//! a hard bound. At most [`MAX_ADDRESSES`] addresses are tracked; when the map is
 //! full, buckets that have refilled are dropped first (they hold nothing a
 //! new bucket would not), then the fullest ones, so an attacker spreading
 //! over many addresses cannot grow the map, and the addresses that failed
@@ -78,7 +82,7 @@ pub(crate) struct Throttle {
     max: usize,
 }
 
-/// A reservation of one attempt; [`Throttle::settle`] keeps or returns it.
+/// An attempt let through; [`Throttle::settle`] counts it if it failed.
 #[must_use]
 #[derive(Clone, Copy)]
 pub(crate) struct Attempt(Option<IpAddr>);
@@ -100,26 +104,23 @@ impl Throttle {
         f64::from(self.limit.burst) / self.limit.period.as_secs_f64().max(1e-3)
     }
 
+    /// The attempts a bucket holds at `now` (negative: in debt).
     fn refilled(&self, bucket: Bucket, now: Instant) -> f64 {
         let elapsed = now.duration_since(bucket.updated).as_secs_f64();
         (bucket.attempts + elapsed * self.per_second()).min(f64::from(self.limit.burst))
     }
 
-    /// Takes one attempt for `client`, or refuses naming the wait.
+    /// Lets an attempt from `client` through, or refuses it naming the wait.
     pub(crate) fn begin(&self, client: Option<ClientAddr>) -> Result<Attempt, Error> {
         let Some(ClientAddr(ip)) = client.filter(|_| self.limit.burst > 0) else {
             return Ok(Attempt(None));
         };
         let key = key(ip);
         let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let attempts = match buckets.get(&key) {
-            Some(b) => self.refilled(*b, now),
-            None => {
-                self.make_room(&mut buckets, now);
-                f64::from(self.limit.burst)
-            }
-        };
+        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let attempts = buckets
+            .get(&key)
+            .map_or(f64::from(self.limit.burst), |b| self.refilled(*b, now));
         if attempts < 1.0 {
             let wait = ((1.0 - attempts) / self.per_second()).ceil().max(1.0);
             // audit: authentication throttled (client address `ip`)
@@ -129,6 +130,24 @@ impl Throttle {
             ))
             .with_retry_after(Duration::from_secs_f64(wait)));
         }
+        Ok(Attempt(Some(key)))
+    }
+
+    /// Takes one attempt from the bucket of the attempt's address if it
+    /// failed (the credentials were refused).
+    pub(crate) fn settle(&self, attempt: Attempt, failed: bool) {
+        let (Some(key), true) = (attempt.0, failed) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let attempts = match buckets.get(&key) {
+            Some(b) => self.refilled(*b, now),
+            None => {
+                self.make_room(&mut buckets, now);
+                f64::from(self.limit.burst)
+            }
+        };
         buckets.insert(
             key,
             Bucket {
@@ -136,21 +155,6 @@ impl Throttle {
                 updated: now,
             },
         );
-        Ok(Attempt(Some(key)))
-    }
-
-    /// Keeps the attempt when the credentials were refused; gives it back
-    /// otherwise.
-    pub(crate) fn settle(&self, attempt: Attempt, failed: bool) {
-        let (Some(key), false) = (attempt.0, failed) else {
-            return;
-        };
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        if let Some(bucket) = buckets.get_mut(&key) {
-            bucket.attempts = (self.refilled(*bucket, now) + 1.0).min(f64::from(self.limit.burst));
-            bucket.updated = now;
-        }
     }
 
     /// Makes room for one more address (see the module's notes).
@@ -241,6 +245,23 @@ mod tests {
     fn fail_none(t: &Throttle) {
         let attempt = t.begin(None).unwrap();
         t.settle(attempt, true);
+    }
+
+    #[test]
+    fn valid_attempts_at_once_cost_nothing_and_failures_at_once_all_count() {
+        let t = Throttle::new(LIMIT);
+        let valid: Vec<Attempt> = (0..100).map(|_| t.begin(addr("10.0.0.1")).unwrap()).collect();
+        for attempt in valid {
+            t.settle(attempt, false);
+        }
+        // Ten failures under way at once: all let through, all counted.
+        let guesses: Vec<Attempt> = (0..10).map(|_| t.begin(addr("10.0.0.1")).unwrap()).collect();
+        for attempt in guesses {
+            t.settle(attempt, true);
+        }
+        let e = t.begin(addr("10.0.0.1")).err().unwrap();
+        // 7 attempts in debt plus the one wanted, at one per 20 s.
+        assert!(e.message().contains("try again in 160 s"), "{e}");
     }
 
     #[test]
