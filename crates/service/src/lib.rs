@@ -9,6 +9,7 @@
 //! environments, tokens, and authentication (who is calling).
 
 mod auth;
+mod backup;
 mod environments;
 pub mod sandboxes;
 mod secrets;

@@ -250,12 +250,16 @@ mod tests {
     #[test]
     fn valid_attempts_at_once_cost_nothing_and_failures_at_once_all_count() {
         let t = Throttle::new(LIMIT);
-        let valid: Vec<Attempt> = (0..100).map(|_| t.begin(addr("10.0.0.1")).unwrap()).collect();
+        let valid: Vec<Attempt> = (0..100)
+            .map(|_| t.begin(addr("10.0.0.1")).unwrap())
+            .collect();
         for attempt in valid {
             t.settle(attempt, false);
         }
         // Ten failures under way at once: all let through, all counted.
-        let guesses: Vec<Attempt> = (0..10).map(|_| t.begin(addr("10.0.0.1")).unwrap()).collect();
+        let guesses: Vec<Attempt> = (0..10)
+            .map(|_| t.begin(addr("10.0.0.1")).unwrap())
+            .collect();
         for attempt in guesses {
             t.settle(attempt, true);
         }

@@ -15,6 +15,7 @@
 //! layout (wrapped data key, ciphertext, version bound into the associated
 //! data) in one place.
 
+pub mod backup;
 mod cache;
 mod changes;
 pub mod conformance;
@@ -122,6 +123,16 @@ fn unsupported(url: &str) -> OpenError {
         "unsupported scheme {:?} (expected sqlite://PATH or postgres://USER@HOST:PORT/DB)",
         url.split(':').next().unwrap_or_default()
     ))
+}
+
+/// The store at `url` for messages: a SQLite file, or PostgreSQL's
+/// `host:port/db` (never a password).
+pub fn describe(url: &str) -> String {
+    match Backend::of(url) {
+        Some(Backend::Sqlite) => sqlite::describe(url),
+        Some(Backend::Postgres) => postgres::describe(url),
+        None => "an unsupported database".to_owned(),
+    }
 }
 
 /// The files a store at `url` keeps on this machine: a SQLite database and
@@ -374,6 +385,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes anonymous secrets whose time to live ended before `now`.
     /// Returns how many it deleted.
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error>;
+
+    /// Starts a backup of the whole store ([`backup::take`]): one
+    /// consistent snapshot read while the store serves, its bytes yielded
+    /// in chunks.
+    fn backup(&self) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, copy::CopyError>>;
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Integration tests: the real `latchkey` binary, started on a free port.
 
+mod backup;
 mod cli;
 mod crash;
 mod grpc;

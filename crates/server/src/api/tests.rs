@@ -125,6 +125,7 @@ const ROUTES: &[&str] = &[
     "POST /tokens",
     "DELETE /tokens/{id}",
     "POST /tokens/{id}/rotate",
+    "GET /backup",
 ];
 
 #[tokio::test]

@@ -472,6 +472,10 @@ where
         .await
     }
 
+    fn backup(&self) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, crate::copy::CopyError>> {
+        crate::backup::take(Engine::raw(self))
+    }
+
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {
         self.write(move |store| async move {
             let mut tx = begin(store.writer()).await?;
