@@ -142,9 +142,6 @@ impl Service {
     }
 
     async fn check_credentials(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
-        if token_id.is_empty() || token_secret.is_empty() {
-            return Err(denied(token_id, token_secret));
-        }
         let now = now_micros();
         let presented = hash_token_secret(token_secret);
         if let Some(caller) = self.tokens.get(token_id, &presented, now) {
@@ -161,16 +158,7 @@ impl Service {
             return Err(expired(token_id, at));
         }
         let mut token = found.token;
-        if token
-            .last_used_at
-            .is_none_or(|last| last <= now - LAST_USED_RESOLUTION)
-        {
-            // Bookkeeping: a failure to record it must not refuse the
-            // request (the store logged the cause).
-            if self.store.mark_token_used(token_id, now).await.is_ok() {
-                token.last_used_at = Some(now);
-            }
-        }
+        self.note_use(&mut token, now).await;
         let workspace = self.store.workspace(&token.workspace_id).await?;
         let caller = Caller {
             token,
@@ -197,12 +185,31 @@ impl Service {
         if found.token.expired_at(now) {
             return Ok(None);
         }
+        let mut token = found.token;
+        self.note_use(&mut token, now).await;
         Ok(Some(Caller {
-            token: found.token,
+            token,
             workspace: caller.workspace.clone(),
             secret_hash: caller.secret_hash,
             valid_until,
         }))
+    }
+
+    /// Records that `token` was used at `now`, unless a use within
+    /// [`LAST_USED_RESOLUTION`] is recorded already (so at most one write a
+    /// minute per token).
+    async fn note_use(&self, token: &mut Token, now: Micros) {
+        if token
+            .last_used_at
+            .is_some_and(|last| last > now - LAST_USED_RESOLUTION)
+        {
+            return;
+        }
+        // Bookkeeping: a failure to record it must not refuse the request
+        // (the store logged the cause).
+        if self.store.mark_token_used(&token.id, now).await.is_ok() {
+            token.last_used_at = Some(now);
+        }
     }
 
     /// Drops the token from this replica's authentication cache, so that a

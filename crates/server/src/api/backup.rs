@@ -6,7 +6,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{error::ApiError, extract::Authenticated, responses::NotAdmin};
+use super::{
+    error::{ApiError, ErrorBody},
+    extract::Authenticated,
+    responses::NotAdmin,
+};
 
 /// Take a backup of the whole store (an admin of the server's first
 /// workspace). The answer streams the backup file: a manifest line (format
@@ -19,14 +23,32 @@ use super::{error::ApiError, extract::Authenticated, responses::NotAdmin};
     get, path = "/backup", tag = "backup",
     responses(
         (status = 200, description = "The backup file", content_type = "application/x-ndjson"),
+        (status = 503, description = "The store cannot be read now", body = ErrorBody),
         NotAdmin,
     )
 )]
 pub(crate) async fn backup(
     Authenticated { service, caller }: Authenticated,
 ) -> Result<Response, ApiError> {
-    let chunks = service.backup(&caller)?;
-    let stream = futures::stream::unfold(chunks, |mut chunks| async move {
+    let mut chunks = service.backup(&caller)?;
+    // The answer's status is sent before its body: wait for the manifest,
+    // so that a store that cannot be read is a 503, not a cut stream.
+    let first = match chunks.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "backup failed before it began");
+            return Err(latchkey_core::Error::unavailable(
+                "The backup could not read the store; try again shortly",
+            )
+            .into());
+        }
+        None => {
+            return Err(
+                latchkey_core::Error::unavailable("The backup ended before it began").into(),
+            )
+        }
+    };
+    let rest = futures::stream::unfold(chunks, |mut chunks| async move {
         let chunk = chunks.recv().await?;
         let chunk = chunk.map_err(|e| {
             tracing::error!(error = %e, "backup failed; its stream is cut");
@@ -34,6 +56,10 @@ pub(crate) async fn backup(
         });
         Some((chunk, chunks))
     });
+    let stream = futures::StreamExt::chain(
+        futures::stream::once(async move { Ok::<_, std::io::Error>(first) }),
+        rest,
+    );
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
