@@ -1,6 +1,8 @@
-"""Tokens that expire and rotate, seen by the unmodified Modal client: an
-expired token, or a rotated-out secret past its grace period, is an AuthError
-naming what happened; the new secret works."""
+"""Tokens that expire and rotate, and throttled authentication, seen by the
+unmodified Modal client: an expired token, or a rotated-out secret past its
+grace period, is an AuthError naming what happened; the new secret works; an
+address past the limit of failed authentications gets ResourceExhaustedError
+naming the wait."""
 
 import json
 import os
@@ -59,3 +61,14 @@ def test_expiry_and_rotation_through_the_modal_client(server):
     listed = {t["id"]: t for t in latchkey(server, "token", "list")}
     assert listed[token_id]["expires_at"] == short["token"]["expires_at"]
     assert listed[token_id]["last_used_at"] is not None
+
+
+def test_failed_authentication_is_throttled_for_the_modal_client(start_server):
+    server = start_server(args=["--auth-failure-limit", "2"])
+    for _ in range(2):
+        with pytest.raises(modal.exception.AuthError):
+            hello(server, server.token_id, "as-" + "G" * 32)
+    for secret in ["as-" + "G" * 32, server.token_secret]:
+        with pytest.raises(modal.exception.ResourceExhaustedError) as exc:
+            hello(server, server.token_id, secret)
+        assert "try again in" in str(exc.value)
