@@ -3,6 +3,7 @@
 //! commands being a thin layer over the SDK (crate `latchkey`).
 
 mod audit;
+mod backup;
 mod completions;
 mod connect;
 mod db;
@@ -58,6 +59,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Work on a store's database directly: `db copy` between SQLite and PostgreSQL.
     Db(db::DbArgs),
+    /// Back up the whole store of a running server (`backup FILE`), or check a backup (`backup verify FILE`).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new, empty store.
+    Restore(backup::RestoreArgs),
     /// Create, list, inspect, update and delete named secrets.
     Secret(secret::SecretArgs),
     /// List, create, rename and delete environments.
@@ -94,6 +99,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Db(args) => db::run(args),
+        Command::Backup(args) => backup::run(args),
+        Command::Restore(args) => backup::restore(&args),
         Command::Secret(args) => secret::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Environment(args) => environment::run(args),

@@ -120,6 +120,7 @@ fn routes(app: App) -> Router {
         .route("/tokens/{id}", get(tokens::show))
         .route("/audit", get(audit::list))
         .route("/audit/verify", post(audit::verify))
+        .route("/tokens/rotate", post(tokens::rotate))
         .route("/static/app.css", get(assets::css))
         .route("/static/app.js", get(assets::js))
         .route("/static/icon.svg", get(assets::icon))

@@ -131,16 +131,30 @@ pub(crate) async fn submit(
     let form = Form::parse(&body);
     let (token_id, token_secret) = credentials(&form);
     drop(form);
-    let origin = crate::session::origin(client.map(|c| c.0));
-    let caller = match app
+    let origin = crate::session::origin(client.map(|axum::Extension(c)| c));
+    let authenticated = app
         .service
         .authenticate(&token_id, &token_secret.0, &origin)
-        .await
-    {
+        .await;
+    let caller = match authenticated {
         Ok(caller) => caller,
+        Err(e) if e.kind() == latchkey_core::ErrorKind::ResourceExhausted => {
+            let mut page = layout::respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                signin_page(None, Some(e.message())),
+            );
+            if let Some(wait) = e.retry_after() {
+                page.headers_mut()
+                    .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+            }
+            return page;
+        }
         Err(e) if e.kind() == latchkey_core::ErrorKind::Unauthenticated => {
             let message = if token_id.is_empty() || token_secret.0.is_empty() {
                 "Give both the token id (ak-…) and its secret (as-…)."
+            } else if e.message().contains(" expired at ") {
+                // Said only to a caller who holds the token's secret.
+                e.message()
             } else {
                 "That token was not accepted: it is unknown, revoked, or its secret is wrong."
             };

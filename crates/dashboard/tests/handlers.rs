@@ -46,6 +46,7 @@ async fn harness_keeping(keep: u32) -> Harness {
             anonymous_ttl: ANONYMOUS_TTL,
             keep_versions: keep,
             audit_metadata_reads: false,
+            auth_failures: latchkey_service::AuthFailureLimit::default(),
         },
     );
     Harness {
@@ -69,6 +70,21 @@ impl Harness {
             .unwrap()
     }
 
+    /// A new token made by the admin, valid for `ttl` if given, and its secret.
+    async fn token(
+        &self,
+        name: &str,
+        role: Role,
+        ttl: Option<std::time::Duration>,
+    ) -> (latchkey_service::Token, String) {
+        let (token, secret) = self
+            .service
+            .create_token(&self.admin().await, name, role, None, ttl)
+            .await
+            .unwrap();
+        (token, secret.to_string())
+    }
+
     /// Someone else's change of secret `id`, made through the service.
     async fn update(&self, id: &str, changes: &[(&str, Option<&str>)]) {
         let changes: Vec<(String, Option<String>)> = changes
@@ -83,13 +99,9 @@ impl Harness {
 
     /// A new token of `role` named `name`, made by the admin: its id and
     /// secret.
-    async fn token(&self, name: &str, role: Role) -> (String, String) {
-        let (token, secret) = self
-            .service
-            .create_token(&self.admin().await, name, role, None)
-            .await
-            .unwrap();
-        (token.id, secret.to_string())
+    async fn token_pair(&self, name: &str, role: Role) -> (String, String) {
+        let (token, secret) = self.token(name, role, None).await;
+        (token.id, secret)
     }
 
     /// The audit log's events that `filter` selects, oldest first.
@@ -423,7 +435,7 @@ async fn a_revoked_token_ends_its_sessions() {
         .unwrap();
     let (token, secret) = h
         .service
-        .create_token(&admin, "dev", Role::Developer, None)
+        .create_token(&admin, "dev", Role::Developer, None, None)
         .await
         .unwrap();
     let mut b = Browser::new(&h);
@@ -444,6 +456,46 @@ async fn a_revoked_token_ends_its_sessions() {
     let r = b.get("/").await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
     assert_eq!(r.location(), "/signin?ended=1");
+}
+
+#[tokio::test]
+async fn an_expired_or_rotated_out_token_ends_its_sessions() {
+    let h = harness().await;
+    let ttl = std::time::Duration::from_millis(600);
+    let (short, short_secret) = h.token("short", Role::Developer, Some(ttl)).await;
+    let (ci, ci_secret) = h.token("ci", Role::Developer, None).await;
+    let mut expiring = Browser::new(&h);
+    let mut rotated = Browser::new(&h);
+    expiring.sign_in_as(&short.id, &short_secret).await;
+    rotated.sign_in_as(&ci.id, &ci_secret).await;
+    for b in [&mut expiring, &mut rotated] {
+        assert_eq!(b.get("/").await.status, StatusCode::OK);
+    }
+    // A rotation with a grace period keeps the session until it ends.
+    h.service
+        .rotate_token(&h.admin().await, &ci.id, Some(ttl))
+        .await
+        .unwrap();
+    assert_eq!(rotated.get("/").await.status, StatusCode::OK);
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    for b in [&mut expiring, &mut rotated] {
+        let r = b.get("/").await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        assert_eq!(r.location(), "/signin?ended=1");
+    }
+    // Signing in again with the expired token says when it expired.
+    let r = expiring
+        .post(
+            "/signin",
+            &[("token_id", &short.id), ("token_secret", &short_secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body.contains(&format!("token {} expired at", short.id)),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -1204,9 +1256,73 @@ async fn tokens_are_created_once_listed_and_revoked() {
 }
 
 #[tokio::test]
+async fn tokens_get_an_expiry_and_are_rotated_from_the_form() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let fields = |ttl| {
+        [
+            ("csrf", csrf.as_str()),
+            ("name", "ci"),
+            ("role", "reader"),
+            ("ttl", ttl),
+        ]
+    };
+    let r = b.post("/tokens", &fields("0")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("greater than zero"), "{}", r.body);
+    let r = b.post("/tokens", &fields("30d")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let tokens = h.service.list_tokens(&h.admin().await).await.unwrap();
+    assert_eq!(tokens.len(), 2, "the refused form created nothing");
+    let ci = tokens.iter().find(|t| t.name == "ci").unwrap();
+    let expires = ci.expires_at.expect("an expiry") - ci.created_at;
+    assert!(
+        (expires - 30 * 86_400_000_000).abs() < 5_000_000,
+        "{expires}"
+    );
+
+    let r = b
+        .post(
+            "/tokens/rotate",
+            &[("csrf", &csrf), ("id", &ci.id), ("grace", "10m")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("has a new secret"), "{}", r.body);
+    assert!(
+        r.body.contains("previous secret is accepted until"),
+        "{}",
+        r.body
+    );
+    let at = r.body.find("LATCHKEY_TOKEN_SECRET=").unwrap() + 22;
+    let secret = r.body[at..at + 35].to_owned();
+    assert!(h
+        .service
+        .authenticate(&ci.id, &secret, &latchkey_service::Origin::server())
+        .await
+        .is_ok());
+    let r = b
+        .post(
+            "/tokens/rotate",
+            &[("csrf", &csrf), ("id", &ci.id), ("grace", "later")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        h.service
+            .authenticate(&ci.id, &secret, &latchkey_service::Origin::server())
+            .await
+            .is_ok(),
+        "unchanged"
+    );
+}
+
+#[tokio::test]
 async fn a_reader_sees_but_cannot_change() {
     let h = harness().await;
-    let (token, secret) = h.token("viewer", Role::Reader).await;
+    let (token, secret) = h.token_pair("viewer", Role::Reader).await;
     let mut b = Browser::new(&h);
     b.sign_in_as(&token, &secret).await;
     let page = b.get("/").await;
@@ -1584,7 +1700,7 @@ async fn a_reader_sees_the_history_but_cannot_roll_back() {
     b.sign_in().await;
     let id = b.create("ro", &[("A", "a1")]).await;
     h.update(&id, &[("A", Some("a2"))]).await;
-    let (token, secret) = h.token("viewer", Role::Reader).await;
+    let (token, secret) = h.token_pair("viewer", Role::Reader).await;
     let mut r = Browser::new(&h);
     r.sign_in_as(&token, &secret).await;
     let history = r.get(&format!("/secrets/{id}/history")).await;
@@ -1747,7 +1863,7 @@ async fn the_audit_page_lists_and_filters_events_and_never_a_value() {
     b.sign_in().await;
     let id = b.create("pg", &[("PASSWORD", "val-hunter2")]).await;
     b.get(&format!("/secrets/{id}?reveal=PASSWORD")).await;
-    let (ci, ci_secret) = h.token("ci", Role::Reader).await;
+    let (ci, ci_secret) = h.token_pair("ci", Role::Reader).await;
 
     let all = b.get("/audit").await;
     assert_eq!(all.status, StatusCode::OK);
@@ -1922,7 +2038,7 @@ async fn a_reader_may_not_read_the_audit_log_nor_who_read_a_secret() {
     let mut b = Browser::new(&h);
     b.sign_in().await;
     let id = b.create("guarded", &[("A", "1")]).await;
-    let (reader, secret) = h.token("viewer", Role::Reader).await;
+    let (reader, secret) = h.token_pair("viewer", Role::Reader).await;
     let mut r = Browser::new(&h);
     r.sign_in_as(&reader, &secret).await;
     let home = r.get("/").await;
@@ -1960,7 +2076,7 @@ async fn a_tokens_page_says_what_to_rotate_and_a_secrets_page_who_read_it() {
     let mut b = Browser::new(&h);
     b.sign_in().await;
     let id = b.create("db", &[("PASSWORD", "val-s3cret")]).await;
-    let (ci, ci_secret) = h.token("ci-runner", Role::Reader).await;
+    let (ci, ci_secret) = h.token_pair("ci-runner", Role::Reader).await;
     let ci_caller = h
         .service
         .authenticate(&ci, &ci_secret, &latchkey_service::Origin::server())

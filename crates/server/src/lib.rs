@@ -10,5 +10,5 @@ pub mod grpc;
 pub mod http;
 pub mod serve;
 
-pub use latchkey_service::DEFAULT_KEEP_VERSIONS;
+pub use latchkey_service::{AuthFailureLimit, DEFAULT_KEEP_VERSIONS};
 pub use serve::{serve, ServeConfig};

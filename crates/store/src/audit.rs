@@ -41,6 +41,8 @@ pub const ACTIONS: &[&str] = &[
     "dashboard.signout",
     "audit.checkpoint",
     "token.list",
+    "token.rotate",
+    "backup.create",
     "audit.list",
     "audit.verify",
     "audit.exposure",

@@ -1,6 +1,7 @@
 //! Integration tests: the real `latchkey` binary, started on a free port.
 
 mod audit;
+mod backup;
 mod cli;
 mod crash;
 mod grpc;
@@ -8,4 +9,6 @@ mod harness;
 mod limits;
 mod run;
 mod serve;
+mod throttle;
+mod tokens;
 mod versions;
