@@ -6,14 +6,14 @@ use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
 use latchkey_sandbox::{Isolation, SandboxConfig};
-use latchkey_server::{bootstrap::MasterKeySources, serve::Limits, ServeConfig};
+use latchkey_server::{bootstrap::MasterKeySources, serve::Limits, tls::TlsFiles, ServeConfig};
 use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 
 /// Run the latchkey server.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  latchkey serve\n  latchkey serve --listen 0.0.0.0:7420 --data-dir /var/lib/latchkey\n  LATCHKEY_MASTER_KEY=$(cat key.b64) latchkey serve --data-dir ./data"
+    after_help = "Examples:\n  latchkey serve\n  latchkey serve --listen 0.0.0.0:7420 --data-dir /var/lib/latchkey --tls-cert cert.pem --tls-key key.pem\n  LATCHKEY_MASTER_KEY=$(cat key.b64) latchkey serve --data-dir ./data"
 )]
 pub(crate) struct ServeArgs {
     /// Address to listen on.
@@ -76,6 +76,24 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LATCHKEY_MAX_BUFFERED_MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(17..=65536))]
     max_buffered_mib: u32,
+    /// Serve over TLS with this certificate (PEM: the server's certificate,
+    /// then any intermediates); needs --tls-key. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "LATCHKEY_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs
+    /// --tls-cert. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "LATCHKEY_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -148,6 +166,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             idle_connection_timeout: args.idle_connection_timeout,
             max_buffered_bytes: args.max_buffered_mib as usize * 1024 * 1024,
         },
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -269,7 +269,7 @@ mod tokens;
 mod versions;
 
 pub use app::{App, Function, FunctionCall, FunctionError, Isolation};
-pub use client::{Client, WhoAmI};
+pub use client::{Client, WhoAmI, CA_CERT_VAR};
 pub use config::{Config, ConfigSource, DEFAULT_SERVER_URL};
 pub use environments::{DeleteEnvironment, EnvironmentInfo, Environments};
 pub use error::{Error, Result};

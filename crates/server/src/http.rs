@@ -14,7 +14,7 @@ use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
     http::{
-        header::{CONTENT_TYPE, RETRY_AFTER},
+        header::{CONTENT_TYPE, RETRY_AFTER, STRICT_TRANSPORT_SECURITY},
         StatusCode,
     },
     middleware::{self, Next},
@@ -52,6 +52,44 @@ pub fn app_with_limits(
     sandboxes: Option<Sandboxes>,
     max_buffered_bytes: usize,
 ) -> Router {
+    app_with_options(
+        service,
+        sandboxes,
+        &AppOptions {
+            max_buffered_bytes,
+            ..AppOptions::default()
+        },
+    )
+}
+
+/// How [`app_with_options`] serves.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Most bytes of request bodies held at once (see `limit_buffered_bytes`).
+    pub max_buffered_bytes: usize,
+    /// Served over TLS: the dashboard's answers carry
+    /// `Strict-Transport-Security`.
+    pub tls: bool,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            tls: false,
+        }
+    }
+}
+
+/// What browsers are told on the dashboard over TLS: only https for a year.
+const HSTS: &str = "max-age=31536000";
+
+/// The whole router, as `options` say.
+pub fn app_with_options(
+    service: Service,
+    sandboxes: Option<Sandboxes>,
+    options: &AppOptions,
+) -> Router {
     let modal = grpc::ModalApi::new(service.clone()).with_sandboxes(sandboxes.clone());
     let auth = grpc::GrpcAuth {
         service: service.clone(),
@@ -66,13 +104,25 @@ pub fn app_with_limits(
             auth,
             grpc::authenticate_first,
         ));
-    let budget = BodyBudget::new(max_buffered_bytes);
+    let budget = BodyBudget::new(options.max_buffered_bytes);
+    let mut dashboard = latchkey_dashboard::router(service.clone());
+    if options.tls {
+        dashboard = dashboard.layer(middleware::map_response(
+            |mut response: Response| async move {
+                response.headers_mut().insert(
+                    STRICT_TRANSPORT_SECURITY,
+                    axum::http::HeaderValue::from_static(HSTS),
+                );
+                response
+            },
+        ));
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(service.clone())
-        .nest("/api/v1", api::router(service.clone()))
-        .merge(latchkey_dashboard::router(service))
+        .nest("/api/v1", api::router(service))
+        .merge(dashboard)
         .merge(grpc_routes)
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))

@@ -19,6 +19,7 @@ use hyper_util::{
 use latchkey_core::paths;
 use latchkey_store::{crypto::Keyring, Backend, Store};
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use latchkey_service::{Service, ServiceConfig};
 
@@ -27,6 +28,7 @@ use latchkey_sandbox::{SandboxConfig, Sandboxes};
 use crate::{
     bootstrap::{self, MasterKeySources},
     http,
+    tls::{Tls, TlsFiles},
 };
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -55,6 +57,8 @@ pub struct ServeConfig {
     pub sandboxes: Option<SandboxConfig>,
     /// Connection and buffering limits.
     pub limits: Limits,
+    /// `--tls-cert` and `--tls-key`; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// What the server grants clients it has not yet heard from, so that idle
@@ -99,15 +103,17 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// descriptors, instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// The URL clients on this machine use to reach a server listening on `addr`.
-pub fn local_url(addr: SocketAddr) -> String {
+/// The URL clients on this machine use to reach a server listening on
+/// `addr`, over TLS (`https`) or not.
+pub fn local_url(addr: SocketAddr, tls: bool) -> String {
     let host = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "[::1]".to_owned(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    format!("http://{host}:{}", addr.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Opens the configured store, creating it if needed.
@@ -137,6 +143,16 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Bad TLS files are refused before anything is created or served.
+    let tls = config.tls.clone().map(Tls::load).transpose()?;
+    let reloads = tls.as_ref().map(reload_on_sighup).transpose()?;
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving without TLS on an address other hosts can reach: tokens and secret values \
+             cross the network in clear; pass --tls-cert PEM --tls-key PEM"
+        );
+    }
     bootstrap::ensure_data_dir(&config.data_dir)?;
     let store = open_store(&config).await?;
     // Bind before bootstrapping so that the admin token names the real
@@ -144,7 +160,7 @@ pub async fn serve(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let url = local_url(listener.local_addr()?);
+    let url = local_url(listener.local_addr()?, tls.is_some());
     bootstrap::bootstrap_store(store.as_ref(), &config.data_dir, &url).await?;
     let token_file = config.data_dir.join(paths::ADMIN_TOKEN_FILE);
     let service = Service::new(
@@ -167,10 +183,13 @@ pub async fn serve(
         token_file.display()
     );
 
-    let app = http::app_with_limits(
+    let app = http::app_with_options(
         service.clone(),
         sandboxes.clone(),
-        config.limits.max_buffered_bytes,
+        &http::AppOptions {
+            max_buffered_bytes: config.limits.max_buffered_bytes,
+            tls: tls.is_some(),
+        },
     );
     let stop = async move {
         shutdown.await;
@@ -181,7 +200,8 @@ pub async fn serve(
             sandboxes.shutdown().await;
         }
     };
-    let graceful = accept_until(listener, app, &config.limits, stop).await;
+    let acceptor = tls.as_ref().map(|tls| tls.acceptor().clone());
+    let graceful = accept_until(listener, acceptor, app, &config.limits, stop).await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
@@ -189,6 +209,9 @@ pub async fn serve(
         }
     }
     sweeper.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     // A database that stopped answering (a lost network) must not keep the
     // process from exiting: closing waits for connections to be returned.
     if tokio::time::timeout(STORE_CLOSE_LIMIT, service.store().close())
@@ -205,6 +228,7 @@ pub async fn serve(
 /// still open are then the returned [`GracefulShutdown`]'s to finish.
 async fn accept_until(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: axum::Router,
     limits: &Limits,
     stop: impl Future<Output = ()>,
@@ -257,36 +281,114 @@ async fn accept_until(
                 tower::Service::call(&mut app.clone(), request)
             })
         };
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let connection = Connection {
+            builder: Arc::clone(&builder),
+            watcher: graceful.watcher(),
+            requested,
+            idle_timeout,
+            peer,
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            let connection = watcher.watch(connection.into_owned());
-            tokio::pin!(connection);
-            // A connection is cut for idleness only if it never delivered a
-            // request; once in use, HTTP/2 keepalive watches it instead.
-            let result = tokio::select! {
-                result = &mut connection => Some(result),
-                () = tokio::time::sleep(idle_timeout) => {
-                    if requested.load(Ordering::Relaxed) {
-                        None
-                    } else {
-                        tracing::debug!(%peer, "closing a connection that sent no request in {idle_timeout:?}");
-                        return;
+            match tls {
+                None => connection.serve(tcp, service).await,
+                // The handshake counts as part of the first request: it
+                // gets the same time.
+                Some(acceptor) => {
+                    match tokio::time::timeout(idle_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection.serve(stream, service).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "closing a connection whose TLS handshake took over {idle_timeout:?}")
+                        }
                     }
                 }
-            };
-            let result = match result {
-                Some(result) => result,
-                None => connection.await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);
         });
     }
     graceful
+}
+
+/// One accepted connection, and what serving it needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Set once the connection delivered a request.
+    requested: Arc<AtomicBool>,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection (plain TCP or TLS) until it ends.
+    async fn serve<I, S>(self, io: I, service: S)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Self {
+            builder,
+            watcher,
+            requested,
+            idle_timeout,
+            peer,
+        } = self;
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = watcher.watch(connection.into_owned());
+        tokio::pin!(connection);
+        // A connection is cut for idleness only if it never delivered a
+        // request; once in use, HTTP/2 keepalive watches it instead.
+        let result = tokio::select! {
+            result = &mut connection => Some(result),
+            () = tokio::time::sleep(idle_timeout) => {
+                if requested.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    tracing::debug!(%peer, "closing a connection that sent no request in {idle_timeout:?}");
+                    return;
+                }
+            }
+        };
+        let result = match result {
+            Some(result) => result,
+            None => connection.await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Reloads the certificate and key on each SIGHUP, from now on (the handler
+/// is installed before serving, so that an early SIGHUP does not stop the
+/// server). A pair that fails to load leaves the one in use.
+fn reload_on_sighup(tls: &Tls) -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let tls = tls.clone();
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let files = tls.files();
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %files.cert.display(),
+                    key = %files.key.display(),
+                    "SIGHUP: reloaded the TLS certificate and key; new connections use them"
+                ),
+                Err(e) => tracing::error!(
+                    "SIGHUP: cannot reload the TLS certificate, still serving the previous one: {e:#}"
+                ),
+            }
+        }
+    }))
 }
 
 /// How long closing the store may take at shutdown.

@@ -7,4 +7,5 @@ mod harness;
 mod limits;
 mod run;
 mod serve;
+mod tls;
 mod versions;
