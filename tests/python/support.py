@@ -68,6 +68,31 @@ def http_get(url: str, timeout: float = 2.0, context: ssl.SSLContext | None = No
         return exc.code, exc.read()
 
 
+def scrape_metrics(server: "Server", headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET /metrics: (status, body)."""
+    request = urllib.request.Request(f"{server.url}/metrics", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=server.ssl_context()) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`, parsed from
+    /metrics' text by the Prometheus client's own parser (which rejects malformed text)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total, seen = 0.0, False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+                seen = True
+    assert seen, f"no sample {name}{labels} in /metrics:\n{text}"
+    return total
+
+
 def snapshot_dir(path: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under `path`."""
     out = {}

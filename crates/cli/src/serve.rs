@@ -6,7 +6,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
 use latchkey_sandbox::{Isolation, SandboxConfig};
-use latchkey_server::{bootstrap::MasterKeySources, serve::Limits, tls::TlsFiles, ServeConfig};
+use latchkey_server::{
+    bootstrap::MasterKeySources, serve::Limits, telemetry::MetricsAccess, tls::TlsFiles,
+    ServeConfig,
+};
 use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 
@@ -94,6 +97,12 @@ pub(crate) struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
+    /// A file holding a token (one line) that lets clients other than
+    /// loopback ones read /metrics, sent as `Authorization: Bearer TOKEN`
+    /// (Prometheus: `authorization: {credentials_file: FILE}`). Without it,
+    /// /metrics answers loopback clients only.
+    #[arg(long, env = "LATCHKEY_METRICS_TOKEN_FILE", value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
@@ -141,6 +150,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
              --sandbox-isolation or say bwrap"
         );
     }
+    let metrics = match &args.metrics_token_file {
+        None => MetricsAccess::loopback_only(),
+        Some(file) => MetricsAccess::with_token(read_metrics_token(file)?),
+    };
     let config = ServeConfig {
         listen: args.listen,
         data_dir,
@@ -170,6 +183,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             .tls_cert
             .zip(args.tls_key)
             .map(|(cert, key)| TlsFiles { cert, key }),
+        metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -178,6 +192,24 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         let stop = stop_signal()?;
         latchkey_server::serve(config, stop).await
     })
+}
+
+/// The token of `--metrics-token-file`: its one line, at least 16
+/// characters, so that a guess is hopeless.
+fn read_metrics_token(file: &std::path::Path) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(file)
+            .with_context(|| format!("--metrics-token-file {}: cannot read it", file.display()))?,
+    );
+    let token = Zeroizing::new(text.trim().to_owned());
+    if token.len() < 16 || token.contains(char::is_whitespace) {
+        anyhow::bail!(
+            "--metrics-token-file {}: expected one line of at least 16 characters without spaces \
+             (e.g. from `openssl rand -hex 32`)",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 /// A future that resolves on the first SIGINT or SIGTERM, with the handlers

@@ -1,5 +1,5 @@
 //! Everything served on the one port: gRPC, the JSON API, the dashboard,
-//! health and readiness.
+//! health, readiness and metrics.
 
 use std::{
     pin::Pin,
@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use latchkey_service::Service;
 
-use crate::{api, grpc};
+use crate::{api, grpc, telemetry, telemetry::MetricsAccess};
 use latchkey_sandbox::Sandboxes;
 
 /// The whole router, without sandboxes. Tests drive it with `oneshot`,
@@ -70,6 +70,8 @@ pub struct AppOptions {
     /// Served over TLS: the dashboard's answers carry
     /// `Strict-Transport-Security`.
     pub tls: bool,
+    /// Who may read `/metrics` besides loopback clients.
+    pub metrics: MetricsAccess,
 }
 
 impl Default for AppOptions {
@@ -77,6 +79,7 @@ impl Default for AppOptions {
         Self {
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             tls: false,
+            metrics: MetricsAccess::loopback_only(),
         }
     }
 }
@@ -104,6 +107,8 @@ pub fn app_with_options(
             auth,
             grpc::authenticate_first,
         ));
+    // Installed before anything records.
+    telemetry::handle();
     let budget = BodyBudget::new(options.max_buffered_bytes);
     let mut dashboard = latchkey_dashboard::router(service.clone());
     if options.tls {
@@ -121,12 +126,18 @@ pub fn app_with_options(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(service.clone())
+        .route(
+            "/metrics",
+            get(telemetry::serve_metrics).with_state(options.metrics.clone()),
+        )
         .nest("/api/v1", api::router(service))
         .merge(dashboard)
         .merge(grpc_routes)
+        .route_layer(middleware::from_fn(telemetry::remember_route))
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))
         .layer(middleware::from_fn_with_state(budget, limit_buffered_bytes))
+        .layer(middleware::from_fn(telemetry::observe))
 }
 
 /// The bytes of request bodies the server may hold at once, shared by all
@@ -276,7 +287,7 @@ impl http_body::Body for BudgetedBody {
     }
 }
 
-fn is_grpc(request: &Request) -> bool {
+pub(crate) fn is_grpc(request: &Request) -> bool {
     request
         .headers()
         .get(CONTENT_TYPE)

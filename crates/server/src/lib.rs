@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod grpc;
 pub mod http;
 pub mod serve;
+pub mod telemetry;
 pub mod tls;
 
 pub use latchkey_service::DEFAULT_KEEP_VERSIONS;

@@ -27,7 +27,8 @@ use latchkey_sandbox::{SandboxConfig, Sandboxes};
 
 use crate::{
     bootstrap::{self, MasterKeySources},
-    http,
+    http, telemetry,
+    telemetry::MetricsAccess,
     tls::{Tls, TlsFiles},
 };
 
@@ -59,6 +60,8 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// `--tls-cert` and `--tls-key`; `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Who may read `/metrics` besides loopback clients.
+    pub metrics: MetricsAccess,
 }
 
 /// What the server grants clients it has not yet heard from, so that idle
@@ -189,8 +192,16 @@ pub async fn serve(
         &http::AppOptions {
             max_buffered_bytes: config.limits.max_buffered_bytes,
             tls: tls.is_some(),
+            metrics: config.metrics.clone(),
         },
     );
+    let upkeep = tokio::spawn(async {
+        let mut ticker = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
+        loop {
+            ticker.tick().await;
+            telemetry::handle().run_upkeep();
+        }
+    });
     let stop = async move {
         shutdown.await;
         tracing::info!("stop requested: finishing in-flight requests");
@@ -209,6 +220,7 @@ pub async fn serve(
         }
     }
     sweeper.abort();
+    upkeep.abort();
     if let Some(reloads) = reloads {
         reloads.abort();
     }
@@ -275,8 +287,12 @@ async fn accept_until(
         let service = {
             let requested = Arc::clone(&requested);
             let app = app.clone();
-            hyper::service::service_fn(move |request| {
+            hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 requested.store(true, Ordering::Relaxed);
+                // Who is asking: /metrics is open to loopback clients.
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
                 // The router is always ready: no poll_ready needed.
                 tower::Service::call(&mut app.clone(), request)
             })

@@ -88,6 +88,7 @@ impl Service {
     /// knowing.
     pub async fn authenticate(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
         let denied = || {
+            metrics::counter!("latchkey_auth_failures_total").increment(1);
             let what = if token_id.is_empty() || token_secret.is_empty() {
                 "No token was sent"
             } else {

@@ -99,6 +99,8 @@ async fn run(commit: CommitGroup, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
+        metrics::histogram!("latchkey_group_commit_batch_size").record(jobs.len() as f64);
         // Named creates lock their environment: one order for every group.
         jobs.sort_by(|a, b| lock_order(&a.new).cmp(&lock_order(&b.new)));
         let (news, dones): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.new, j.done)).unzip();
