@@ -103,22 +103,58 @@ pub(crate) struct ServeArgs {
     /// /metrics answers loopback clients only.
     #[arg(long, env = "LATCHKEY_METRICS_TOKEN_FILE", value_name = "FILE")]
     metrics_token_file: Option<PathBuf>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line) for log collectors. What is logged: LATCHKEY_LOG, else
+    /// RUST_LOG, else `info` (e.g. `warn`, `info,latchkey_store=debug`).
+    #[arg(long, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `format` says, filtered by LATCHKEY_LOG, else
+/// RUST_LOG, else `info`. A filter that does not parse is an error naming
+/// its variable.
+fn init_logging(format: LogFormat) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = ["LATCHKEY_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (var, v))
+        })
+        .map(|(var, text)| {
+            EnvFilter::try_new(&text)
+                .with_context(|| format!("{var}={text:?} is not a log filter (e.g. info, warn, info,latchkey_store=debug)"))
+        })
+        .transpose()?
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init(),
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    init_logging(args.log_format)?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => paths::default_data_dir()

@@ -5,6 +5,7 @@ mod crash;
 mod grpc;
 mod harness;
 mod limits;
+mod logs;
 mod run;
 mod serve;
 mod tls;
