@@ -29,6 +29,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http_body::{Frame, SizeHint};
+use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use prost::Message as _;
 use subtle::ConstantTimeEq;
@@ -282,22 +283,22 @@ pub(crate) async fn observe(mut request: Request, next: Next) -> Response {
     let grpc = crate::http::is_grpc(&request);
     let path = request.uri().path();
     let interface = interface(path, grpc);
-    let rpc = if grpc {
-        Some(
-            RPCS.get(path)
-                .map_or_else(|| "unknown".to_owned(), |p| p[1..].to_owned()),
-        )
-    } else {
-        None
-    };
+    // A declared RPC's name is static: no allocation on the gRPC path.
+    let rpc = grpc.then(|| {
+        RPCS.get(path)
+            .map_or(SharedString::const_str("unknown"), |p| {
+                SharedString::const_str(&p[1..])
+            })
+    });
     let slot = MatchedRoute::default();
     request.extensions_mut().insert(slot.clone());
     let response = next.run(request).await;
     let route = rpc.unwrap_or_else(|| {
         slot.0
             .get()
-            .cloned()
-            .unwrap_or_else(|| "unmatched".to_owned())
+            .map_or(SharedString::const_str("unmatched"), |r| {
+                SharedString::from_owned(r.clone())
+            })
     });
     let pending = Pending {
         interface,
@@ -324,7 +325,7 @@ pub(crate) async fn observe(mut request: Request, next: Next) -> Response {
 /// A request whose outcome is not recorded yet.
 struct Pending {
     interface: &'static str,
-    route: String,
+    route: SharedString,
     start: Instant,
 }
 
