@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -120,12 +121,21 @@ def test_modal_client_and_cli_over_https(start_server, ca, certifi_with_ca, tmp_
     assert lines[0] == name and lines[1].startswith("st-"), out.stdout
 
 
-def test_hsts_on_the_dashboard_over_tls_only(start_server, server, ca):
+def test_hsts_and_secure_cookies_on_the_dashboard_over_tls_only(start_server, server, ca):
     cert, key = ca.issue("hsts")
     tls = tls_server(start_server, ca, cert, key)
     with urllib.request.urlopen(f"{tls.url}/", timeout=5, context=tls.ssl_context()) as resp:
         assert resp.status == 200
         assert resp.headers["Strict-Transport-Security"] == "max-age=31536000"
+    # Signing in over TLS gives a Secure session cookie.
+    form = urllib.parse.urlencode({"token_id": tls.token_id, "token_secret": tls.token_secret}).encode()
+    conn = http.client.HTTPSConnection("127.0.0.1", tls.port, context=tls.ssl_context(), timeout=5)
+    conn.request("POST", "/signin", body=form, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    signed_in = conn.getresponse()
+    assert signed_in.status == 303, signed_in.read()
+    cookie = signed_in.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "; Secure" in cookie, cookie
+    conn.close()
     with urllib.request.urlopen(f"{server.url}/", timeout=5) as resp:
         assert resp.status == 200
         assert resp.headers["Strict-Transport-Security"] is None

@@ -87,6 +87,22 @@ impl Default for AppOptions {
 /// What browsers are told on the dashboard over TLS: only https for a year.
 const HSTS: &str = "max-age=31536000";
 
+/// The dashboard when this server terminates TLS: the request came over
+/// https, whatever a client claims (so its session cookie is `Secure`), and
+/// browsers are told to come back over https only.
+async fn dashboard_over_tls(mut request: Request, next: Next) -> Response {
+    request.headers_mut().insert(
+        "x-forwarded-proto",
+        axum::http::HeaderValue::from_static("https"),
+    );
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static(HSTS),
+    );
+    response
+}
+
 /// The whole router, as `options` say.
 pub fn app_with_options(
     service: Service,
@@ -112,15 +128,7 @@ pub fn app_with_options(
     let budget = BodyBudget::new(options.max_buffered_bytes);
     let mut dashboard = latchkey_dashboard::router(service.clone());
     if options.tls {
-        dashboard = dashboard.layer(middleware::map_response(
-            |mut response: Response| async move {
-                response.headers_mut().insert(
-                    STRICT_TRANSPORT_SECURITY,
-                    axum::http::HeaderValue::from_static(HSTS),
-                );
-                response
-            },
-        ));
+        dashboard = dashboard.layer(middleware::from_fn(dashboard_over_tls));
     }
     Router::new()
         .route("/healthz", get(healthz))
