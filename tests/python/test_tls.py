@@ -1,4 +1,5 @@
-"""`latchkey serve --tls-cert --tls-key`: the unmodified Modal client over https,
+"""`latchkey serve --tls-cert --tls-key`: the unmodified Modal client (secrets and a
+sandbox) over https,
 HSTS on the dashboard, and a certificate reload (SIGHUP) under load.
 
 Certificates come from a test CA made with the openssl CLI. The Modal client
@@ -87,13 +88,13 @@ def certifi_with_ca(ca, tmp_path_factory) -> Path:
     return root
 
 
-def tls_server(start_server, ca: Ca, cert: Path, key: Path) -> support.Server:
-    return start_server(args=["--tls-cert", str(cert), "--tls-key", str(key)], ca_file=ca.cert)
+def tls_server(start_server, ca: Ca, cert: Path, key: Path, *args: str) -> support.Server:
+    return start_server(args=["--tls-cert", str(cert), "--tls-key", str(key), *args], ca_file=ca.cert)
 
 
 def test_modal_client_and_cli_over_https(start_server, ca, certifi_with_ca, tmp_path):
     cert, key = ca.issue("modal")
-    server = tls_server(start_server, ca, cert, key)
+    server = tls_server(start_server, ca, cert, key, "--sandboxes")
     assert server.url.startswith("https://")
     home = tmp_path / "home"
     home.mkdir()
@@ -112,6 +113,12 @@ def test_modal_client_and_cli_over_https(start_server, ca, certifi_with_ca, tmp_
         "d = modal.Secret.from_dict({'K': 'v'})\n"
         "d.hydrate()\n"
         "print(d.object_id)\n"
+        # A sandbox: its stdio goes through the command router, at the https origin.
+        "app = modal.App.lookup('tls-app', create_if_missing=True)\n"
+        "sb = modal.Sandbox.create('sh', '-c', 'echo $API_KEY', app=app, secrets=[s])\n"
+        "print(sb.stdout.read().strip())\n"
+        "sb.wait()\n"
+        "print(sb.returncode)\n"
     )
     env = support.client_env(server, home)
     env.update(trusted)
@@ -119,6 +126,7 @@ def test_modal_client_and_cli_over_https(start_server, ca, certifi_with_ca, tmp_
     assert out.returncode == 0, out.stderr
     lines = out.stdout.split()
     assert lines[0] == name and lines[1].startswith("st-"), out.stdout
+    assert lines[2:] == ["abc123", "0"], out.stdout
 
 
 def test_hsts_and_secure_cookies_on_the_dashboard_over_tls_only(start_server, server, ca):
