@@ -59,6 +59,15 @@ pub(crate) struct ServeArgs {
           default_value_t = latchkey_server::DEFAULT_KEEP_VERSIONS,
           value_parser = clap::value_parser!(u32).range(1..))]
     keep_versions: u32,
+    /// Record reads of metadata (listings, lookups, info) in the audit log
+    /// too; reads of values are always recorded.
+    #[arg(long, env = "LATCHKEY_AUDIT_METADATA_READS")]
+    audit_metadata_reads: bool,
+    /// How long audit events are kept (e.g. 400d); older ones are removed,
+    /// after a checkpoint from which `latchkey audit verify` checks the
+    /// chain. Default: kept for ever.
+    #[arg(long, env = "LATCHKEY_AUDIT_RETENTION", value_parser = parse_duration)]
+    audit_retention: Option<Duration>,
     /// Most client connections open at once; past it, new ones are closed on
     /// accept. Keep it below the descriptor limit (ulimit -n) less what the
     /// database and sandboxes use, so that accepting never fails.
@@ -207,6 +216,8 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         },
         anonymous_ttl: args.anonymous_ttl,
         keep_versions: args.keep_versions,
+        audit_metadata_reads: args.audit_metadata_reads,
+        audit_retention: args.audit_retention,
         sweep_interval: args.sweep_interval,
         sandboxes: args.sandbox.config(),
         limits: Limits {

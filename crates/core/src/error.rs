@@ -27,6 +27,23 @@ pub enum ErrorKind {
     ResourceExhausted,
 }
 
+impl ErrorKind {
+    /// Its machine-readable code, as the JSON API and the audit log name it.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::AlreadyExists => "already_exists",
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::ResourceExhausted => "resource_exhausted",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
 /// An error with a message meant for the person who made the request.
 ///
 /// The message names what was wrong (`Secret 'x' not found`) and never holds a

@@ -212,6 +212,14 @@ fn to_signin(ended: bool) -> Response {
     response
 }
 
+/// Where a dashboard request came from.
+pub(crate) fn origin(client: Option<latchkey_service::ClientAddr>) -> latchkey_service::Origin {
+    latchkey_service::Origin::new(
+        latchkey_service::log::Interface::Dashboard,
+        client.map(|c| c.ip()),
+    )
+}
+
 impl FromRequestParts<App> for Auth {
     type Rejection = Response;
 
@@ -231,8 +239,12 @@ impl FromRequestParts<App> for Auth {
             }
             Err(e) => return Err(layout::error_page(None, &e)),
         }
+        let client = parts
+            .extensions
+            .get::<latchkey_service::ClientAddr>()
+            .copied();
         Ok(Auth {
-            caller,
+            caller: caller.with_origin(origin(client)),
             csrf,
             flash,
             session: id.to_owned(),

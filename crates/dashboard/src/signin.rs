@@ -116,11 +116,21 @@ fn credentials(form: &Form) -> (String, Secret) {
 }
 
 /// Checks the token, starts a session, and sets its cookie.
-pub(crate) async fn submit(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+pub(crate) async fn submit(
+    State(app): State<App>,
+    client: Option<axum::Extension<latchkey_service::ClientAddr>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let form = Form::parse(&body);
     let (token_id, token_secret) = credentials(&form);
     drop(form);
-    let caller = match app.service.authenticate(&token_id, &token_secret.0).await {
+    let origin = crate::session::origin(client.map(|c| c.0));
+    let caller = match app
+        .service
+        .authenticate(&token_id, &token_secret.0, &origin)
+        .await
+    {
         Ok(caller) => caller,
         Err(e) if e.kind() == latchkey_core::ErrorKind::Unauthenticated => {
             let message = if token_id.is_empty() || token_secret.0.is_empty() {

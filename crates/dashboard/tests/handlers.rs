@@ -42,6 +42,7 @@ async fn harness_keeping(keep: u32) -> Harness {
         ServiceConfig {
             anonymous_ttl: ANONYMOUS_TTL,
             keep_versions: keep,
+            audit_metadata_reads: false,
         },
     );
     Harness {
@@ -56,7 +57,11 @@ async fn harness_keeping(keep: u32) -> Harness {
 impl Harness {
     async fn admin(&self) -> Caller {
         self.service
-            .authenticate(&self.token_id, &self.token_secret)
+            .authenticate(
+                &self.token_id,
+                &self.token_secret,
+                &latchkey_service::Origin::server(),
+            )
             .await
             .unwrap()
     }
@@ -329,7 +334,11 @@ async fn a_revoked_token_ends_its_sessions() {
     let h = harness().await;
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     let (token, secret) = h
@@ -539,7 +548,11 @@ async fn create_from_a_pasted_dotenv_then_reveal_one_value_at_a_time() {
     // The service sees it like any other secret.
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     let s = h
@@ -744,7 +757,11 @@ async fn edits_merge_and_concurrent_edits_of_one_key_conflict() {
     let edit = format!("/secrets/{id}/edit");
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     let contents = || async { h.service.secret(&admin, &id).await.unwrap().contents };
@@ -857,7 +874,11 @@ async fn edit_refuses_bad_keys_and_values_inline() {
     assert!(r.body.contains("more than once"));
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -910,7 +931,11 @@ async fn the_list_pages_newest_first_and_filters_by_name() {
     let h = harness().await;
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     for i in 0..120 {
@@ -1058,7 +1083,11 @@ async fn tokens_are_created_once_listed_and_revoked() {
 
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     let token = h
@@ -1070,12 +1099,20 @@ async fn tokens_are_created_once_listed_and_revoked() {
         .find(|t| t.name == "ci")
         .unwrap();
     assert_eq!(token.environments, Some(vec!["main".to_owned()]));
-    assert!(h.service.authenticate(&token.id, &secret).await.is_ok());
+    assert!(h
+        .service
+        .authenticate(&token.id, &secret, &latchkey_service::Origin::server())
+        .await
+        .is_ok());
     let r = b
         .post("/tokens/revoke", &[("csrf", &csrf), ("id", &token.id)])
         .await;
     assert_eq!(r.status, StatusCode::SEE_OTHER);
-    assert!(h.service.authenticate(&token.id, &secret).await.is_err());
+    assert!(h
+        .service
+        .authenticate(&token.id, &secret, &latchkey_service::Origin::server())
+        .await
+        .is_err());
     // The last admin token cannot be revoked; the service says why.
     let r = b
         .post("/tokens/revoke", &[("csrf", &csrf), ("id", &h.token_id)])
@@ -1089,7 +1126,11 @@ async fn a_reader_sees_but_cannot_change() {
     let h = harness().await;
     let admin = h
         .service
-        .authenticate(&h.token_id, &h.token_secret)
+        .authenticate(
+            &h.token_id,
+            &h.token_secret,
+            &latchkey_service::Origin::server(),
+        )
         .await
         .unwrap();
     let (token, secret) = h

@@ -52,6 +52,10 @@ pub struct ServeConfig {
     pub anonymous_ttl: Duration,
     /// Versions kept of each named secret (at least 1).
     pub keep_versions: u32,
+    /// Whether metadata reads go into the audit log too.
+    pub audit_metadata_reads: bool,
+    /// How long audit events are kept; `None`: for ever.
+    pub audit_retention: Option<Duration>,
     /// How often expired anonymous secrets are removed.
     pub sweep_interval: Duration,
     /// Modal sandboxes (`--sandboxes`); `None`: disabled.
@@ -171,10 +175,15 @@ pub async fn serve(
         ServiceConfig {
             anonymous_ttl: config.anonymous_ttl,
             keep_versions: config.keep_versions,
+            audit_metadata_reads: config.audit_metadata_reads,
         },
     );
     let sandboxes = start_sandboxes(&config).await?;
-    let sweeper = tokio::spawn(sweep_forever(service.clone(), config.sweep_interval));
+    let sweeper = tokio::spawn(sweep_forever(
+        service.clone(),
+        config.sweep_interval,
+        config.audit_retention,
+    ));
     tracing::info!(
         url = %url,
         data_dir = %config.data_dir.display(),
@@ -289,10 +298,11 @@ async fn accept_until(
             let app = app.clone();
             hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 requested.store(true, Ordering::Relaxed);
-                // Who is asking: /metrics is open to loopback clients.
+                // Who is asking: audit events name it, and /metrics is open
+                // to loopback clients.
                 request
                     .extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
+                    .insert(latchkey_service::ClientAddr(peer));
                 // The router is always ready: no poll_ready needed.
                 tower::Service::call(&mut app.clone(), request)
             })
@@ -440,7 +450,7 @@ async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
     Ok(Some(sandboxes))
 }
 
-async fn sweep_forever(service: Service, every: Duration) {
+async fn sweep_forever(service: Service, every: Duration, audit_retention: Option<Duration>) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -449,6 +459,16 @@ async fn sweep_forever(service: Service, every: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "removed expired anonymous secrets"),
             Err(e) => tracing::warn!(error = %e, "sweeping expired anonymous secrets failed"),
+        }
+        if let Some(keep) = audit_retention {
+            match service
+                .audit_retain(latchkey_service::retention_cutoff(keep))
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed audit events past their retention"),
+                Err(e) => tracing::warn!(error = %e, "removing old audit events failed"),
+            }
         }
     }
 }

@@ -23,7 +23,7 @@ use std::{
 
 use axum::{
     body::{Body, Bytes},
-    extract::{ConnectInfo, MatchedPath, Request, State},
+    extract::{MatchedPath, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -39,8 +39,8 @@ use zeroize::Zeroizing;
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-/// Creates per group commit (at most 256).
-const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Jobs per group commit (at most 128).
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
 
 /// How often histograms are compacted between scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
@@ -120,7 +120,7 @@ fn describe() {
     );
     describe_histogram!(
         "latchkey_group_commit_batch_size",
-        "Secret creates committed together in one transaction"
+        "Jobs committed together in one transaction, by group (creates: secret creates; audit_events: the events of reads and refusals)"
     );
     describe_counter!(
         "latchkey_store_errors_total",
@@ -218,8 +218,8 @@ pub(crate) async fn serve_metrics(
 ) -> Response {
     let peer = request
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(p)| *p);
+        .get::<latchkey_service::ClientAddr>()
+        .map(|a| a.0);
     if let Some(refused) = access.refusal(peer, request.headers()) {
         return refused;
     }

@@ -19,6 +19,8 @@ use super::Service;
 pub struct Caller {
     token: Token,
     workspace: Workspace,
+    /// Where the current request came from.
+    pub(crate) origin: crate::Origin,
 }
 
 impl Caller {
@@ -86,7 +88,34 @@ impl Service {
     /// get a token and never echoes the secret; nor does it name the
     /// server's paths, which a caller without a token has no business
     /// knowing.
-    pub async fn authenticate(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
+    ///
+    /// A failure is recorded in the audit log (with the token id when one
+    /// was sent, and `origin`).
+    pub async fn authenticate(
+        &self,
+        token_id: &str,
+        token_secret: &str,
+        origin: &crate::Origin,
+    ) -> Result<Caller, Error> {
+        let result = self.verify_token(token_id, token_secret).await;
+        match result {
+            Ok(caller) => Ok(caller.with_origin(origin.clone())),
+            Err(e) => {
+                if e.kind() == latchkey_core::ErrorKind::Unauthenticated {
+                    let reason = if token_id.is_empty() || token_secret.is_empty() {
+                        "no token was sent"
+                    } else {
+                        "unknown, revoked, or a wrong secret"
+                    };
+                    self.record_auth_failure(token_id, origin, reason).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The caller holding this token id and secret, from wherever.
+    async fn verify_token(&self, token_id: &str, token_secret: &str) -> Result<Caller, Error> {
         let denied = || {
             metrics::counter!("latchkey_auth_failures_total").increment(1);
             let what = if token_id.is_empty() || token_secret.is_empty() {
@@ -114,7 +143,11 @@ impl Service {
             return Err(denied());
         }
         let workspace = self.store.workspace(&token.workspace_id).await?;
-        let caller = Caller { token, workspace };
+        let caller = Caller {
+            token,
+            workspace,
+            origin: crate::Origin::server(),
+        };
         self.tokens.put(token_id, presented, &caller);
         Ok(caller)
     }

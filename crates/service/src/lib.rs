@@ -8,6 +8,7 @@
 //! The calls are grouped by concept, as the interfaces are: secrets,
 //! environments, tokens, and authentication (who is calling).
 
+mod audit;
 mod auth;
 mod environments;
 pub mod sandboxes;
@@ -18,7 +19,9 @@ mod tokens;
 
 use std::{sync::Arc, time::Duration};
 
+pub use audit::{retention_cutoff, ClientAddr, Origin};
 pub use auth::{Caller, TOKEN_CACHE_TTL};
+pub use latchkey_store::audit as log;
 pub use latchkey_store::{
     Environment, EnvironmentUpdate, KeyChanges, Role, Secret, SecretKind, SecretSummary,
     SecretVersion, Store, Token, VersionAction, DEFAULT_KEEP_VERSIONS,
@@ -35,6 +38,9 @@ pub struct ServiceConfig {
     /// How many versions of each named secret are kept (at least 1); older
     /// ones are destroyed with their data keys.
     pub keep_versions: u32,
+    /// Whether reads of metadata (listings, lookups, info) go into the
+    /// audit log too; reads of values always do.
+    pub audit_metadata_reads: bool,
 }
 
 /// The service layer. Cheap to clone.

@@ -101,6 +101,11 @@ impl Service {
         sources: impl IntoIterator<Item = SandboxSecret<'_>>,
     ) -> Result<SandboxSecrets, Error> {
         let mut out = SandboxSecrets::default();
+        // Values read here go into a sandbox's environment: so the log says.
+        let caller = &caller.with_origin(crate::Origin::new(
+            latchkey_store::audit::Interface::Sandbox,
+            caller.origin().client.clone(),
+        ));
         for source in sources {
             let contents = match source {
                 SandboxSecret::Stored(id) => {

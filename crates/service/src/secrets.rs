@@ -13,8 +13,8 @@ use latchkey_core::{
 use latchkey_store::{NewSecret, OnConflict, Revision, LAST_USED_RESOLUTION};
 
 use crate::{
-    Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary, SecretVersion,
-    Service, MAX_PAGE,
+    audit::Target, Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary,
+    SecretVersion, Service, MAX_PAGE,
 };
 
 /// The names of a lookup, checked before the store is asked.
@@ -31,6 +31,31 @@ impl Service {
     /// checks that it holds `required_keys`: the lookup on every container
     /// start, answered without decrypting when the store has it cached.
     pub async fn lookup_secret(
+        &self,
+        caller: &Caller,
+        environment_name: &str,
+        name: &str,
+        required_keys: &[String],
+    ) -> Result<SecretSummary, Error> {
+        self.audited(
+            caller,
+            "secret.info",
+            Target::secret(environment_name, name),
+            async {
+                let summary = self
+                    .find_secret(caller, environment_name, name, required_keys)
+                    .await?;
+                self.record_metadata_read(caller.audit("secret.info").about(&summary))
+                    .await?;
+                Ok(summary)
+            },
+        )
+        .await
+    }
+
+    /// [`lookup_secret`](Self::lookup_secret) as a step of another
+    /// operation: not recorded as a read of its own.
+    pub(crate) async fn find_secret(
         &self,
         caller: &Caller,
         environment_name: &str,
@@ -101,11 +126,20 @@ impl Service {
         name: &str,
         required_keys: &[String],
     ) -> Result<Secret, Error> {
-        let secret = self
-            .lookup_secret_values(caller, environment_name, name, required_keys)
-            .await?;
-        self.mark_delivered(caller, &secret.summary).await?;
-        Ok(secret)
+        self.audited(
+            caller,
+            "secret.read",
+            Target::secret(environment_name, name),
+            async {
+                let secret = self
+                    .lookup_secret_values(caller, environment_name, name, required_keys)
+                    .await?;
+                self.record_read(caller, &secret.summary).await?;
+                self.mark_delivered(caller, &secret.summary).await?;
+                Ok(secret)
+            },
+        )
+        .await
     }
 
     /// Creates a named secret; `mode` says what happens when the name exists.
@@ -119,43 +153,57 @@ impl Service {
         mode: CreateMode,
         required_keys: &[String],
     ) -> Result<(Secret, bool), Error> {
-        caller.require(Role::Developer, "create secrets")?;
-        rules::check_secret_name(name)?;
-        rules::check_env_dict(&contents)?;
-        let env = self.environment(caller, environment_name).await?;
-        // Nothing is half-written: contents that lack a required key are
-        // refused before the store is touched. Only an existing secret
-        // (kept by ReturnExisting) can then still satisfy the request.
-        let keys = || required_keys.iter().map(String::as_str);
-        if let Err(missing) = rules::check_required_keys(&contents, keys()) {
-            if mode != CreateMode::ReturnExisting {
-                return Err(missing);
-            }
-            let existing = match self
-                .store
-                .secret_by_name(caller.workspace_id(), &env.id, name)
-                .await
-            {
-                Err(e) if e.kind() == latchkey_core::ErrorKind::NotFound => return Err(missing),
-                other => other?,
-            };
-            rules::check_required_keys(&existing.contents, keys())?;
-            return Ok((existing, false));
-        }
-        let (secret, created) = self
-            .store
-            .create_secret(&NewSecret {
-                workspace_id: caller.workspace_id().to_owned(),
-                environment_id: env.id,
-                kind: SecretKind::Named(name.to_owned()),
-                created_by: caller.token().name.clone(),
-                contents,
-                on_conflict: mode,
-                keep_versions: self.config.keep_versions,
-            })
-            .await?;
-        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
-        Ok((secret, created))
+        self.audited(
+            caller,
+            "secret.create",
+            Target::secret(environment_name, name),
+            async {
+                caller.require(Role::Developer, "create secrets")?;
+                rules::check_secret_name(name)?;
+                rules::check_env_dict(&contents)?;
+                let env = self.environment(caller, environment_name).await?;
+                // Nothing is half-written: contents that lack a required key are
+                // refused before the store is touched. Only an existing secret
+                // (kept by ReturnExisting) can then still satisfy the request.
+                let keys = || required_keys.iter().map(String::as_str);
+                if let Err(missing) = rules::check_required_keys(&contents, keys()) {
+                    if mode != CreateMode::ReturnExisting {
+                        return Err(missing);
+                    }
+                    let existing = match self
+                        .store
+                        .secret_by_name(caller.workspace_id(), &env.id, name)
+                        .await
+                    {
+                        Err(e) if e.kind() == latchkey_core::ErrorKind::NotFound => {
+                            return Err(missing)
+                        }
+                        other => other?,
+                    };
+                    rules::check_required_keys(&existing.contents, keys())?;
+                    return Ok((existing, false));
+                }
+                let (secret, created) = self
+                    .store
+                    .create_secret(&NewSecret {
+                        workspace_id: caller.workspace_id().to_owned(),
+                        environment_id: env.id,
+                        kind: SecretKind::Named(name.to_owned()),
+                        created_by: caller.token().name.clone(),
+                        contents,
+                        on_conflict: mode,
+                        keep_versions: self.config.keep_versions,
+                        audit: caller.audit(""),
+                    })
+                    .await?;
+                rules::check_required_keys(
+                    &secret.contents,
+                    required_keys.iter().map(String::as_str),
+                )?;
+                Ok((secret, created))
+            },
+        )
+        .await
     }
 
     /// Creates an anonymous secret, removed after the configured time to live.
@@ -167,27 +215,36 @@ impl Service {
         app_id: Option<String>,
         required_keys: &[String],
     ) -> Result<Secret, Error> {
-        caller.require(Role::Developer, "create secrets")?;
-        rules::check_env_dict(&contents)?;
-        rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
-        let env = self.environment(caller, environment_name).await?;
-        let ttl = i64::try_from(self.config.anonymous_ttl.as_micros()).unwrap_or(i64::MAX);
-        let (secret, _) = self
-            .store
-            .create_secret(&NewSecret {
-                workspace_id: caller.workspace_id().to_owned(),
-                environment_id: env.id,
-                kind: SecretKind::Anonymous {
-                    app_id,
-                    expires_at: now_micros().saturating_add(ttl),
-                },
-                created_by: caller.token().name.clone(),
-                contents,
-                on_conflict: OnConflict::Fail,
-                keep_versions: self.config.keep_versions,
-            })
-            .await?;
-        Ok(secret)
+        self.audited(
+            caller,
+            "secret.create",
+            Target::environment(environment_name),
+            async {
+                caller.require(Role::Developer, "create secrets")?;
+                rules::check_env_dict(&contents)?;
+                rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
+                let env = self.environment(caller, environment_name).await?;
+                let ttl = i64::try_from(self.config.anonymous_ttl.as_micros()).unwrap_or(i64::MAX);
+                let (secret, _) = self
+                    .store
+                    .create_secret(&NewSecret {
+                        workspace_id: caller.workspace_id().to_owned(),
+                        environment_id: env.id,
+                        kind: SecretKind::Anonymous {
+                            app_id,
+                            expires_at: now_micros().saturating_add(ttl),
+                        },
+                        created_by: caller.token().name.clone(),
+                        contents,
+                        on_conflict: OnConflict::Fail,
+                        keep_versions: self.config.keep_versions,
+                        audit: caller.audit(""),
+                    })
+                    .await?;
+                Ok(secret)
+            },
+        )
+        .await
     }
 
     /// Named secrets of an environment, newest first.
@@ -198,23 +255,55 @@ impl Service {
         created_before: Option<Micros>,
         max_objects: Option<u32>,
     ) -> Result<(Environment, Vec<SecretSummary>), Error> {
-        let env = self.environment(caller, environment_name).await?;
-        let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-        let items = self
-            .store
-            .list_secrets(caller.workspace_id(), &env.id, created_before, limit)
-            .await?;
-        Ok((env, items))
+        self.audited(
+            caller,
+            "secret.list",
+            Target::environment(environment_name),
+            async {
+                let env = self.environment(caller, environment_name).await?;
+                let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+                let items = self
+                    .store
+                    .list_secrets(caller.workspace_id(), &env.id, created_before, limit)
+                    .await?;
+                let mut event = caller.audit("secret.list");
+                event.environment = Some(env.name.clone());
+                self.record_metadata_read(event).await?;
+                Ok((env, items))
+            },
+        )
+        .await
     }
 
-    /// A secret by id, if the caller may see its environment.
+    /// A secret by id with its values, if the caller may see its
+    /// environment: recorded as a read of its values.
     pub async fn secret(&self, caller: &Caller, secret_id: &str) -> Result<Secret, Error> {
-        let secret = self
-            .store
-            .secret_by_id(caller.workspace_id(), secret_id)
-            .await?;
-        caller.check_environment(&secret.summary.environment_name)?;
-        Ok(secret)
+        self.audited(caller, "secret.read", Target::secret_id(secret_id), async {
+            let secret = self
+                .store
+                .secret_by_id(caller.workspace_id(), secret_id)
+                .await?;
+            caller.check_environment(&secret.summary.environment_name)?;
+            self.record_read(caller, &secret.summary).await?;
+            Ok(secret)
+        })
+        .await
+    }
+
+    /// A secret's metadata by id (its keys, never its values), if the
+    /// caller may see its environment.
+    pub async fn secret_metadata(
+        &self,
+        caller: &Caller,
+        secret_id: &str,
+    ) -> Result<SecretSummary, Error> {
+        self.audited(caller, "secret.info", Target::secret_id(secret_id), async {
+            let summary = self.secret_summary(caller, secret_id).await?;
+            self.record_metadata_read(caller.audit("secret.info").about(&summary))
+                .await?;
+            Ok(summary)
+        })
+        .await
     }
 
     /// Merges `changes` into a secret like `dict.update` (`None` removes a
@@ -228,22 +317,30 @@ impl Service {
         changes: &[(String, Option<String>)],
         expected_version: Option<i64>,
     ) -> Result<Secret, Error> {
-        caller.require(Role::Developer, "update secrets")?;
-        for (key, value) in changes {
-            rules::check_key(key)?;
-            if let Some(value) = value {
-                rules::check_value(key, value)?;
-            }
-        }
-        self.secret_summary(caller, secret_id).await?;
-        self.store
-            .update_secret(
-                caller.workspace_id(),
-                secret_id,
-                changes,
-                &self.revision(caller, expected_version),
-            )
-            .await
+        self.audited(
+            caller,
+            "secret.update",
+            Target::secret_id(secret_id),
+            async {
+                caller.require(Role::Developer, "update secrets")?;
+                for (key, value) in changes {
+                    rules::check_key(key)?;
+                    if let Some(value) = value {
+                        rules::check_value(key, value)?;
+                    }
+                }
+                self.secret_summary(caller, secret_id).await?;
+                self.store
+                    .update_secret(
+                        caller.workspace_id(),
+                        secret_id,
+                        changes,
+                        &self.revision(caller, expected_version),
+                    )
+                    .await
+            },
+        )
+        .await
     }
 
     /// Makes a new version of a secret with the contents of its version
@@ -255,17 +352,25 @@ impl Service {
         to: i64,
         expected_version: Option<i64>,
     ) -> Result<Secret, Error> {
-        caller.require(Role::Developer, "roll back secrets")?;
-        rules::check_version(to)?;
-        self.secret_summary(caller, secret_id).await?;
-        self.store
-            .rollback_secret(
-                caller.workspace_id(),
-                secret_id,
-                to,
-                &self.revision(caller, expected_version),
-            )
-            .await
+        self.audited(
+            caller,
+            "secret.rollback",
+            Target::secret_id(secret_id),
+            async {
+                caller.require(Role::Developer, "roll back secrets")?;
+                rules::check_version(to)?;
+                self.secret_summary(caller, secret_id).await?;
+                self.store
+                    .rollback_secret(
+                        caller.workspace_id(),
+                        secret_id,
+                        to,
+                        &self.revision(caller, expected_version),
+                    )
+                    .await
+            },
+        )
+        .await
     }
 
     /// Version `version` of a secret, with its values and its record.
@@ -275,11 +380,17 @@ impl Service {
         secret_id: &str,
         version: i64,
     ) -> Result<(Secret, SecretVersion), Error> {
-        rules::check_version(version)?;
-        self.secret_summary(caller, secret_id).await?;
-        self.store
-            .secret_version(caller.workspace_id(), secret_id, version)
-            .await
+        self.audited(caller, "secret.read", Target::secret_id(secret_id), async {
+            rules::check_version(version)?;
+            self.secret_summary(caller, secret_id).await?;
+            let found = self
+                .store
+                .secret_version(caller.workspace_id(), secret_id, version)
+                .await?;
+            self.record_read(caller, &found.0.summary).await?;
+            Ok(found)
+        })
+        .await
     }
 
     /// The kept versions of a secret, newest first, numbered below `before`
@@ -291,11 +402,18 @@ impl Service {
         before: Option<i64>,
         max_objects: Option<u32>,
     ) -> Result<Vec<SecretVersion>, Error> {
-        self.secret_summary(caller, secret_id).await?;
-        let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-        self.store
-            .secret_history(caller.workspace_id(), secret_id, before, limit)
-            .await
+        self.audited(caller, "secret.info", Target::secret_id(secret_id), async {
+            let summary = self.secret_summary(caller, secret_id).await?;
+            let limit = max_objects.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+            let history = self
+                .store
+                .secret_history(caller.workspace_id(), secret_id, before, limit)
+                .await?;
+            self.record_metadata_read(caller.audit("secret.info").about(&summary))
+                .await?;
+            Ok(history)
+        })
+        .await
     }
 
     /// Version `version` of a named secret with its values, for delivery to
@@ -310,17 +428,29 @@ impl Service {
         version: i64,
         required_keys: &[String],
     ) -> Result<Secret, Error> {
-        rules::check_version(version)?;
-        let summary = self
-            .lookup_secret(caller, environment_name, name, &[])
-            .await?;
-        let (secret, _) = self
-            .store
-            .secret_version(caller.workspace_id(), &summary.id, version)
-            .await?;
-        rules::check_required_keys(&secret.contents, required_keys.iter().map(String::as_str))?;
-        self.mark_delivered(caller, &secret.summary).await?;
-        Ok(secret)
+        self.audited(
+            caller,
+            "secret.read",
+            Target::secret(environment_name, name),
+            async {
+                rules::check_version(version)?;
+                let summary = self
+                    .find_secret(caller, environment_name, name, &[])
+                    .await?;
+                let (secret, _) = self
+                    .store
+                    .secret_version(caller.workspace_id(), &summary.id, version)
+                    .await?;
+                rules::check_required_keys(
+                    &secret.contents,
+                    required_keys.iter().map(String::as_str),
+                )?;
+                self.record_read(caller, &secret.summary).await?;
+                self.mark_delivered(caller, &secret.summary).await?;
+                Ok(secret)
+            },
+        )
+        .await
     }
 
     /// Who writes, and how many versions are kept: what every new version
@@ -330,6 +460,7 @@ impl Service {
             author: caller.token().name.clone(),
             keep_versions: self.config.keep_versions,
             expected_version,
+            audit: caller.audit(""),
         }
     }
 
@@ -350,11 +481,19 @@ impl Service {
 
     /// Deletes a secret by id (even one whose contents no longer decrypt).
     pub async fn delete_secret(&self, caller: &Caller, secret_id: &str) -> Result<(), Error> {
-        caller.require(Role::Developer, "delete secrets")?;
-        self.secret_summary(caller, secret_id).await?;
-        self.store
-            .delete_secret(caller.workspace_id(), secret_id)
-            .await
+        self.audited(
+            caller,
+            "secret.delete",
+            Target::secret_id(secret_id),
+            async {
+                caller.require(Role::Developer, "delete secrets")?;
+                self.secret_summary(caller, secret_id).await?;
+                self.store
+                    .delete_secret(caller.workspace_id(), secret_id, &caller.audit(""))
+                    .await
+            },
+        )
+        .await
     }
 
     /// Deletes a named secret.
@@ -364,13 +503,21 @@ impl Service {
         environment_name: &str,
         name: &str,
     ) -> Result<(), Error> {
-        caller.require(Role::Developer, "delete secrets")?;
-        let secret = self
-            .lookup_secret(caller, environment_name, name, &[])
-            .await?;
-        self.store
-            .delete_secret(caller.workspace_id(), &secret.id)
-            .await
+        self.audited(
+            caller,
+            "secret.delete",
+            Target::secret(environment_name, name),
+            async {
+                caller.require(Role::Developer, "delete secrets")?;
+                let secret = self
+                    .find_secret(caller, environment_name, name, &[])
+                    .await?;
+                self.store
+                    .delete_secret(caller.workspace_id(), &secret.id, &caller.audit(""))
+                    .await
+            },
+        )
+        .await
     }
 
     /// Records that a secret's values reach a process that starts now,

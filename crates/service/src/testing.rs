@@ -86,10 +86,15 @@ impl TestService {
             ServiceConfig {
                 anonymous_ttl: ANONYMOUS_TTL,
                 keep_versions: crate::DEFAULT_KEEP_VERSIONS,
+                audit_metadata_reads: false,
             },
         );
         let admin = service
-            .authenticate(&admin_file.token_id, admin_file.token_secret())
+            .authenticate(
+                &admin_file.token_id,
+                admin_file.token_secret(),
+                &crate::Origin::server(),
+            )
             .await
             .expect("the admin token authenticates");
         Self {
@@ -148,7 +153,7 @@ impl TestService {
     ) -> Caller {
         let (token, secret) = self.token(name, role, environments).await;
         self.service
-            .authenticate(&token.id, &secret)
+            .authenticate(&token.id, &secret, &crate::Origin::server())
             .await
             .expect("a new token authenticates")
     }

@@ -33,6 +33,7 @@ macro_rules! conformance_tests {
             versions_history_and_rollback,
             versions_are_destroyed_past_the_limit,
             versions_gapless_under_concurrent_writers,
+            audit_log_chain,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -87,9 +88,14 @@ macro_rules! conformance_replica_tests {
 use futures::future::join_all;
 use latchkey_core::{ids, time::now_micros, EnvDict, ErrorKind};
 
+/// Who the checks act as, for the audit log: the server itself.
+fn audit() -> AuditEntry {
+    AuditEntry::server()
+}
+
 use crate::{
-    crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken, OnConflict, Revision, Role,
-    Secret, SecretKind, Store,
+    audit::AuditEntry, crypto::hash_token_secret, EnvironmentUpdate, NewSecret, NewToken,
+    OnConflict, Revision, Role, Secret, SecretKind, Store,
 };
 
 /// The admin token the suite bootstraps with.
@@ -120,6 +126,7 @@ fn named(ws: &str, env: &str, name: &str, contents: EnvDict, on_conflict: OnConf
         contents,
         on_conflict,
         keep_versions: KEEP,
+        audit: audit(),
     }
 }
 
@@ -160,8 +167,11 @@ pub async fn environments(store: &dyn Store) {
     let main = store.environment(ws, "").await.unwrap();
     assert_eq!((main.name.as_str(), main.is_default), ("main", true));
     assert_eq!(store.environment(ws, "main").await.unwrap(), main);
-    let dev = store.create_environment(ws, "dev").await.unwrap();
-    let err = store.create_environment(ws, "dev").await.unwrap_err();
+    let dev = store.create_environment(ws, "dev", &audit()).await.unwrap();
+    let err = store
+        .create_environment(ws, "dev", &audit())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err:?}");
     let listed = store.list_environments(ws).await.unwrap();
     assert_eq!(
@@ -190,6 +200,7 @@ pub async fn environments(store: &dyn Store) {
                 name: Some("develop".to_owned()),
                 webhook_suffix: Some("sfx".to_owned()),
             },
+            &audit(),
         )
         .await
         .unwrap();
@@ -206,6 +217,7 @@ pub async fn environments(store: &dyn Store) {
                 name: Some("main".to_owned()),
                 webhook_suffix: None,
             },
+            &audit(),
         )
         .await
         .unwrap_err();
@@ -224,7 +236,7 @@ pub async fn environments(store: &dyn Store) {
     );
 
     let err = store
-        .delete_environment(ws, "main", true)
+        .delete_environment(ws, "main", true, &audit())
         .await
         .unwrap_err();
     assert_eq!(
@@ -233,12 +245,12 @@ pub async fn environments(store: &dyn Store) {
         "the default cannot go"
     );
     store
-        .delete_environment(ws, "develop", false)
+        .delete_environment(ws, "develop", false, &audit())
         .await
         .unwrap();
     assert_eq!(
         store
-            .delete_environment(ws, "develop", false)
+            .delete_environment(ws, "develop", false, &audit())
             .await
             .unwrap_err()
             .kind(),
@@ -263,7 +275,7 @@ pub async fn tokens(store: &dyn Store) {
         environments: Some(vec!["main".to_owned()]),
         ..admin.clone()
     };
-    let created = store.create_token(&reader).await.unwrap();
+    let created = store.create_token(&reader, &audit()).await.unwrap();
     assert_eq!(created.environments, Some(vec!["main".to_owned()]));
     let (fetched, _) = store.token_for_auth(&reader.id).await.unwrap().unwrap();
     assert_eq!(fetched, created);
@@ -272,7 +284,7 @@ pub async fn tokens(store: &dyn Store) {
         2
     );
     store
-        .revoke_token(&admin.workspace_id, &reader.id)
+        .revoke_token(&admin.workspace_id, &reader.id, &audit())
         .await
         .unwrap();
     assert!(
@@ -281,7 +293,7 @@ pub async fn tokens(store: &dyn Store) {
     );
     assert_eq!(
         store
-            .revoke_token(&admin.workspace_id, &reader.id)
+            .revoke_token(&admin.workspace_id, &reader.id, &audit())
             .await
             .unwrap_err()
             .kind(),
@@ -304,11 +316,11 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
         environments: Some(vec!["main".to_owned()]),
         secret_hash: hash_token_secret("as-limited"),
     };
-    a.create_token(&limited).await.unwrap();
-    let err = a.revoke_token(ws, admin_id).await.unwrap_err();
+    a.create_token(&limited, &audit()).await.unwrap();
+    let err = a.revoke_token(ws, admin_id, &audit()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
     assert!(err.to_string().contains("last admin token"), "{err}");
-    b.revoke_token(ws, &limited.id).await.unwrap();
+    b.revoke_token(ws, &limited.id, &audit()).await.unwrap();
     for round in 0..10 {
         let second = NewToken {
             id: ids::new_id(ids::TOKEN_ID),
@@ -318,7 +330,7 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
             environments: None,
             secret_hash: hash_token_secret("as-second"),
         };
-        a.create_token(&second).await.unwrap();
+        a.create_token(&second, &audit()).await.unwrap();
         let active = || async {
             b.list_tokens(ws)
                 .await
@@ -332,9 +344,10 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
         };
         let admins = active().await;
         assert_eq!(admins.len(), 2, "round {round}");
+        let by = audit();
         let (first, other) = futures::join!(
-            a.revoke_token(ws, &admins[0]),
-            b.revoke_token(ws, &admins[1])
+            a.revoke_token(ws, &admins[0], &by),
+            b.revoke_token(ws, &admins[1], &by)
         );
         let refused = [&first, &other]
             .iter()
@@ -456,11 +469,15 @@ pub async fn secrets_create_and_read(store: &dyn Store) {
         Some(1234)
     );
 
-    store.delete_secret(ws, &id).await.unwrap();
+    store.delete_secret(ws, &id, &audit()).await.unwrap();
     let err = store.secret_by_id(ws, &id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert_eq!(
-        store.delete_secret(ws, &id).await.unwrap_err().kind(),
+        store
+            .delete_secret(ws, &id, &audit())
+            .await
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
     // The name is free again.
@@ -631,7 +648,10 @@ async fn lookups_follow_writes_between(
     };
     let keys = |k: &[&str]| k.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
     let env_name = format!("look-{tag}");
-    let env = writer.create_environment(ws, &env_name).await.unwrap();
+    let env = writer
+        .create_environment(ws, &env_name, &audit())
+        .await
+        .unwrap();
     let write = |contents: &str, on_conflict| {
         named(ws, &env.id, "look", dict(&[("V", contents)]), on_conflict)
     };
@@ -734,6 +754,7 @@ async fn lookups_follow_writes_between(
                 name: Some(renamed.clone()),
                 webhook_suffix: None,
             },
+            &audit(),
         )
         .await
         .unwrap();
@@ -750,7 +771,7 @@ async fn lookups_follow_writes_between(
     let found = found.unwrap().expect("found under the new name");
     assert_eq!(found.summary.environment_name, renamed);
 
-    writer.delete_secret(ws, &id).await.unwrap();
+    writer.delete_secret(ws, &id, &audit()).await.unwrap();
     let found = reader.secret_in_environment(ws, &renamed, "look").await;
     assert!(
         found.unwrap().is_none(),
@@ -791,7 +812,10 @@ async fn lookups_follow_writes_between(
         let found = reader.secret_in_environment(ws, env, &name).await;
         assert_eq!(value(found.unwrap(), "default, updated"), "2");
     }
-    writer.delete_secret(ws, &d.summary.id).await.unwrap();
+    writer
+        .delete_secret(ws, &d.summary.id, &audit())
+        .await
+        .unwrap();
     for env in ["", default.name.as_str()] {
         let found = reader.secret_in_environment(ws, env, &name).await;
         assert!(found.unwrap().is_none(), "deleted, found in '{env}'");
@@ -810,7 +834,10 @@ async fn lookups_follow_writes_between(
         .unwrap();
     let found = reader.secret_in_environment(ws, &renamed, "look").await;
     assert_eq!(value(found.unwrap(), "recreated"), "4");
-    writer.delete_environment(ws, &renamed, true).await.unwrap();
+    writer
+        .delete_environment(ws, &renamed, true, &audit())
+        .await
+        .unwrap();
     let found = reader.secret_in_environment(ws, &renamed, "look").await;
     assert!(found.unwrap().is_none(), "found in a deleted environment");
 }
@@ -853,7 +880,11 @@ const PAGING_SECRETS: usize = 276;
 /// Creates the environment `paging` holding [`PAGING_SECRETS`] named
 /// secrets, 16 of them created concurrently; returns its id.
 async fn fill_paging(store: &dyn Store, ws: &str) -> String {
-    let env = store.create_environment(ws, "paging").await.unwrap().id;
+    let env = store
+        .create_environment(ws, "paging", &audit())
+        .await
+        .unwrap()
+        .id;
     let total = PAGING_SECRETS - 16;
     for i in 0..total {
         store
@@ -905,6 +936,7 @@ pub async fn secrets_anonymous_and_sweep(store: &dyn Store) {
         contents: dict(&[("ANON", "v")]),
         on_conflict: OnConflict::Fail,
         keep_versions: KEEP,
+        audit: audit(),
     };
     let (expired, _) = store.create_secret(&make(now - 1, None)).await.unwrap();
     let (alive, _) = store
@@ -938,7 +970,7 @@ pub async fn environment_delete_with_secrets(store: &dyn Store) {
     let ws = admin.workspace_id.as_str();
     fill_paging(store, ws).await;
     let err = store
-        .delete_environment(ws, "paging", false)
+        .delete_environment(ws, "paging", false, &audit())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
@@ -947,7 +979,10 @@ pub async fn environment_delete_with_secrets(store: &dyn Store) {
         "{}",
         err.message()
     );
-    store.delete_environment(ws, "paging", true).await.unwrap();
+    store
+        .delete_environment(ws, "paging", true, &audit())
+        .await
+        .unwrap();
     assert_eq!(
         store.environment(ws, "paging").await.unwrap_err().kind(),
         ErrorKind::NotFound
@@ -1027,7 +1062,9 @@ pub async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store) {
                 .contents["W"],
             value
         );
-        a.delete_secret(ws, &created.summary.id).await.unwrap();
+        a.delete_secret(ws, &created.summary.id, &audit())
+            .await
+            .unwrap();
         assert_eq!(
             b.secret_by_name(ws, env, &name).await.unwrap_err().kind(),
             ErrorKind::NotFound,
@@ -1105,7 +1142,7 @@ pub async fn replicas_concurrent_creates(a: &dyn Store, b: &dyn Store) {
 pub async fn replicas_paging_while_writing(a: &dyn Store, b: &dyn Store) {
     let (ws, _) = setup_replicas(a, b).await;
     let ws = ws.as_str();
-    let env = a.create_environment(ws, "busy").await.unwrap().id;
+    let env = a.create_environment(ws, "busy", &audit()).await.unwrap().id;
     let before: Vec<String> = (0..120).map(|i| format!("old{i:03}")).collect();
     for name in &before {
         a.create_secret(&named(ws, &env, name, EnvDict::new(), OnConflict::Fail))
@@ -1156,7 +1193,9 @@ pub async fn replicas_paging_while_writing(a: &dyn Store, b: &dyn Store) {
         a.list_secrets(ws, &env, None, 1000).await.unwrap().len(),
         240
     );
-    a.delete_environment(ws, "busy", true).await.unwrap();
+    a.delete_environment(ws, "busy", true, &audit())
+        .await
+        .unwrap();
 }
 
 /// Two replicas sweeping at once remove every expired secret once.
@@ -1176,6 +1215,7 @@ pub async fn replicas_sweep(a: &dyn Store, b: &dyn Store) {
             contents: dict(&[("A", "1")]),
             on_conflict: OnConflict::Fail,
             keep_versions: KEEP,
+            audit: audit(),
         })
         .await
         .unwrap();
@@ -1210,10 +1250,16 @@ pub async fn environment_names_and_the_default(store: &dyn Store) {
         name: Some("renamed".to_owned()),
         webhook_suffix: Some("x".to_owned()),
     };
-    let err = store.update_environment(ws, "", &update).await.unwrap_err();
+    let err = store
+        .update_environment(ws, "", &update, &audit())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert_eq!(err.message(), "Environment '' not found");
-    let err = store.delete_environment(ws, "", true).await.unwrap_err();
+    let err = store
+        .delete_environment(ws, "", true, &audit())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     assert_eq!(err.message(), "Environment '' not found");
     assert_eq!(
@@ -1231,6 +1277,7 @@ pub async fn environment_names_and_the_default(store: &dyn Store) {
                 name: None,
                 webhook_suffix: Some("hook".to_owned()),
             },
+            &audit(),
         )
         .await
         .unwrap();
@@ -1250,6 +1297,7 @@ pub async fn environment_names_and_the_default(store: &dyn Store) {
                 name: Some("primary".to_owned()),
                 webhook_suffix: None,
             },
+            &audit(),
         )
         .await
         .unwrap();
@@ -1272,7 +1320,7 @@ pub async fn environment_names_and_the_default(store: &dyn Store) {
         .unwrap()
         .is_none());
     let err = store
-        .delete_environment(ws, "primary", true)
+        .delete_environment(ws, "primary", true, &audit())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
@@ -1356,7 +1404,10 @@ pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
             .await
             .unwrap_err(),
     );
-    short("delete", store.delete_secret(ws, &long).await.unwrap_err());
+    short(
+        "delete",
+        store.delete_secret(ws, &long, &audit()).await.unwrap_err(),
+    );
     short(
         "environment",
         store.environment(ws, &long).await.unwrap_err(),
@@ -1364,11 +1415,14 @@ pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
     short(
         "environment update",
         store
-            .update_environment(ws, &long, &EnvironmentUpdate::default())
+            .update_environment(ws, &long, &EnvironmentUpdate::default(), &audit())
             .await
             .unwrap_err(),
     );
-    short("token", store.revoke_token(ws, &long).await.unwrap_err());
+    short(
+        "token",
+        store.revoke_token(ws, &long, &audit()).await.unwrap_err(),
+    );
     short(
         "create in an unknown environment",
         store
@@ -1383,7 +1437,10 @@ pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
 pub async fn environments_by_id(store: &dyn Store) {
     let admin = setup(store).await;
     let ws = admin.workspace_id.as_str();
-    let env = store.create_environment(ws, "by-id").await.unwrap();
+    let env = store
+        .create_environment(ws, "by-id", &audit())
+        .await
+        .unwrap();
     assert_eq!(store.environment(ws, &env.id).await.unwrap(), env);
     store
         .create_secret(&named(
@@ -1417,6 +1474,7 @@ pub async fn environments_by_id(store: &dyn Store) {
                 name: Some("renamed".to_owned()),
                 webhook_suffix: None,
             },
+            &audit(),
         )
         .await
         .unwrap();
@@ -1424,7 +1482,10 @@ pub async fn environments_by_id(store: &dyn Store) {
         (renamed.id.as_str(), renamed.name.as_str()),
         (env.id.as_str(), "renamed")
     );
-    let other = store.create_environment(ws, "other").await.unwrap();
+    let other = store
+        .create_environment(ws, "other", &audit())
+        .await
+        .unwrap();
     assert!(
         store
             .secret_in_environment(ws, &other.id, "s")
@@ -1433,7 +1494,10 @@ pub async fn environments_by_id(store: &dyn Store) {
             .is_none(),
         "another environment's id finds nothing of this one"
     );
-    store.delete_environment(ws, &env.id, true).await.unwrap();
+    store
+        .delete_environment(ws, &env.id, true, &audit())
+        .await
+        .unwrap();
     assert_eq!(
         store.environment(ws, &env.id).await.unwrap_err().kind(),
         ErrorKind::NotFound
@@ -1447,6 +1511,7 @@ fn by(author: &str, keep: u32) -> Revision {
     Revision {
         author: author.to_owned(),
         keep_versions: keep,
+        audit: audit(),
         expected_version: None,
     }
 }
@@ -1628,7 +1693,7 @@ pub async fn versions_history_and_rollback(store: &dyn Store) {
     assert_eq!(listed[0].version, 5);
 
     // Deleting the secret destroys its history.
-    store.delete_secret(ws, &id).await.unwrap();
+    store.delete_secret(ws, &id, &audit()).await.unwrap();
     let err = store.secret_history(ws, &id, None, 10).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     let err = store.secret_version(ws, &id, 1).await.unwrap_err();
@@ -1828,7 +1893,7 @@ where
     assert_eq!(replaced.summary.version, 2);
     let history = store.secret_history(ws, &bad, None, 10).await.unwrap();
     assert_eq!(history[0].changes, None);
-    store.delete_secret(ws, &bad).await.unwrap();
+    store.delete_secret(ws, &bad, &audit()).await.unwrap();
     assert!(store
         .secret_in_environment(ws, "", "damaged")
         .await
@@ -1972,7 +2037,11 @@ pub async fn replicas_paging_while_many_write(a: &dyn Store, b: &dyn Store) {
     const PER_WRITER: usize = 12;
     let (ws, _) = setup_replicas(a, b).await;
     let ws = ws.as_str();
-    let env = a.create_environment(ws, "crowd").await.unwrap().id;
+    let env = a
+        .create_environment(ws, "crowd", &audit())
+        .await
+        .unwrap()
+        .id;
     let acknowledged = std::sync::Mutex::new(Vec::<String>::new());
     let done = std::sync::atomic::AtomicBool::new(false);
     let writers = join_all((0..32).map(|w| {
@@ -2037,4 +2106,281 @@ pub async fn replicas_paging_while_many_write(a: &dyn Store, b: &dyn Store) {
     };
     let ((), passes) = futures::join!(writers, reader);
     assert!(passes >= 2, "the reader paged while the writers wrote");
+}
+
+/// The audit log: every write appends its event in its own transaction,
+/// reads and refusals are appended through [`Store::record`], the chain
+/// verifies, and retention keeps it verifiable from a checkpoint on. No
+/// event holds a value.
+pub async fn audit_log_chain(store: &dyn Store) {
+    use crate::audit::{AuditFilter, Interface, Verdict};
+    let (ws, env) = default_environment(store).await;
+    let ws = ws.as_str();
+    let start = store.audit_head().await.unwrap();
+    let by = || {
+        let mut entry = AuditEntry::new(Interface::Api, "");
+        entry.workspace_id = Some(ws.to_owned());
+        entry.client = Some("192.0.2.7".to_owned());
+        entry
+    };
+    let new = |name: &str, value: &str| NewSecret {
+        workspace_id: ws.to_owned(),
+        environment_id: env.clone(),
+        kind: SecretKind::Named(name.to_owned()),
+        created_by: "auditor".to_owned(),
+        contents: EnvDict::from([("PASSWORD".to_owned(), value.to_owned())]),
+        on_conflict: OnConflict::Overwrite,
+        keep_versions: KEEP,
+        audit: by(),
+    };
+    let (secret, _) = store
+        .create_secret(&new("audited", "v4lue-one"))
+        .await
+        .unwrap();
+    store
+        .create_secret(&new("audited", "v4lue-two"))
+        .await
+        .unwrap();
+    let revision = Revision {
+        audit: by(),
+        ..Revision::by("auditor")
+    };
+    let changes = [("PASSWORD".to_owned(), Some("v4lue-three".to_owned()))];
+    store
+        .update_secret(ws, &secret.summary.id, &changes, &revision)
+        .await
+        .unwrap();
+    store
+        .rollback_secret(ws, &secret.summary.id, 1, &revision)
+        .await
+        .unwrap();
+    let read = store.secret_by_id(ws, &secret.summary.id).await.unwrap();
+    store
+        .record(&[by().action("secret.read").about(&read.summary)])
+        .await
+        .unwrap();
+    store
+        .create_environment(ws, "audited-env", &by())
+        .await
+        .unwrap();
+    store
+        .delete_environment(ws, "audited-env", false, &by())
+        .await
+        .unwrap();
+    store
+        .delete_secret(ws, &secret.summary.id, &by())
+        .await
+        .unwrap();
+    // A refused write appends nothing.
+    let err = store
+        .delete_secret(ws, &secret.summary.id, &by())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+
+    let events = store
+        .audit_events(
+            ws,
+            &AuditFilter {
+                after: Some(start.seq),
+                ..AuditFilter::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    let seen: Vec<(&str, Option<i64>)> = events
+        .iter()
+        .map(|e| (e.entry.action.as_str(), e.entry.version))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("secret.create", Some(1)),
+            ("secret.overwrite", Some(2)),
+            ("secret.update", Some(3)),
+            ("secret.rollback", Some(4)),
+            ("secret.read", Some(4)),
+            ("environment.create", None),
+            ("environment.delete", None),
+            ("secret.delete", Some(4)),
+        ]
+    );
+    let seqs: Vec<i64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (start.seq + 1..=start.seq + 8).collect::<Vec<_>>(),
+        "gapless"
+    );
+    for e in &events {
+        assert_eq!(e.entry.client.as_deref(), Some("192.0.2.7"));
+        let text = format!("{e:?}");
+        assert!(!text.contains("v4lue"), "an event shows a value: {text}");
+    }
+    assert_eq!(events[0].entry.secret_name.as_deref(), Some("audited"));
+    assert_eq!(events[5].entry.environment.as_deref(), Some("audited-env"));
+    let head = store.audit_head().await.unwrap();
+    assert_eq!((head.seq, &head.mac), (events[7].seq, &events[7].mac));
+
+    // Filters.
+    let only = |filter: AuditFilter| async move {
+        store
+            .audit_events(ws, &filter, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.seq > start.seq)
+            .count()
+    };
+    let reads = AuditFilter {
+        action: Some("secret.read".to_owned()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(only(reads).await, 1);
+    let named = AuditFilter {
+        secret: Some("audited".to_owned()),
+        ..AuditFilter::default()
+    };
+    assert_eq!(only(named).await, 6);
+    let later = AuditFilter {
+        since: Some(events[7].at + 1),
+        ..AuditFilter::default()
+    };
+    assert_eq!(only(later).await, 0);
+    // Another workspace sees none of them.
+    assert!(store
+        .audit_events("ac-another", &AuditFilter::default(), 100)
+        .await
+        .unwrap()
+        .iter()
+        .all(|e| e.entry.workspace_id.is_none()));
+
+    let exposure = store.secret_exposure(ws, &secret.summary.id).await.unwrap();
+    assert!(exposure.is_empty(), "a read without a token exposes nobody");
+
+    assert!(matches!(
+        store.audit_verify().await.unwrap(),
+        Verdict::Intact { .. }
+    ));
+
+    // Retention: everything before the last event goes, after a checkpoint.
+    let removed = store.audit_retain(events[7].at, &by()).await.unwrap();
+    assert!(removed >= 7, "removed {removed}");
+    match store.audit_verify().await.unwrap() {
+        Verdict::Intact { first, last, .. } => {
+            assert_eq!(
+                first, events[7].seq,
+                "the chain starts at the first kept event"
+            );
+            assert_eq!(last, events[7].seq + 1, "and ends at the checkpoint");
+        }
+        broken => panic!("after retention: {broken:?}"),
+    }
+    assert_eq!(store.audit_retain(events[7].at, &by()).await.unwrap(), 0);
+}
+
+/// What a test does to a store's database behind its back: runs one SQL
+/// statement.
+pub type Exec<'a> =
+    &'a (dyn Fn(String) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Sync);
+
+/// Editing, deleting or swapping event rows directly in the database makes
+/// [`Store::audit_verify`] fail and name the first event touched; an event
+/// that cannot be written (the trigger `fail_on`, `fail_off` installs and
+/// removes) fails the write it records, which changes nothing, and a read.
+pub async fn audit_tampering(store: &dyn Store, exec: Exec<'_>, fail_on: &str, fail_off: &str) {
+    use crate::audit::Verdict;
+    let (ws, env) = default_environment(store).await;
+    let ws = ws.as_str();
+    let id = create_named(store, ws, &env, "tampered", &[("A", "1")]).await;
+    for i in 0..4 {
+        let changes = [("A".to_owned(), Some(i.to_string()))];
+        store
+            .update_secret(ws, &id, &changes, &Revision::by("t"))
+            .await
+            .unwrap();
+    }
+    let head = store.audit_head().await.unwrap();
+    let (a, b) = (head.seq - 3, head.seq - 1);
+    let broken_at = || async {
+        match store.audit_verify().await.unwrap() {
+            Verdict::Broken { seq, reason } => {
+                assert!(!reason.is_empty());
+                Some(seq)
+            }
+            Verdict::Intact { .. } => None,
+        }
+    };
+    assert_eq!(broken_at().await, None);
+
+    exec(format!(
+        "UPDATE audit_events SET outcome = 'denied' WHERE seq = {a}"
+    ))
+    .await;
+    assert_eq!(broken_at().await, Some(a), "an edited event");
+    exec(format!(
+        "UPDATE audit_events SET outcome = 'ok' WHERE seq = {a}"
+    ))
+    .await;
+    assert_eq!(broken_at().await, None, "put back");
+
+    exec(format!(
+        "UPDATE audit_events SET seq = 1000000 WHERE seq = {a}"
+    ))
+    .await;
+    assert_eq!(broken_at().await, Some(a), "a deleted event");
+    exec(format!(
+        "UPDATE audit_events SET seq = {a} WHERE seq = 1000000"
+    ))
+    .await;
+
+    exec(format!(
+        "UPDATE audit_events SET seq = 1000000 WHERE seq = {a}"
+    ))
+    .await;
+    exec(format!("UPDATE audit_events SET seq = {a} WHERE seq = {b}")).await;
+    exec(format!(
+        "UPDATE audit_events SET seq = {b} WHERE seq = 1000000"
+    ))
+    .await;
+    assert_eq!(broken_at().await, Some(a), "two events swapped");
+    exec(format!(
+        "UPDATE audit_events SET seq = 1000000 WHERE seq = {a}"
+    ))
+    .await;
+    exec(format!("UPDATE audit_events SET seq = {a} WHERE seq = {b}")).await;
+    exec(format!(
+        "UPDATE audit_events SET seq = {b} WHERE seq = 1000000"
+    ))
+    .await;
+    assert_eq!(broken_at().await, None, "put back");
+
+    exec(format!("DELETE FROM audit_events WHERE seq = {}", head.seq)).await;
+    assert_eq!(
+        broken_at().await,
+        Some(head.seq),
+        "the last event cut, the head left"
+    );
+
+    // Fail closed.
+    exec(fail_on.to_owned()).await;
+    let before = store.secret_by_id(ws, &id).await.unwrap();
+    let changes = [("A".to_owned(), Some("never".to_owned()))];
+    let err = store
+        .update_secret(ws, &id, &changes, &Revision::by("t"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    let after = store.secret_by_id(ws, &id).await.unwrap();
+    assert_eq!(
+        after.summary.version, before.summary.version,
+        "nothing changed"
+    );
+    assert_eq!(after.contents, before.contents);
+    let read = AuditEntry::server()
+        .action("secret.read")
+        .about(&after.summary);
+    let err = store.record(&[read]).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err:?}");
+    exec(fail_off.to_owned()).await;
 }

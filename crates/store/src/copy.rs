@@ -115,9 +115,34 @@ pub const TABLES: &[Table] = &[
             ("ciphertext", Bytes),
         ],
     },
+    Table {
+        name: "audit_events",
+        columns: &[
+            ("seq", Int),
+            ("at", Int),
+            ("workspace_id", Text),
+            ("actor_id", Text),
+            ("actor_name", Text),
+            ("actor_role", Text),
+            ("client", Text),
+            ("interface", Text),
+            ("action", Text),
+            ("environment", Text),
+            ("secret_name", Text),
+            ("secret_id", Text),
+            ("version", Int),
+            ("outcome", Text),
+            ("detail", Text),
+            ("mac", Bytes),
+        ],
+    },
+    Table {
+        name: "audit_head",
+        columns: &[("id", Int), ("seq", Int), ("mac", Bytes)],
+    },
 ];
 
-/// Rows per multi-row INSERT: 500 × 13 columns stays far below both
+/// Rows per multi-row INSERT: 500 × 16 columns stays far below both
 /// backends' limits on bound parameters.
 const BATCH_ROWS: usize = 500;
 

@@ -168,16 +168,59 @@ fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<
         .map(Zeroizing::new)
 }
 
-/// Seals and opens secret contents under a master key.
+/// Seals and opens secret contents under a master key; once a store is
+/// open, also holds its audit key (see [`crate::audit`]).
 #[derive(Clone, Debug)]
 pub struct Keyring {
     master: MasterKey,
+    audit: Option<AuditKey>,
 }
+
+/// The key of the audit log's chain: random, stored wrapped by the master key.
+#[derive(Clone)]
+struct AuditKey(std::sync::Arc<Zeroizing<[u8; KEY_LEN]>>);
+
+impl fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuditKey(..)")
+    }
+}
+
+const AUDIT_KEY_AAD: &[u8] = b"latchkey/v1/audit-key";
 
 impl Keyring {
     /// A keyring that seals under `master`.
     pub fn new(master: MasterKey) -> Self {
-        Self { master }
+        Self {
+            master,
+            audit: None,
+        }
+    }
+
+    /// A new random audit key, wrapped by the master key: what a store keeps.
+    pub(crate) fn new_audit_key(&self) -> Vec<u8> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        OsRng.fill_bytes(key.as_mut());
+        seal_with(&self.master.cipher(), AUDIT_KEY_AAD, key.as_ref())
+    }
+
+    /// This keyring with the audit key that `wrapped` holds; `None` when
+    /// the master key does not open it.
+    pub(crate) fn with_audit_key(mut self, wrapped: &[u8]) -> Option<Self> {
+        let key = open_with(&self.master.cipher(), AUDIT_KEY_AAD, wrapped)
+            .filter(|k| k.len() == KEY_LEN)?;
+        let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
+        bytes.copy_from_slice(&key);
+        self.audit = Some(AuditKey(std::sync::Arc::new(bytes)));
+        Some(self)
+    }
+
+    /// The audit key, once the store is open.
+    pub(crate) fn audit_key(&self) -> Result<&[u8], Error> {
+        self.audit
+            .as_ref()
+            .map(|k| &k.0[..])
+            .ok_or_else(|| Error::internal("the audit key is not loaded"))
     }
 
     /// The id of the master key in use.

@@ -15,6 +15,7 @@
 //! layout (wrapped data key, ciphertext, version bound into the associated
 //! data) in one place.
 
+pub mod audit;
 mod cache;
 mod changes;
 pub mod conformance;
@@ -30,6 +31,9 @@ pub use model::*;
 pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
+use audit::{
+    AuditEntry, AuditEvent, AuditFilter, AuditHead, TokenExposure, Verdict, VersionExposure,
+};
 use crypto::Keyring;
 
 use std::sync::Arc;
@@ -64,6 +68,10 @@ pub enum OpenError {
         /// The database file.
         target: String,
     },
+    /// The store's own records do not hold together (its audit key does
+    /// not open with the master key that opens everything else).
+    #[error("the store is damaged: {0}")]
+    Damaged(String),
     /// The database URL is not one an adapter understands.
     #[error("invalid database URL: {0}")]
     BadUrl(String),
@@ -195,6 +203,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         workspace_id: &str,
         name: &str,
+        audit: &AuditEntry,
     ) -> Result<Environment, Error>;
 
     /// Renames an environment and/or changes its webhook suffix.
@@ -203,6 +212,7 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: &str,
         current_name: &str,
         update: &EnvironmentUpdate,
+        audit: &AuditEntry,
     ) -> Result<Environment, Error>;
 
     /// Deletes an environment and, when `with_secrets`, every secret in it.
@@ -213,10 +223,11 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: &str,
         name: &str,
         with_secrets: bool,
+        audit: &AuditEntry,
     ) -> Result<(), Error>;
 
     /// Stores a new token (only the hash of its secret).
-    async fn create_token(&self, token: &NewToken) -> Result<Token, Error>;
+    async fn create_token(&self, token: &NewToken, audit: &AuditEntry) -> Result<Token, Error>;
 
     /// The token with this id, with the stored hash of its secret, if any and
     /// not revoked. Never fails for an unknown id: authentication decides.
@@ -231,7 +242,12 @@ pub trait Store: Send + Sync + 'static {
     /// The check and the revocation are one transaction, ordered with every
     /// other revocation in the workspace, so that concurrent revocations
     /// (through any replica) never leave a workspace without an admin.
-    async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error>;
+    async fn revoke_token(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), Error>;
 
     /// Creates a secret, or, for a named one whose name exists, acts as
     /// `secret.on_conflict` says. Returns the secret and whether it was created.
@@ -323,7 +339,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a secret and every version of it, with their data keys.
     /// NotFound if there is none.
-    async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error>;
+    async fn delete_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), Error>;
 
     /// Named secrets of an environment, newest first, created strictly before
     /// `created_before` when given, at most `limit`.
@@ -349,6 +370,52 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes anonymous secrets whose time to live ended before `now`.
     /// Returns how many it deleted.
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error>;
+
+    // --- the audit log ([`audit`]) ----------------------------------------
+    //
+    // Every write above appends its own event, in its own transaction,
+    // completed from `audit` (who, where from, through which interface)
+    // with its action and what it changed; a write whose event cannot be
+    // appended fails as Unavailable and changes nothing.
+
+    /// Appends events that record no change of their own (reads of values,
+    /// refusals), committed before this returns; appends from concurrent
+    /// callers share one commit. Returns the head after them.
+    async fn record(&self, entries: &[AuditEntry]) -> Result<AuditHead, Error>;
+
+    /// The head of the chain: the newest event's number and MAC.
+    async fn audit_head(&self) -> Result<AuditHead, Error>;
+
+    /// Events of a workspace (and those of none: failed authentications of
+    /// unknown tokens), oldest first, that `filter` selects; at most `limit`.
+    async fn audit_events(
+        &self,
+        workspace_id: &str,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, Error>;
+
+    /// Checks the whole chain against the audit key and the head.
+    async fn audit_verify(&self) -> Result<Verdict, Error>;
+
+    /// Removes the events logged before `before`, after appending a
+    /// checkpoint (by `audit`) from which the chain is verified on.
+    /// Returns how many it removed.
+    async fn audit_retain(&self, before: Micros, audit: &AuditEntry) -> Result<u64, Error>;
+
+    /// Who read the values of each version of a secret, newest first.
+    async fn secret_exposure(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+    ) -> Result<Vec<VersionExposure>, Error>;
+
+    /// The secrets whose current version the token `token_id` has read.
+    async fn token_exposure(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+    ) -> Result<Vec<TokenExposure>, Error>;
 }
 
 #[cfg(test)]

@@ -131,6 +131,9 @@ pub struct NewSecret {
     pub on_conflict: OnConflict,
     /// How many versions an overwrite keeps (see [`Revision::keep_versions`]).
     pub keep_versions: u32,
+    /// Who creates it, for the audit log (the store sets the action and
+    /// what was created).
+    pub audit: crate::audit::AuditEntry,
 }
 
 impl fmt::Debug for NewSecret {
@@ -314,6 +317,9 @@ pub struct Revision {
     /// Compare-and-swap: the write is refused (FailedPrecondition) unless
     /// this is the current version.
     pub expected_version: Option<i64>,
+    /// Who writes, for the audit log (the store sets the action and the
+    /// version made).
+    pub audit: crate::audit::AuditEntry,
 }
 
 impl Revision {
@@ -324,6 +330,7 @@ impl Revision {
             author: author.into(),
             keep_versions: DEFAULT_KEEP_VERSIONS,
             expected_version: None,
+            audit: crate::audit::AuditEntry::server(),
         }
     }
 }

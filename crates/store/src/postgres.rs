@@ -45,12 +45,13 @@ use sqlx::{
 };
 
 use crate::{
+    audit::AuditEntry,
     cache::LookupCache,
     changes::ChangeFeed,
     crypto::Keyring,
     sql::{
-        bounded, db_error,
-        group::{self, CommitGroup, Creates},
+        audit_write_failed, bounded, db_error,
+        group::{self, Commit, Creates, Events},
         queries::Sql,
         verify, Dialect, Engine, Pending,
     },
@@ -101,6 +102,7 @@ pub struct PgStore {
     cache: Arc<LookupCache>,
     feed: ChangeFeed,
     creates: Creates,
+    events: Events,
 }
 
 impl fmt::Debug for PgStore {
@@ -143,6 +145,12 @@ impl PgStore {
         Sql::<Postgres>::fill_key_lists(&mut conn, &keyring)
             .await
             .map_err(db_err)?;
+        let audit_key = Sql::<Postgres>::ensure_audit_key(&mut conn, &keyring)
+            .await
+            .map_err(db_err)?;
+        let keyring = keyring
+            .with_audit_key(&audit_key)
+            .ok_or_else(crate::sql::audit_key_damaged)?;
         drop(conn);
         let cache = Arc::new(LookupCache::new(false));
         // The feed listens on a connection of its own, outside the pool, so
@@ -160,7 +168,7 @@ impl PgStore {
             options.acquire_timeout,
             cache.clone(),
         );
-        let commit: CommitGroup = {
+        let commit: Commit<_, _> = {
             let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
             let bound = options.operation_timeout();
             Arc::new(move |news| {
@@ -179,13 +187,32 @@ impl PgStore {
                 })
             })
         };
+        let events = Events::events({
+            let (pool, keyring) = (pool.clone(), keyring.clone());
+            let bound = options.operation_timeout();
+            Arc::new(move |jobs: Vec<Vec<AuditEntry>>| {
+                let (pool, keyring) = (pool.clone(), keyring.clone());
+                Box::pin(async move {
+                    let all: Vec<AuditEntry> = jobs.iter().flatten().cloned().collect();
+                    let (tx, head) = bounded(bound, async {
+                        let mut tx = pool.begin().await.map_err(audit_write_failed::<Postgres>)?;
+                        let head = Sql::<Postgres>::append_events(&mut tx, &keyring, &all).await?;
+                        Ok((tx, head))
+                    })
+                    .await?;
+                    tx.commit().await.map_err(audit_write_failed::<Postgres>)?;
+                    Ok(jobs.iter().map(|_| Ok(head.clone())).collect())
+                })
+            })
+        });
         Ok(Self {
             pool,
             keyring,
             options,
             cache,
             feed,
-            creates: Creates::start(commit),
+            creates: Creates::creates(commit),
+            events,
         })
     }
 
@@ -266,6 +293,10 @@ impl Engine for PgStore {
 
     fn creates(&self) -> &Creates {
         &self.creates
+    }
+
+    fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Stops the change feed and closes the pool, waiting for connections

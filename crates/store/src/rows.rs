@@ -346,3 +346,59 @@ pub(crate) fn environment_not_found(name: &str) -> Error {
         latchkey_core::rules::echo(name)
     ))
 }
+
+/// The columns of an audit event, in [`AuditRow`]'s order.
+pub(crate) const AUDIT_COLUMNS: &str = "seq, at, workspace_id, actor_id, actor_name, actor_role, \
+     client, interface, action, environment, secret_name, secret_id, version, outcome, detail, mac";
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    seq: i64,
+    at: i64,
+    workspace_id: Option<String>,
+    actor_id: Option<String>,
+    actor_name: Option<String>,
+    actor_role: Option<String>,
+    client: Option<String>,
+    interface: String,
+    action: String,
+    environment: Option<String>,
+    secret_name: Option<String>,
+    secret_id: Option<String>,
+    version: Option<i64>,
+    outcome: String,
+    detail: Option<String>,
+    mac: Vec<u8>,
+}
+
+impl From<AuditRow> for crate::audit::AuditEvent {
+    fn from(r: AuditRow) -> Self {
+        // An actor is all three columns or none; a row written otherwise
+        // (by hand) keeps what it has, so that its MAC fails rather than
+        // the read.
+        let actor = (r.actor_id.is_some() || r.actor_name.is_some() || r.actor_role.is_some())
+            .then(|| crate::audit::Actor {
+                token_id: r.actor_id.unwrap_or_default(),
+                name: r.actor_name.unwrap_or_default(),
+                role: r.actor_role.unwrap_or_default(),
+            });
+        crate::audit::AuditEvent {
+            seq: r.seq,
+            at: r.at,
+            entry: crate::audit::AuditEntry {
+                workspace_id: r.workspace_id,
+                actor,
+                client: r.client,
+                interface: r.interface,
+                action: r.action,
+                environment: r.environment,
+                secret_name: r.secret_name,
+                secret_id: r.secret_id,
+                version: r.version,
+                outcome: r.outcome,
+                detail: r.detail,
+            },
+            mac: r.mac,
+        }
+    }
+}

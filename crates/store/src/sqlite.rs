@@ -21,11 +21,12 @@ use sqlx::{
 };
 
 use crate::{
+    audit::AuditEntry,
     cache::LookupCache,
     crypto::Keyring,
     sql::{
-        db_error,
-        group::{self, CommitGroup, Creates},
+        audit_write_failed, db_error,
+        group::{self, Commit, Creates, Events},
         queries::Sql,
         verify, Dialect, Engine, Pending,
     },
@@ -39,6 +40,7 @@ pub struct SqliteStore {
     reader: SqlitePool,
     keyring: Keyring,
     creates: Creates,
+    events: Events,
     /// Rows of named lookups. Every write to this database goes through
     /// this store (one server per SQLite file), so the cache is always live.
     cache: Arc<LookupCache>,
@@ -90,9 +92,16 @@ impl SqliteStore {
             Sql::<Sqlite>::fill_key_lists(&mut tx, &keyring)
                 .await
                 .map_err(db_err)?;
+            let audit_key = Sql::<Sqlite>::ensure_audit_key(&mut tx, &keyring)
+                .await
+                .map_err(db_err)?;
             tx.commit().await.map_err(db_err)?;
-            stored
+            (stored, audit_key)
         };
+        let (stored, audit_key) = stored;
+        let keyring = keyring
+            .with_audit_key(&audit_key)
+            .ok_or_else(crate::sql::audit_key_damaged)?;
         debug_assert!(stored.is_some());
         // Move the key check (and everything else) from the WAL into the
         // database file, where a later start reads it without writing.
@@ -107,7 +116,7 @@ impl SqliteStore {
             .await
             .map_err(db_err)?;
         let cache = Arc::new(LookupCache::new(true));
-        let commit: CommitGroup = {
+        let commit: Commit<_, _> = {
             let (writer, keyring, cache) = (writer.clone(), keyring.clone(), cache.clone());
             Arc::new(move |news| {
                 let (writer, keyring, cache) = (writer.clone(), keyring.clone(), cache.clone());
@@ -119,12 +128,27 @@ impl SqliteStore {
                 })
             })
         };
-        let creates = Creates::start(commit);
+        let events = Events::events({
+            let writer = writer.clone();
+            let keyring = keyring.clone();
+            Arc::new(move |jobs: Vec<Vec<AuditEntry>>| {
+                let (writer, keyring) = (writer.clone(), keyring.clone());
+                Box::pin(async move {
+                    let mut tx = writer.begin().await.map_err(audit_write_failed::<Sqlite>)?;
+                    let all: Vec<AuditEntry> = jobs.iter().flatten().cloned().collect();
+                    let head = Sql::<Sqlite>::append_events(&mut tx, &keyring, &all).await?;
+                    tx.commit().await.map_err(audit_write_failed::<Sqlite>)?;
+                    Ok(jobs.iter().map(|_| Ok(head.clone())).collect())
+                })
+            })
+        });
+        let creates = Creates::creates(commit);
         Ok(Self {
             writer,
             reader,
             keyring,
             creates,
+            events,
             cache,
             lock: Arc::new(lock),
         })
@@ -184,6 +208,10 @@ impl Engine for SqliteStore {
 
     fn creates(&self) -> &Creates {
         &self.creates
+    }
+
+    fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Closes both pools, checkpointing the WAL, and lets go of the database.

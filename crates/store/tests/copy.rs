@@ -7,6 +7,7 @@
 
 mod support;
 
+use latchkey_store::audit::AuditEntry;
 use std::collections::BTreeMap;
 
 use latchkey_core::{ids, time::now_micros, EnvDict};
@@ -32,17 +33,23 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
     let ws = admin.workspace_id.clone();
     store.bootstrap(&admin).await.unwrap();
     store
-        .create_token(&NewToken {
-            id: ids::new_id(ids::TOKEN_ID),
-            name: "ci".to_owned(),
-            role: Role::Reader,
-            environments: Some(vec!["dev".to_owned()]),
-            ..admin.clone()
-        })
+        .create_token(
+            &NewToken {
+                id: ids::new_id(ids::TOKEN_ID),
+                name: "ci".to_owned(),
+                role: Role::Reader,
+                environments: Some(vec!["dev".to_owned()]),
+                ..admin.clone()
+            },
+            &AuditEntry::server(),
+        )
         .await
         .unwrap();
     let main = store.environment(&ws, "").await.unwrap();
-    let dev = store.create_environment(&ws, "dev").await.unwrap();
+    let dev = store
+        .create_environment(&ws, "dev", &AuditEntry::server())
+        .await
+        .unwrap();
     let mut expected = BTreeMap::new();
     for (i, env) in [&main, &dev, &main].into_iter().enumerate() {
         let contents: EnvDict = [
@@ -62,6 +69,7 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
                 contents,
                 on_conflict: OnConflict::Fail,
                 keep_versions: DEFAULT_KEEP_VERSIONS,
+                audit: AuditEntry::server(),
             })
             .await
             .unwrap();
@@ -92,6 +100,7 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
             contents: [("ANON".to_owned(), "x".to_owned())].into(),
             on_conflict: OnConflict::Fail,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            audit: AuditEntry::server(),
         })
         .await
         .unwrap();
@@ -183,7 +192,8 @@ async fn round_trip_sqlite_postgres_sqlite() {
             rows("tokens"),
             rows("meta")
         ),
-        (1, 2, 2, 2)
+        // meta: the key check, the master key's id, the wrapped audit key.
+        (1, 2, 2, 3)
     );
 
     let back = copy_urls(&db.url, &last).await.unwrap();

@@ -10,6 +10,7 @@
 
 mod support;
 
+use latchkey_store::audit::AuditEntry;
 use std::time::{Duration, Instant};
 
 use latchkey_core::{time::now_micros, ErrorKind};
@@ -38,6 +39,7 @@ async fn seeded(store: &PgStore, name: &str) -> (String, String) {
             contents: [("V".to_owned(), "0".to_owned())].into(),
             on_conflict: OnConflict::Fail,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            audit: AuditEntry::server(),
         })
         .await
         .unwrap();
@@ -176,6 +178,7 @@ async fn one_sweeper_at_a_time() {
             contents: [("A".to_owned(), "1".to_owned())].into(),
             on_conflict: OnConflict::Fail,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            audit: AuditEntry::server(),
         })
         .await
         .unwrap();
@@ -227,6 +230,7 @@ async fn fails_fast_when_the_database_is_gone_and_recovers() {
         contents: [("K".to_owned(), name.to_owned())].into(),
         on_conflict: OnConflict::Fail,
         keep_versions: DEFAULT_KEEP_VERSIONS,
+        audit: AuditEntry::server(),
     };
     store.create_secret(&secret("before")).await.unwrap();
 
@@ -533,7 +537,10 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
     .unwrap();
     let (ws, id) = seeded(&store, "s").await;
     let env = store.environment(&ws, "").await.unwrap().id;
-    store.create_environment(&ws, "dev").await.unwrap();
+    store
+        .create_environment(&ws, "dev", &AuditEntry::server())
+        .await
+        .unwrap();
     let token = NewToken {
         id: "ak-hang".to_owned(),
         workspace_id: ws.clone(),
@@ -559,6 +566,7 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         contents: [("K".to_owned(), "v".to_owned())].into(),
         on_conflict: OnConflict::Overwrite,
         keep_versions: DEFAULT_KEEP_VERSIONS,
+        audit: AuditEntry::server(),
     };
     let change = [("K".to_owned(), Some("v".to_owned()))];
     let ids = [id.clone()];
@@ -580,23 +588,40 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         ),
         (
             "create_environment",
-            kind(s.create_environment(ws, "qa").await.map(drop)),
+            kind(
+                s.create_environment(ws, "qa", &AuditEntry::server())
+                    .await
+                    .map(drop),
+            ),
         ),
         (
             "update_environment",
-            kind(s.update_environment(ws, "dev", &update).await.map(drop)),
+            kind(
+                s.update_environment(ws, "dev", &update, &AuditEntry::server())
+                    .await
+                    .map(drop),
+            ),
         ),
         (
             "delete_environment",
-            kind(s.delete_environment(ws, "dev", true).await),
+            kind(
+                s.delete_environment(ws, "dev", true, &AuditEntry::server())
+                    .await,
+            ),
         ),
-        ("create_token", kind(s.create_token(token).await.map(drop))),
+        (
+            "create_token",
+            kind(s.create_token(token, &AuditEntry::server()).await.map(drop)),
+        ),
         (
             "token_for_auth",
             kind(s.token_for_auth("ak-x").await.map(drop)),
         ),
         ("list_tokens", kind(s.list_tokens(ws).await.map(drop))),
-        ("revoke_token", kind(s.revoke_token(ws, "ak-x").await)),
+        (
+            "revoke_token",
+            kind(s.revoke_token(ws, "ak-x", &AuditEntry::server()).await),
+        ),
         ("create_secret", kind(s.create_secret(&new).await.map(drop))),
         (
             "secret_by_name",
@@ -623,7 +648,10 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
             "sweep_expired",
             kind(s.sweep_expired(now_micros()).await.map(drop)),
         ),
-        ("delete_secret", kind(s.delete_secret(ws, id).await)),
+        (
+            "delete_secret",
+            kind(s.delete_secret(ws, id, &AuditEntry::server()).await),
+        ),
     ];
     let elapsed = started.elapsed();
     proxy.resume();
@@ -747,5 +775,33 @@ async fn a_store_without_versions_migrates() {
 
     let store = open(&db, &key).await;
     conformance::history_after_migration(&store, &old).await;
+    store.close().await;
+}
+
+/// Issue 14: rows of the audit log edited, deleted or swapped in the
+/// database are found by verify; an event that cannot be written fails its
+/// change.
+#[tokio::test]
+async fn audit_tampering_is_found_and_a_failed_event_fails_closed() {
+    let (db, store) = fresh().await;
+    let url = db.url.clone();
+    let exec = move |sql: String| {
+        let url = url.clone();
+        Box::pin(async move {
+            let pool = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    conformance::audit_tampering(
+        &store,
+        &exec,
+        "CREATE FUNCTION audit_down() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'audit device down'; END $$; \
+         CREATE TRIGGER audit_down BEFORE INSERT ON audit_events \
+         FOR EACH ROW EXECUTE FUNCTION audit_down();",
+        "DROP TRIGGER audit_down ON audit_events; DROP FUNCTION audit_down();",
+    )
+    .await;
     store.close().await;
 }

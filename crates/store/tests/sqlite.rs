@@ -1,6 +1,7 @@
 //! The SQLite adapter against the conformance suite, and the properties only
 //! a file on disk has: no plaintext in any file, and a wrong key refused.
 
+use latchkey_store::audit::AuditEntry;
 use latchkey_store::{
     conformance,
     crypto::{Keyring, MasterKey},
@@ -74,6 +75,7 @@ async fn no_plaintext_on_disk_and_wrong_key_refused() {
             contents: [("CANARY".to_owned(), value.to_owned())].into(),
             on_conflict: OnConflict::Fail,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            audit: AuditEntry::server(),
         })
         .await
         .unwrap();
@@ -134,6 +136,7 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
         contents: [("V".to_owned(), value.to_owned())].into(),
         on_conflict,
         keep_versions: DEFAULT_KEEP_VERSIONS,
+        audit: AuditEntry::server(),
     };
     let (created, _) = store
         .create_secret(&secret("1", OnConflict::Fail))
@@ -169,7 +172,7 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
     assert_eq!(committed().await, "3", "the update committed");
     assert_eq!(looked_up().await, "3", "the lookup saw the update");
 
-    start_and_drop(store.delete_secret(&ws, &id));
+    start_and_drop(store.delete_secret(&ws, &id, &AuditEntry::server()));
     settle().await;
     let found = store
         .secret_in_environment(&ws, "", "dropped")
@@ -228,6 +231,7 @@ async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
             contents: [("K".to_owned(), "v".to_owned())].into(),
             on_conflict: OnConflict::Fail,
             keep_versions: DEFAULT_KEEP_VERSIONS,
+            audit: AuditEntry::server(),
         })
         .await
         .unwrap();
@@ -311,5 +315,30 @@ async fn a_store_without_versions_migrates() {
 
     let store = SqliteStore::open(&url(&dir), keyring).await.unwrap();
     conformance::history_after_migration(&store, &old).await;
+    store.close().await;
+}
+
+/// Issue 14: rows of the audit log edited, deleted or swapped in the file
+/// are found by verify; an event that cannot be written fails its change.
+#[tokio::test]
+async fn audit_tampering_is_found_and_a_failed_event_fails_closed() {
+    let (dir, store) = fresh().await;
+    let url = format!("sqlite://{}", dir.path().join("latchkey.db").display());
+    let exec = move |sql: String| {
+        let url = url.clone();
+        Box::pin(async move {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query(&sql).execute(&pool).await.unwrap();
+            pool.close().await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    conformance::audit_tampering(
+        &store,
+        &exec,
+        "CREATE TRIGGER audit_down BEFORE INSERT ON audit_events \
+         BEGIN SELECT RAISE(ABORT, 'audit device down'); END",
+        "DROP TRIGGER audit_down",
+    )
+    .await;
     store.close().await;
 }

@@ -105,18 +105,22 @@ impl ApiError {
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> Self {
-        let (status, code) = match error.kind() {
-            ErrorKind::NotFound => (StatusCode::NOT_FOUND, "not_found"),
-            ErrorKind::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-            ErrorKind::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
-            ErrorKind::FailedPrecondition => {
-                (StatusCode::PRECONDITION_FAILED, "failed_precondition")
-            }
-            ErrorKind::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
-            ErrorKind::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-            ErrorKind::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ErrorKind::ResourceExhausted => (StatusCode::TOO_MANY_REQUESTS, "resource_exhausted"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        let status = match error.kind() {
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::AlreadyExists => StatusCode::CONFLICT,
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::FailedPrecondition => StatusCode::PRECONDITION_FAILED,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        // A kind added later maps to 500 until it has a status of its own.
+        let code = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            "internal"
+        } else {
+            error.kind().code()
         };
         let mut api = Self::new(status, code, error.message());
         if !error.missing_keys().is_empty() {

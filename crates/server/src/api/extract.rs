@@ -46,7 +46,14 @@ impl FromRequestParts<Service> for Authenticated {
                 })?
             }
         };
-        let caller = service.authenticate(id, secret).await?;
+        let origin = latchkey_service::Origin::new(
+            latchkey_service::log::Interface::Api,
+            parts
+                .extensions
+                .get::<latchkey_service::ClientAddr>()
+                .map(latchkey_service::ClientAddr::ip),
+        );
+        let caller = service.authenticate(id, secret, &origin).await?;
         Ok(Authenticated {
             service: service.clone(),
             caller,

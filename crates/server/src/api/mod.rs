@@ -20,6 +20,7 @@
 //! to the router and to the OpenAPI document at once, so the document served
 //! at `/api/v1/openapi.json` ([`openapi`]) cannot miss one.
 
+mod audit;
 mod environments;
 mod error;
 mod extract;
@@ -66,6 +67,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
         (name = "secrets", description = "Named secrets and their values"),
         (name = "environments", description = "Namespaces of secrets"),
         (name = "tokens", description = "The caller and the workspace's tokens"),
+        (name = "audit", description = "The audit log and who read what"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -95,6 +97,11 @@ fn routes() -> OpenApiRouter<Service> {
         .routes(routes!(secrets::rollback))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::revoke))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::head))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::secret_exposure))
+        .routes(routes!(audit::token_exposure))
 }
 
 /// The OpenAPI 3 document of the API, as served at `/api/v1/openapi.json`.

@@ -193,6 +193,9 @@ pub(crate) struct WhoAmI {
     pub(crate) workspace_name: String,
     /// The token making the request.
     pub(crate) token: TokenInfo,
+    /// The head of the audit chain, for clients that watch for a log cut
+    /// short or restored from an older copy.
+    pub(crate) audit_head: Option<super::audit::AuditHeadInfo>,
 }
 
 impl From<&Caller> for WhoAmI {
@@ -201,6 +204,7 @@ impl From<&Caller> for WhoAmI {
             workspace_id: caller.workspace().id.clone(),
             workspace_name: caller.workspace().name.clone(),
             token: caller.token().into(),
+            audit_head: None,
         }
     }
 }

@@ -27,7 +27,7 @@ use super::{
 #[into_params(parameter_in = Path)]
 pub(crate) struct SecretPath {
     /// The secret's name
-    name: String,
+    pub(crate) name: String,
 }
 
 /// The secret a `/secrets/{name}` route acts on: the name from the path and

@@ -124,6 +124,11 @@ const ROUTES: &[&str] = &[
     "GET /tokens",
     "POST /tokens",
     "DELETE /tokens/{id}",
+    "GET /audit",
+    "GET /audit/head",
+    "POST /audit/verify",
+    "GET /secrets/{name}/exposure",
+    "GET /tokens/{id}/exposure",
 ];
 
 #[tokio::test]
@@ -974,4 +979,100 @@ async fn unknown_fields_are_named_shortened() {
         );
         assert!(!message.contains('\u{1}'), "{message:?}");
     }
+}
+
+/// Issue 14: changes, reads of values, refusals and failed authentications
+/// are in the audit log with their actor and outcome, never a value;
+/// readers may not read it; whoami shows the head; exposure names who read
+/// which version.
+#[tokio::test]
+async fn the_audit_log_records_who_did_what() {
+    let h = Harness::new().await;
+    let admin_id = h.service.admin_token_id().to_owned();
+    h.create("db", json!({"PASSWORD": "s3cret-value-1"})).await;
+    let (status, _) = h
+        .call(Method::POST, "/secrets/db/resolve", Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let reader = h.token("auditor-reader", Role::Reader, None).await;
+    let (status, _) = h
+        .call_as(&reader, Method::DELETE, "/secrets/db", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let wrong = format!("{admin_id}:as-wrongwrongwrongwrongwrongwrongwr");
+    let (status, _) = h.call_as(&wrong, Method::GET, "/whoami", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let (status, log) = h.call(Method::GET, "/audit", None).await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let events = log["items"].as_array().unwrap();
+    let find = |action: &str| {
+        events
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("no {action} event in {log}"))
+    };
+    let created = find("secret.create");
+    assert_eq!(created["actor"]["id"], admin_id.as_str());
+    assert_eq!(created["interface"], "api");
+    assert_eq!(created["secret"], "db");
+    assert_eq!(created["version"], 1);
+    let read = find("secret.read");
+    assert_eq!(read["outcome"], "ok");
+    assert_eq!(read["version"], 1);
+    let denied = find("permission.denied");
+    assert_eq!(denied["outcome"], "denied");
+    assert_eq!(denied["actor"]["name"], "auditor-reader");
+    assert_eq!(denied["detail"], "secret.delete");
+    let failed = find("auth.failure");
+    assert!(failed["actor"].is_null());
+    assert!(failed["detail"].as_str().unwrap().contains(&admin_id));
+    find("token.create");
+    let text = log.to_string();
+    assert!(!text.contains("s3cret"), "a value in the log: {text}");
+    assert!(!text.contains("wrongwrong"), "a token secret in the log");
+    assert!(!text.contains(h.service.admin_token_secret()));
+
+    let (status, body) = h.call_as(&reader, Method::GET, "/audit", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (_, filtered) = h.call(Method::GET, "/audit?action=secret.read", None).await;
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
+    let got = h
+        .call(Method::GET, "/audit?action=secret.steal", None)
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "Unknown audit action 'secret.steal'",
+    );
+    let got = h
+        .call(
+            Method::GET,
+            "/audit?since=2026-02-01&until=2026-01-01",
+            None,
+        )
+        .await;
+    assert_error(
+        &got,
+        StatusCode::BAD_REQUEST,
+        "invalid",
+        "'since' is later than 'until'",
+    );
+
+    let (_, who) = h.call(Method::GET, "/whoami", None).await;
+    let (_, head) = h.call(Method::GET, "/audit/head", None).await;
+    assert!(who["audit_head"]["seq"].as_i64().unwrap() >= 5);
+    assert_eq!(head["mac"].as_str().unwrap().len(), 64);
+    let (_, verdict) = h.call(Method::POST, "/audit/verify", None).await;
+    assert_eq!(verdict["intact"], true, "{verdict}");
+
+    let (_, exposure) = h.call(Method::GET, "/secrets/db/exposure", None).await;
+    assert_eq!(exposure["items"][0]["version"], 1, "{exposure}");
+    assert_eq!(exposure["items"][0]["token_id"], admin_id.as_str());
+    assert_eq!(exposure["items"][0]["interfaces"], json!(["api"]));
+    let (_, rotate) = h
+        .call(Method::GET, &format!("/tokens/{admin_id}/exposure"), None)
+        .await;
+    assert_eq!(rotate["items"][0]["secret"], "db", "{rotate}");
 }

@@ -21,8 +21,14 @@ use super::{
         (status = 401, description = "No valid token", body = ErrorBody),
     )
 )]
-pub(crate) async fn whoami(Authenticated { caller, .. }: Authenticated) -> Json<WhoAmI> {
-    Json(WhoAmI::from(&caller))
+pub(crate) async fn whoami(
+    Authenticated { service, caller }: Authenticated,
+) -> Result<Json<WhoAmI>, ApiError> {
+    let head = service.audit_head(&caller).await?;
+    Ok(Json(WhoAmI {
+        audit_head: Some((&head).into()),
+        ..WhoAmI::from(&caller)
+    }))
 }
 
 /// The workspace's tokens.

@@ -90,8 +90,13 @@ impl ModalApi {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("")
         };
+        let origin = grpc_origin(request.extensions());
         self.service
-            .authenticate(header("x-modal-token-id"), header("x-modal-token-secret"))
+            .authenticate(
+                header("x-modal-token-id"),
+                header("x-modal-token-secret"),
+                &origin,
+            )
             .await
             .map_err(status)
     }
@@ -133,7 +138,8 @@ pub(crate) async fn authenticate_first(
             };
             (header("x-modal-token-id"), header("x-modal-token-secret"))
         };
-        match auth.service.authenticate(&id, &secret).await {
+        let origin = grpc_origin(request.extensions());
+        match auth.service.authenticate(&id, &secret, &origin).await {
             Ok(caller) => {
                 request.extensions_mut().insert(caller);
             }
@@ -153,6 +159,16 @@ pub(crate) async fn authenticate_first(
         }
     }
     too_large_is_invalid(next.run(request).await)
+}
+
+/// Where a gRPC request came from.
+fn grpc_origin(extensions: &http::Extensions) -> latchkey_service::Origin {
+    latchkey_service::Origin::new(
+        latchkey_service::log::Interface::Grpc,
+        extensions
+            .get::<latchkey_service::ClientAddr>()
+            .map(latchkey_service::ClientAddr::ip),
+    )
 }
 
 /// Whether `path` names an RPC our `.proto` declares, which we serve.

@@ -24,53 +24,92 @@ use latchkey_core::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Changed;
-use crate::{rows::SecretRow, NewSecret, SecretKind};
+use crate::{audit::AuditEntry, audit::AuditHead, rows::SecretRow, NewSecret, SecretKind};
 
-/// Most creates committed together.
+/// Most jobs committed together.
 pub(crate) const MAX_GROUP: usize = 128;
 
-/// What one create answers: its row (sealed) and whether it is new.
-pub(crate) type Created = Result<(SecretRow, bool), Error>;
-
-/// Commits one group: the answer of each create, in order, once the group's
-/// transaction committed and the cache forgot what it changed.
-pub(crate) type CommitGroup = Arc<
-    dyn Fn(Vec<NewSecret>) -> Pin<Box<dyn Future<Output = Result<Vec<Created>, Error>> + Send>>
+/// Commits one group: the answer of each job, in order, once the group's
+/// transaction committed (and the cache forgot what it changed).
+pub(crate) type Commit<J, R> = Arc<
+    dyn Fn(Vec<J>) -> Pin<Box<dyn Future<Output = Result<Vec<Result<R, Error>>, Error>> + Send>>
         + Send
         + Sync,
 >;
 
-/// A create waiting for the next group, and where its answer goes.
-struct Job {
-    new: NewSecret,
-    done: oneshot::Sender<Created>,
+/// A job waiting for the next group, and where its answer goes.
+type Job<J, R> = (J, oneshot::Sender<Result<R, Error>>);
+
+/// The queue in front of a group commit task; cheap to clone. The task
+/// ends when the last clone is dropped.
+pub(crate) struct Group<J, R> {
+    queue: mpsc::Sender<Job<J, R>>,
 }
 
-/// The queue in front of the group commit task; cheap to clone. The task
-/// ends when the last clone is dropped.
-#[derive(Clone, Debug)]
-pub(crate) struct Creates {
-    queue: mpsc::Sender<Job>,
+impl<J, R> Clone for Group<J, R> {
+    fn clone(&self) -> Self {
+        Group {
+            queue: self.queue.clone(),
+        }
+    }
 }
+
+impl<J, R> std::fmt::Debug for Group<J, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Group").finish_non_exhaustive()
+    }
+}
+
+impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
+    /// Starts the task that commits groups with `commit`, each ordered by
+    /// `order` first; `name` labels its batch sizes in the metrics.
+    pub(crate) fn start(
+        name: &'static str,
+        commit: Commit<J, R>,
+        order: fn(&J, &J) -> std::cmp::Ordering,
+    ) -> Self {
+        let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
+        tokio::spawn(run(name, commit, order, jobs));
+        Group { queue }
+    }
+
+    /// Runs `job` in the next group.
+    pub(crate) async fn submit(&self, job: J) -> Result<R, Error> {
+        let (done, answer) = oneshot::channel();
+        let closed = || Error::unavailable("The secret store is closing; try again shortly");
+        self.queue.send((job, done)).await.map_err(|_| closed())?;
+        answer.await.map_err(|_| closed())?
+    }
+}
+
+/// What one create answers: its row (sealed) and whether it is new.
+pub(crate) type Created = Result<(SecretRow, bool), Error>;
+
+/// Creates of secrets, ordered by environment (see the module's docs).
+pub(crate) type Creates = Group<NewSecret, (SecretRow, bool)>;
+
+/// Appends of audit events that record no change of their own (reads,
+/// refusals), each job one request's events; answered with the head after
+/// the group.
+pub(crate) type Events = Group<Vec<AuditEntry>, AuditHead>;
 
 impl Creates {
-    /// Starts the task that commits groups with `commit`.
-    pub(crate) fn start(commit: CommitGroup) -> Self {
-        let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run(commit, jobs));
-        Creates { queue }
+    /// Starts the task that commits groups of creates with `commit`.
+    pub(crate) fn creates(commit: Commit<NewSecret, (SecretRow, bool)>) -> Self {
+        Group::start("creates", commit, |a, b| lock_order(a).cmp(&lock_order(b)))
     }
 
     /// Creates `new` in the next group.
     pub(crate) async fn create(&self, new: &NewSecret) -> Created {
-        let (done, answer) = oneshot::channel();
-        let closed = || Error::unavailable("The secret store is closing; try again shortly");
-        let job = Job {
-            new: new.clone(),
-            done,
-        };
-        self.queue.send(job).await.map_err(|_| closed())?;
-        answer.await.map_err(|_| closed())?
+        self.submit(new.clone()).await
+    }
+}
+
+impl Events {
+    /// Starts the task that commits groups of events with `commit`, in the
+    /// order they came.
+    pub(crate) fn events(commit: Commit<Vec<AuditEntry>, AuditHead>) -> Self {
+        Group::start("audit_events", commit, |_, _| std::cmp::Ordering::Equal)
     }
 }
 
@@ -87,10 +126,15 @@ pub(crate) fn overwritten(results: &[Created]) -> Changed {
     )
 }
 
-/// The task: takes what waits, orders it by environment, commits it, answers.
-/// The commit runs here, not in the callers, which may have stopped
-/// waiting: the cache must hear of every overwrite that committed.
-async fn run(commit: CommitGroup, mut queue: mpsc::Receiver<Job>) {
+/// The task: takes what waits, orders it, commits it, answers. The commit
+/// runs here, not in the callers, which may have stopped waiting: the cache
+/// must hear of every overwrite that committed.
+async fn run<J, R>(
+    name: &'static str,
+    commit: Commit<J, R>,
+    order: fn(&J, &J) -> std::cmp::Ordering,
+    mut queue: mpsc::Receiver<Job<J, R>>,
+) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -100,11 +144,12 @@ async fn run(commit: CommitGroup, mut queue: mpsc::Receiver<Job>) {
             }
         }
         #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
-        metrics::histogram!("latchkey_group_commit_batch_size").record(jobs.len() as f64);
-        // Named creates lock their environment: one order for every group.
-        jobs.sort_by(|a, b| lock_order(&a.new).cmp(&lock_order(&b.new)));
-        let (news, dones): (Vec<_>, Vec<_>) = jobs.into_iter().map(|j| (j.new, j.done)).unzip();
-        match commit(news).await {
+        metrics::histogram!("latchkey_group_commit_batch_size", "group" => name)
+            .record(jobs.len() as f64);
+        // A stable sort: jobs that compare equal keep their order.
+        jobs.sort_by(|a, b| order(&a.0, &b.0));
+        let (inputs, dones): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+        match commit(inputs).await {
             Ok(results) => {
                 for (done, result) in dones.into_iter().zip(results) {
                     let _ = done.send(result);

@@ -79,6 +79,10 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// The queue of creates, committed in groups ([`group`]).
     fn creates(&self) -> &group::Creates;
 
+    /// The queue of audit events that record no change of their own,
+    /// committed in groups ([`group`]).
+    fn events(&self) -> &group::Events;
+
     /// Closes the connections (and whatever else the engine runs).
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
@@ -163,6 +167,25 @@ pub(crate) fn db_error<DB: Dialect>(e: sqlx::Error) -> Error {
         metrics::counter!("latchkey_store_errors_total").increment(1);
         Error::internal("The secret store failed to complete the request")
     }
+}
+
+/// An audit event could not be written: the operation it records fails
+/// closed, as unavailable, and returns nothing.
+#[allow(clippy::needless_pass_by_value)] // by value to read as `.map_err(audit_write_failed::<DB>)`
+pub(crate) fn audit_write_failed<DB: Dialect>(e: sqlx::Error) -> Error {
+    tracing::error!(error = %e, backend = DB::BACKEND, "cannot write to the audit log; the operation is refused");
+    Error::unavailable(
+        "The audit log cannot be written, so the request was refused and nothing was changed or returned; try again shortly",
+    )
+}
+
+/// The store's audit key does not open with its master key.
+pub(crate) fn audit_key_damaged() -> crate::OpenError {
+    crate::OpenError::Damaged(
+        "its audit key does not open with the master key, which opens its key check: \
+         the meta table was altered"
+            .to_owned(),
+    )
 }
 
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {

@@ -10,13 +10,18 @@ use std::marker::PhantomData;
 use latchkey_core::{ids, rules, time::now_micros, time::Micros, EnvDict, Error};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::{db_error, is_unique_violation, Dialect};
+use super::{audit_write_failed, db_error, is_unique_violation, Dialect};
 use crate::{
+    audit::{
+        chain_mac, AuditEntry, AuditEvent, AuditFilter, AuditHead, Checkpoint, TokenExposure,
+        Verdict, Verifier, VersionExposure, CHECKPOINT, SECRET_READ,
+    },
     crypto::{Binding, Keyring, Sealed},
     rows::{
         environment_not_found, environments_column, key_list_column, open_version,
-        secret_not_found, token_not_found, EnvironmentRow, SecretInsert, SecretRow, TokenRow,
-        VersionRow, WorkspaceRow, SECRET_COLUMNS, SECRET_FROM, VERSION_COLUMNS,
+        secret_not_found, token_not_found, AuditRow, EnvironmentRow, SecretInsert, SecretRow,
+        TokenRow, VersionRow, WorkspaceRow, AUDIT_COLUMNS, SECRET_COLUMNS, SECRET_FROM,
+        VERSION_COLUMNS,
     },
     Environment, EnvironmentUpdate, KeyChanges, NewSecret, NewToken, OnConflict, Revision, Role,
     Secret, SecretKind, SecretSummary, SecretVersion, Token, VersionAction, Workspace,
@@ -25,6 +30,8 @@ use crate::{
 /// `meta` keys of the master key check.
 const META_KEY_CHECK: &str = "key_check";
 const META_KEY_ID: &str = "master_key_id";
+/// `meta` key of the audit key, wrapped by the master key.
+const META_AUDIT_KEY: &str = "audit_key";
 
 const SELECT_ENVIRONMENT: &str =
     "SELECT id, workspace_id, name, is_default, webhook_suffix, created_at FROM environments";
@@ -75,6 +82,7 @@ where
     for<'r> TokenRow: FromRow<'r, DB::Row>,
     for<'r> SecretRow: FromRow<'r, DB::Row>,
     for<'r> VersionRow: FromRow<'r, DB::Row>,
+    for<'r> AuditRow: FromRow<'r, DB::Row>,
 {
     // --- the master key check -------------------------------------------
 
@@ -280,7 +288,7 @@ where
         workspace_id: &str,
         name: &str,
         with_secrets: bool,
-    ) -> Result<(), Error> {
+    ) -> Result<Environment, Error> {
         if name.is_empty() {
             return Err(environment_not_found(name));
         }
@@ -304,7 +312,7 @@ where
                 .await
                 .map_err(db_error::<DB>)?;
         }
-        Ok(())
+        Ok(env)
     }
 
     // --- tokens -------------------------------------------------------------
@@ -523,6 +531,25 @@ where
             }
             results.push(result);
         }
+        // The events last: the head is the last lock any transaction takes,
+        // so that no two transactions wait on each other through it.
+        let events: Vec<AuditEntry> = news
+            .iter()
+            .zip(&results)
+            .filter_map(|(new, result)| {
+                let (row, created) = result.as_ref().ok()?;
+                let action = match (created, new.on_conflict) {
+                    (true, _) => "secret.create",
+                    (false, OnConflict::Overwrite) => "secret.overwrite",
+                    // The existing secret, returned unchanged: no change.
+                    (false, _) => return None,
+                };
+                Some(new.audit.clone().action(action).about(&row.summary()))
+            })
+            .collect();
+        if !events.is_empty() {
+            Self::append_events(conn, keyring, &events).await?;
+        }
         Ok(results)
     }
 
@@ -623,6 +650,7 @@ where
                     author: new.created_by.clone(),
                     keep_versions: new.keep_versions,
                     expected_version: None,
+                    audit: new.audit.clone(),
                 };
                 let id = existing.id.clone();
                 let next = Next {
@@ -1123,6 +1151,325 @@ where
                 .map_err(db_error::<DB>)?;
         }
         Ok(())
+    }
+
+    // --- the audit log ----------------------------------------------------
+
+    /// The store's audit key, wrapped by the master key: made by the first
+    /// start (of any replica: the first insert wins), read by every start.
+    pub(crate) async fn ensure_audit_key(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<Vec<u8>, sqlx::Error> {
+        sqlx::query("INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING")
+            .bind(META_AUDIT_KEY)
+            .bind(keyring.new_audit_key())
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, mac) VALUES (1, 0, $1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(Vec::<u8>::new())
+        .execute(&mut *conn)
+        .await?;
+        let (wrapped,): (Vec<u8>,) = sqlx::query_as("SELECT value FROM meta WHERE key = $1")
+            .bind(META_AUDIT_KEY)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(wrapped)
+    }
+
+    /// The head of the chain, locked until the transaction ends when `lock`.
+    async fn audit_head_row(conn: &mut DB::Connection, lock: bool) -> Result<AuditHead, Error> {
+        let sql = format!(
+            "SELECT seq, mac FROM audit_head WHERE id = 1{}",
+            if lock { DB::FOR_UPDATE } else { "" }
+        );
+        let (seq, mac): (i64, Vec<u8>) =
+            sqlx::query_as(&sql)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(if lock {
+                    audit_write_failed::<DB>
+                } else {
+                    db_error::<DB>
+                })?;
+        Ok(AuditHead { seq, mac })
+    }
+
+    /// The head of the chain.
+    pub(crate) async fn audit_head(conn: &mut DB::Connection) -> Result<AuditHead, Error> {
+        Self::audit_head_row(conn, false).await
+    }
+
+    /// Appends `entries` to the chain, in order, in the transaction `conn`
+    /// is in. The head stays locked until that transaction ends, which
+    /// orders every append on every replica: numbers stay gapless and each
+    /// MAC chains from the event committed before it.
+    pub(crate) async fn append_events(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        entries: &[AuditEntry],
+    ) -> Result<AuditHead, Error> {
+        let key = keyring.audit_key()?;
+        let mut head = Self::audit_head_row(conn, true).await?;
+        if entries.is_empty() {
+            return Ok(head);
+        }
+        let at = now_micros();
+        let insert = format!(
+            "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
+        );
+        for entry in entries {
+            let seq = head.seq + 1;
+            let mac = chain_mac(key, &head.mac, seq, at, entry);
+            let actor = entry.actor.as_ref();
+            sqlx::query(&insert)
+                .bind(seq)
+                .bind(at)
+                .bind(entry.workspace_id.as_deref())
+                .bind(actor.map(|a| a.token_id.as_str()))
+                .bind(actor.map(|a| a.name.as_str()))
+                .bind(actor.map(|a| a.role.as_str()))
+                .bind(entry.client.as_deref())
+                .bind(entry.interface.as_str())
+                .bind(entry.action.as_str())
+                .bind(entry.environment.as_deref())
+                .bind(entry.secret_name.as_deref())
+                .bind(entry.secret_id.as_deref())
+                .bind(entry.version)
+                .bind(entry.outcome.as_str())
+                .bind(entry.detail.as_deref())
+                .bind(mac.as_slice())
+                .execute(&mut *conn)
+                .await
+                .map_err(audit_write_failed::<DB>)?;
+            head = AuditHead { seq, mac };
+        }
+        sqlx::query("UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1")
+            .bind(head.seq)
+            .bind(head.mac.as_slice())
+            .execute(&mut *conn)
+            .await
+            .map_err(audit_write_failed::<DB>)?;
+        Ok(head)
+    }
+
+    /// Events of a workspace (and those of no workspace: failed
+    /// authentications of unknown tokens), oldest first, that `filter`
+    /// selects; at most `limit`.
+    pub(crate) async fn audit_events(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, Error> {
+        let sql = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events \
+             WHERE (workspace_id = $1 OR workspace_id IS NULL) AND seq > $2 \
+               AND (CAST($3 AS BIGINT) IS NULL OR at >= $3) \
+               AND (CAST($4 AS BIGINT) IS NULL OR at < $4) \
+               AND (CAST($5 AS TEXT) IS NULL OR secret_name = $5) \
+               AND (CAST($6 AS TEXT) IS NULL OR actor_id = $6) \
+               AND (CAST($7 AS TEXT) IS NULL OR action = $7) \
+               AND (CAST($8 AS TEXT) IS NULL OR environment = $8) \
+             ORDER BY seq LIMIT $9"
+        );
+        let rows: Vec<AuditRow> = sqlx::query_as(&sql)
+            .bind(workspace_id)
+            .bind(filter.after.unwrap_or(0))
+            .bind(filter.since)
+            .bind(filter.until)
+            .bind(filter.secret.as_deref())
+            .bind(filter.token.as_deref())
+            .bind(filter.action.as_deref())
+            .bind(filter.environment.as_deref())
+            .bind(i64::from(limit))
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        Ok(rows.into_iter().map(AuditEvent::from).collect())
+    }
+
+    /// Checks the whole chain, page by page, in the snapshot `conn` reads.
+    pub(crate) async fn audit_verify(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<Verdict, Error> {
+        const PAGE: i64 = 2_000;
+        let key = keyring.audit_key()?;
+        let newest_checkpoint: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT detail FROM audit_events WHERE action = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(CHECKPOINT)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let checkpoint = newest_checkpoint
+            .and_then(|(detail,)| serde_json::from_str::<Checkpoint>(&detail?).ok());
+        let mut verifier = Verifier::new(key, checkpoint);
+        let page = format!(
+            "SELECT {AUDIT_COLUMNS} FROM audit_events WHERE seq > $1 ORDER BY seq LIMIT $2"
+        );
+        let mut after = i64::MIN;
+        loop {
+            let rows: Vec<AuditRow> = sqlx::query_as(&page)
+                .bind(after)
+                .bind(PAGE)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+            let n = rows.len();
+            for row in rows {
+                let event = AuditEvent::from(row);
+                after = event.seq;
+                verifier.feed(&event);
+            }
+            if verifier.is_broken() || n < PAGE as usize {
+                break;
+            }
+        }
+        let head = Self::audit_head(conn).await?;
+        Ok(verifier.finish(&head))
+    }
+
+    /// Removes the events logged before `before`, after appending a
+    /// checkpoint (`entry`, completed here) that says where the chain now
+    /// starts. Returns how many it removed (none: no checkpoint either).
+    pub(crate) async fn audit_retain(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        before: Micros,
+        mut entry: AuditEntry,
+    ) -> Result<u64, Error> {
+        let head = Self::audit_head_row(conn, true).await?;
+        // The first event to keep: the oldest logged at or after `before`,
+        // else the checkpoint about to be appended.
+        let (kept_from,): (Option<i64>,) =
+            sqlx::query_as("SELECT MIN(seq) FROM audit_events WHERE at >= $1")
+                .bind(before)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+        let kept_from = kept_from.unwrap_or(head.seq + 1);
+        let (removed, prev): (i64, Option<Vec<u8>>) = sqlx::query_as(
+            "SELECT COUNT(*), (SELECT mac FROM audit_events WHERE seq = $1) \
+             FROM audit_events WHERE seq < $2",
+        )
+        .bind(kept_from - 1)
+        .bind(kept_from)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let removed = u64::try_from(removed).unwrap_or(0);
+        if removed == 0 {
+            return Ok(0);
+        }
+        let prev = if kept_from == head.seq + 1 {
+            head.mac.clone()
+        } else {
+            prev.unwrap_or_default()
+        };
+        entry.action = CHECKPOINT.to_owned();
+        entry.detail = Some(
+            serde_json::to_string(&Checkpoint {
+                kept_from,
+                prev_mac: crate::audit::hex(&prev),
+                removed,
+            })
+            .expect("a checkpoint serializes"),
+        );
+        Self::append_events(conn, keyring, std::slice::from_ref(&entry)).await?;
+        sqlx::query("DELETE FROM audit_events WHERE seq < $1")
+            .bind(kept_from)
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+        Ok(removed)
+    }
+
+    /// Who read each version of a secret: per version and token, newest
+    /// version first.
+    pub(crate) async fn secret_exposure(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        secret_id: &str,
+    ) -> Result<Vec<VersionExposure>, Error> {
+        let rows: Vec<(i64, String, String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT version, actor_id, actor_name, interface, COUNT(*), MIN(at), MAX(at) \
+             FROM audit_events \
+             WHERE workspace_id = $1 AND secret_id = $2 AND action = $3 AND outcome = $4 \
+               AND version IS NOT NULL AND actor_id IS NOT NULL AND actor_name IS NOT NULL \
+             GROUP BY version, actor_id, actor_name, interface \
+             ORDER BY version DESC, actor_id, interface",
+        )
+        .bind(workspace_id)
+        .bind(secret_id)
+        .bind(SECRET_READ)
+        .bind(crate::audit::OK)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let mut out: Vec<VersionExposure> = Vec::new();
+        for (version, token_id, token_name, interface, count, first, last) in rows {
+            match out.last_mut() {
+                Some(e) if e.version == version && e.token_id == token_id => {
+                    e.count += count;
+                    e.first_at = e.first_at.min(first);
+                    e.last_at = e.last_at.max(last);
+                    e.interfaces.push(interface);
+                }
+                _ => out.push(VersionExposure {
+                    version,
+                    token_id,
+                    token_name,
+                    count,
+                    first_at: first,
+                    last_at: last,
+                    interfaces: vec![interface],
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The secrets whose current version the token `token_id` has read.
+    pub(crate) async fn token_exposure(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        token_id: &str,
+    ) -> Result<Vec<TokenExposure>, Error> {
+        let rows: Vec<(String, String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT s.id, s.name, e.name, s.version, COUNT(*), MAX(a.at) \
+             FROM audit_events a \
+             JOIN secrets s ON s.id = a.secret_id AND s.version = a.version \
+             JOIN environments e ON e.id = s.environment_id \
+             WHERE a.workspace_id = $1 AND a.actor_id = $2 AND a.action = $3 AND a.outcome = $4 \
+               AND s.name IS NOT NULL \
+             GROUP BY s.id, s.name, e.name, s.version \
+             ORDER BY e.name, s.name",
+        )
+        .bind(workspace_id)
+        .bind(token_id)
+        .bind(SECRET_READ)
+        .bind(crate::audit::OK)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(secret_id, secret_name, environment, version, count, last_at)| TokenExposure {
+                    secret_id,
+                    secret_name,
+                    environment,
+                    version,
+                    count,
+                    last_at,
+                },
+            )
+            .collect())
     }
 
     /// A unique violation means the name is taken; anything else is the

@@ -18,7 +18,12 @@ use super::{
     Changed, Dialect, Engine, Pending,
 };
 use crate::{
-    rows::{secret_not_found, EnvironmentRow, SecretRow, TokenRow, VersionRow, WorkspaceRow},
+    audit::{
+        AuditEntry, AuditEvent, AuditFilter, AuditHead, TokenExposure, Verdict, VersionExposure,
+    },
+    rows::{
+        secret_not_found, AuditRow, EnvironmentRow, SecretRow, TokenRow, VersionRow, WorkspaceRow,
+    },
     Environment, EnvironmentUpdate, NewSecret, NewToken, Revision, Secret, SecretSummary,
     SecretVersion, Store, Token, Workspace,
 };
@@ -74,6 +79,7 @@ where
     for<'r> TokenRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
     for<'r> SecretRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
     for<'r> VersionRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
+    for<'r> AuditRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
 {
     async fn ping(&self) -> Result<(), Error> {
         self.probe(async {
@@ -95,6 +101,12 @@ where
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
             let created = Sql::<E::DB>::bootstrap(&mut tx, &admin).await?;
+            if created {
+                let mut event = AuditEntry::server().action("token.create");
+                event.workspace_id = Some(admin.workspace_id.clone());
+                event.detail = Some(token_detail(&admin.id, &admin.name, admin.role));
+                Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
+            }
             Ok(Pending::new(tx, created, Changed::Nothing))
         })
         .await
@@ -127,11 +139,15 @@ where
         &self,
         workspace_id: &str,
         name: &str,
+        audit: &AuditEntry,
     ) -> Result<Environment, Error> {
         let (workspace_id, name) = (workspace_id.to_owned(), name.to_owned());
+        let audit = audit.clone().action("environment.create");
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
             let env = Sql::<E::DB>::create_environment(&mut tx, &workspace_id, &name).await?;
+            let event = in_environment(audit, &env);
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
             Ok(Pending::new(tx, env, Changed::Nothing))
         })
         .await
@@ -142,17 +158,26 @@ where
         workspace_id: &str,
         current_name: &str,
         update: &EnvironmentUpdate,
+        audit: &AuditEntry,
     ) -> Result<Environment, Error> {
         let (workspace_id, current_name, update) = (
             workspace_id.to_owned(),
             current_name.to_owned(),
             update.clone(),
         );
+        let mut audit = audit.clone().action("environment.update");
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
             let env =
                 Sql::<E::DB>::update_environment(&mut tx, &workspace_id, &current_name, &update)
                     .await?;
+            if env.name != current_name
+                && !current_name.starts_with(latchkey_core::ids::ENVIRONMENT)
+            {
+                audit.detail = Some(format!("renamed from '{current_name}'"));
+            }
+            let event = in_environment(audit, &env);
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
             // Lookups by the old name (and of the default) must miss now.
             Ok(Pending::new(tx, env, Changed::Environments))
         })
@@ -164,22 +189,30 @@ where
         workspace_id: &str,
         name: &str,
         with_secrets: bool,
+        audit: &AuditEntry,
     ) -> Result<(), Error> {
         let (workspace_id, name) = (workspace_id.to_owned(), name.to_owned());
+        let audit = audit.clone().action("environment.delete");
         self.write(move |store| async move {
             let mut tx = begin(store.writer()).await?;
-            Sql::<E::DB>::delete_environment(&mut tx, &workspace_id, &name, with_secrets).await?;
+            let env = Sql::<E::DB>::delete_environment(&mut tx, &workspace_id, &name, with_secrets)
+                .await?;
+            let event = in_environment(audit, &env);
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
             Ok(Pending::new(tx, (), Changed::Environments))
         })
         .await
     }
 
-    async fn create_token(&self, token: &NewToken) -> Result<Token, Error> {
+    async fn create_token(&self, token: &NewToken, audit: &AuditEntry) -> Result<Token, Error> {
         let token = token.clone();
+        let mut audit = audit.clone().action("token.create");
+        audit.detail = Some(token_detail(&token.id, &token.name, token.role));
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
             let now = latchkey_core::time::now_micros();
             let created = Sql::<E::DB>::insert_token(&mut tx, &token, now).await?;
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[audit]).await?;
             Ok(Pending::new(tx, created, Changed::Nothing))
         })
         .await
@@ -201,11 +234,19 @@ where
         .await
     }
 
-    async fn revoke_token(&self, workspace_id: &str, token_id: &str) -> Result<(), Error> {
+    async fn revoke_token(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), Error> {
         let (workspace_id, token_id) = (workspace_id.to_owned(), token_id.to_owned());
+        let mut audit = audit.clone().action("token.revoke");
+        audit.detail = Some(format!("token {token_id}"));
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
             Sql::<E::DB>::revoke_token(&mut tx, &workspace_id, &token_id).await?;
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[audit]).await?;
             Ok(Pending::new(tx, (), Changed::Nothing))
         })
         .await
@@ -309,6 +350,12 @@ where
                 &revision,
             )
             .await?;
+            let event = revision
+                .audit
+                .clone()
+                .action("secret.update")
+                .about(&secret.summary);
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
             Ok(Pending::new(tx, secret, Changed::secret(&secret_id)))
         })
         .await
@@ -337,6 +384,13 @@ where
                 &revision,
             )
             .await?;
+            let mut event = revision
+                .audit
+                .clone()
+                .action("secret.rollback")
+                .about(&secret.summary);
+            event.detail = Some(format!("to the contents of version {to}"));
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
             Ok(Pending::new(tx, secret, Changed::secret(&secret_id)))
         })
         .await
@@ -376,11 +430,23 @@ where
         .await
     }
 
-    async fn delete_secret(&self, workspace_id: &str, secret_id: &str) -> Result<(), Error> {
+    async fn delete_secret(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+        audit: &AuditEntry,
+    ) -> Result<(), Error> {
         let (workspace_id, secret_id) = (workspace_id.to_owned(), secret_id.to_owned());
+        let audit = audit.clone().action("secret.delete");
         self.write(|store| async move {
             let mut tx = begin(store.writer()).await?;
+            let row =
+                Sql::<E::DB>::fetch_secret(&mut tx, &workspace_id, SecretKey::Id(&secret_id), true)
+                    .await?
+                    .ok_or_else(|| secret_not_found(&secret_id))?;
             Sql::<E::DB>::delete_secret(&mut tx, &workspace_id, &secret_id).await?;
+            let event = audit.about(&row.summary());
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
             Ok(Pending::new(tx, (), Changed::secret(&secret_id)))
         })
         .await
@@ -443,4 +509,91 @@ where
         })
         .await
     }
+
+    async fn record(&self, entries: &[AuditEntry]) -> Result<AuditHead, Error> {
+        self.events().submit(entries.to_vec()).await
+    }
+
+    async fn audit_head(&self) -> Result<AuditHead, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::audit_head(&mut conn).await
+        })
+        .await
+    }
+
+    async fn audit_events(
+        &self,
+        workspace_id: &str,
+        filter: &AuditFilter,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::audit_events(&mut conn, workspace_id, filter, limit).await
+        })
+        .await
+    }
+
+    async fn audit_verify(&self) -> Result<Verdict, Error> {
+        // One snapshot for the walk and the head: a transaction that only
+        // reads (on PostgreSQL, repeatable read), outside the time bound of
+        // ordinary reads, as a long log takes a while.
+        let mut tx = begin(self.reader()).await?;
+        if let Some(snapshot) = E::DB::SNAPSHOT {
+            sqlx::query(snapshot)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error::<E::DB>)?;
+        }
+        let verdict = Sql::<E::DB>::audit_verify(&mut tx, self.keyring()).await?;
+        tx.rollback().await.map_err(db_error::<E::DB>)?;
+        Ok(verdict)
+    }
+
+    async fn audit_retain(&self, before: Micros, audit: &AuditEntry) -> Result<u64, Error> {
+        let audit = audit.clone();
+        self.write(move |store| async move {
+            let mut tx = begin(store.writer()).await?;
+            let removed =
+                Sql::<E::DB>::audit_retain(&mut tx, store.keyring(), before, audit).await?;
+            Ok(Pending::new(tx, removed, Changed::Nothing))
+        })
+        .await
+    }
+
+    async fn secret_exposure(
+        &self,
+        workspace_id: &str,
+        secret_id: &str,
+    ) -> Result<Vec<VersionExposure>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::secret_exposure(&mut conn, workspace_id, secret_id).await
+        })
+        .await
+    }
+
+    async fn token_exposure(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+    ) -> Result<Vec<TokenExposure>, Error> {
+        self.read(async {
+            let mut conn = connection(self.reader()).await?;
+            Sql::<E::DB>::token_exposure(&mut conn, workspace_id, token_id).await
+        })
+        .await
+    }
+}
+
+/// An event about the environment `env`.
+fn in_environment(mut audit: AuditEntry, env: &Environment) -> AuditEntry {
+    audit.environment = Some(env.name.clone());
+    audit
+}
+
+/// What a token event says of the token: never its secret.
+fn token_detail(id: &str, name: &str, role: crate::Role) -> String {
+    format!("token {id} ('{name}', role {})", role.as_str())
 }

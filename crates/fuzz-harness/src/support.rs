@@ -18,25 +18,25 @@ use latchkey_service::{testing::TestService, EnvironmentUpdate, Role, Service};
 
 /// A token's id and secret.
 #[derive(Clone)]
-pub struct Credentials {
-    pub id: String,
-    pub secret: String,
+pub(crate) struct Credentials {
+    pub(crate) id: String,
+    pub(crate) secret: String,
 }
 
 /// The service and what every input starts from: the workspace `default`,
 /// its environment `main` with no secret, the admin token, a reader token,
 /// and a developer token limited to `main` (which also keeps `main` from
 /// being renamed: a rename would lock that token out).
-pub struct World {
-    pub test: TestService,
+pub(crate) struct World {
+    pub(crate) test: TestService,
     /// Which service this is: 1 for the first, counting up each time one
     /// is started afresh (whatever a target builds over it must be too).
-    pub generation: u64,
-    pub admin: Credentials,
-    pub reader: Credentials,
-    pub limited: Credentials,
+    pub(crate) generation: u64,
+    pub(crate) admin: Credentials,
+    pub(crate) reader: Credentials,
+    pub(crate) limited: Credentials,
     /// The id of `main` (`en-...`): requests may name an environment by id.
-    pub main_id: String,
+    pub(crate) main_id: String,
     main_suffix: String,
     /// Token secrets that no answer may show.
     secrets: Vec<String>,
@@ -49,7 +49,7 @@ const MAX_TOKENS: usize = 200;
 
 /// The runtime every input runs on: one thread, so that inputs run one
 /// after the other and alone.
-pub fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         use_private_temp_dir();
@@ -61,7 +61,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// The world, started on first use. Call it inside [`runtime`]'s `block_on`.
-pub async fn world() -> MutexGuard<'static, World> {
+pub(crate) async fn world() -> MutexGuard<'static, World> {
     static WORLD: OnceLock<Mutex<World>> = OnceLock::new();
     if WORLD.get().is_none() {
         let world = World::start().await;
@@ -118,7 +118,11 @@ impl World {
             secret: secret.to_string(),
         };
         let (token, secret) = test
-            .token("fuzz-limited", Role::Developer, Some(vec!["main".to_owned()]))
+            .token(
+                "fuzz-limited",
+                Role::Developer,
+                Some(vec!["main".to_owned()]),
+            )
             .await;
         let limited = Credentials {
             id: token.id,
@@ -146,12 +150,12 @@ impl World {
         world
     }
 
-    pub fn service(&self) -> &Service {
+    pub(crate) fn service(&self) -> &Service {
         self.test.service()
     }
 
     /// From now on, no answer may show `secret` (nor a long piece of it).
-    pub fn never_show(&mut self, secret: String) {
+    pub(crate) fn never_show(&mut self, secret: String) {
         self.secrets.push(secret);
         self.secret_finder = None;
     }
@@ -161,7 +165,7 @@ impl World {
     /// run is in `sent` too (what the caller sent: libFuzzer learns the
     /// bytes the process compares, secrets included, and a request may
     /// well have its own text echoed).
-    pub fn shown_secret(&mut self, text: &[u8], sent: &[u8]) -> Option<&str> {
+    pub(crate) fn shown_secret(&mut self, text: &[u8], sent: &[u8]) -> Option<&str> {
         const PIECE: usize = 12;
         let secrets = &self.secrets;
         let finder = self.secret_finder.get_or_insert_with(|| {
@@ -185,47 +189,9 @@ impl World {
             .map(String::as_str)
     }
 
-    /// Known bug, `fuzz/artifacts-found/rename-main-by-id-*`: an environment
-    /// named by its id (`en-...`) is renamed although tokens are limited to
-    /// it (the service compares the tokens' environment names with the id).
-    /// After a successful rename of the environment `named`: if that was
-    /// `main` named by its id, renames it back (through the store, as the
-    /// service now refuses it) and returns true, so that the target goes on.
-    /// A rename of `main` any other way is still caught by [`reset`]. With
-    /// `LATCHKEY_FUZZ_STRICT` set in the environment nothing is forgiven, so
-    /// that the reproducer fails. Remove this once the service refuses such
-    /// renames.
-    ///
-    /// [`reset`]: World::reset
-    pub async fn forgive_rename_by_id(&self, named: &str) -> bool {
-        if named != self.main_id || std::env::var_os("LATCHKEY_FUZZ_STRICT").is_some() {
-            return false;
-        }
-        let admin = self.test.admin();
-        let store = self.service().store();
-        let main = store
-            .environment(admin.workspace_id(), &self.main_id)
-            .await
-            .expect("main");
-        if main.name != "main" {
-            store
-                .update_environment(
-                    admin.workspace_id(),
-                    &self.main_id,
-                    &EnvironmentUpdate {
-                        name: Some("main".to_owned()),
-                        webhook_suffix: None,
-                    },
-                )
-                .await
-                .expect("rename main back");
-        }
-        true
-    }
-
     /// Puts the store back as every input finds it: no secret, no other
     /// environment, `main` as it was, no token but the three above.
-    pub async fn reset(&mut self) {
+    pub(crate) async fn reset(&mut self) {
         let service = self.test.service().clone();
         let admin = self.test.admin().clone();
         let tokens = service.list_tokens(&admin).await.expect("list tokens");
@@ -246,7 +212,11 @@ impl World {
             self.secrets.truncate(3);
             self.secret_finder = None;
         }
-        for env in service.list_environments(&admin).await.expect("list environments") {
+        for env in service
+            .list_environments(&admin)
+            .await
+            .expect("list environments")
+        {
             if !env.is_default {
                 service
                     .delete_environment(&admin, &env.name, true)
@@ -299,7 +269,7 @@ impl World {
 /// (ROT13, digits shifted by 5): the same length, and valid wherever `s`
 /// is. An answer that shows `s` for one input and `disguise(s)` for the
 /// same input with `s` disguised shows what the caller sent.
-pub fn disguise(s: &str) -> String {
+pub(crate) fn disguise(s: &str) -> String {
     s.chars()
         .map(|c| match c {
             'a'..='z' => char::from(b'a' + (c as u8 - b'a' + 13) % 26),
@@ -312,17 +282,17 @@ pub fn disguise(s: &str) -> String {
 
 /// Values shorter than this are not looked for in messages: they show up
 /// in ordinary words.
-pub const MIN_VALUE_CHARS: usize = 4;
+pub(crate) const MIN_VALUE_CHARS: usize = 4;
 
 /// Whether a message that contains `value` could be showing it (see
 /// [`disguise`]): long enough, and changed by disguising.
-pub fn worth_checking(value: &str, message: &str) -> bool {
+pub(crate) fn worth_checking(value: &str, message: &str) -> bool {
     value.chars().count() >= MIN_VALUE_CHARS && disguise(value) != value && message.contains(value)
 }
 
 /// A byte string for a request: `$L` grows into 40,000 `L` (longer than any
 /// key or value may be), so that short inputs reach the length limits.
-pub fn expand(bytes: &[u8]) -> Vec<u8> {
+pub(crate) fn expand(bytes: &[u8]) -> Vec<u8> {
     const LONG: usize = 40_000;
     let mut out = Vec::with_capacity(bytes.len());
     let mut rest = bytes;
