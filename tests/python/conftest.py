@@ -98,8 +98,13 @@ def start_server():
 
 @pytest.fixture(scope="session")
 def server(start_server) -> Server:
-    """The shared server. The in-process modal client (`Client.from_env()`) talks to it."""
-    srv = start_server()
+    """The shared server. The in-process modal client (`Client.from_env()`) talks to it.
+
+    Every test reaches it from 127.0.0.1, and test_auth fails to authenticate
+    on purpose once per RPC: with the default limit of 20 failures a minute
+    per address, the tests after it would be refused. Throttling is tested
+    on servers of its own (crates/cli/tests/integration/throttle.rs)."""
+    srv = start_server(args=["--auth-failure-limit", "0"])
     os.environ["MODAL_SERVER_URL"] = srv.url
     os.environ["MODAL_TOKEN_ID"] = srv.token_id
     os.environ["MODAL_TOKEN_SECRET"] = srv.token_secret

@@ -15,6 +15,8 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -222,3 +224,46 @@ def test_cli_on_one_replica_sees_the_other(replicas, home):
     a.cli(home, "secret", "create", name, "API_KEY=abc", "OTHER=1")
     assert name in b.cli(home, "secret", "list").flat()
     assert _keys_rpc(_hydrated(name, b.client), b.client) == {"API_KEY", "OTHER"}
+
+
+def _api(replica, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(
+        f"{replica.server.url}/api/v1{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": f"Bearer {replica.token_id}:{replica.token_secret}",
+            "Content-Type": "application/json",
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_both_replicas_append_to_one_audit_chain(replicas):
+    """Issue 14 on PostgreSQL: events from both replicas, written concurrently, form one
+    gapless chain that verifies, and each replica's reads are recorded."""
+    a, b = replicas
+    name = unique("audit")
+    modal.Secret.objects.create(name, {"V": "pg-value-0"}, client=a.client)
+
+    def read(replica):
+        for _ in range(10):
+            status, body = _api(replica, "POST", f"/secrets/{name}/resolve", {})
+            assert status == 200, body
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        list(pool.map(read, [a, b]))
+    status, log = _api(a, "GET", f"/audit?secret={name}&action=secret.read")
+    assert status == 200, log
+    assert len(log["items"]) == 20, log
+    status, everything = _api(b, "GET", "/audit")
+    seqs = [e["seq"] for e in everything["items"]]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), "one gapless chain"
+    assert "pg-value" not in json.dumps(everything)
+    for replica in (a, b):
+        status, verdict = _api(replica, "POST", "/audit/verify")
+        assert (status, verdict["intact"]) == (200, True), verdict

@@ -179,6 +179,11 @@ def test_a_sandbox_gets_the_current_version_after_updates_and_a_rollback(sandbox
     assert (status, body.get("version")) == (200, 3), body
     env = env_of(sbc, app, secrets=[modal.Secret.from_name(name, required_keys=["GONE"])])
     assert (env["TOKEN"], env["GONE"]) == ("v1-token", "v1-only")
+    # Each start read the version it got, as the audit log says (issue 14).
+    status, log = support.api(sandbox_server, "GET", f"/audit?secret={name}&action=secret.read")
+    assert status == 200, log
+    reads = [(e["interface"], e["version"], e["outcome"]) for e in log["items"]]
+    assert reads == [("sandbox", 2, "ok"), ("sandbox", 3, "ok")], log
 
 
 def test_later_secrets_override_earlier_ones_key_by_key(sbc, app):

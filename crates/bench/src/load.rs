@@ -48,6 +48,9 @@ pub(crate) enum Op {
     ListNewest(String),
     /// `update()` of one key of one of these secrets (by id), in turn: a new version each time.
     Update(Arc<Vec<String>>),
+    /// Values for a process: `POST /api/v1/secrets/NAME/resolve`, the SDK's
+    /// resolve (an audited read of values).
+    Resolve(String),
     /// Deletes these secrets (by id), one per request, in turn (the counter
     /// says which is next); a request past the end deletes nothing and is
     /// not counted.
@@ -56,6 +59,8 @@ pub(crate) enum Op {
 
 pub(crate) struct Load {
     clients: Vec<Client>,
+    /// The SDK's client, for the JSON API.
+    sdk: latchkey::Client,
     counter: Arc<AtomicU64>,
 }
 
@@ -142,8 +147,10 @@ impl Load {
             let channel = endpoint.connect().await?;
             clients.push(ModalClientClient::with_interceptor(channel, auth.clone()));
         }
+        let sdk = latchkey::Client::new(latchkey::Config::new(server.url(), &id, &secret))?;
         Ok(Load {
             clients,
+            sdk,
             counter: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -175,6 +182,11 @@ impl Load {
                     .await
                     .map(drop)
             }
+            Op::Resolve(name) => latchkey::Secret::from_name(name.as_str())
+                .resolve_with(&self.sdk)
+                .await
+                .map(drop)
+                .map_err(|e| Status::unknown(e.to_string())),
             Op::Update(ids) => {
                 let n = self.counter.fetch_add(1, Ordering::Relaxed);
                 client

@@ -320,6 +320,48 @@ async fn run(args: Args) -> Result<()> {
         ),
     }
 
+    eprintln!("audited reads of values (16 clients, {seconds:?}; each read is an audit event committed before the answer)");
+    let [(hello_16, _), (resolves, _)] = paired(
+        &load,
+        &server,
+        [Op::Hello, Op::Resolve("bench".into())],
+        Pace::FlatOut,
+        16,
+        seconds,
+    )
+    .await?;
+    figures.push(Figure::new(
+        "value reads (JSON resolve) at 16 clients, audited",
+        (resolves.rate(), "reads/s"),
+        "ClientHello at 16 clients",
+        (hello_16.rate(), "req/s"),
+        "≥ 2,000 reads/s (SQLite)",
+    ));
+    {
+        let metadata = Server::start(&bin, &["--audit-metadata-reads"]).await?;
+        let load = Load::new(&metadata, args.connections).await?;
+        load.create_named("bench", 10).await?;
+        let with_metadata = load.run(Op::Resolve("bench".into()), 16, seconds).await?;
+        figures.push(Figure::new(
+            "value reads at 16 clients, --audit-metadata-reads",
+            (with_metadata.rate(), "reads/s"),
+            "value reads, audit default",
+            (resolves.rate(), "reads/s"),
+            "(reported)",
+        ));
+        let lookups = load
+            .run(Op::Lookup("bench".into()), args.streams, seconds)
+            .await?;
+        figures.push(Figure::new(
+            "lookup rate, --audit-metadata-reads (each lookup an event)",
+            (lookups.rate(), "req/s"),
+            "lookup rate, audit default (no event)",
+            (lookup.rate(), "req/s"),
+            "(reported)",
+        ));
+        metadata.stop().await?;
+    }
+
     eprintln!("durable writes (16 clients, {seconds:?})");
     let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
     let sqlite_writes = writes.rate();
@@ -440,6 +482,14 @@ async fn run(args: Args) -> Result<()> {
             pgbench,
             (baseline, "tx/s"),
             "≥ 0.5 × baseline",
+        ));
+        let reads = load.run(Op::Resolve("bench".into()), 16, seconds).await?;
+        figures.push(Figure::new(
+            "PostgreSQL value reads (JSON resolve) at 16 clients, audited",
+            (reads.rate(), "reads/s"),
+            "SQLite, same",
+            (resolves.rate(), "reads/s"),
+            "(reported)",
         ));
         figures.push(Figure::new(
             "PostgreSQL creates at 16 clients",

@@ -9,6 +9,7 @@ use latchkey::Client;
 /// overrides the configured default environment.
 pub(crate) fn client(environment: Option<&str>) -> Result<Client> {
     let client = Client::from_env()?;
+    crate::audit::watch_head(&client);
     Ok(match environment {
         Some(env) => client.with_environment(Some(env)),
         None => client,

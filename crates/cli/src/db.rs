@@ -60,19 +60,45 @@ async fn copy_store(args: CopyArgs) -> Result<()> {
         .context("cannot open the source")?;
     // A new SQLite file that a failed copy leaves behind is removed; an
     // existing destination only ever gets a rolled-back transaction.
-    let new_file = sqlite_path(&args.to).filter(|p| !p.exists());
+    let new_file = new_sqlite_file(&args.to);
     let result = copy_into(&source, &args.to, args.quiet).await;
     source.close().await;
     if result.is_err() {
         if let Some(path) = new_file {
-            for suffix in ["", "-wal", "-shm"] {
-                let mut file = path.clone().into_os_string();
-                file.push(suffix);
-                let _ = std::fs::remove_file(file);
-            }
+            remove_sqlite_file(&path);
         }
     }
     result
+}
+
+/// The file of a `sqlite://` URL when it does not exist yet: what a failed
+/// copy or restore removes.
+pub(crate) fn new_sqlite_file(url: &str) -> Option<PathBuf> {
+    sqlite_path(url).filter(|p| !p.exists())
+}
+
+/// Removes a SQLite database and its journals.
+pub(crate) fn remove_sqlite_file(path: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.to_path_buf().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// A progress bar of rows (hidden when `total` is `None`), showing `message`.
+pub(crate) fn rows_bar(total: Option<u64>, message: String) -> ProgressBar {
+    let bar = match total {
+        Some(total) => ProgressBar::new(total),
+        None => ProgressBar::hidden(),
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(message);
+    bar
 }
 
 async fn copy_into(source: &RawStore, to: &str, quiet: bool) -> Result<()> {
@@ -82,21 +108,10 @@ async fn copy_into(source: &RawStore, to: &str, quiet: bool) -> Result<()> {
         Err(e) => return Err(anyhow::Error::new(e).context("cannot open the destination")),
     };
     let total: u64 = source.counts().await?.iter().map(|(_, n)| n).sum();
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} rows ({per_sec}, {eta} left)")
-            .expect("a valid template")
-            .progress_chars("=> "),
+    let bar = rows_bar(
+        (!quiet).then_some(total),
+        format!("copying {} → {}", source.target(), destination.target()),
     );
-    bar.set_message(format!(
-        "copying {} → {}",
-        source.target(),
-        destination.target()
-    ));
     let started = Instant::now();
     let result = copy::copy(source, &destination, &|n| bar.set_position(n)).await;
     destination.close().await;

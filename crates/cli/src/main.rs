@@ -2,6 +2,8 @@
 //! (`secret`, `environment`, `token`, `profile`, `login`, ...), the client
 //! commands being a thin layer over the SDK (crate `latchkey`).
 
+mod audit;
+mod backup;
 mod completions;
 mod connect;
 mod db;
@@ -57,6 +59,10 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Work on a store's database directly: `db copy` between SQLite and PostgreSQL.
     Db(db::DbArgs),
+    /// Back up the whole store of a running server (`backup FILE`), or check a backup (`backup verify FILE`).
+    Backup(backup::BackupArgs),
+    /// Restore a backup into a new, empty store.
+    Restore(backup::RestoreArgs),
     /// Create, list, inspect, update and delete named secrets.
     Secret(secret::SecretArgs),
     /// List, create, rename and delete environments.
@@ -77,6 +83,8 @@ enum Command {
     Run(run::RunArgs),
     /// Inspect the lockfiles that `latchkey run --lock` writes.
     Lock(lock::LockArgs),
+    /// The audit log: list, export and verify it (admin token).
+    Audit(audit::AuditArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,7 +99,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve::run(args),
         Command::Db(args) => db::run(args),
+        Command::Backup(args) => backup::run(args),
+        Command::Restore(args) => backup::restore(&args),
         Command::Secret(args) => secret::run(args),
+        Command::Audit(args) => audit::run(args),
         Command::Environment(args) => environment::run(args),
         Command::Token(args) => token::run(args),
         Command::Profile(args) => profile::run(args),

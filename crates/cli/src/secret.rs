@@ -43,6 +43,8 @@ enum SecretCommand {
     Rollback(RollbackArgs),
     /// Delete a secret, irreversibly.
     Delete(DeleteArgs),
+    /// Show which tokens read each version of a secret (admin token).
+    Exposure(ExposureArgs),
 }
 
 /// The environment a command works in.
@@ -178,6 +180,22 @@ struct HistoryArgs {
     json: bool,
 }
 
+/// Who read a secret's values: per version, each token that read it, how
+/// often, first and last, and through which interfaces (from the audit log).
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:
+  latchkey secret exposure db-password --env prod
+  latchkey secret exposure db-password --json")]
+struct ExposureArgs {
+    /// The secret's name.
+    name: String,
+    #[command(flatten)]
+    env: EnvArg,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 /// Roll a secret back: a new version whose contents are those of version N
 /// (history is kept; roll forward the same way). Prints the new version.
 #[derive(Debug, Args)]
@@ -232,6 +250,7 @@ pub(crate) fn run(args: SecretArgs) -> Result<()> {
         SecretCommand::History(a) => history(&a),
         SecretCommand::Rollback(a) => rollback(&a),
         SecretCommand::Delete(a) => delete(&a),
+        SecretCommand::Exposure(a) => exposure(&a),
     }
 }
 
@@ -479,6 +498,31 @@ fn changes_phrase(v: &VersionInfo) -> String {
     } else {
         parts.join("; ")
     }
+}
+
+fn exposure(args: &ExposureArgs) -> Result<()> {
+    let client = connect::client(args.env.env.as_deref())?;
+    let exposure = client.audit().secret_exposure(&args.name, None).wait()?;
+    if args.json {
+        return output::json(&exposure);
+    }
+    output::note(format!(
+        "Secret '{}' in environment '{}', at version {}.",
+        exposure.secret, exposure.environment, exposure.current_version
+    ));
+    let mut table = Table::new(&["Version", "Token", "Name", "Reads", "First", "Last", "Via"]);
+    for r in &exposure.items {
+        table.row(vec![
+            r.version.to_string(),
+            r.token_id.clone(),
+            r.token_name.clone(),
+            r.count.to_string(),
+            output::time(r.first),
+            output::time(r.last),
+            r.interfaces.join(","),
+        ]);
+    }
+    table.print("No token has read its values.")
 }
 
 fn history(args: &HistoryArgs) -> Result<()> {

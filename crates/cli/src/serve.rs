@@ -88,6 +88,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LATCHKEY_MAX_BUFFERED_MIB", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(17..=65536))]
     max_buffered_mib: u32,
+    /// Failed authentications allowed per client address (IPv6: per /64)
+    /// before its attempts are refused (RESOURCE_EXHAUSTED / 429, naming
+    /// the wait); the allowance refills over --auth-failure-period. While
+    /// an address is refused, so are its valid tokens; other addresses are
+    /// not affected. 0 turns the limit off.
+    #[arg(long, env = "LATCHKEY_AUTH_FAILURE_LIMIT", default_value_t = 20)]
+    auth_failure_limit: u32,
+    /// How long an address's allowance of failed authentications takes to
+    /// refill from empty (default: 20 a minute).
+    #[arg(long, env = "LATCHKEY_AUTH_FAILURE_PERIOD", default_value = "1m",
+          value_parser = parse_duration)]
+    auth_failure_period: Duration,
     /// Serve over TLS with this certificate (PEM: the server's certificate,
     /// then any intermediates); needs --tls-key. Reloaded on SIGHUP.
     #[arg(
@@ -186,6 +198,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             "--header-read-timeout and --idle-connection-timeout must be greater than zero"
         );
     }
+    if args.auth_failure_period.is_zero() {
+        anyhow::bail!("--auth-failure-period must be greater than zero");
+    }
     if args.sandbox.sandbox_isolation == IsolationArg::Process {
         anyhow::bail!(
             "--sandbox-isolation process is not offered: a sandbox run as a plain process with \
@@ -225,6 +240,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             header_read_timeout: args.header_read_timeout,
             idle_connection_timeout: args.idle_connection_timeout,
             max_buffered_bytes: args.max_buffered_mib as usize * 1024 * 1024,
+        },
+        auth_failures: latchkey_server::AuthFailureLimit {
+            burst: args.auth_failure_limit,
+            period: args.auth_failure_period,
         },
         tls: args
             .tls_cert

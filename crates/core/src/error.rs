@@ -56,6 +56,7 @@ pub struct Error {
     kind: ErrorKind,
     message: String,
     missing_keys: Vec<String>,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl Error {
@@ -65,7 +66,20 @@ impl Error {
             kind,
             message: message.into(),
             missing_keys: Vec::new(),
+            retry_after: None,
         }
+    }
+
+    /// The same error, saying when the request may be tried again (HTTP's
+    /// `Retry-After`); the message should name the wait too.
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// When the request may be tried again, if the error says.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// The same error, naming the required keys a secret lacks (set by

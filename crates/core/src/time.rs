@@ -176,6 +176,55 @@ impl FromStr for Timestamp {
     }
 }
 
+/// Parses a positive duration given by a person: bare seconds (`90`) or
+/// with units (`90s`, `10m`, `24h`, `30d`, `1h30m`). `what` names the
+/// setting in the error (`--ttl`), which refuses zero, negative and
+/// unparseable durations.
+///
+/// ```
+/// use latchkey_core::time::parse_duration;
+/// use std::time::Duration;
+/// assert_eq!(parse_duration("ttl", "30d")?, Duration::from_secs(30 * 86_400));
+/// assert_eq!(parse_duration("ttl", "90")?, Duration::from_secs(90));
+/// assert!(parse_duration("ttl", "0").is_err());
+/// assert!(parse_duration("ttl", "-5m").is_err());
+/// # Ok::<(), latchkey_core::Error>(())
+/// ```
+pub fn parse_duration(what: &str, text: &str) -> Result<std::time::Duration, Error> {
+    let text = text.trim();
+    let parsed = match text.parse::<u64>() {
+        Ok(secs) => Ok(std::time::Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    };
+    let shown = crate::rules::echo(text);
+    match parsed {
+        Ok(d) if d.is_zero() => Err(Error::invalid(format!(
+            "Invalid {what} '{shown}': it must be greater than zero"
+        ))),
+        // Far beyond any useful duration, and beyond what an instant in
+        // microseconds can hold once added to now.
+        Ok(d) if d.as_secs() > MAX_DURATION_SECS => Err(Error::invalid(format!(
+            "Invalid {what} '{shown}': at most {} days",
+            MAX_DURATION_SECS / 86_400
+        ))),
+        Ok(d) => Ok(d),
+        Err(_) if text.starts_with('-') => Err(Error::invalid(format!(
+            "Invalid {what} '{shown}': it must be greater than zero"
+        ))),
+        Err(cause) => Err(Error::invalid(format!(
+            "Invalid {what} '{shown}': {cause} (e.g. 90s, 10m, 24h, 30d)"
+        ))),
+    }
+}
+
+/// Longest duration [`parse_duration`] accepts: 100 years.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86_400;
+
+/// The instant `d` after `from`, saturating.
+pub fn add_duration(from: Micros, d: std::time::Duration) -> Micros {
+    from.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
 impl serde::Serialize for Timestamp {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -236,6 +285,33 @@ mod tests {
         assert_eq!(Timestamp::parse_date_time("1735689600"), None);
         let e = "soon".parse::<Timestamp>().unwrap_err();
         assert!(e.message().contains("'soon'"), "{e}");
+    }
+
+    #[test]
+    fn durations_are_positive_and_named_in_errors() {
+        use std::time::Duration;
+        assert_eq!(
+            parse_duration("--ttl", "1h30m").unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            parse_duration("--ttl", " 10m ").unwrap(),
+            Duration::from_secs(600)
+        );
+        for (text, needle) in [
+            ("0", "greater than zero"),
+            ("0s", "greater than zero"),
+            ("-1", "greater than zero"),
+            ("-10m", "greater than zero"),
+            ("soon", "e.g. 90s"),
+            ("", "--ttl"),
+            ("1000y", "at most"),
+        ] {
+            let e = parse_duration("--ttl", text).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Invalid);
+            assert!(e.message().contains(needle), "{text}: {e}");
+            assert!(e.message().contains("--ttl"), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,11 @@
 //! A form from before a restart of the server (a new HMAC key) finds every
 //! fingerprint changed, so it errs towards a conflict, never towards losing a
 //! key.
+//!
+//! Opening the editor and saving read the secret's values on the server (for
+//! the fingerprints and the conflict check), so the audit log records each
+//! as a `secret.read` by the editor's token: more than the browser gets, never
+//! less.
 
 use std::collections::{HashMap, HashSet};
 
@@ -44,7 +49,7 @@ use crate::{
     form::Form,
     layout::{self, Section},
     rows,
-    secrets::named_secret,
+    secrets::named_secret_values,
     session::Auth,
     App,
 };
@@ -247,9 +252,11 @@ fn page(auth: &Auth, secret: &Secret, ed: &Editor) -> Markup {
     layout::page(&format!("Edit {name}"), Some(auth), Section::Secrets, body)
 }
 
-/// The editor on the secret's current version.
+/// The editor on the secret's current version. Its values are read (and
+/// recorded as read in the audit log) for the fingerprints, though none
+/// reaches the page.
 pub(crate) async fn form(auth: Auth, State(app): State<App>, Path(id): Path<String>) -> Response {
-    match named_secret(&app, &auth, &id).await {
+    match named_secret_values(&app, &auth, &id).await {
         Ok(secret) => {
             let ed = Editor::on(&app, &secret);
             layout::respond(StatusCode::OK, page(&auth, &secret, &ed))
@@ -269,7 +276,7 @@ pub(crate) async fn save(
     if let Some(refused) = auth.csrf_refusal(&form) {
         return refused;
     }
-    let current = match named_secret(&app, &auth, &id).await {
+    let current = match named_secret_values(&app, &auth, &id).await {
         Ok(s) => s,
         Err(page) => return page,
     };
@@ -384,7 +391,7 @@ pub(crate) async fn save(
         // Refused because another save landed since `current` was read:
         // check again against that save. Any other refusal is shown.
         if refusal.kind() == ErrorKind::FailedPrecondition {
-            let latest = match named_secret(&app, &auth, &id).await {
+            let latest = match named_secret_values(&app, &auth, &id).await {
                 Ok(s) => s,
                 Err(page) => return page,
             };

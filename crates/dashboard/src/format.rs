@@ -11,8 +11,18 @@ fn iso(micros: Micros) -> String {
 
 /// A `<time>` element showing `2025-01-31 09:05 UTC`.
 pub(crate) fn time(micros: Micros) -> Markup {
+    time_as(micros, "%Y-%m-%d %H:%M UTC")
+}
+
+/// A `<time>` element showing `2025-01-31 09:05:07 UTC` (for the audit log).
+pub(crate) fn time_to_second(micros: Micros) -> Markup {
+    time_as(micros, "%Y-%m-%d %H:%M:%S UTC")
+}
+
+/// A `<time>` element showing the instant in `shown`'s format.
+fn time_as(micros: Micros, shown: &str) -> Markup {
     let iso = iso(micros);
-    let shown = Timestamp::from_micros(micros).strftime("%Y-%m-%d %H:%M UTC");
+    let shown = Timestamp::from_micros(micros).strftime(shown);
     html! { time datetime=(iso) title=(iso) { (shown) } }
 }
 
@@ -41,5 +51,7 @@ mod tests {
         assert_eq!(iso(-1), "1969-12-31T23:59:59Z");
         let shown = time(1_767_225_599_999_999).into_string();
         assert!(shown.contains(">2025-12-31 23:59 UTC<"), "{shown}");
+        let shown = time_to_second(1_767_225_599_999_999).into_string();
+        assert!(shown.contains(">2025-12-31 23:59:59 UTC<"), "{shown}");
     }
 }

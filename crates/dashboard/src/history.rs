@@ -17,7 +17,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use latchkey_core::{rules, Error, ErrorKind};
-use latchkey_service::{KeyChanges, Role, Secret, SecretVersion};
+use latchkey_service::{KeyChanges, Role, Secret, SecretSummary, SecretVersion};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -25,7 +25,7 @@ use crate::{
     form::Form,
     format,
     layout::{self, Section},
-    secrets::{self, named_secret, query, ShowQuery, ValueQuery},
+    secrets::{self, named_secret, named_secret_values, query, ShowQuery, ValueQuery},
     session::Auth,
     App,
 };
@@ -93,8 +93,7 @@ fn author(version: &SecretVersion) -> Markup {
 }
 
 /// Links back to the secret, and to its history.
-fn crumbs(secret: &Secret, tail: &Markup) -> Markup {
-    let s = &secret.summary;
+fn crumbs(s: &SecretSummary, tail: &Markup) -> Markup {
     html! {
         p.crumbs {
             a href={ "/" (query(&[("env", &s.environment_name)])) } { "Secrets" }
@@ -132,12 +131,11 @@ async fn history_page(
 /// The history page; `error` is a refused rollback's message.
 fn history_markup(
     auth: &Auth,
-    secret: &Secret,
+    s: &SecretSummary,
     page: &Page,
     before: Option<i64>,
     error: Option<&str>,
 ) -> Markup {
-    let s = &secret.summary;
     let name = s.name().unwrap_or_default();
     // A version made after `secret` was read is newer still: the newest
     // listed is the current one then.
@@ -147,7 +145,7 @@ fn history_markup(
         .map_or(s.version, |v| v.version.max(s.version));
     let may_roll_back = auth.can(Role::Developer);
     let body = html! {
-        (crumbs(secret, &html! { "history" }))
+        (crumbs(s, &html! { "history" }))
         h1 { "History of " (name) }
         @if let Some(error) = error {
             p.error role="alert" #rollback-error { (error) }
@@ -225,21 +223,48 @@ pub(crate) async fn list(
         Ok(before) => before,
         Err(e) => return layout::error_page(Some(&auth), &e),
     };
-    let secret = match named_secret(&app, &auth, &id).await {
+    let s = match named_secret(&app, &auth, &id).await {
         Ok(s) => s,
         Err(page) => return page,
     };
     match history_page(&app, &auth, &id, before).await {
         Ok(page) => layout::respond(
             StatusCode::OK,
-            history_markup(&auth, &secret, &page, before, None),
+            history_markup(&auth, &s, &page, before, None),
         ),
         Err(e) => layout::error_page(Some(&auth), &e),
     }
 }
 
-/// The current state of a secret and its kept version `version` (its
-/// contents and record), or the page that says why not.
+/// The record of kept version `version` of a secret (its keys, never its
+/// values: nothing is recorded as read), or the page that says why not.
+async fn version_record(
+    app: &App,
+    auth: &Auth,
+    id: &str,
+    version: i64,
+) -> Result<SecretVersion, Response> {
+    let found = app
+        .service
+        .secret_history(&auth.caller, id, version.checked_add(1), Some(1))
+        .await
+        .map_err(|e| layout::error_page(Some(auth), &e))?;
+    match found.into_iter().next() {
+        Some(record) if record.version == version => Ok(record),
+        // Not kept: the service says which versions are (a version made
+        // meanwhile is found, and its values read but not shown).
+        _ => app
+            .service
+            .secret_version(&auth.caller, id, version)
+            .await
+            .map(|(_, record)| record)
+            .map_err(|e| layout::error_page(Some(auth), &e)),
+    }
+}
+
+/// The current state of a secret and its kept version `version`, both with
+/// their values (each recorded as a read), and the version's record; or the
+/// page that says why not.
 async fn load_version(
     app: &App,
     auth: &Auth,
@@ -247,34 +272,56 @@ async fn load_version(
     version: &str,
 ) -> Result<(Secret, Secret, SecretVersion), Response> {
     let version = rules::parse_version(version).map_err(|e| layout::error_page(Some(auth), &e))?;
-    let current = named_secret(app, auth, id).await?;
-    let (old, record) = app
-        .service
-        .secret_version(&auth.caller, id, version)
-        .await
-        .map_err(|e| layout::error_page(Some(auth), &e))?;
+    let current = named_secret_values(app, auth, id).await?;
+    let (old, record) = old_version(app, auth, id, version).await?;
     Ok((current, old, record))
 }
 
-/// One version: its record and its keys, values hidden but for one.
+/// Kept version `version` of a secret with its values (recorded as a read).
+async fn old_version(
+    app: &App,
+    auth: &Auth,
+    id: &str,
+    version: i64,
+) -> Result<(Secret, SecretVersion), Response> {
+    app.service
+        .secret_version(&auth.caller, id, version)
+        .await
+        .map_err(|e| layout::error_page(Some(auth), &e))
+}
+
+/// One version: its record and its keys, values hidden but for one (whose
+/// reveal is recorded as a read of that version).
 pub(crate) async fn show(
     auth: Auth,
     State(app): State<App>,
     Path((id, version)): Path<(String, String)>,
     Query(q): Query<ShowQuery>,
 ) -> Response {
-    let (current, old, record) = match load_version(&app, &auth, &id, &version).await {
-        Ok(found) => found,
+    let n = match rules::parse_version(&version) {
+        Ok(n) => n,
+        Err(e) => return layout::error_page(Some(&auth), &e),
+    };
+    let s = match named_secret(&app, &auth, &id).await {
+        Ok(s) => s,
         Err(page) => return page,
     };
-    let s = &current.summary;
+    let record = match version_record(&app, &auth, &id, n).await {
+        Ok(record) => record,
+        Err(page) => return page,
+    };
+    let shown = match secrets::revealed(&record.keys, q.reveal.as_deref()) {
+        Some(key) => match old_version(&app, &auth, &id, n).await {
+            Ok((old, _)) => old.contents.get(key).map(|v| (key, v.clone())),
+            Err(page) => return page,
+        },
+        None => None,
+    };
     let name = s.name().unwrap_or_default();
-    let n = record.version;
     let is_current = n == s.version;
     let path = version_path(&s.id, n);
-    let reveal = secrets::revealed(&old.contents, q.reveal.as_deref());
     let body = html! {
-        (crumbs(&current, &html! {
+        (crumbs(&s, &html! {
             a href={ "/secrets/" (s.id) "/history" } { "history" } " / version " (n)
         }))
         div.heading {
@@ -298,8 +345,8 @@ pub(crate) async fn show(
             dt { "How" } dd { (record.action) }
             dt { "Keys" } dd { (changes(record.changes.as_ref())) }
         }
-        h2 { (format::plural(old.contents.len(), "key", "keys")) }
-        (secrets::keys_table(name, &path, &old.contents, reveal))
+        h2 { (format::plural(record.keys.len(), "key", "keys")) }
+        (secrets::keys_table(name, &path, &record.keys, shown.as_ref().map(|(k, v)| (*k, v.as_str()))))
     };
     layout::respond(
         StatusCode::OK,
@@ -312,15 +359,23 @@ pub(crate) async fn show(
     )
 }
 
-/// One value of a version, alone, as text (for the copy button).
+/// One value of a version, alone, as text (for the copy button): recorded
+/// as a read of that version.
 pub(crate) async fn value(
     auth: Auth,
     State(app): State<App>,
     Path((id, version)): Path<(String, String)>,
     Query(q): Query<ValueQuery>,
 ) -> Response {
-    match load_version(&app, &auth, &id, &version).await {
-        Ok((_, old, _)) => secrets::value_of(&auth, &old.contents, &q.key),
+    let n = match rules::parse_version(&version) {
+        Ok(n) => n,
+        Err(e) => return layout::error_page(Some(&auth), &e),
+    };
+    if let Err(page) = named_secret(&app, &auth, &id).await {
+        return page;
+    }
+    match old_version(&app, &auth, &id, n).await {
+        Ok((old, _)) => secrets::value_of(&auth, &old.contents, &q.key),
         Err(page) => page,
     }
 }
@@ -340,7 +395,7 @@ fn rollback_markup(
     let path = version_path(&s.id, n);
     let would = KeyChanges::between(&current.contents, &old.contents);
     let body = html! {
-        (crumbs(current, &html! {
+        (crumbs(&current.summary, &html! {
             a href={ "/secrets/" (s.id) "/history" } { "history" } " / "
             a href=(path) { "version " (n) } " / roll back"
         }))
@@ -376,9 +431,9 @@ fn rollback_markup(
 /// The history with why a rollback was refused on top.
 async fn refused(app: &App, auth: &Auth, id: &str, error: &Error) -> Response {
     let page = match named_secret(app, auth, id).await {
-        Ok(secret) => history_page(app, auth, id, None)
+        Ok(s) => history_page(app, auth, id, None)
             .await
-            .map(|page| history_markup(auth, &secret, &page, None, Some(error.message()))),
+            .map(|page| history_markup(auth, &s, &page, None, Some(error.message()))),
         Err(page) => return page,
     };
     match page {

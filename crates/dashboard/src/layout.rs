@@ -16,6 +16,7 @@ pub(crate) enum Section {
     Secrets,
     Environments,
     Tokens,
+    Audit,
     None,
 }
 
@@ -42,6 +43,7 @@ pub(crate) fn page(title: &str, auth: Option<&Auth>, section: Section, body: Mar
                             a href="/environments" aria-current=[(section == Section::Environments).then_some("page")] { "Environments" }
                             @if auth.can(Role::Admin) {
                                 a href="/tokens" aria-current=[(section == Section::Tokens).then_some("page")] { "Tokens" }
+                                a href="/audit" aria-current=[(section == Section::Audit).then_some("page")] { "Audit" }
                             }
                         }
                         form.signout method="post" action="/signout" {
@@ -127,6 +129,11 @@ pub(crate) fn forbidden(message: &str) -> Response {
             },
         ),
     )
+}
+
+/// A table's head: one column header per name.
+pub(crate) fn columns(names: &[&str]) -> Markup {
+    html! { thead { tr { @for name in names { th scope="col" { (name) } } } } }
 }
 
 /// An error message under a form field, referenced by the field's

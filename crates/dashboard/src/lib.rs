@@ -1,6 +1,7 @@
 //! The dashboard served at `/`: sign in with a token, manage secrets (and
-//! their versions), environments and tokens. It calls the service layer
-//! directly, so every rule and permission is the same as on the APIs.
+//! their versions), environments and tokens, and read the audit log. It
+//! calls the service layer directly, so every rule and permission is the
+//! same as on the APIs.
 //!
 //! Pages are rendered on the server with [`maud`] (templates compiled into
 //! the binary) and work without JavaScript; one small script, served from
@@ -23,6 +24,7 @@
 //! ```
 
 mod assets;
+mod audit;
 mod create;
 mod edit;
 mod environments;
@@ -115,6 +117,10 @@ fn routes(app: App) -> Router {
         .route("/environments/delete", post(environments::delete))
         .route("/tokens", get(tokens::list).post(tokens::create))
         .route("/tokens/revoke", post(tokens::revoke))
+        .route("/tokens/{id}", get(tokens::show))
+        .route("/audit", get(audit::list))
+        .route("/audit/verify", post(audit::verify))
+        .route("/tokens/rotate", post(tokens::rotate))
         .route("/static/app.css", get(assets::css))
         .route("/static/app.js", get(assets::js))
         .route("/static/icon.svg", get(assets::icon))

@@ -7,7 +7,7 @@ use axum::{
     response::{IntoResponse, Redirect, Response},
 };
 use latchkey_core::{time::Micros, EnvDict, Error};
-use latchkey_service::{Environment, Role, Secret, SecretSummary};
+use latchkey_service::{log::VersionExposure, Environment, Role, Secret, SecretSummary};
 use maud::{html, Markup};
 use serde::Deserialize;
 
@@ -249,10 +249,15 @@ pub(crate) async fn list(
     )
 }
 
-/// A named secret of the caller's workspace, or a 404 page.
-pub(crate) async fn named_secret(app: &App, auth: &Auth, id: &str) -> Result<Secret, Response> {
-    match app.service.secret(&auth.caller, id).await {
-        Ok(secret) if secret.summary.name().is_some() => Ok(secret),
+/// The metadata of a named secret of the caller's workspace (its keys, never
+/// its values: nothing is recorded as read), or a 404 page.
+pub(crate) async fn named_secret(
+    app: &App,
+    auth: &Auth,
+    id: &str,
+) -> Result<SecretSummary, Response> {
+    match app.service.secret_metadata(&auth.caller, id).await {
+        Ok(summary) if summary.name().is_some() => Ok(summary),
         Ok(_) => Err(layout::error_page(
             Some(auth),
             &Error::not_found(format!(
@@ -262,6 +267,20 @@ pub(crate) async fn named_secret(app: &App, auth: &Auth, id: &str) -> Result<Sec
         )),
         Err(e) => Err(layout::error_page(Some(auth), &e)),
     }
+}
+
+/// A named secret with its values, or a 404 page. The audit log records a
+/// read of its values (`secret.read`): only for pages that need them.
+pub(crate) async fn named_secret_values(
+    app: &App,
+    auth: &Auth,
+    id: &str,
+) -> Result<Secret, Response> {
+    named_secret(app, auth, id).await?;
+    app.service
+        .secret(&auth.caller, id)
+        .await
+        .map_err(|e| layout::error_page(Some(auth), &e))
 }
 
 #[derive(Deserialize)]
@@ -300,24 +319,43 @@ fn usage(name: &str, env: &Environment, first_key: &str) -> Markup {
 }
 
 /// A secret: its metadata, its keys with values hidden (one can be revealed),
-/// and how to use it.
+/// how to use it, and, for admins, who read it. Only a reveal reads values
+/// (and is recorded as a read).
 pub(crate) async fn show(
     auth: Auth,
     State(app): State<App>,
     Path(id): Path<String>,
     Query(q): Query<ShowQuery>,
 ) -> Response {
-    let secret = match named_secret(&app, &auth, &id).await {
+    let summary = match named_secret(&app, &auth, &id).await {
         Ok(s) => s,
         Err(page) => return page,
     };
-    let s = &secret.summary;
+    let (s, shown) = match revealed(&summary.keys, q.reveal.as_deref()) {
+        Some(key) => match named_secret_values(&app, &auth, &id).await {
+            Ok(secret) => {
+                let shown = secret.contents.get(key).map(|v| (key, v.clone()));
+                (secret.summary, shown)
+            }
+            Err(page) => return page,
+        },
+        None => (summary, None),
+    };
     let name = s.name().unwrap_or_default();
     let env = app
         .service
         .environment(&auth.caller, &s.environment_name)
         .await;
-    let reveal = revealed(&secret.contents, q.reveal.as_deref());
+    let readers = if auth.can(Role::Admin) {
+        Some(
+            app.service
+                .secret_exposure(&auth.caller, &s.environment_name, name)
+                .await
+                .map(|(_, readers)| readers),
+        )
+    } else {
+        None
+    };
     let back = query(&[("env", &s.environment_name)]);
     let body = html! {
         p.crumbs { a href={ "/" (back) } { "Secrets" } " / " (s.environment_name) }
@@ -338,10 +376,13 @@ pub(crate) async fn show(
             dt { "Version" } dd { (s.version) }
             dt { "Id" } dd { code { (s.id) } }
         }
-        h2 { (format::plural(secret.contents.len(), "key", "keys")) }
-        (keys_table(name, &format!("/secrets/{}", s.id), &secret.contents, reveal))
+        h2 { (format::plural(s.keys.len(), "key", "keys")) }
+        (keys_table(name, &format!("/secrets/{}", s.id), &s.keys, shown.as_ref().map(|(k, v)| (*k, v.as_str()))))
+        @if let Some(readers) = &readers {
+            (who_read(s.version, readers))
+        }
         @if let Ok(env) = &env {
-            (usage(name, env, secret.contents.keys().next().map_or("KEY", String::as_str)))
+            (usage(name, env, s.keys.first().map_or("KEY", String::as_str)))
         }
     };
     layout::respond(
@@ -350,18 +391,54 @@ pub(crate) async fn show(
     )
 }
 
-/// The keys of `contents` (a secret's, or one of its versions') with their
-/// values hidden but for `reveal`. `page` is the path of the page that shows
-/// them: a value is revealed by that page with `?reveal=KEY`, and fetched
-/// alone for the copy button from `{page}/value?key=KEY`.
+/// Who read the values of each version of a secret whose current version
+/// is `current` (for admins), or why that is not known.
+fn who_read(current: i64, readers: &Result<Vec<VersionExposure>, Error>) -> Markup {
+    html! {
+        section.exposure aria-labelledby="who-read-h" {
+            h2 #who-read-h { "Who read it" }
+            @match readers {
+                Err(e) => p.error role="alert" { (e.message()) },
+                Ok(readers) if readers.is_empty() => p.empty #no-readers { "No token has read its values." },
+                Ok(readers) => div.table-wrap {
+                    table #readers {
+                        caption.sr { "Tokens that read each version's values, newest version first" }
+                        (layout::columns(&["Version", "Token", "Reads", "First", "Last", "Through"]))
+                        tbody {
+                            @for r in readers {
+                                tr {
+                                    td.num {
+                                        (r.version)
+                                        @if r.version == current { " " span.badge { "current" } }
+                                    }
+                                    td { (r.token_name) " " code { (r.token_id) } }
+                                    td.num { (r.count) }
+                                    td { (format::time(r.first_at)) }
+                                    td { (format::time(r.last_at)) }
+                                    td { (r.interfaces.join(", ")) }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The keys of a secret (or of one of its versions) with their values
+/// hidden but for `shown` (a key and its value). `page` is the path of the
+/// page that shows them: a value is revealed by that page with
+/// `?reveal=KEY`, and fetched alone for the copy button from
+/// `{page}/value?key=KEY`.
 pub(crate) fn keys_table(
     name: &str,
     page: &str,
-    contents: &EnvDict,
-    reveal: Option<&str>,
+    keys: &[String],
+    shown: Option<(&str, &str)>,
 ) -> Markup {
     html! {
-        @if contents.is_empty() {
+        @if keys.is_empty() {
             p.empty { "This secret has no keys." }
         } @else {
             div.table-wrap {
@@ -369,18 +446,19 @@ pub(crate) fn keys_table(
                     caption.sr { "Keys of " (name) "; values are hidden until revealed" }
                     thead { tr { th scope="col" { "Key" } th scope="col" { "Value" } th scope="col" { span.sr { "Actions" } } } }
                     tbody {
-                        @for (key, value) in contents {
+                        @for key in keys {
+                            @let value = shown.filter(|(k, _)| k == key).map(|(_, v)| v);
                             tr id={ "key-" (key) } {
                                 td { code { (key) } }
                                 td.value {
-                                    @if reveal == Some(key.as_str()) {
+                                    @if let Some(value) = value {
                                         code.revealed { (value) }
                                     } @else {
                                         span.hidden-value aria-label="hidden" { "••••••••" }
                                     }
                                 }
                                 td.row-actions {
-                                    @if reveal == Some(key.as_str()) {
+                                    @if value.is_some() {
                                         a href={ (page) "#key-" (key) } { "Hide" }
                                     } @else {
                                         a href={ (page) (query(&[("reveal", key)])) "#key-" (key) }
@@ -400,10 +478,10 @@ pub(crate) fn keys_table(
     }
 }
 
-/// The key to reveal on a page of `contents`: the one asked for, if there
-/// is such a key.
-pub(crate) fn revealed<'a>(contents: &EnvDict, asked: Option<&'a str>) -> Option<&'a str> {
-    asked.filter(|k| contents.contains_key(*k))
+/// The key to reveal on a page of a secret with `keys`: the one asked for,
+/// if there is such a key.
+pub(crate) fn revealed<'a>(keys: &[String], asked: Option<&'a str>) -> Option<&'a str> {
+    asked.filter(|k| keys.iter().any(|key| key == k))
 }
 
 #[derive(Deserialize)]
@@ -418,7 +496,7 @@ pub(crate) async fn value(
     Path(id): Path<String>,
     Query(q): Query<ValueQuery>,
 ) -> Response {
-    let secret = match named_secret(&app, &auth, &id).await {
+    let secret = match named_secret_values(&app, &auth, &id).await {
         Ok(s) => s,
         Err(page) => return page,
     };
@@ -447,8 +525,7 @@ pub(crate) fn value_of(auth: &Auth, contents: &EnvDict, key: &str) -> Response {
     }
 }
 
-fn delete_page(auth: &Auth, secret: &Secret, error: Option<&str>) -> Markup {
-    let s = &secret.summary;
+fn delete_page(auth: &Auth, s: &SecretSummary, error: Option<&str>) -> Markup {
     let name = s.name().unwrap_or_default();
     layout::page(
         &format!("Delete {name}"),
@@ -507,7 +584,7 @@ pub(crate) async fn delete(
         Ok(s) => s,
         Err(page) => return page,
     };
-    let name = secret.summary.name().unwrap_or_default();
+    let name = secret.name().unwrap_or_default();
     if form.get("confirm").trim() != name {
         return layout::respond(
             StatusCode::BAD_REQUEST,
@@ -523,11 +600,7 @@ pub(crate) async fn delete(
     }
     auth.flash_next(format!(
         "Secret '{name}' was deleted from {}.",
-        secret.summary.environment_name
+        secret.environment_name
     ));
-    Redirect::to(&format!(
-        "/{}",
-        query(&[("env", &secret.summary.environment_name)])
-    ))
-    .into_response()
+    Redirect::to(&format!("/{}", query(&[("env", &secret.environment_name)]))).into_response()
 }

@@ -7,9 +7,11 @@
 //! token secret is dropped as soon as it has been checked.
 //!
 //! A session ends after [`IDLE`] without a request, [`ABSOLUTE`] after sign
-//! in, on sign out, and as soon as its token is revoked: every request looks
-//! the token up again (one indexed read), so a revoked token is noticed on the
-//! next page.
+//! in, on sign out, and as soon as its token is revoked or expires, or the
+//! secret it signed in with is rotated out (past the rotation's grace
+//! period): every request looks the token up again (one indexed read,
+//! [`Service::recheck`](latchkey_service::Service::recheck)), so the change
+//! is noticed on the next page.
 //!
 //! Sessions live in this process. Several replicas behind a load balancer need
 //! sticky sessions (or the user signs in again on each replica); a restart
@@ -214,10 +216,7 @@ fn to_signin(ended: bool) -> Response {
 
 /// Where a dashboard request came from.
 pub(crate) fn origin(client: Option<latchkey_service::ClientAddr>) -> latchkey_service::Origin {
-    latchkey_service::Origin::new(
-        latchkey_service::log::Interface::Dashboard,
-        client.map(|c| c.ip()),
-    )
+    latchkey_service::Origin::new(latchkey_service::log::Interface::Dashboard, client)
 }
 
 impl FromRequestParts<App> for Auth {
@@ -230,15 +229,16 @@ impl FromRequestParts<App> for Auth {
         let Some((caller, csrf, flash)) = app.sessions.get(id) else {
             return Err(to_signin(true));
         };
-        // The token may have been revoked since sign in.
-        match app.service.store().token_for_auth(&caller.token().id).await {
-            Ok(Some((token, _))) if token.revoked_at.is_none() => {}
-            Ok(_) => {
+        // The token may have been revoked, may have expired, or its secret
+        // may have been rotated out since sign in.
+        let caller = match app.service.recheck(&caller).await {
+            Ok(Some(caller)) => caller,
+            Ok(None) => {
                 app.sessions.remove(id);
                 return Err(to_signin(true));
             }
             Err(e) => return Err(layout::error_page(None, &e)),
-        }
+        };
         let client = parts
             .extensions
             .get::<latchkey_service::ClientAddr>()

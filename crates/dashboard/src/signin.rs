@@ -17,6 +17,11 @@ use crate::{
     App,
 };
 
+/// The audit log's action of a sign-in...
+const SIGNIN: &str = "dashboard.signin";
+/// ...and of a sign-out.
+const SIGNOUT: &str = "dashboard.signout";
+
 /// A pasted token secret, held only while sign-in checks it; `Debug` does
 /// not show it.
 struct Secret(String);
@@ -115,7 +120,8 @@ fn credentials(form: &Form) -> (String, Secret) {
     (token_id, Secret(token_secret))
 }
 
-/// Checks the token, starts a session, and sets its cookie.
+/// Checks the token, records the sign-in in the audit log (a failed one is
+/// recorded by the service), starts a session, and sets its cookie.
 pub(crate) async fn submit(
     State(app): State<App>,
     client: Option<axum::Extension<latchkey_service::ClientAddr>>,
@@ -125,16 +131,30 @@ pub(crate) async fn submit(
     let form = Form::parse(&body);
     let (token_id, token_secret) = credentials(&form);
     drop(form);
-    let origin = crate::session::origin(client.map(|c| c.0));
-    let caller = match app
+    let origin = crate::session::origin(client.map(|axum::Extension(c)| c));
+    let authenticated = app
         .service
         .authenticate(&token_id, &token_secret.0, &origin)
-        .await
-    {
+        .await;
+    let caller = match authenticated {
         Ok(caller) => caller,
+        Err(e) if e.kind() == latchkey_core::ErrorKind::ResourceExhausted => {
+            let mut page = layout::respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                signin_page(None, Some(e.message())),
+            );
+            if let Some(wait) = e.retry_after() {
+                page.headers_mut()
+                    .insert(header::RETRY_AFTER, wait.as_secs().max(1).into());
+            }
+            return page;
+        }
         Err(e) if e.kind() == latchkey_core::ErrorKind::Unauthenticated => {
             let message = if token_id.is_empty() || token_secret.0.is_empty() {
                 "Give both the token id (ak-…) and its secret (as-…)."
+            } else if e.message().contains(" expired at ") {
+                // Said only to a caller who holds the token's secret.
+                e.message()
             } else {
                 "That token was not accepted: it is unknown, revoked, or its secret is wrong."
             };
@@ -143,6 +163,10 @@ pub(crate) async fn submit(
         Err(e) => return layout::error_page(None, &e),
     };
     drop(token_secret);
+    // Fail closed: a sign-in the audit log cannot record does not happen.
+    if let Err(e) = app.service.record(caller.audit(SIGNIN)).await {
+        return layout::error_page(None, &e);
+    }
     if let Some(old) = session::cookie(&headers, session::COOKIE) {
         app.sessions.remove(old);
     }
@@ -158,12 +182,17 @@ pub(crate) async fn submit(
         .into_response()
 }
 
-/// Ends the session on the server and removes the cookie.
-pub(crate) async fn signout(auth: Auth, body: Bytes) -> Response {
+/// Ends the session on the server and removes the cookie. Signing out is
+/// never refused: if the audit log cannot record it, that is logged and the
+/// session ends all the same (a session kept alive would be worse).
+pub(crate) async fn signout(auth: Auth, State(app): State<App>, body: Bytes) -> Response {
     if let Some(refused) = auth.csrf_refusal(&Form::parse(&body)) {
         return refused;
     }
     auth.end();
+    if let Err(e) = app.service.record(auth.caller.audit(SIGNOUT)).await {
+        tracing::error!(error = %e, "dashboard: cannot record a sign-out in the audit log");
+    }
     (
         [(header::SET_COOKIE, session::clear_cookie())],
         Redirect::to("/signin"),

@@ -597,6 +597,25 @@ async fn run(
         .contains("LATCHKEY_TOKEN_SECRET=as-"));
     shot(&a, "11-token-created").await;
 
+    // The audit log: what happened so far, never a value; the chain checks.
+    a.goto(&format!("{base}/audit")).await.unwrap();
+    let events = text(&a, "table#events").await;
+    for action in [
+        "dashboard.signin",
+        "secret.create",
+        "secret.read",
+        "token.create",
+    ] {
+        assert!(events.contains(action), "{action} in {events}");
+    }
+    let source = a.source().await.unwrap();
+    for secret in ["k-12345-secret", "db.internal", token_secret.as_str()] {
+        assert!(!source.contains(secret), "no value or token secret");
+    }
+    css(&a, "form#verify button").await.click().await.unwrap();
+    assert!(text(&a, "#verdict").await.contains("The chain is intact."));
+    shot(&a, "11b-audit").await;
+
     // The list, with the secret in it.
     a.goto(&format!("{base}/")).await.unwrap();
     assert!(text(&a, "table#secrets").await.contains("web-app"));

@@ -8,19 +8,22 @@ use axum::{
 };
 use latchkey_core::admin_token::AdminTokenFile;
 use latchkey_service::{
+    log::{AuditEvent, AuditFilter},
     testing::{TestService, ANONYMOUS_TTL},
-    Caller, CreateMode, Role, Service, ServiceConfig,
+    Caller, ClientAddr, CreateMode, Role, Service, ServiceConfig,
 };
 use tower::ServiceExt;
 
 const HOST: &str = "dash.test";
+/// The address the test browser's requests come from.
+const CLIENT: &str = "203.0.113.7";
 
 struct Harness {
     router: Router,
     service: Service,
     token_id: String,
     token_secret: String,
-    _test: TestService,
+    test: TestService,
 }
 
 async fn harness() -> Harness {
@@ -30,7 +33,7 @@ async fn harness() -> Harness {
         service: test.service().clone(),
         token_id: test.admin_token_id().to_owned(),
         token_secret: test.admin_token_secret().to_owned(),
-        _test: test,
+        test,
     }
 }
 
@@ -43,6 +46,7 @@ async fn harness_keeping(keep: u32) -> Harness {
             anonymous_ttl: ANONYMOUS_TTL,
             keep_versions: keep,
             audit_metadata_reads: false,
+            auth_failures: latchkey_service::AuthFailureLimit::default(),
         },
     );
     Harness {
@@ -50,7 +54,7 @@ async fn harness_keeping(keep: u32) -> Harness {
         service,
         token_id: test.admin_token_id().to_owned(),
         token_secret: test.admin_token_secret().to_owned(),
-        _test: test,
+        test,
     }
 }
 
@@ -66,6 +70,21 @@ impl Harness {
             .unwrap()
     }
 
+    /// A new token made by the admin, valid for `ttl` if given, and its secret.
+    async fn token(
+        &self,
+        name: &str,
+        role: Role,
+        ttl: Option<std::time::Duration>,
+    ) -> (latchkey_service::Token, String) {
+        let (token, secret) = self
+            .service
+            .create_token(&self.admin().await, name, role, None, ttl)
+            .await
+            .unwrap();
+        (token, secret.to_string())
+    }
+
     /// Someone else's change of secret `id`, made through the service.
     async fn update(&self, id: &str, changes: &[(&str, Option<&str>)]) {
         let changes: Vec<(String, Option<String>)> = changes
@@ -76,6 +95,41 @@ impl Harness {
             .update_secret(&self.admin().await, id, &changes, None)
             .await
             .unwrap();
+    }
+
+    /// A new token of `role` named `name`, made by the admin: its id and
+    /// secret.
+    async fn token_pair(&self, name: &str, role: Role) -> (String, String) {
+        let (token, secret) = self.token(name, role, None).await;
+        (token.id, secret)
+    }
+
+    /// The audit log's events that `filter` selects, oldest first.
+    async fn events(&self, filter: AuditFilter) -> Vec<AuditEvent> {
+        self.service
+            .audit_events(&self.admin().await, &filter, 1000)
+            .await
+            .unwrap()
+    }
+
+    /// The audit log's events of `action`, oldest first.
+    async fn events_of(&self, action: &str) -> Vec<AuditEvent> {
+        self.events(AuditFilter {
+            action: Some(action.to_owned()),
+            ..AuditFilter::default()
+        })
+        .await
+    }
+
+    /// Runs `sql` on the store's database, behind the service's back.
+    async fn sql(&self, sql: &str) {
+        let url = format!(
+            "sqlite://{}",
+            self.test.data_dir().join("latchkey.db").display()
+        );
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query(sql).execute(&pool).await.unwrap();
+        pool.close().await;
     }
 
     /// Secret `id`'s current version and contents.
@@ -138,7 +192,11 @@ impl<'a> Browser<'a> {
         Self { h, cookie: None }
     }
 
-    async fn send(&mut self, request: Request<Body>) -> Reply {
+    async fn send(&mut self, mut request: Request<Body>) -> Reply {
+        // As the server puts it there for every connection.
+        request
+            .extensions_mut()
+            .insert(ClientAddr(format!("{CLIENT}:50000").parse().unwrap()));
         let response = self.h.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
@@ -195,10 +253,16 @@ impl<'a> Browser<'a> {
             .await
     }
 
+    /// Signs in with the admin token.
     async fn sign_in(&mut self) {
         let (id, secret) = (self.h.token_id.clone(), self.h.token_secret.clone());
+        self.sign_in_as(&id, &secret).await;
+    }
+
+    /// Signs in with the token `id`.
+    async fn sign_in_as(&mut self, id: &str, secret: &str) {
         let r = self
-            .post("/signin", &[("token_id", &id), ("token_secret", &secret)])
+            .post("/signin", &[("token_id", id), ("token_secret", secret)])
             .await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{}", r.body);
     }
@@ -235,6 +299,8 @@ async fn signed_out_pages_lead_to_sign_in() {
         "/secrets/new",
         "/environments",
         "/tokens",
+        "/tokens/ak-x",
+        "/audit",
         "/secrets/st-x",
     ] {
         let r = b.get(path).await;
@@ -246,6 +312,8 @@ async fn signed_out_pages_lead_to_sign_in() {
     assert!(r.body.contains("type=\"password\""));
 }
 
+/// Sign-in, sign-out and a refused sign-in are recorded, as the
+/// dashboard, from the browser's address.
 #[tokio::test]
 async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
     let h = harness().await;
@@ -259,6 +327,11 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     assert!(wrong.body.contains("not accepted"));
     assert!(b.cookie.is_none());
+    assert!(h.events_of("dashboard.signin").await.is_empty());
+    let failures = h.events_of("auth.failure").await;
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert_eq!(failures[0].entry.interface, "dashboard");
+    assert_eq!(failures[0].entry.client.as_deref(), Some(CLIENT));
 
     let r = b
         .post(
@@ -280,6 +353,20 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
     }
     assert!(!set.contains(&h.token_secret));
     let old_cookie = b.cookie.clone().unwrap();
+    let signins = h.events_of("dashboard.signin").await;
+    assert_eq!(signins.len(), 1, "{signins:?}");
+    let e = &signins[0].entry;
+    assert_eq!(e.actor.as_ref().unwrap().token_id, h.token_id);
+    assert_eq!(e.actor.as_ref().unwrap().role, "admin");
+    assert_eq!(
+        (
+            e.interface.as_str(),
+            e.client.as_deref(),
+            e.outcome.as_str()
+        ),
+        ("dashboard", Some(CLIENT), "ok")
+    );
+    assert!(h.events_of("dashboard.signout").await.is_empty());
 
     let page = b.get("/").await;
     assert_eq!(page.status, StatusCode::OK);
@@ -298,6 +385,11 @@ async fn sign_in_sets_a_strict_cookie_and_sign_out_ends_the_session() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
+    let signouts = h.events_of("dashboard.signout").await;
+    assert_eq!(signouts.len(), 1, "{signouts:?}");
+    let e = &signouts[0].entry;
+    assert_eq!(e.actor.as_ref().unwrap().token_id, h.token_id);
+    assert_eq!(e.client.as_deref(), Some(CLIENT));
     // The old cookie no longer works: the session is gone on the server.
     b.cookie = Some(old_cookie);
     let r = b.get("/").await;
@@ -343,7 +435,7 @@ async fn a_revoked_token_ends_its_sessions() {
         .unwrap();
     let (token, secret) = h
         .service
-        .create_token(&admin, "dev", Role::Developer, None)
+        .create_token(&admin, "dev", Role::Developer, None, None)
         .await
         .unwrap();
     let mut b = Browser::new(&h);
@@ -367,6 +459,46 @@ async fn a_revoked_token_ends_its_sessions() {
 }
 
 #[tokio::test]
+async fn an_expired_or_rotated_out_token_ends_its_sessions() {
+    let h = harness().await;
+    let ttl = std::time::Duration::from_millis(600);
+    let (short, short_secret) = h.token("short", Role::Developer, Some(ttl)).await;
+    let (ci, ci_secret) = h.token("ci", Role::Developer, None).await;
+    let mut expiring = Browser::new(&h);
+    let mut rotated = Browser::new(&h);
+    expiring.sign_in_as(&short.id, &short_secret).await;
+    rotated.sign_in_as(&ci.id, &ci_secret).await;
+    for b in [&mut expiring, &mut rotated] {
+        assert_eq!(b.get("/").await.status, StatusCode::OK);
+    }
+    // A rotation with a grace period keeps the session until it ends.
+    h.service
+        .rotate_token(&h.admin().await, &ci.id, Some(ttl))
+        .await
+        .unwrap();
+    assert_eq!(rotated.get("/").await.status, StatusCode::OK);
+    tokio::time::sleep(ttl + std::time::Duration::from_millis(100)).await;
+    for b in [&mut expiring, &mut rotated] {
+        let r = b.get("/").await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER);
+        assert_eq!(r.location(), "/signin?ended=1");
+    }
+    // Signing in again with the expired token says when it expired.
+    let r = expiring
+        .post(
+            "/signin",
+            &[("token_id", &short.id), ("token_secret", &short_secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        r.body.contains(&format!("token {} expired at", short.id)),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
 async fn every_page_has_the_security_headers() {
     let h = harness().await;
     let mut b = Browser::new(&h);
@@ -374,6 +506,8 @@ async fn every_page_has_the_security_headers() {
     b.sign_in().await;
     let id = b.create("hdr", &[("A", "1")]).await;
     replies.push(b.get("/").await);
+    replies.push(b.get("/audit").await);
+    replies.push(b.get(&format!("/tokens/{}", h.token_id)).await);
     replies.push(b.get(&format!("/secrets/{id}")).await);
     replies.push(b.get(&format!("/secrets/{id}/value?key=A")).await);
     replies.push(b.get(&format!("/secrets/{id}/history")).await);
@@ -1122,28 +1256,75 @@ async fn tokens_are_created_once_listed_and_revoked() {
 }
 
 #[tokio::test]
+async fn tokens_get_an_expiry_and_are_rotated_from_the_form() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let csrf = b.csrf().await;
+    let fields = |ttl| {
+        [
+            ("csrf", csrf.as_str()),
+            ("name", "ci"),
+            ("role", "reader"),
+            ("ttl", ttl),
+        ]
+    };
+    let r = b.post("/tokens", &fields("0")).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(r.body.contains("greater than zero"), "{}", r.body);
+    let r = b.post("/tokens", &fields("30d")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let tokens = h.service.list_tokens(&h.admin().await).await.unwrap();
+    assert_eq!(tokens.len(), 2, "the refused form created nothing");
+    let ci = tokens.iter().find(|t| t.name == "ci").unwrap();
+    let expires = ci.expires_at.expect("an expiry") - ci.created_at;
+    assert!(
+        (expires - 30 * 86_400_000_000).abs() < 5_000_000,
+        "{expires}"
+    );
+
+    let r = b
+        .post(
+            "/tokens/rotate",
+            &[("csrf", &csrf), ("id", &ci.id), ("grace", "10m")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert!(r.body.contains("has a new secret"), "{}", r.body);
+    assert!(
+        r.body.contains("previous secret is accepted until"),
+        "{}",
+        r.body
+    );
+    let at = r.body.find("LATCHKEY_TOKEN_SECRET=").unwrap() + 22;
+    let secret = r.body[at..at + 35].to_owned();
+    assert!(h
+        .service
+        .authenticate(&ci.id, &secret, &latchkey_service::Origin::server())
+        .await
+        .is_ok());
+    let r = b
+        .post(
+            "/tokens/rotate",
+            &[("csrf", &csrf), ("id", &ci.id), ("grace", "later")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(
+        h.service
+            .authenticate(&ci.id, &secret, &latchkey_service::Origin::server())
+            .await
+            .is_ok(),
+        "unchanged"
+    );
+}
+
+#[tokio::test]
 async fn a_reader_sees_but_cannot_change() {
     let h = harness().await;
-    let admin = h
-        .service
-        .authenticate(
-            &h.token_id,
-            &h.token_secret,
-            &latchkey_service::Origin::server(),
-        )
-        .await
-        .unwrap();
-    let (token, secret) = h
-        .service
-        .create_token(&admin, "viewer", Role::Reader, None)
-        .await
-        .unwrap();
+    let (token, secret) = h.token_pair("viewer", Role::Reader).await;
     let mut b = Browser::new(&h);
-    b.post(
-        "/signin",
-        &[("token_id", &token.id), ("token_secret", &secret)],
-    )
-    .await;
+    b.sign_in_as(&token, &secret).await;
     let page = b.get("/").await;
     assert!(!page.body.contains("New secret"));
     let csrf = page.csrf();
@@ -1515,22 +1696,13 @@ async fn rollback_to_the_current_or_a_destroyed_version_is_refused_with_the_reas
 #[tokio::test]
 async fn a_reader_sees_the_history_but_cannot_roll_back() {
     let h = harness().await;
-    let admin = h.admin().await;
     let mut b = Browser::new(&h);
     b.sign_in().await;
     let id = b.create("ro", &[("A", "a1")]).await;
     h.update(&id, &[("A", Some("a2"))]).await;
-    let (token, secret) = h
-        .service
-        .create_token(&admin, "viewer", Role::Reader, None)
-        .await
-        .unwrap();
+    let (token, secret) = h.token_pair("viewer", Role::Reader).await;
     let mut r = Browser::new(&h);
-    r.post(
-        "/signin",
-        &[("token_id", &token.id), ("token_secret", &secret)],
-    )
-    .await;
+    r.sign_in_as(&token, &secret).await;
     let history = r.get(&format!("/secrets/{id}/history")).await;
     assert_eq!(history.status, StatusCode::OK);
     assert!(history_row(&history, 1).contains("View version 1"));
@@ -1564,4 +1736,398 @@ async fn a_reader_sees_the_history_but_cannot_roll_back() {
         post.body
     );
     assert_eq!(h.now(&id).await, (2, pairs(&[("A", "a2")])));
+}
+
+/// The events a page lists, by number.
+fn listed(r: &Reply) -> Vec<i64> {
+    r.body
+        .split("<tr id=\"event-")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Their numbers.
+fn seqs(events: &[AuditEvent]) -> Vec<i64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+#[tokio::test]
+async fn only_pages_that_show_values_record_a_read() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b
+        .create("audited", &[("A", "val-a-1"), ("B", "val-b-1")])
+        .await;
+    h.update(&id, &[("A", Some("val-a-2"))]).await;
+    for path in [
+        format!("/secrets/{id}"),
+        format!("/secrets/{id}?reveal=NOPE"),
+        format!("/secrets/{id}/history"),
+        format!("/secrets/{id}/delete"),
+        format!("/secrets/{id}/versions/1"),
+        format!("/secrets/{id}/versions/2"),
+        format!("/secrets/{id}/versions/1?reveal=NOPE"),
+        "/".to_owned(),
+        "/audit".to_owned(),
+    ] {
+        let r = b.get(&path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert!(!r.body.contains("val-"), "{path} shows no value");
+    }
+    assert!(h.events_of("secret.read").await.is_empty());
+
+    // A reveal reads, once, as the dashboard, from the browser's address.
+    let r = b.get(&format!("/secrets/{id}?reveal=A")).await;
+    assert!(r.body.contains("<code class=\"revealed\">val-a-2</code>"));
+    let reads = h.events_of("secret.read").await;
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    let e = &reads[0].entry;
+    assert_eq!(e.interface, "dashboard");
+    assert_eq!(e.client.as_deref(), Some(CLIENT));
+    assert_eq!(e.actor.as_ref().unwrap().token_id, h.token_id);
+    assert_eq!(
+        (e.secret_id.as_deref(), e.secret_name.as_deref(), e.version),
+        (Some(id.as_str()), Some("audited"), Some(2))
+    );
+    assert_eq!(e.outcome, "ok");
+
+    // An old version's reveal reads that version; the copy buttons read too.
+    let r = b.get(&format!("/secrets/{id}/versions/1?reveal=B")).await;
+    assert!(r.body.contains("<code class=\"revealed\">val-b-1</code>"));
+    assert_eq!(
+        b.get(&format!("/secrets/{id}/value?key=B")).await.body,
+        "val-b-1"
+    );
+    assert_eq!(
+        b.get(&format!("/secrets/{id}/versions/1/value?key=A"))
+            .await
+            .body,
+        "val-a-1"
+    );
+    let versions: Vec<_> = h
+        .events_of("secret.read")
+        .await
+        .iter()
+        .map(|e| (e.entry.interface.clone(), e.entry.version))
+        .collect();
+    let dashboard = || "dashboard".to_owned();
+    assert_eq!(
+        versions,
+        [
+            (dashboard(), Some(2)),
+            (dashboard(), Some(1)),
+            (dashboard(), Some(2)),
+            (dashboard(), Some(1))
+        ]
+    );
+    // A version that is not kept is still named as such.
+    let r = b.get(&format!("/secrets/{id}/versions/9")).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("has no version 9"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_sign_in_the_audit_log_cannot_record_does_not_happen() {
+    let h = harness().await;
+    h.sql(
+        "CREATE TRIGGER signin_down BEFORE INSERT ON audit_events \
+         WHEN NEW.action = 'dashboard.signin' \
+         BEGIN SELECT RAISE(ABORT, 'audit device down'); END",
+    )
+    .await;
+    let mut b = Browser::new(&h);
+    let r = b
+        .post(
+            "/signin",
+            &[("token_id", &h.token_id), ("token_secret", &h.token_secret)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert!(!r.headers.contains_key(header::SET_COOKIE));
+    assert!(b.cookie.is_none());
+    assert!(r.body.contains("role=\"alert\""));
+    assert!(!r.body.contains(&h.token_secret));
+
+    h.sql("DROP TRIGGER signin_down").await;
+    b.sign_in().await;
+    assert_eq!(b.get("/").await.status, StatusCode::OK);
+    assert_eq!(h.events_of("dashboard.signin").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_audit_page_lists_and_filters_events_and_never_a_value() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("pg", &[("PASSWORD", "val-hunter2")]).await;
+    b.get(&format!("/secrets/{id}?reveal=PASSWORD")).await;
+    let (ci, ci_secret) = h.token_pair("ci", Role::Reader).await;
+
+    let all = b.get("/audit").await;
+    assert_eq!(all.status, StatusCode::OK);
+    assert!(all.body.contains("aria-current=\"page\">Audit</a>"));
+    let everything = h.events(AuditFilter::default()).await;
+    assert_eq!(listed(&all), seqs(&everything), "oldest first, all of them");
+    for part in [
+        "dashboard.signin",
+        "secret.create",
+        "secret.read",
+        "token.create",
+        h.token_id.as_str(),
+        CLIENT,
+        ">pg<",
+    ] {
+        assert!(all.body.contains(part), "{part}");
+    }
+    for secret in ["val-hunter2", &h.token_secret, &ci_secret] {
+        assert!(!all.body.contains(secret), "no value or token secret");
+    }
+
+    // Each filter selects what the service selects.
+    let filters: [(&str, AuditFilter); 5] = [
+        (
+            "action=secret.read",
+            AuditFilter {
+                action: Some("secret.read".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "secret=pg&env=main",
+            AuditFilter {
+                secret: Some("pg".into()),
+                environment: Some("main".into()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            &format!("token={}", ci),
+            AuditFilter {
+                token: Some(ci.clone()),
+                ..AuditFilter::default()
+            },
+        ),
+        (
+            "since=2000-01-01&until=2000-01-01",
+            AuditFilter {
+                until: Some(946_771_200_000_000),
+                ..AuditFilter::default()
+            },
+        ),
+        ("since=2000-01-01", AuditFilter::default()),
+    ];
+    for (q, filter) in &filters {
+        let r = b.get(&format!("/audit?{q}")).await;
+        assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
+        let expected = seqs(&h.events(filter.clone()).await);
+        assert_eq!(listed(&r), expected, "{q}");
+    }
+    let reads = b.get("/audit?action=secret.read").await;
+    assert_eq!(listed(&reads).len(), 1);
+    assert!(reads
+        .body
+        .contains("<option value=\"secret.read\" selected>secret.read</option>"));
+    let none = b.get("/audit?since=2000-01-01&until=2000-01-01").await;
+    assert!(none.body.contains("id=\"no-events\""));
+    assert!(
+        none.body.contains("value=\"2000-01-01\""),
+        "the filter stays"
+    );
+    // Today's events are in a window that ends today.
+    let today = latchkey_core::time::Timestamp::from_micros(everything[0].at).strftime("%Y-%m-%d");
+    let r = b.get(&format!("/audit?since={today}&until={today}")).await;
+    assert_eq!(listed(&r), seqs(&everything));
+
+    // Bad filters: the reason, on the page, as 400.
+    for (q, reason) in [
+        ("action=secret.steal", "Unknown audit action 'secret.steal'"),
+        (
+            "since=2025-01-02&until=2025-01-01",
+            "'since' is later than 'until'",
+        ),
+        ("token=xyz", "token ids start with ak-"),
+        ("since=yesterday", "Invalid since"),
+        ("after=x", "Invalid page"),
+    ] {
+        let r = b.get(&format!("/audit?{q}")).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
+        assert!(r.body.contains("id=\"audit-error\""), "{q}: {}", r.body);
+        assert!(r.body.contains(reason), "{q}: {}", r.body);
+        assert!(listed(&r).is_empty());
+    }
+    // What was typed is shown back, escaped.
+    let r = b.get("/audit?secret=%3Cscript%3Ex").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body.contains("value=\"&lt;script&gt;x\""));
+    assert!(!r.body.contains("<script>x"));
+}
+
+#[tokio::test]
+async fn the_audit_page_pages_by_event_number() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("busy", &[("A", "1")]).await;
+    let admin = h.admin().await;
+    for _ in 0..130 {
+        h.service.secret(&admin, &id).await.unwrap();
+    }
+    let expected = seqs(&h.events_of("secret.read").await);
+    assert_eq!(expected.len(), 130);
+    let first = b.get("/audit?action=secret.read").await;
+    assert_eq!(listed(&first), expected[..100]);
+    assert!(!first.body.contains("← First"));
+    let next = format!("/audit?action=secret.read&amp;after={}", expected[99]);
+    assert!(first.body.contains(&next), "{}", first.body);
+    let second = b.get(&next.replace("&amp;", "&")).await;
+    assert_eq!(listed(&second), expected[100..]);
+    assert!(second.body.contains("← First"));
+    assert!(!second.body.contains("rel=\"next\""), "the last page");
+}
+
+#[tokio::test]
+async fn verifying_the_chain_needs_the_csrf_token_and_finds_an_edited_event() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    b.create("chained", &[("A", "1")]).await;
+    let page = b.get("/audit").await;
+    let csrf = page.csrf();
+    assert!(page.body.contains("action=\"/audit/verify\""));
+
+    let r = b.post("/audit/verify", &[]).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    assert!(!r.body.contains("id=\"verdict\""));
+    let r = b
+        .post_with(
+            "/audit/verify",
+            &[("csrf", &csrf)],
+            "http://evil.test",
+            "cross-site",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+
+    let r = b.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let n = h.events(AuditFilter::default()).await.len();
+    assert!(r.body.contains("The chain is intact."), "{}", r.body);
+    assert!(
+        r.body.contains(&format!("{n} events checked")),
+        "{}",
+        r.body
+    );
+
+    h.sql("UPDATE audit_events SET outcome = 'denied' WHERE seq = 2")
+        .await;
+    let r = b.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.contains("The chain is broken at event 2."),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("The chain is intact."));
+}
+
+#[tokio::test]
+async fn a_reader_may_not_read_the_audit_log_nor_who_read_a_secret() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("guarded", &[("A", "1")]).await;
+    let (reader, secret) = h.token_pair("viewer", Role::Reader).await;
+    let mut r = Browser::new(&h);
+    r.sign_in_as(&reader, &secret).await;
+    let home = r.get("/").await;
+    assert!(!home.body.contains("href=\"/audit\""), "no audit link");
+    let csrf = home.csrf();
+    for path in [
+        "/audit",
+        "/audit?action=nope",
+        "/audit?since=garbage",
+        &format!("/tokens/{}", h.token_id),
+    ] {
+        let page = r.get(path).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+        assert!(listed(&page).is_empty());
+    }
+    let verify = r.post("/audit/verify", &[("csrf", &csrf)]).await;
+    assert_eq!(verify.status, StatusCode::FORBIDDEN);
+    assert!(!verify.body.contains("id=\"verdict\""));
+    let denied = h.events_of("permission.denied").await;
+    assert_eq!(denied.len(), 5, "{denied:?}");
+    // The secret's page, without who read it.
+    let page = r.get(&format!("/secrets/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("Who read it"));
+    assert!(b
+        .get(&format!("/secrets/{id}"))
+        .await
+        .body
+        .contains("Who read it"));
+}
+
+#[tokio::test]
+async fn a_tokens_page_says_what_to_rotate_and_a_secrets_page_who_read_it() {
+    let h = harness().await;
+    let mut b = Browser::new(&h);
+    b.sign_in().await;
+    let id = b.create("db", &[("PASSWORD", "val-s3cret")]).await;
+    let (ci, ci_secret) = h.token_pair("ci-runner", Role::Reader).await;
+    let ci_caller = h
+        .service
+        .authenticate(&ci, &ci_secret, &latchkey_service::Origin::server())
+        .await
+        .unwrap();
+
+    // Nothing read yet.
+    let tokens = b.get("/tokens").await;
+    let page_path = format!("/tokens/{ci}");
+    assert!(tokens.body.contains(&format!("href=\"{page_path}\"")));
+    assert!(
+        !tokens.body.contains("action=\"/tokens/revoke\""),
+        "revoking goes through the token's page"
+    );
+    let page = b.get(&page_path).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"no-exposure\""), "{}", page.body);
+    let secret_page = b.get(&format!("/secrets/{id}")).await;
+    assert!(secret_page.body.contains("id=\"no-readers\""));
+
+    // The token reads the secret's values: rotate it if the token goes.
+    h.service.secret(&ci_caller, &id).await.unwrap();
+    h.service.secret(&ci_caller, &id).await.unwrap();
+    let page = b.get(&page_path).await;
+    assert!(page.body.contains("Rotate these"), "{}", page.body);
+    let table = &page.body[page.body.find("id=\"exposure\"").unwrap()..];
+    assert!(table.contains(&format!("<a href=\"/secrets/{id}\">db</a>")));
+    assert!(table.contains("<td class=\"num\">2</td>"), "two reads");
+    assert!(!page.body.contains("val-s3cret") && !page.body.contains(&ci_secret));
+    assert!(page.body.contains("action=\"/tokens/revoke\""));
+
+    // Who read it, on the secret's page.
+    let secret_page = b.get(&format!("/secrets/{id}")).await;
+    let readers = &secret_page.body[secret_page.body.find("id=\"readers\"").unwrap()..];
+    assert!(readers.contains("ci-runner"), "{readers}");
+    assert!(readers.contains(&ci));
+    assert!(readers.contains("current"));
+
+    // Once the secret changes, there is nothing of it left to rotate.
+    h.update(&id, &[("PASSWORD", Some("val-rotated"))]).await;
+    let page = b.get(&page_path).await;
+    assert!(page.body.contains("id=\"no-exposure\""), "{}", page.body);
+
+    // Revoking from that page.
+    let csrf = page.hidden("csrf");
+    let r = b
+        .post("/tokens/revoke", &[("csrf", &csrf), ("id", &ci)])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = b.get(&page_path).await;
+    assert!(page.body.contains("revoked"));
+    assert!(!page.body.contains("action=\"/tokens/revoke\""));
+    assert_eq!(b.get("/tokens/ak-nope").await.status, StatusCode::NOT_FOUND);
 }

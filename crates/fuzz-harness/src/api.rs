@@ -8,7 +8,8 @@
 //!   error that nothing mapped;
 //! - an error is the documented JSON, `{"error": {"code", "message"
 //!   [, "missing_keys"]}}`, its code matches its status, and its message is
-//!   under 1 KiB; a 2xx body is JSON (or empty for 204);
+//!   under 1 KiB; a 2xx body is JSON (or empty for 204; one JSON document
+//!   a line for the backup);
 //! - no answer shows a token secret (nor 12 characters of one), except
 //!   `POST /tokens`' answer its own new one;
 //! - an error never shows a value the request set (checked by sending it
@@ -303,9 +304,20 @@ impl Run<'_> {
             return Some(answer);
         }
         if status.is_success() {
+            // JSON, or (`GET /backup`, reached through the raw route) one
+            // JSON document a line.
+            let ndjson = || {
+                answer.body.ends_with(b"\n")
+                    && answer
+                        .body
+                        .split(|&b| b == b'\n')
+                        .filter(|line| !line.is_empty())
+                        .all(|line| serde_json::from_slice::<Value>(line).is_ok())
+            };
             assert!(
                 (status == StatusCode::NO_CONTENT && answer.body.is_empty())
-                    || serde_json::from_slice::<Value>(&answer.body).is_ok(),
+                    || serde_json::from_slice::<Value>(&answer.body).is_ok()
+                    || ndjson(),
                 "{method} {uri}: {status} with a body that is not JSON: {text}"
             );
         } else {

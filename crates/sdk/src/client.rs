@@ -19,6 +19,8 @@ use crate::{
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a whole request may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long downloading a backup may take.
+const BACKUP_TIMEOUT: Duration = Duration::from_secs(6 * 3600);
 
 /// A client of one latchkey server, with one token.
 ///
@@ -170,6 +172,11 @@ impl Client {
         Tokens::new(self.clone())
     }
 
+    /// The audit log: events, its head, verification, and who read what.
+    pub fn audit(&self) -> crate::Audit {
+        crate::Audit::new(self.clone())
+    }
+
     /// The environment a call uses: its own, else the client's, else the
     /// server's default (empty).
     pub(crate) fn environment_or_default(&self, explicit: Option<&str>) -> String {
@@ -212,6 +219,45 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&impl Serialize>,
     ) -> Result<Vec<u8>> {
+        let response = self
+            .request(method, segments, query, body, REQUEST_TIMEOUT)
+            .await?;
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        Ok(bytes.to_vec())
+    }
+
+    /// Downloads a backup of the whole store (`GET /backup`; an admin token
+    /// of the server's first workspace), writing it to `out` as it arrives
+    /// and calling `on_chunk` with each piece. Returns the bytes written. A
+    /// backup cut short (the server failed midway) is an error here, or
+    /// lacks its end marker, which `latchkey backup verify` reports.
+    pub async fn backup_into(
+        &self,
+        out: &mut (dyn std::io::Write + Send),
+        on_chunk: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<u64> {
+        let mut response = self
+            .request(Method::GET, &["backup"], &[], None::<&()>, BACKUP_TIMEOUT)
+            .await?;
+        let mut written = 0u64;
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+            out.write_all(&chunk)
+                .map_err(|e| Error::io("the backup file", e))?;
+            on_chunk(&chunk);
+            written += chunk.len() as u64;
+        }
+        Ok(written)
+    }
+
+    /// One request; the answer when it is a success, its error otherwise.
+    async fn request(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &[(&str, String)],
+        body: Option<&impl Serialize>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response> {
         let mut url = self.inner.base.clone();
         url.path_segments_mut()
             .map_err(|()| Error::config("the server URL cannot have a path"))?
@@ -231,17 +277,17 @@ impl Client {
             reqwest::header::AUTHORIZATION,
             format!("Bearer {}:{}", config.token_id(), config.token_secret()),
         );
+        request = request.timeout(timeout);
         if let Some(body) = body {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
         if status.is_success() {
-            Ok(bytes.to_vec())
-        } else {
-            Err(Error::from_answer(status.as_u16(), &bytes))
+            return Ok(response);
         }
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        Err(Error::from_answer(status.as_u16(), &bytes))
     }
 
     fn transport(&self, error: reqwest::Error) -> Error {
@@ -334,6 +380,9 @@ pub struct WhoAmI {
     pub workspace_name: String,
     /// The token making the calls.
     pub token: TokenInfo,
+    /// The head of the server's audit chain (absent from older servers).
+    #[serde(default)]
+    pub audit_head: Option<crate::AuditHead>,
 }
 
 #[cfg(test)]

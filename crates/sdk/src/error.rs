@@ -57,6 +57,13 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// Too many failed authentications came from this address (HTTP 429);
+    /// the message says how long to wait.
+    #[error("{message}")]
+    TooManyRequests {
+        /// The server's message, naming the wait.
+        message: String,
+    },
     /// The server cannot serve now (HTTP 503); retrying later may succeed.
     #[error("{message}")]
     Unavailable {
@@ -130,6 +137,7 @@ impl Error {
             Error::FailedPrecondition { .. } => "failed_precondition",
             Error::Unauthenticated { .. } => "unauthenticated",
             Error::PermissionDenied { .. } => "permission_denied",
+            Error::TooManyRequests { .. } => "resource_exhausted",
             Error::Unavailable { .. } => "unavailable",
             Error::Server { .. } => "internal",
             Error::Transport { .. } => "transport",
@@ -183,6 +191,7 @@ impl Error {
             ("unauthenticated", _) | (_, 401) => Error::Unauthenticated { message },
             ("permission_denied", _) | (_, 403) => Error::PermissionDenied { message },
             ("unavailable", _) | (_, 503) => Error::Unavailable { message },
+            ("resource_exhausted", _) | (_, 429) => Error::TooManyRequests { message },
             _ => Error::Server { status, message },
         }
     }
@@ -209,6 +218,7 @@ impl From<latchkey_core::Error> for Error {
             ErrorKind::Unauthenticated => Error::Unauthenticated { message },
             ErrorKind::PermissionDenied => Error::PermissionDenied { message },
             ErrorKind::Unavailable => Error::Unavailable { message },
+            ErrorKind::ResourceExhausted => Error::TooManyRequests { message },
             _ => Error::Server {
                 status: 500,
                 message,

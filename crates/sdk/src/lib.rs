@@ -254,6 +254,7 @@
 #![warn(missing_docs)]
 
 pub mod app;
+mod audit;
 pub mod blocking;
 mod client;
 mod config;
@@ -269,6 +270,10 @@ mod tokens;
 mod versions;
 
 pub use app::{App, Function, FunctionCall, FunctionError, Isolation};
+pub use audit::{
+    Audit, AuditActor, AuditEvent, AuditHead, AuditPage, AuditQuery, AuditVerdict, ReadSecret,
+    SecretExposure, VersionReaders,
+};
 pub use client::{Client, WhoAmI, CA_CERT_VAR};
 pub use config::{Config, ConfigSource, DEFAULT_SERVER_URL};
 pub use environments::{DeleteEnvironment, EnvironmentInfo, Environments};

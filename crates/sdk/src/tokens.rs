@@ -1,6 +1,6 @@
 //! Tokens: who may call the server, and what they may do.
 
-use std::{fmt, future::IntoFuture};
+use std::{fmt, future::IntoFuture, time::Duration};
 
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
@@ -26,6 +26,16 @@ pub struct TokenInfo {
     pub created_at: Timestamp,
     /// When it was revoked, if it was.
     pub revoked_at: Option<Timestamp>,
+    /// When it stops being accepted; `None`: never.
+    #[serde(default)]
+    pub expires_at: Option<Timestamp>,
+    /// The last time it authenticated a request, to the minute.
+    #[serde(default)]
+    pub last_used_at: Option<Timestamp>,
+    /// After a rotation with a grace period: until when the secret it
+    /// replaced is still accepted.
+    #[serde(default)]
+    pub previous_secret_until: Option<Timestamp>,
 }
 
 /// A token's secret (`as-...`). `Debug` and `Display` hide it; it is wiped
@@ -46,7 +56,8 @@ impl fmt::Debug for TokenSecret {
     }
 }
 
-/// A token just created, with its secret: the only time the server shows it.
+/// A token just created or rotated, with its secret: the only time the
+/// server shows it.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NewToken {
@@ -95,7 +106,31 @@ impl Tokens {
             name: name.into(),
             role,
             environments: None,
+            ttl: None,
         }
+    }
+
+    /// Gives the token `id` (`ak-...`) a new secret, returned this once; the
+    /// secret it replaces stays accepted for `grace` (not at all when
+    /// `None`). The token keeps its id, name, role, environments and expiry.
+    pub async fn rotate(&self, id: &str, grace: Option<Duration>) -> Result<NewToken> {
+        #[derive(Serialize)]
+        struct Body {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            grace: Option<String>,
+        }
+        let answer: Answer = self
+            .client
+            .call(
+                Method::POST,
+                &["tokens", id, "rotate"],
+                &[],
+                Some(&Body {
+                    grace: grace.map(duration_text),
+                }),
+            )
+            .await?;
+        Ok(answer.into())
     }
 
     /// Revokes the token `id` (`ak-...`). The workspace's last admin token
@@ -115,9 +150,41 @@ pub struct CreateToken {
     name: String,
     role: Role,
     environments: Option<Vec<String>>,
+    ttl: Option<Duration>,
+}
+
+/// A duration as the API takes it: whole seconds (at least one).
+fn duration_text(d: Duration) -> String {
+    // A sub-second remainder rounds up, so that a positive duration never
+    // becomes the zero the server refuses.
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    format!("{secs}s")
+}
+
+/// The answer of a creation or rotation.
+#[derive(Deserialize)]
+struct Answer {
+    token: TokenInfo,
+    secret: String,
+}
+
+impl From<Answer> for NewToken {
+    fn from(answer: Answer) -> Self {
+        NewToken {
+            info: answer.token,
+            secret: TokenSecret(Zeroizing::new(answer.secret)),
+        }
+    }
 }
 
 impl CreateToken {
+    /// Make it expire `ttl` from now (default: never). A zero `ttl` is
+    /// refused by the server.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
     /// Limit the token to these environments (default: all).
     pub fn environments<I: IntoIterator<Item = S>, S: Into<String>>(mut self, envs: I) -> Self {
         self.environments = Some(envs.into_iter().map(Into::into).collect());
@@ -137,11 +204,8 @@ impl IntoFuture for CreateToken {
                 role: Role,
                 #[serde(skip_serializing_if = "Option::is_none")]
                 environments: Option<&'a [String]>,
-            }
-            #[derive(Deserialize)]
-            struct Answer {
-                token: TokenInfo,
-                secret: String,
+                #[serde(skip_serializing_if = "Option::is_none")]
+                ttl: Option<String>,
             }
             let answer: Answer = self
                 .client
@@ -153,13 +217,15 @@ impl IntoFuture for CreateToken {
                         name: &self.name,
                         role: self.role,
                         environments: self.environments.as_deref(),
+                        ttl: if self.ttl == Some(Duration::ZERO) {
+                            Some("0".to_owned())
+                        } else {
+                            self.ttl.map(duration_text)
+                        },
                     }),
                 )
                 .await?;
-            Ok(NewToken {
-                info: answer.token,
-                secret: TokenSecret(Zeroizing::new(answer.secret)),
-            })
+            Ok(answer.into())
         })
     }
 }

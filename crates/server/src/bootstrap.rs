@@ -130,6 +130,9 @@ pub async fn bootstrap_store(store: &dyn Store, data_dir: &Path, server_url: &st
         role: Role::Admin,
         environments: None,
         secret_hash: hash_token_secret(&secret),
+        // The bootstrap admin token never expires: it is how the data dir's
+        // owner gets back in.
+        expires_at: None,
     };
     let path = data_dir.join(paths::ADMIN_TOKEN_FILE);
     let staged = path.with_extension("new");

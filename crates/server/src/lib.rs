@@ -12,5 +12,5 @@ pub mod serve;
 pub mod telemetry;
 pub mod tls;
 
-pub use latchkey_service::DEFAULT_KEEP_VERSIONS;
+pub use latchkey_service::{AuthFailureLimit, DEFAULT_KEEP_VERSIONS};
 pub use serve::{serve, ServeConfig};

@@ -62,6 +62,8 @@ pub struct ServeConfig {
     pub sandboxes: Option<SandboxConfig>,
     /// Connection and buffering limits.
     pub limits: Limits,
+    /// Failed authentications allowed per client address.
+    pub auth_failures: latchkey_service::AuthFailureLimit,
     /// `--tls-cert` and `--tls-key`; `None`: plain HTTP.
     pub tls: Option<TlsFiles>,
     /// Who may read `/metrics` besides loopback clients.
@@ -176,6 +178,7 @@ pub async fn serve(
             anonymous_ttl: config.anonymous_ttl,
             keep_versions: config.keep_versions,
             audit_metadata_reads: config.audit_metadata_reads,
+            auth_failures: config.auth_failures,
         },
     );
     let sandboxes = start_sandboxes(&config).await?;
@@ -296,13 +299,12 @@ async fn accept_until(
         let service = {
             let requested = Arc::clone(&requested);
             let app = app.clone();
+            let client = latchkey_service::ClientAddr(peer.ip());
             hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 requested.store(true, Ordering::Relaxed);
-                // Who is asking: audit events name it, and /metrics is open
-                // to loopback clients.
-                request
-                    .extensions_mut()
-                    .insert(latchkey_service::ClientAddr(peer));
+                // Who is calling: for the throttling of failed authentication,
+                // audit events, and /metrics (open to loopback clients).
+                request.extensions_mut().insert(client);
                 // The router is always ready: no poll_ready needed.
                 tower::Service::call(&mut app.clone(), request)
             })

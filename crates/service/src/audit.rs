@@ -24,39 +24,26 @@ use latchkey_store::audit::{
     VersionExposure, ACTIONS, DENIED, SECRET_READ,
 };
 
-use crate::{Caller, Role, SecretSummary, Service};
+use crate::{Caller, ClientAddr, Role, SecretSummary, Service};
 
 /// Where a request came from: the interface and the client's address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
     /// The interface.
     pub interface: Interface,
-    /// The client's address (IP), when known.
-    pub client: Option<String>,
+    /// The client's address, when known.
+    pub client: Option<ClientAddr>,
 }
 
 impl Origin {
     /// A request through `interface` from `client`.
-    pub fn new(interface: Interface, client: Option<String>) -> Self {
+    pub fn new(interface: Interface, client: Option<ClientAddr>) -> Self {
         Origin { interface, client }
     }
 
     /// The server itself (tests, background work).
     pub fn server() -> Self {
         Origin::new(Interface::Server, None)
-    }
-}
-
-/// The address of a connection's peer: the server puts it in the
-/// extensions of each request the connection carries, where every adapter
-/// finds it for [`Origin`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub std::net::SocketAddr);
-
-impl ClientAddr {
-    /// The client's address as events name it: its IP.
-    pub fn ip(&self) -> String {
-        self.0.ip().to_string()
     }
 }
 
@@ -94,7 +81,10 @@ impl<'a> Target<'a> {
 
 /// Whether an action reads metadata only (recorded only when asked).
 fn is_metadata_read(action: &str) -> bool {
-    matches!(action, "secret.list" | "secret.info")
+    matches!(
+        action,
+        "secret.list" | "secret.info" | "token.list" | "audit.list" | "audit.exposure"
+    )
 }
 
 impl Caller {
@@ -107,7 +97,7 @@ impl Caller {
             name: self.token().name.clone(),
             role: self.token().role.as_str().to_owned(),
         });
-        entry.client.clone_from(&self.origin.client);
+        entry.client = self.origin.client.map(|c| c.0.to_string());
         entry
     }
 
@@ -190,15 +180,15 @@ impl Service {
     pub(crate) async fn record_auth_failure(&self, token_id: &str, origin: &Origin, reason: &str) {
         let mut entry = AuditEntry::new(origin.interface, "auth.failure")
             .outcome(ErrorKind::Unauthenticated.code());
-        entry.client.clone_from(&origin.client);
+        entry.client = origin.client.map(|c| c.0.to_string());
         if !token_id.is_empty() {
             entry.detail = Some(format!(
                 "token {}: {reason}",
                 latchkey_core::rules::echo(token_id)
             ));
             // The token's workspace, when it exists: its admins see the event.
-            if let Ok(Some((token, _))) = self.store.token_for_auth(token_id).await {
-                entry.workspace_id = Some(token.workspace_id);
+            if let Ok(Some(found)) = self.store.token_for_auth(token_id, now_micros()).await {
+                entry.workspace_id = Some(found.token.workspace_id);
             }
         } else {
             entry.detail = Some(reason.to_owned());

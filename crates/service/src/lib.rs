@@ -10,22 +10,25 @@
 
 mod audit;
 mod auth;
+mod backup;
 mod environments;
 pub mod sandboxes;
 mod secrets;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod throttle;
 mod tokens;
 
 use std::{sync::Arc, time::Duration};
 
-pub use audit::{retention_cutoff, ClientAddr, Origin};
+pub use audit::{retention_cutoff, Origin};
 pub use auth::{Caller, TOKEN_CACHE_TTL};
 pub use latchkey_store::audit as log;
 pub use latchkey_store::{
     Environment, EnvironmentUpdate, KeyChanges, Role, Secret, SecretKind, SecretSummary,
     SecretVersion, Store, Token, VersionAction, DEFAULT_KEEP_VERSIONS,
 };
+pub use throttle::{AuthFailureLimit, ClientAddr, MAX_ADDRESSES};
 
 /// Largest page a listing returns; larger requests are cut to this.
 pub const MAX_PAGE: u32 = 1_000;
@@ -41,6 +44,8 @@ pub struct ServiceConfig {
     /// Whether reads of metadata (listings, lookups, info) go into the
     /// audit log too; reads of values always do.
     pub audit_metadata_reads: bool,
+    /// How many failed authentications a client address may make.
+    pub auth_failures: AuthFailureLimit,
 }
 
 /// The service layer. Cheap to clone.
@@ -49,6 +54,7 @@ pub struct Service {
     store: Arc<dyn Store>,
     config: Arc<ServiceConfig>,
     tokens: Arc<auth::TokenCache>,
+    throttle: Arc<throttle::Throttle>,
 }
 
 /// How a named secret is created when its name exists.
@@ -59,6 +65,7 @@ impl Service {
     pub fn new(store: Arc<dyn Store>, config: ServiceConfig) -> Self {
         Self {
             store,
+            throttle: Arc::new(throttle::Throttle::new(config.auth_failures)),
             config: Arc::new(config),
             tokens: Arc::new(auth::TokenCache::default()),
         }

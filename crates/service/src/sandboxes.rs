@@ -104,7 +104,7 @@ impl Service {
         // Values read here go into a sandbox's environment: so the log says.
         let caller = &caller.with_origin(crate::Origin::new(
             latchkey_store::audit::Interface::Sandbox,
-            caller.origin().client.clone(),
+            caller.origin().client,
         ));
         for source in sources {
             let contents = match source {

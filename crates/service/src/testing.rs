@@ -77,6 +77,7 @@ impl TestService {
                 role: Role::Admin,
                 environments: None,
                 secret_hash: hash_token_secret(admin_file.token_secret()),
+                expires_at: None,
             },
         )
         .await
@@ -87,6 +88,7 @@ impl TestService {
                 anonymous_ttl: ANONYMOUS_TTL,
                 keep_versions: crate::DEFAULT_KEEP_VERSIONS,
                 audit_metadata_reads: false,
+                auth_failures: crate::AuthFailureLimit::default(),
             },
         );
         let admin = service
@@ -139,7 +141,7 @@ impl TestService {
         environments: Option<Vec<String>>,
     ) -> (Token, Zeroizing<String>) {
         self.service
-            .create_token(&self.admin, name, role, environments)
+            .create_token(&self.admin, name, role, environments, None)
             .await
             .expect("the admin creates a token")
     }

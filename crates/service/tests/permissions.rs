@@ -29,7 +29,7 @@ async fn a_token_limited_to_environments_cannot_reach_beyond_them() {
     };
     denied(
         service
-            .create_token(&limited, "wider", Role::Admin, None)
+            .create_token(&limited, "wider", Role::Admin, None, None)
             .await
             .map(drop),
     );

@@ -40,6 +40,12 @@ pub const ACTIONS: &[&str] = &[
     "dashboard.signin",
     "dashboard.signout",
     "audit.checkpoint",
+    "token.list",
+    "token.rotate",
+    "backup.create",
+    "audit.list",
+    "audit.verify",
+    "audit.exposure",
 ];
 
 /// The action of a read of a secret's values.

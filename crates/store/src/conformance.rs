@@ -20,6 +20,9 @@ macro_rules! conformance_tests {
             bootstrap,
             environments,
             tokens,
+            tokens_expire,
+            tokens_last_used_to_the_minute,
+            tokens_rotate_with_grace,
             secrets_create_and_read,
             secrets_update,
             lookups_follow_writes,
@@ -107,6 +110,7 @@ pub fn admin_token() -> NewToken {
         role: Role::Admin,
         environments: None,
         secret_hash: hash_token_secret("as-conformance"),
+        expires_at: None,
     }
 }
 
@@ -261,13 +265,16 @@ pub async fn environments(store: &dyn Store) {
 /// Tokens: creation, authentication, listing, revocation, the last admin.
 pub async fn tokens(store: &dyn Store) {
     let admin = &setup(store).await;
-    let (token, hash) = store
-        .token_for_auth(&admin.id)
+    let found = store
+        .token_for_auth(&admin.id, now_micros())
         .await
         .unwrap()
         .expect("admin token");
+    let token = &found.token;
     assert_eq!((token.name.as_str(), token.role), ("admin", Role::Admin));
-    assert_eq!(hash, admin.secret_hash.to_vec());
+    assert_eq!(found.secret_hash, admin.secret_hash.to_vec());
+    assert_eq!(token.expires_at, None, "the bootstrap admin never expires");
+    assert_eq!(found.previous_secret_hash, None);
     let reader = NewToken {
         id: ids::new_id(ids::TOKEN_ID),
         name: "ci".to_owned(),
@@ -277,8 +284,12 @@ pub async fn tokens(store: &dyn Store) {
     };
     let created = store.create_token(&reader, &audit()).await.unwrap();
     assert_eq!(created.environments, Some(vec!["main".to_owned()]));
-    let (fetched, _) = store.token_for_auth(&reader.id).await.unwrap().unwrap();
-    assert_eq!(fetched, created);
+    let fetched = store
+        .token_for_auth(&reader.id, now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fetched.token, created);
     assert_eq!(
         store.list_tokens(&admin.workspace_id).await.unwrap().len(),
         2
@@ -288,7 +299,11 @@ pub async fn tokens(store: &dyn Store) {
         .await
         .unwrap();
     assert!(
-        store.token_for_auth(&reader.id).await.unwrap().is_none(),
+        store
+            .token_for_auth(&reader.id, now_micros())
+            .await
+            .unwrap()
+            .is_none(),
         "revoked"
     );
     assert_eq!(
@@ -299,8 +314,175 @@ pub async fn tokens(store: &dyn Store) {
             .kind(),
         ErrorKind::NotFound
     );
-    assert!(store.token_for_auth("ak-unknown").await.unwrap().is_none());
+    assert!(store
+        .token_for_auth("ak-unknown", now_micros())
+        .await
+        .unwrap()
+        .is_none());
     last_admin_token(store, store, &admin.workspace_id, &admin.id).await;
+}
+
+/// A token made with an expiry keeps it, listed and returned for
+/// authentication (which decides; the store does not hide it).
+pub async fn tokens_expire(store: &dyn Store) {
+    let admin = &setup(store).await;
+    let now = now_micros();
+    let expiring = NewToken {
+        id: ids::new_id(ids::TOKEN_ID),
+        name: "short".to_owned(),
+        expires_at: Some(now + 60_000_000),
+        ..admin.clone()
+    };
+    let created = store.create_token(&expiring, &audit()).await.unwrap();
+    assert_eq!(created.expires_at, Some(now + 60_000_000));
+    assert!(!created.expired_at(now));
+    assert!(created.expired_at(now + 60_000_000));
+    let found = store
+        .token_for_auth(&expiring.id, now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.token, created);
+    let listed = store.list_tokens(&admin.workspace_id).await.unwrap();
+    assert_eq!(listed[1].expires_at, Some(now + 60_000_000));
+    assert_eq!(listed[0].expires_at, None);
+    // Past its expiry it is still found: authentication names the expiry.
+    let later = store
+        .token_for_auth(&expiring.id, now + 120_000_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(later.token.expired_at(now + 120_000_000));
+}
+
+/// A token's last use is recorded to the minute: a use within a minute of
+/// the recorded one changes nothing.
+pub async fn tokens_last_used_to_the_minute(store: &dyn Store) {
+    let admin = &setup(store).await;
+    let last_used = || async {
+        store
+            .token_for_auth(&admin.id, now_micros())
+            .await
+            .unwrap()
+            .unwrap()
+            .token
+            .last_used_at
+    };
+    assert_eq!(last_used().await, None);
+    let t0 = now_micros();
+    store.mark_token_used(&admin.id, t0).await.unwrap();
+    assert_eq!(last_used().await, Some(t0));
+    store
+        .mark_token_used(&admin.id, t0 + crate::LAST_USED_RESOLUTION - 1)
+        .await
+        .unwrap();
+    assert_eq!(last_used().await, Some(t0), "within a minute: unchanged");
+    let t1 = t0 + crate::LAST_USED_RESOLUTION;
+    store.mark_token_used(&admin.id, t1).await.unwrap();
+    assert_eq!(last_used().await, Some(t1));
+    let listed = store.list_tokens(&admin.workspace_id).await.unwrap();
+    assert_eq!(listed[0].last_used_at, Some(t1));
+    // An unknown token is no error: nothing to record.
+    store.mark_token_used("ak-unknown", t1).await.unwrap();
+}
+
+/// Rotation: a new secret for the same id; the previous one is returned for
+/// authentication only while its grace period runs, and not at all without
+/// one. Expired, revoked and other workspaces' tokens are refused.
+pub async fn tokens_rotate_with_grace(store: &dyn Store) {
+    let admin = &setup(store).await;
+    let ws = admin.workspace_id.as_str();
+    let ci = NewToken {
+        id: ids::new_id(ids::TOKEN_ID),
+        name: "ci".to_owned(),
+        role: Role::Reader,
+        secret_hash: hash_token_secret("as-one"),
+        expires_at: Some(now_micros() + 3_600_000_000),
+        ..admin.clone()
+    };
+    store.create_token(&ci, &audit()).await.unwrap();
+    let now = now_micros();
+    let until = now + 600_000_000;
+    let rotated = store
+        .rotate_token(
+            ws,
+            &ci.id,
+            &hash_token_secret("as-two"),
+            Some(until),
+            &audit(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(rotated.id, ci.id);
+    assert_eq!(rotated.previous_secret_until, Some(until));
+    assert_eq!(
+        rotated.expires_at, ci.expires_at,
+        "rotation keeps the expiry"
+    );
+    let found = store.token_for_auth(&ci.id, now).await.unwrap().unwrap();
+    assert_eq!(found.secret_hash, hash_token_secret("as-two").to_vec());
+    assert_eq!(
+        found.previous_secret_hash,
+        Some(hash_token_secret("as-one").to_vec())
+    );
+    assert_eq!(found.token.previous_secret_until, Some(until));
+    // Once the grace period is over the previous secret is gone.
+    let after = store.token_for_auth(&ci.id, until).await.unwrap().unwrap();
+    assert_eq!(after.previous_secret_hash, None);
+    assert_eq!(after.token.previous_secret_until, None);
+    // A rotation without grace forgets the secret it replaces at once,
+    // including the previous one still in its grace period.
+    let rotated = store
+        .rotate_token(ws, &ci.id, &hash_token_secret("as-three"), None, &audit())
+        .await
+        .unwrap();
+    assert_eq!(rotated.previous_secret_until, None);
+    let found = store.token_for_auth(&ci.id, now).await.unwrap().unwrap();
+    assert_eq!(found.secret_hash, hash_token_secret("as-three").to_vec());
+    assert_eq!(found.previous_secret_hash, None);
+    // Another workspace's, unknown, revoked and expired tokens: refused.
+    let err = store
+        .rotate_token(
+            "ac-other",
+            &ci.id,
+            &hash_token_secret("as-x"),
+            None,
+            &audit(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let err = store
+        .rotate_token(ws, "ak-unknown", &hash_token_secret("as-x"), None, &audit())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    let expired = NewToken {
+        id: ids::new_id(ids::TOKEN_ID),
+        name: "expired".to_owned(),
+        expires_at: Some(now_micros() - 1),
+        ..admin.clone()
+    };
+    store.create_token(&expired, &audit()).await.unwrap();
+    let err = store
+        .rotate_token(ws, &expired.id, &hash_token_secret("as-x"), None, &audit())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("expired at"), "{err}");
+    store.revoke_token(ws, &ci.id, &audit()).await.unwrap();
+    let err = store
+        .rotate_token(ws, &ci.id, &hash_token_secret("as-x"), None, &audit())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    // Nothing of the refused rotations was written.
+    let found = store
+        .token_for_auth(&expired.id, now_micros())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.secret_hash, admin.secret_hash.to_vec());
 }
 
 /// The workspace's last active admin token cannot be revoked, even by two
@@ -315,6 +497,7 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
         role: Role::Admin,
         environments: Some(vec!["main".to_owned()]),
         secret_hash: hash_token_secret("as-limited"),
+        expires_at: None,
     };
     a.create_token(&limited, &audit()).await.unwrap();
     let err = a.revoke_token(ws, admin_id, &audit()).await.unwrap_err();
@@ -329,6 +512,7 @@ async fn last_admin_token(a: &dyn Store, b: &dyn Store, ws: &str, admin_id: &str
             role: Role::Admin,
             environments: None,
             secret_hash: hash_token_secret("as-second"),
+            expires_at: None,
         };
         a.create_token(&second, &audit()).await.unwrap();
         let active = || async {

@@ -82,6 +82,10 @@ pub const TABLES: &[Table] = &[
             ("environments", Text),
             ("created_at", Int),
             ("revoked_at", Int),
+            ("expires_at", Int),
+            ("last_used_at", Int),
+            ("previous_secret_hash", Bytes),
+            ("previous_secret_until", Int),
         ],
     },
     Table {
@@ -246,7 +250,7 @@ impl CopyReport {
 
 /// A value of one column, as both backends decode and encode it.
 #[derive(Clone, PartialEq, Eq)]
-enum Cell {
+pub(crate) enum Cell {
     Text(Option<String>),
     Int(Option<i64>),
     Bool(bool),
@@ -262,7 +266,7 @@ impl fmt::Debug for Cell {
 
 impl Cell {
     /// An unambiguous encoding for the digest.
-    fn hash_into(&self, h: &mut Sha256) {
+    pub(crate) fn hash_into(&self, h: &mut Sha256) {
         fn bytes(h: &mut Sha256, tag: u8, b: &[u8]) {
             h.update([tag]);
             h.update((b.len() as u64).to_le_bytes());
@@ -281,8 +285,33 @@ impl Cell {
     }
 }
 
+/// The SHA-256 of one row, as the table digests hash it.
+pub(crate) fn row_hash(cells: &[Cell]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for cell in cells {
+        cell.hash_into(&mut h);
+    }
+    h.finalize().into()
+}
+
+/// A table's digest from its rows' hashes (in any order), hex.
+pub(crate) fn table_digest(mut hashes: Vec<[u8; 32]>) -> String {
+    hashes.sort_unstable();
+    let mut h = Sha256::new();
+    for row in &hashes {
+        h.update(row);
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Rows of one table, on their way from source to destination.
-enum Message {
+pub(crate) enum Message {
+    /// A backup's snapshot was summarised (before its rows are sent): the
+    /// summary and the id of the master key the store was made with.
+    Begin {
+        summary: Vec<TableSummary>,
+        master_key_id: String,
+    },
     Rows {
         table: &'static Table,
         rows: Vec<Vec<Cell>>,
@@ -292,7 +321,7 @@ enum Message {
 }
 
 #[derive(Clone)]
-enum Pool {
+pub(crate) enum Pool {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -328,6 +357,48 @@ fn unsupported(url: &str) -> CopyError {
 }
 
 impl RawStore {
+    /// A store read through a pool of a running server's (for backups).
+    pub(crate) fn from_pool(pool: Pool, target: &str) -> Self {
+        Self {
+            pool,
+            target: target.to_owned(),
+        }
+    }
+
+    /// Sends a backup of the store to `out`: one consistent snapshot,
+    /// summarised first ([`Message::Begin`]), then its rows, then
+    /// [`Message::End`]. Unlike a copy's, the snapshot is read while the
+    /// server serves; no statement time limit applies to it.
+    pub(crate) async fn export_backup(&self, out: &mpsc::Sender<Message>) -> Result<(), CopyError> {
+        match &self.pool {
+            Pool::Sqlite(p) => Rows::export_backup(p, out).await,
+            Pool::Postgres(p) => Rows::export_backup(p, out).await,
+        }
+        .map_err(|e| self.db_err("reading", e))
+    }
+
+    /// Writes the rows arriving on `rows` in one transaction (see
+    /// [`copy`]), then checks what is committed against the summary that
+    /// ended them.
+    pub(crate) async fn import(
+        &self,
+        rows: mpsc::Receiver<Message>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<CopyReport, CopyError> {
+        let imported = match &self.pool {
+            Pool::Sqlite(p) => Rows::import(p, rows, progress).await,
+            Pool::Postgres(p) => Rows::import(p, rows, progress).await,
+        };
+        match imported {
+            Err(ImportError::Database(e)) => return Err(self.db_err("writing", e)),
+            Err(ImportError::Mismatch(e)) => return Err(e),
+            Ok(()) => {}
+        }
+        Ok(CopyReport {
+            tables: self.summary().await?,
+        })
+    }
+
     /// Opens an existing store to read, changing nothing in it.
     pub async fn open_source(url: &str) -> Result<Self, CopyError> {
         let (pool, target) = match Backend::of(url) {
@@ -636,6 +707,43 @@ where
         Ok(summary)
     }
 
+    async fn export_backup(
+        pool: &sqlx::Pool<DB>,
+        out: &mpsc::Sender<Message>,
+    ) -> Result<(), sqlx::Error> {
+        let gone = |_| sqlx::Error::PoolClosed;
+        let mut tx = pool.begin().await?;
+        if let Some(sql) = DB::SNAPSHOT {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        if let Some(sql) = DB::NO_STATEMENT_TIMEOUT {
+            sqlx::query(sql).execute(&mut *tx).await?;
+        }
+        let mut summary = Vec::new();
+        for table in TABLES {
+            summary.push(Self::read_table(&mut tx, table, None).await?);
+        }
+        let key_id: Option<(Option<Vec<u8>>,)> =
+            sqlx::query_as("SELECT value FROM meta WHERE key = 'master_key_id'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        let master_key_id = key_id
+            .and_then(|(v,)| v)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        out.send(Message::Begin {
+            summary: summary.clone(),
+            master_key_id,
+        })
+        .await
+        .map_err(gone)?;
+        for table in TABLES {
+            Self::read_table(&mut tx, table, Some(out)).await?;
+        }
+        tx.commit().await?;
+        out.send(Message::End(summary)).await.map_err(gone)
+    }
+
     async fn read_table(
         conn: &mut DB::Connection,
         table: &'static Table,
@@ -658,11 +766,7 @@ where
                     Kind::Bytes => Cell::Bytes(row.try_get(i)?),
                 });
             }
-            let mut h = Sha256::new();
-            for cell in &cells {
-                cell.hash_into(&mut h);
-            }
-            hashes.push(h.finalize().into());
+            hashes.push(row_hash(&cells));
             if let Some(out) = out {
                 batch.push(cells);
                 if batch.len() == BATCH_ROWS {
@@ -680,15 +784,10 @@ where
                     .map_err(|_| sqlx::Error::PoolClosed)?;
             }
         }
-        hashes.sort_unstable();
-        let mut h = Sha256::new();
-        for row in &hashes {
-            h.update(row);
-        }
         Ok(TableSummary {
             table: table.name,
             rows: hashes.len() as u64,
-            digest: h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            digest: table_digest(hashes),
         })
     }
 
@@ -711,6 +810,7 @@ where
                     progress(written);
                 }
                 Some(Message::End(summary)) => break summary,
+                Some(Message::Begin { .. }) => {}
                 // The export failed: nothing is committed.
                 None => return Err(ImportError::Database(sqlx::Error::PoolClosed)),
             }

@@ -16,6 +16,7 @@
 //! data) in one place.
 
 pub mod audit;
+pub mod backup;
 mod cache;
 mod changes;
 pub mod conformance;
@@ -132,6 +133,16 @@ fn unsupported(url: &str) -> OpenError {
     ))
 }
 
+/// The store at `url` for messages: a SQLite file, or PostgreSQL's
+/// `host:port/db` (never a password).
+pub fn describe(url: &str) -> String {
+    match Backend::of(url) {
+        Some(Backend::Sqlite) => sqlite::describe(url),
+        Some(Backend::Postgres) => postgres::describe(url),
+        None => "an unsupported database".to_owned(),
+    }
+}
+
 /// The files a store at `url` keeps on this machine: a SQLite database and
 /// its journals, which hold recent writes (none for PostgreSQL). Code the
 /// server runs for callers must never see them.
@@ -229,9 +240,35 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new token (only the hash of its secret).
     async fn create_token(&self, token: &NewToken, audit: &AuditEntry) -> Result<Token, Error>;
 
-    /// The token with this id, with the stored hash of its secret, if any and
-    /// not revoked. Never fails for an unknown id: authentication decides.
-    async fn token_for_auth(&self, token_id: &str) -> Result<Option<(Token, Vec<u8>)>, Error>;
+    /// The token with this id, with the stored hash of its secret (and of
+    /// the secret a rotation replaced, while its grace period runs at
+    /// `now`), if any and not revoked. An expired token is returned too
+    /// (authentication says when it expired). Never fails for an unknown
+    /// id: authentication decides.
+    async fn token_for_auth(
+        &self,
+        token_id: &str,
+        now: Micros,
+    ) -> Result<Option<TokenCredentials>, Error>;
+
+    /// Records that the token authenticated a request at `at`, at most once
+    /// per [`LAST_USED_RESOLUTION`] (a use within that time of the recorded
+    /// one changes nothing), like [`mark_used`](Self::mark_used) for secrets.
+    async fn mark_token_used(&self, token_id: &str, at: Micros) -> Result<(), Error>;
+
+    /// Gives the workspace's active, unexpired token `token_id` a new secret
+    /// (`secret_hash`). The secret it replaces stays accepted until
+    /// `grace_until` if that is in the future, and is forgotten otherwise.
+    /// NotFound if the workspace has no such active token,
+    /// FailedPrecondition if it has expired.
+    async fn rotate_token(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+        secret_hash: &[u8; 32],
+        grace_until: Option<Micros>,
+        audit: &AuditEntry,
+    ) -> Result<Token, Error>;
 
     /// The tokens of a workspace (revoked ones included), oldest first.
     async fn list_tokens(&self, workspace_id: &str) -> Result<Vec<Token>, Error>;
@@ -416,6 +453,10 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: &str,
         token_id: &str,
     ) -> Result<Vec<TokenExposure>, Error>;
+    /// Starts a backup of the whole store ([`backup::take`]): one
+    /// consistent snapshot read while the store serves, its bytes yielded
+    /// in chunks.
+    fn backup(&self) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, copy::CopyError>>;
 }
 
 #[cfg(test)]

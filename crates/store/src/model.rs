@@ -58,6 +58,35 @@ pub struct Token {
     pub created_at: Micros,
     /// When it was revoked, if it was.
     pub revoked_at: Option<Micros>,
+    /// When it stops being accepted; `None`: never.
+    pub expires_at: Option<Micros>,
+    /// The last time it authenticated a request, kept to
+    /// [`LAST_USED_RESOLUTION`](crate::LAST_USED_RESOLUTION).
+    pub last_used_at: Option<Micros>,
+    /// After a rotation with a grace period: until when the secret it
+    /// replaced is still accepted.
+    pub previous_secret_until: Option<Micros>,
+}
+
+impl Token {
+    /// Whether it has expired at `now`.
+    pub fn expired_at(&self, now: Micros) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// What authentication needs of a token: the token, the stored hash of its
+/// secret and, during a rotation's grace period, the hash of the secret it
+/// replaced (accepted until [`Token::previous_secret_until`]). No `Debug`:
+/// hashes are not for logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenCredentials {
+    /// The token.
+    pub token: Token,
+    /// SHA-256 of its current secret.
+    pub secret_hash: Vec<u8>,
+    /// SHA-256 of the secret a rotation replaced, while it is accepted.
+    pub previous_secret_hash: Option<Vec<u8>>,
 }
 
 /// A token to store. `secret_hash` is the SHA-256 of its secret.
@@ -76,6 +105,8 @@ pub struct NewToken {
     pub environments: Option<Vec<String>>,
     /// SHA-256 of the secret.
     pub secret_hash: [u8; 32],
+    /// When it stops being accepted; `None`: never.
+    pub expires_at: Option<Micros>,
 }
 
 impl fmt::Debug for NewToken {
@@ -85,6 +116,7 @@ impl fmt::Debug for NewToken {
             .field("workspace_id", &self.workspace_id)
             .field("name", &self.name)
             .field("role", &self.role)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }

@@ -251,6 +251,13 @@ impl Engine for PgStore {
         &self.pool
     }
 
+    fn raw(&self) -> crate::copy::RawStore {
+        crate::copy::RawStore::from_pool(
+            crate::copy::Pool::Postgres(self.pool.clone()),
+            "the server's PostgreSQL store",
+        )
+    }
+
     fn writer(&self) -> &PgPool {
         &self.pool
     }

@@ -60,7 +60,11 @@ pub(crate) struct TokenRow {
     environments: Option<String>,
     created_at: i64,
     revoked_at: Option<i64>,
+    expires_at: Option<i64>,
+    last_used_at: Option<i64>,
+    previous_secret_until: Option<i64>,
     pub(crate) secret_hash: Vec<u8>,
+    pub(crate) previous_secret_hash: Option<Vec<u8>>,
 }
 
 impl TryFrom<TokenRow> for Token {
@@ -81,6 +85,9 @@ impl TryFrom<TokenRow> for Token {
             environments,
             created_at: r.created_at,
             revoked_at: r.revoked_at,
+            expires_at: r.expires_at,
+            last_used_at: r.last_used_at,
+            previous_secret_until: r.previous_secret_until,
         })
     }
 }

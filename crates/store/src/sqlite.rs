@@ -170,6 +170,13 @@ impl Engine for SqliteStore {
         &self.reader
     }
 
+    fn raw(&self) -> crate::copy::RawStore {
+        crate::copy::RawStore::from_pool(
+            crate::copy::Pool::Sqlite(self.reader.clone()),
+            "the server's SQLite store",
+        )
+    }
+
     fn writer(&self) -> &SqlitePool {
         &self.writer
     }

@@ -548,6 +548,7 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         role: Role::Admin,
         environments: None,
         secret_hash: latchkey_store::crypto::hash_token_secret("as-hang"),
+        expires_at: None,
     };
 
     proxy.stall();
@@ -615,7 +616,22 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         ),
         (
             "token_for_auth",
-            kind(s.token_for_auth("ak-x").await.map(drop)),
+            kind(s.token_for_auth("ak-x", 0).await.map(drop)),
+        ),
+        ("mark_token_used", kind(s.mark_token_used("ak-x", 0).await)),
+        (
+            "rotate_token",
+            kind(
+                s.rotate_token(
+                    ws,
+                    "ak-x",
+                    &[0; 32],
+                    None,
+                    &latchkey_store::audit::AuditEntry::server(),
+                )
+                .await
+                .map(drop),
+            ),
         ),
         ("list_tokens", kind(s.list_tokens(ws).await.map(drop))),
         (

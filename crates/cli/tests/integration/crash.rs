@@ -326,4 +326,4 @@ impl Rng {
 /// `LATCHKEY_TEST_DATABASE_URL`: the store's PostgreSQL tests' helper, so
 /// that how a test database is made and dropped is written once.
 #[path = "../../../store/tests/support/mod.rs"]
-mod pg;
+pub(crate) mod pg;

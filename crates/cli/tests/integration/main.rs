@@ -1,5 +1,7 @@
 //! Integration tests: the real `latchkey` binary, started on a free port.
 
+mod audit;
+mod backup;
 mod cli;
 mod crash;
 mod grpc;
@@ -8,5 +10,7 @@ mod limits;
 mod logs;
 mod run;
 mod serve;
+mod throttle;
 mod tls;
+mod tokens;
 mod versions;

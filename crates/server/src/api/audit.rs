@@ -24,13 +24,17 @@ pub(crate) struct AuditHeadInfo {
     pub(crate) seq: i64,
     /// Its MAC, in hex.
     pub(crate) mac: String,
+    /// The caller's workspace: with the head, what a client remembers, so
+    /// that the same database is recognised behind another address.
+    pub(crate) workspace_id: String,
 }
 
-impl From<&AuditHead> for AuditHeadInfo {
-    fn from(head: &AuditHead) -> Self {
+impl AuditHeadInfo {
+    pub(crate) fn new(head: &AuditHead, caller: &latchkey_service::Caller) -> Self {
         AuditHeadInfo {
             seq: head.seq,
             mac: head.mac_hex(),
+            workspace_id: caller.workspace_id().to_owned(),
         }
     }
 }
@@ -184,9 +188,8 @@ pub(crate) async fn list(
 pub(crate) async fn head(
     Authenticated { service, caller }: Authenticated,
 ) -> Result<Json<AuditHeadInfo>, ApiError> {
-    Ok(Json(AuditHeadInfo::from(
-        &service.audit_head(&caller).await?,
-    )))
+    let head = service.audit_head(&caller).await?;
+    Ok(Json(AuditHeadInfo::new(&head, &caller)))
 }
 
 /// What `POST /audit/verify` found.

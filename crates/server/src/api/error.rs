@@ -22,6 +22,7 @@ pub struct ApiError {
     code: &'static str,
     message: String,
     missing_keys: Option<Vec<String>>,
+    retry_after: Option<std::time::Duration>,
 }
 
 /// The body of every error answer.
@@ -55,6 +56,7 @@ impl ApiError {
             code,
             message: message.into(),
             missing_keys: None,
+            retry_after: None,
         }
     }
 
@@ -123,6 +125,7 @@ impl From<Error> for ApiError {
             error.kind().code()
         };
         let mut api = Self::new(status, code, error.message());
+        api.retry_after = error.retry_after();
         if !error.missing_keys().is_empty() {
             api.code = "missing_keys";
             api.missing_keys = Some(error.missing_keys().to_vec());
@@ -138,6 +141,7 @@ impl IntoResponse for ApiError {
             tracing::warn!(status = %self.status, code = self.code, message = %self.message, "JSON API request failed");
         }
         let status = self.status;
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
@@ -146,6 +150,12 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (status, Json(body)).into_response();
+        if let Some(wait) = retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

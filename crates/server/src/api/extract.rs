@@ -51,7 +51,7 @@ impl FromRequestParts<Service> for Authenticated {
             parts
                 .extensions
                 .get::<latchkey_service::ClientAddr>()
-                .map(latchkey_service::ClientAddr::ip),
+                .copied(),
         );
         let caller = service.authenticate(id, secret, &origin).await?;
         Ok(Authenticated {

@@ -21,6 +21,7 @@
 //! at `/api/v1/openapi.json` ([`openapi`]) cannot miss one.
 
 mod audit;
+mod backup;
 mod environments;
 mod error;
 mod extract;
@@ -68,6 +69,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
         (name = "environments", description = "Namespaces of secrets"),
         (name = "tokens", description = "The caller and the workspace's tokens"),
         (name = "audit", description = "The audit log and who read what"),
+        (name = "backup", description = "Backups of the whole store"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -102,6 +104,8 @@ fn routes() -> OpenApiRouter<Service> {
         .routes(routes!(audit::verify))
         .routes(routes!(audit::secret_exposure))
         .routes(routes!(audit::token_exposure))
+        .routes(routes!(tokens::rotate))
+        .routes(routes!(backup::backup))
 }
 
 /// The OpenAPI 3 document of the API, as served at `/api/v1/openapi.json`.

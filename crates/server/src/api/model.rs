@@ -169,6 +169,16 @@ pub(crate) struct TokenInfo {
     /// When it was revoked, if it was.
     #[schema(value_type = Option<String>)]
     pub(crate) revoked_at: Option<Timestamp>,
+    /// When it stops being accepted; `null`: never.
+    #[schema(value_type = Option<String>)]
+    pub(crate) expires_at: Option<Timestamp>,
+    /// The last time it authenticated a request, to the minute.
+    #[schema(value_type = Option<String>)]
+    pub(crate) last_used_at: Option<Timestamp>,
+    /// After a rotation with a grace period: until when the secret it
+    /// replaced is still accepted.
+    #[schema(value_type = Option<String>)]
+    pub(crate) previous_secret_until: Option<Timestamp>,
 }
 
 impl From<&Token> for TokenInfo {
@@ -180,6 +190,9 @@ impl From<&Token> for TokenInfo {
             environments: t.environments.clone(),
             created_at: Timestamp::from_micros(t.created_at),
             revoked_at: t.revoked_at.map(Timestamp::from_micros),
+            expires_at: t.expires_at.map(Timestamp::from_micros),
+            last_used_at: t.last_used_at.map(Timestamp::from_micros),
+            previous_secret_until: t.previous_secret_until.map(Timestamp::from_micros),
         }
     }
 }

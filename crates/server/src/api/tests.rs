@@ -129,6 +129,8 @@ const ROUTES: &[&str] = &[
     "POST /audit/verify",
     "GET /secrets/{name}/exposure",
     "GET /tokens/{id}/exposure",
+    "POST /tokens/{id}/rotate",
+    "GET /backup",
 ];
 
 #[tokio::test]
@@ -918,6 +920,97 @@ async fn tokens_are_created_listed_and_revoked() {
         "failed_precondition",
         "last admin token",
     );
+}
+
+#[tokio::test]
+async fn tokens_expire_and_rotate() {
+    let h = Harness::new().await;
+    for (ttl, needle) in [
+        (json!("0"), "greater than zero"),
+        (json!("-1h"), "greater than zero"),
+        (json!("soon"), "Invalid ttl 'soon'"),
+        (json!(30), "expected a string"),
+    ] {
+        let got = h
+            .call(
+                Method::POST,
+                "/tokens",
+                Some(json!({"name": "x", "role": "reader", "ttl": ttl})),
+            )
+            .await;
+        assert_error(&got, StatusCode::BAD_REQUEST, "invalid", needle);
+    }
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/tokens",
+            Some(json!({"name": "ci", "role": "reader", "ttl": "1h"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let id = body["token"]["id"].as_str().unwrap().to_owned();
+    let old = body["secret"].as_str().unwrap().to_owned();
+    let created: latchkey_core::time::Timestamp =
+        serde_json::from_value(body["token"]["created_at"].clone()).unwrap();
+    let expires: latchkey_core::time::Timestamp =
+        serde_json::from_value(body["token"]["expires_at"].clone()).unwrap();
+    let ttl = expires.as_micros() - created.as_micros();
+    assert!((ttl - 3_600_000_000).abs() < 5_000_000, "{ttl}");
+    assert_eq!(body["token"]["last_used_at"], Value::Null);
+
+    // Rotation: no body means no grace; a bad grace changes nothing.
+    let got = h
+        .call(
+            Method::POST,
+            &format!("/tokens/{id}/rotate"),
+            Some(json!({"grace": "0"})),
+        )
+        .await;
+    assert_error(&got, StatusCode::BAD_REQUEST, "invalid", "grace");
+    let (status, _) = h
+        .call_as(&format!("{id}:{old}"), Method::GET, "/whoami", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = h
+        .call(Method::POST, &format!("/tokens/{id}/rotate"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["token"]["id"], id.as_str());
+    assert_eq!(body["token"]["expires_at"], json!(expires));
+    assert_eq!(body["token"]["previous_secret_until"], Value::Null);
+    let new = body["secret"].as_str().unwrap().to_owned();
+    let got = h
+        .call_as(&format!("{id}:{old}"), Method::GET, "/whoami", None)
+        .await;
+    assert_eq!(got.0, StatusCode::UNAUTHORIZED);
+    let (status, body) = h
+        .call_as(&format!("{id}:{new}"), Method::GET, "/whoami", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["token"]["last_used_at"].is_string(), "{body}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("/tokens/{id}/rotate"),
+            Some(json!({"grace": "10m"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["token"]["previous_secret_until"].is_string(), "{body}");
+    let newest = body["secret"].as_str().unwrap().to_owned();
+    for secret in [&new, &newest] {
+        let (status, _) = h
+            .call_as(&format!("{id}:{secret}"), Method::GET, "/whoami", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let got = h.call(Method::POST, "/tokens/ak-nope/rotate", None).await;
+    assert_error(&got, StatusCode::NOT_FOUND, "not_found", "ak-nope");
+    let reader = h.token("reader", Role::Reader, None).await;
+    let got = h
+        .call_as(&reader, Method::POST, &format!("/tokens/{id}/rotate"), None)
+        .await;
+    assert_eq!(got.0, StatusCode::FORBIDDEN);
 }
 
 // ---- Found by the fuzz targets ---------------------------------------------

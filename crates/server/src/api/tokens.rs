@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 
 use super::{
     error::{ApiError, ErrorBody},
-    extract::{Authenticated, Body, PathParams},
+    extract::{Authenticated, Body, OptionalBody, PathParams},
     model::{TokenInfo, WhoAmI},
     responses::NotAdmin,
 };
@@ -26,7 +26,7 @@ pub(crate) async fn whoami(
 ) -> Result<Json<WhoAmI>, ApiError> {
     let head = service.audit_head(&caller).await?;
     Ok(Json(WhoAmI {
-        audit_head: Some((&head).into()),
+        audit_head: Some(super::audit::AuditHeadInfo::new(&head, &caller)),
         ..WhoAmI::from(&caller)
     }))
 }
@@ -66,6 +66,10 @@ pub(crate) struct CreateToken {
     role: Role,
     /// Limit it to these environments; absent or `null` means all.
     environments: Option<Vec<String>>,
+    /// How long it is valid: seconds (`3600`) or with units (`90m`, `24h`,
+    /// `30d`); absent or `null`: it never expires.
+    #[schema(example = "30d")]
+    ttl: Option<String>,
 }
 
 /// A new token and its secret, shown this once.
@@ -97,8 +101,9 @@ pub(crate) async fn create(
     Authenticated { service, caller }: Authenticated,
     Body(body): Body<CreateToken>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
+    let ttl = optional_duration("ttl", body.ttl.as_deref())?;
     let (token, secret) = service
-        .create_token(&caller, &body.name, body.role, body.environments)
+        .create_token(&caller, &body.name, body.role, body.environments, ttl)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -107,6 +112,54 @@ pub(crate) async fn create(
             secret,
         }),
     ))
+}
+
+/// A duration field of a body, parsed like the CLI's flags.
+fn optional_duration(
+    field: &str,
+    text: Option<&str>,
+) -> Result<Option<std::time::Duration>, ApiError> {
+    Ok(text
+        .map(|t| latchkey_core::time::parse_duration(field, t))
+        .transpose()?)
+}
+
+/// Body of `POST /tokens/{id}/rotate`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateToken {
+    /// How long the secret it replaces stays accepted, like `ttl` of
+    /// `POST /tokens` (`10m`); absent or `null`: not at all, it is refused
+    /// at once.
+    #[schema(example = "10m")]
+    grace: Option<String>,
+}
+
+/// Give a token a new secret (admin). The answer holds the new secret,
+/// once; the old one stays accepted for `grace`.
+#[utoipa::path(
+    post, path = "/tokens/{id}/rotate", tag = "tokens",
+    params(("id" = String, Path, description = "The token's id (`ak-...`)")),
+    request_body(content = Option<RotateToken>, description = "Optional: `{}` or no body means no grace period"),
+    responses(
+        (status = 200, description = "Rotated", body = CreatedToken),
+        (status = 400, description = "Invalid grace period", body = ErrorBody),
+        (status = 404, description = "No such active token", body = ErrorBody),
+        (status = 412, description = "The token has expired", body = ErrorBody),
+        NotAdmin,
+    )
+)]
+pub(crate) async fn rotate(
+    Authenticated { service, caller }: Authenticated,
+    PathParams(id): PathParams<String>,
+    OptionalBody(body): OptionalBody<RotateToken>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    let grace = optional_duration("grace", body.grace.as_deref())?;
+    let (token, secret) = service.rotate_token(&caller, &id, grace).await?;
+    Ok(Json(CreatedToken {
+        token: TokenInfo::from(&token),
+        secret,
+    }))
 }
 
 /// Revoke a token (admin). The workspace's last admin token cannot be revoked.

@@ -165,9 +165,7 @@ pub(crate) async fn authenticate_first(
 fn grpc_origin(extensions: &http::Extensions) -> latchkey_service::Origin {
     latchkey_service::Origin::new(
         latchkey_service::log::Interface::Grpc,
-        extensions
-            .get::<latchkey_service::ClientAddr>()
-            .map(latchkey_service::ClientAddr::ip),
+        extensions.get::<latchkey_service::ClientAddr>().copied(),
     )
 }
 

@@ -33,6 +33,10 @@ pub(crate) trait Dialect: sqlx::Database {
     /// (`None` where every transaction already does: SQLite's WAL).
     const SNAPSHOT: Option<&'static str>;
 
+    /// Lifts the statement time limit for the rest of the transaction
+    /// (`None` where there is none: SQLite).
+    const NO_STATEMENT_TIMEOUT: Option<&'static str>;
+
     /// Answers whether the table named `$1` exists.
     const TABLE_EXISTS: &'static str;
 
@@ -62,6 +66,7 @@ impl Dialect for Sqlite {
     const ADVISORY_LOCK: Option<&'static str> = None;
     const TRY_ADVISORY_LOCK: Option<&'static str> = None;
     const SNAPSHOT: Option<&'static str> = None;
+    const NO_STATEMENT_TIMEOUT: Option<&'static str> = None;
     const TABLE_EXISTS: &'static str =
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
 
@@ -89,6 +94,7 @@ impl Dialect for Postgres {
     const TRY_ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_try_advisory_xact_lock($1)");
     const SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+    const NO_STATEMENT_TIMEOUT: Option<&'static str> = Some("SET LOCAL statement_timeout = 0");
     const TABLE_EXISTS: &'static str = "SELECT to_regclass($1) IS NOT NULL";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {

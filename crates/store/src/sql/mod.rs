@@ -85,6 +85,10 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
 
     /// Closes the connections (and whatever else the engine runs).
     fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// The store's rows as stored, read through its reader connections
+    /// (for backups).
+    fn raw(&self) -> crate::copy::RawStore;
 }
 
 /// Whether `keyring` is the key of the store whose check is `stored` (a

@@ -24,7 +24,8 @@ use crate::{
         VERSION_COLUMNS,
     },
     Environment, EnvironmentUpdate, KeyChanges, NewSecret, NewToken, OnConflict, Revision, Role,
-    Secret, SecretKind, SecretSummary, SecretVersion, Token, VersionAction, Workspace,
+    Secret, SecretKind, SecretSummary, SecretVersion, Token, TokenCredentials, VersionAction,
+    Workspace,
 };
 
 /// `meta` keys of the master key check.
@@ -36,8 +37,8 @@ const META_AUDIT_KEY: &str = "audit_key";
 const SELECT_ENVIRONMENT: &str =
     "SELECT id, workspace_id, name, is_default, webhook_suffix, created_at FROM environments";
 
-const SELECT_TOKEN: &str =
-    "SELECT id, workspace_id, name, role, environments, created_at, revoked_at, secret_hash FROM tokens";
+const SELECT_TOKEN: &str = "SELECT id, workspace_id, name, role, environments, created_at, revoked_at, \
+     expires_at, last_used_at, previous_secret_until, secret_hash, previous_secret_hash FROM tokens";
 
 /// How a secret is looked up within a workspace.
 #[derive(Clone, Copy)]
@@ -76,6 +77,7 @@ where
     for<'q> Option<&'q str>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<String>: Encode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, DB> + Type<DB>,
     usize: ColumnIndex<DB::Row>,
     for<'r> WorkspaceRow: FromRow<'r, DB::Row>,
     for<'r> EnvironmentRow: FromRow<'r, DB::Row>,
@@ -323,8 +325,8 @@ where
         now: Micros,
     ) -> Result<Token, Error> {
         sqlx::query(
-            "INSERT INTO tokens (id, workspace_id, name, secret_hash, role, environments, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO tokens (id, workspace_id, name, secret_hash, role, environments, created_at, \
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(token.id.as_str())
         .bind(token.workspace_id.as_str())
@@ -333,6 +335,7 @@ where
         .bind(token.role.as_str())
         .bind(environments_column(&token.environments))
         .bind(now)
+        .bind(token.expires_at)
         .execute(&mut *conn)
         .await
         .map_err(|e| Self::name_taken(e, "Token", &token.id))?;
@@ -344,27 +347,108 @@ where
             environments: token.environments.clone(),
             created_at: now,
             revoked_at: None,
+            expires_at: token.expires_at,
+            last_used_at: None,
+            previous_secret_until: None,
         })
     }
 
+    /// The active token `token_id` with its secret's hashes; the previous
+    /// secret's only while its grace period runs at `now`. With `lock`, the
+    /// row stays locked until the transaction ends.
     pub(crate) async fn token_for_auth(
         conn: &mut DB::Connection,
         token_id: &str,
-    ) -> Result<Option<(Token, Vec<u8>)>, Error> {
+        now: Micros,
+        lock: bool,
+    ) -> Result<Option<TokenCredentials>, Error> {
         let row = sqlx::query_as::<_, TokenRow>(&format!(
-            "{SELECT_TOKEN} WHERE id = $1 AND revoked_at IS NULL"
+            "{SELECT_TOKEN} WHERE id = $1 AND revoked_at IS NULL{}",
+            if lock { DB::FOR_UPDATE } else { "" }
         ))
         .bind(token_id)
         .fetch_optional(&mut *conn)
         .await
         .map_err(db_error::<DB>)?;
-        match row {
-            None => Ok(None),
-            Some(mut row) => {
-                let hash = std::mem::take(&mut row.secret_hash);
-                Ok(Some((Token::try_from(row)?, hash)))
+        let Some(mut row) = row else {
+            return Ok(None);
+        };
+        let secret_hash = std::mem::take(&mut row.secret_hash);
+        let previous = row.previous_secret_hash.take();
+        let mut token = Token::try_from(row)?;
+        let previous_secret_hash = match token.previous_secret_until {
+            Some(until) if until > now => previous,
+            _ => {
+                token.previous_secret_until = None;
+                None
             }
+        };
+        Ok(Some(TokenCredentials {
+            token,
+            secret_hash,
+            previous_secret_hash,
+        }))
+    }
+
+    /// Records that `token_id` authenticated at `at`, unless a use within
+    /// [`LAST_USED_RESOLUTION`](crate::LAST_USED_RESOLUTION) before is
+    /// recorded already. Returns whether it wrote.
+    pub(crate) async fn mark_token_used(
+        conn: &mut DB::Connection,
+        token_id: &str,
+        at: Micros,
+    ) -> Result<bool, Error> {
+        let done = sqlx::query(
+            "UPDATE tokens SET last_used_at = $1 WHERE id = $2 \
+             AND (last_used_at IS NULL OR last_used_at <= $3)",
+        )
+        .bind(at)
+        .bind(token_id)
+        .bind(at - crate::LAST_USED_RESOLUTION)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    /// Gives the active, unexpired token `token_id` of the workspace a new
+    /// secret; the one it replaces stays accepted until `grace_until` when
+    /// that is after `now`, and is forgotten otherwise.
+    pub(crate) async fn rotate_token(
+        conn: &mut DB::Connection,
+        workspace_id: &str,
+        token_id: &str,
+        secret_hash: &[u8; 32],
+        grace_until: Option<Micros>,
+        now: Micros,
+    ) -> Result<Token, Error> {
+        let current = Self::token_for_auth(conn, token_id, now, true)
+            .await?
+            .filter(|c| c.token.workspace_id == workspace_id)
+            .ok_or_else(|| token_not_found(token_id))?;
+        if let Some(at) = current.token.expires_at.filter(|at| *at <= now) {
+            return Err(Error::failed_precondition(format!(
+                "Token {token_id} expired at {}; it cannot be rotated (create a new one)",
+                latchkey_core::time::Timestamp::from_micros(at)
+            )));
         }
+        let grace_until = grace_until.filter(|until| *until > now);
+        let previous = grace_until.map(|_| current.secret_hash);
+        sqlx::query(
+            "UPDATE tokens SET secret_hash = $1, previous_secret_hash = $2, \
+             previous_secret_until = $3 WHERE id = $4",
+        )
+        .bind(secret_hash.as_slice())
+        .bind(previous)
+        .bind(grace_until)
+        .bind(token_id)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        Ok(Token {
+            previous_secret_until: grace_until,
+            ..current.token
+        })
     }
 
     pub(crate) async fn list_tokens(

@@ -25,7 +25,7 @@ use crate::{
         secret_not_found, AuditRow, EnvironmentRow, SecretRow, TokenRow, VersionRow, WorkspaceRow,
     },
     Environment, EnvironmentUpdate, NewSecret, NewToken, Revision, Secret, SecretSummary,
-    SecretVersion, Store, Token, Workspace,
+    SecretVersion, Store, Token, TokenCredentials, Workspace,
 };
 
 async fn connection<DB: Dialect>(pool: &Pool<DB>) -> Result<PoolConnection<DB>, Error> {
@@ -73,6 +73,7 @@ where
     for<'q> Option<&'q str>: Encode<'q, E::DB> + Type<E::DB>,
     for<'q> Option<String>: Encode<'q, E::DB> + Type<E::DB>,
     for<'q> Option<i64>: Encode<'q, E::DB> + Type<E::DB>,
+    for<'q> Option<Vec<u8>>: Encode<'q, E::DB> + Type<E::DB>,
     usize: ColumnIndex<<E::DB as sqlx::Database>::Row>,
     for<'r> WorkspaceRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
     for<'r> EnvironmentRow: FromRow<'r, <E::DB as sqlx::Database>::Row>,
@@ -218,10 +219,60 @@ where
         .await
     }
 
-    async fn token_for_auth(&self, token_id: &str) -> Result<Option<(Token, Vec<u8>)>, Error> {
+    async fn token_for_auth(
+        &self,
+        token_id: &str,
+        now: Micros,
+    ) -> Result<Option<TokenCredentials>, Error> {
         self.read(async {
             let mut conn = connection(self.reader()).await?;
-            Sql::<E::DB>::token_for_auth(&mut conn, token_id).await
+            Sql::<E::DB>::token_for_auth(&mut conn, token_id, now, false).await
+        })
+        .await
+    }
+
+    async fn mark_token_used(&self, token_id: &str, at: Micros) -> Result<(), Error> {
+        let token_id = token_id.to_owned();
+        self.write(move |store| async move {
+            let mut tx = begin(store.writer()).await?;
+            Sql::<E::DB>::mark_token_used(&mut tx, &token_id, at).await?;
+            Ok(Pending::new(tx, (), Changed::Nothing))
+        })
+        .await
+    }
+
+    async fn rotate_token(
+        &self,
+        workspace_id: &str,
+        token_id: &str,
+        secret_hash: &[u8; 32],
+        grace_until: Option<Micros>,
+        audit: &AuditEntry,
+    ) -> Result<Token, Error> {
+        let (workspace_id, token_id, secret_hash) =
+            (workspace_id.to_owned(), token_id.to_owned(), *secret_hash);
+        let mut audit = audit.clone().action("token.rotate");
+        audit.detail = Some(match grace_until {
+            Some(until) => format!(
+                "token {token_id}; its old secret accepted until {}",
+                latchkey_core::time::Timestamp::from_micros(until)
+            ),
+            None => format!("token {token_id}; its old secret refused at once"),
+        });
+        self.write(move |store| async move {
+            let mut tx = begin(store.writer()).await?;
+            let now = latchkey_core::time::now_micros();
+            let token = Sql::<E::DB>::rotate_token(
+                &mut tx,
+                &workspace_id,
+                &token_id,
+                &secret_hash,
+                grace_until,
+                now,
+            )
+            .await?;
+            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[audit]).await?;
+            Ok(Pending::new(tx, token, Changed::Nothing))
         })
         .await
     }
@@ -495,6 +546,10 @@ where
             Ok(Pending::new(tx, (), changed))
         })
         .await
+    }
+
+    fn backup(&self) -> tokio::sync::mpsc::Receiver<Result<Vec<u8>, crate::copy::CopyError>> {
+        crate::backup::take(Engine::raw(self))
     }
 
     async fn sweep_expired(&self, now: Micros) -> Result<u64, Error> {
