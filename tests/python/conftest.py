@@ -60,6 +60,7 @@ class ServerFactory:
         env: dict[str, str] | None = None,
         port: int | None = None,
         wait: bool = True,
+        ca_file: Path | None = None,
     ) -> Server:
         """Start `latchkey serve` (fresh data dir unless given) and wait for /readyz."""
         _require_binary()
@@ -74,6 +75,7 @@ class ServerFactory:
                 args=list(args),
                 env=server_env(env),
                 log_path=self.root / f"server-{self.count}.log",
+                ca_file=ca_file,
             )
             _SERVERS.append(server)
             try:

@@ -14,6 +14,7 @@ import re
 import secrets as pysecrets
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -59,12 +60,37 @@ def parse_dotenv(text: str) -> dict[str, str]:
     return out
 
 
-def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def http_get(url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
+
+
+def scrape_metrics(server: "Server", headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """GET /metrics: (status, body)."""
+    request = urllib.request.Request(f"{server.url}/metrics", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=5, context=server.ssl_context()) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples called `name` whose labels include `labels`, parsed from
+    /metrics' text by the Prometheus client's own parser (which rejects malformed text)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total, seen = 0.0, False
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+                seen = True
+    assert seen, f"no sample {name}{labels} in /metrics:\n{text}"
+    return total
 
 
 def snapshot_dir(path: Path) -> dict[str, str]:
@@ -91,11 +117,24 @@ class Server:
     log_path: Path
     proc: subprocess.Popen | None = None
     returncode: int | None = None
+    # The CA that signed its certificate, when it serves TLS (--tls-cert).
+    ca_file: Path | None = None
     _log_file: object = field(default=None, repr=False)
 
     @property
+    def tls(self) -> bool:
+        return "--tls-cert" in self.args
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """What trusts this server's certificate (None without TLS)."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.ca_file) if self.ca_file else None)
 
     @property
     def admin_token(self) -> dict[str, str]:
@@ -151,7 +190,7 @@ class Server:
                     f"command: {' '.join(self.command())}\n--- server output ---\n{self.log()}"
                 )
             try:
-                status, _ = http_get(f"{self.url}/readyz", timeout=1.0)
+                status, _ = http_get(f"{self.url}/readyz", timeout=1.0, context=self.ssl_context())
                 if status == 200:
                     return
                 last = f"HTTP {status}"

@@ -23,7 +23,7 @@ import pytest
 from grpclib.const import Status
 from modal_proto import api_pb2
 
-from support import free_port, http_get, open_client, random_master_key, raw_call
+from support import free_port, http_get, metric, open_client, random_master_key, raw_call, scrape_metrics
 
 FAIL_FAST = 5.0  # seconds: acquire timeout (1s) plus generous slack for a loaded CI machine
 
@@ -167,6 +167,10 @@ def test_database_stops_and_comes_back(start_server, private_postgres):
         _wait_for(lambda: http_get(f"{server.url}/readyz")[0] == 200, 30, "/readyz to recover")
         assert server.running() and server.proc.pid == pid, "recovered without a restart"
         _wait_for(lambda: len(acknowledged) >= outage_start + 20, 30, "writes after the outage")
+        _, text = scrape_metrics(server)
+        assert metric(text, "latchkey_change_feed_reconnects_total") >= 1
+        assert metric(text, "latchkey_store_unavailable_total") >= 1
+        assert metric(text, "latchkey_requests_total", interface="grpc", status="Unavailable") >= 1
     finally:
         stop.set()
         thread.join(timeout=30)

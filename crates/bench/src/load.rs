@@ -10,8 +10,10 @@ use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use latchkey_proto::api::{self, modal_client_client::ModalClientClient};
 use tonic::{
-    metadata::MetadataValue, service::interceptor::InterceptedService, transport::Channel, Request,
-    Status,
+    metadata::MetadataValue,
+    service::interceptor::InterceptedService,
+    transport::{Certificate, Channel, ClientTlsConfig},
+    Request, Status,
 };
 
 use crate::server::Server;
@@ -115,6 +117,22 @@ impl Stats {
 
 impl Load {
     pub(crate) async fn new(server: &Server, connections: usize) -> Result<Load> {
+        Self::with_ca(server, connections, None).await
+    }
+
+    /// A load on a server over TLS whose certificate `ca` (PEM) signed;
+    /// plain HTTP/2 without it.
+    pub(crate) async fn with_ca(
+        server: &Server,
+        connections: usize,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Load> {
+        let tls = match ca {
+            Some(ca) => Some(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(
+                std::fs::read(ca).with_context(|| format!("{}", ca.display()))?,
+            ))),
+            None => None,
+        };
         let (id, secret) = server.admin_token();
         let auth = Auth {
             id: id.parse().context("token id")?,
@@ -122,9 +140,11 @@ impl Load {
         };
         let mut clients = Vec::new();
         for _ in 0..connections.max(1) {
-            let channel = Channel::from_shared(server.url().to_owned())?
-                .connect()
-                .await?;
+            let mut endpoint = Channel::from_shared(server.url().to_owned())?;
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone())?;
+            }
+            let channel = endpoint.connect().await?;
             clients.push(ModalClientClient::with_interceptor(channel, auth.clone()));
         }
         let sdk = latchkey::Client::new(latchkey::Config::new(server.url(), &id, &secret))?;

@@ -202,6 +202,37 @@ async fn run(args: Args) -> Result<()> {
         (hello.p99_ms(), "ms"),
         "≤ 2 ms",
     ));
+    eprintln!("lookups over TLS beside plain HTTP/2 (another server, same binary)");
+    let ca = latchkey::testing::TestCa::new()?;
+    let cert = ca.issue("bench")?;
+    let (cert_path, key_path) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    let tls_server =
+        Server::start(&bin, &["--tls-cert", &cert_path, "--tls-key", &key_path]).await?;
+    let tls_load = Load::with_ca(&tls_server, args.connections, Some(&ca.ca_cert())).await?;
+    tls_load.create_named("bench", 10).await?;
+    let [(plain, _), (tls, _)] = paired_on(
+        [
+            (&load, &server, Op::Lookup("bench".into())),
+            (&tls_load, &tls_server, Op::Lookup("bench".into())),
+        ],
+        Pace::FlatOut,
+        args.streams,
+        seconds,
+    )
+    .await?;
+    figures.push(Figure::new(
+        "lookup rate over TLS (rustls, h2)",
+        (tls.rate(), "req/s"),
+        "same, plain HTTP/2",
+        (plain.rate(), "req/s"),
+        "(reported)",
+    ));
+    drop(tls_load);
+    tls_server.stop().await?;
+
     // Flat out, every stream waits its turn: mean latency is streams / rate
     // (Little's law), so the figure above measures the queue as much as the
     // server. The same streams at fixed rates the server keeps up with (a
@@ -507,13 +538,30 @@ async fn paired(
     streams: usize,
     duration: Duration,
 ) -> Result<[(load::Stats, Duration); 2]> {
+    let [a, b] = ops;
+    paired_on(
+        [(load, server, a), (load, server, b)],
+        pace,
+        streams,
+        duration,
+    )
+    .await
+}
+
+/// [`paired`], each operation with its own load and server.
+async fn paired_on(
+    sides: [(&Load, &Server, Op); 2],
+    pace: Pace,
+    streams: usize,
+    duration: Duration,
+) -> Result<[(load::Stats, Duration); 2]> {
     const ROUNDS: u32 = 5;
     let mut results = [
         (load::Stats::empty(), Duration::ZERO),
         (load::Stats::empty(), Duration::ZERO),
     ];
     for _ in 0..ROUNDS {
-        for (op, (stats, cpu)) in ops.iter().cloned().zip(results.iter_mut()) {
+        for ((load, server, op), (stats, cpu)) in sides.iter().cloned().zip(results.iter_mut()) {
             let before = server.cpu_time()?;
             let run = match pace {
                 Pace::FlatOut => load.run(op, streams, duration / ROUNDS).await?,

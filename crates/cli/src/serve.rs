@@ -6,14 +6,17 @@ use anyhow::{Context, Result};
 use clap::Args;
 use latchkey_core::paths;
 use latchkey_sandbox::{Isolation, SandboxConfig};
-use latchkey_server::{bootstrap::MasterKeySources, serve::Limits, ServeConfig};
+use latchkey_server::{
+    bootstrap::MasterKeySources, serve::Limits, telemetry::MetricsAccess, tls::TlsFiles,
+    ServeConfig,
+};
 use latchkey_store::PgOptions;
 use zeroize::Zeroizing;
 
 /// Run the latchkey server.
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Examples:\n  latchkey serve\n  latchkey serve --listen 0.0.0.0:7420 --data-dir /var/lib/latchkey\n  LATCHKEY_MASTER_KEY=$(cat key.b64) latchkey serve --data-dir ./data"
+    after_help = "Examples:\n  latchkey serve\n  latchkey serve --listen 0.0.0.0:7420 --data-dir /var/lib/latchkey --tls-cert cert.pem --tls-key key.pem\n  LATCHKEY_MASTER_KEY=$(cat key.b64) latchkey serve --data-dir ./data"
 )]
 pub(crate) struct ServeArgs {
     /// Address to listen on.
@@ -97,22 +100,82 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "LATCHKEY_AUTH_FAILURE_PERIOD", default_value = "1m",
           value_parser = parse_duration)]
     auth_failure_period: Duration,
+    /// Serve over TLS with this certificate (PEM: the server's certificate,
+    /// then any intermediates); needs --tls-key. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "LATCHKEY_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1); needs
+    /// --tls-cert. Reloaded on SIGHUP.
+    #[arg(
+        long,
+        env = "LATCHKEY_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// A file holding a token (one line) that lets clients other than
+    /// loopback ones read /metrics, sent as `Authorization: Bearer TOKEN`
+    /// (Prometheus: `authorization: {credentials_file: FILE}`). Without it,
+    /// /metrics answers loopback clients only.
+    #[arg(long, env = "LATCHKEY_METRICS_TOKEN_FILE", value_name = "FILE")]
+    metrics_token_file: Option<PathBuf>,
+    /// How log lines are written to stderr: `text` for people, `json` (one
+    /// object a line) for log collectors. What is logged: LATCHKEY_LOG, else
+    /// RUST_LOG, else `info` (e.g. `warn`, `info,latchkey_store=debug`).
+    #[arg(long, env = "LATCHKEY_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(flatten)]
     sandbox: SandboxArgs,
 }
 
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `format` says, filtered by LATCHKEY_LOG, else
+/// RUST_LOG, else `info`. A filter that does not parse is an error naming
+/// its variable.
+fn init_logging(format: LogFormat) -> Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = ["LATCHKEY_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (var, v))
+        })
+        .map(|(var, text)| {
+            EnvFilter::try_new(&text)
+                .with_context(|| format!("{var}={text:?} is not a log filter (e.g. info, warn, info,latchkey_store=debug)"))
+        })
+        .transpose()?
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => builder
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .init(),
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LATCHKEY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    init_logging(args.log_format)?;
     let data_dir = match args.data_dir {
         Some(dir) => dir,
         None => paths::default_data_dir()
@@ -147,6 +210,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
              --sandbox-isolation or say bwrap"
         );
     }
+    let metrics = match &args.metrics_token_file {
+        None => MetricsAccess::loopback_only(),
+        Some(file) => MetricsAccess::with_token(read_metrics_token(file)?),
+    };
     let config = ServeConfig {
         listen: args.listen,
         data_dir,
@@ -178,6 +245,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             burst: args.auth_failure_limit,
             period: args.auth_failure_period,
         },
+        tls: args
+            .tls_cert
+            .zip(args.tls_key)
+            .map(|(cert, key)| TlsFiles { cert, key }),
+        metrics,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -186,6 +258,24 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         let stop = stop_signal()?;
         latchkey_server::serve(config, stop).await
     })
+}
+
+/// The token of `--metrics-token-file`: its one line, at least 16
+/// characters, so that a guess is hopeless.
+fn read_metrics_token(file: &std::path::Path) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        std::fs::read_to_string(file)
+            .with_context(|| format!("--metrics-token-file {}: cannot read it", file.display()))?,
+    );
+    let token = Zeroizing::new(text.trim().to_owned());
+    if token.len() < 16 || token.contains(char::is_whitespace) {
+        anyhow::bail!(
+            "--metrics-token-file {}: expected one line of at least 16 characters without spaces \
+             (e.g. from `openssl rand -hex 32`)",
+            file.display()
+        );
+    }
+    Ok(token)
 }
 
 /// A future that resolves on the first SIGINT or SIGTERM, with the handlers

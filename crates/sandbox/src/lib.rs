@@ -417,6 +417,7 @@ impl Sandboxes {
                 )));
             }
         };
+        metrics::gauge!("latchkey_sandboxes_running").increment(1.0);
         let sandbox = Arc::new(Sandbox {
             // Not the 22-character shape of V1 ids: the client treats any
             // other shape as a V2 sandbox.
@@ -612,6 +613,7 @@ async fn supervise(
     // timeout or termination, whatever it started otherwise).
     process::kill_group(pgid);
     let _ = child.wait().await;
+    metrics::gauge!("latchkey_sandboxes_running").decrement(1.0);
     sandbox.stdin.lock().await.pipe = None;
     for pump in pumps.into_iter().flatten() {
         let abort = pump.abort_handle();

@@ -76,6 +76,9 @@ impl Client {
             // A proxy from the environment must not see local traffic.
             builder = builder.no_proxy();
         }
+        for ca in extra_roots()? {
+            builder = builder.add_root_certificate(ca);
+        }
         if !pool {
             // A client shared by several runtimes (the shared client, used
             // from async code and from `blocking`) must not keep connections
@@ -305,6 +308,37 @@ impl Client {
             source: Box::new(error.without_url()),
         }
     }
+}
+
+/// The variable naming a PEM file of CA certificates trusted beside the
+/// system's roots (a private CA that signed the server's certificate).
+pub const CA_CERT_VAR: &str = "LATCHKEY_CA_CERT";
+
+/// The certificates of [`CA_CERT_VAR`]'s file; none when it is not set.
+fn extra_roots() -> Result<Vec<reqwest::Certificate>> {
+    let Some(path) = std::env::var_os(CA_CERT_VAR).filter(|p| !p.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let path = std::path::PathBuf::from(path);
+    let pem = std::fs::read(&path).map_err(|e| {
+        Error::config(format!(
+            "{CA_CERT_VAR}: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        Error::config(format!(
+            "{CA_CERT_VAR}: {} is not a PEM file of certificates: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Error::config(format!(
+            "{CA_CERT_VAR}: {} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+            path.display()
+        )));
+    }
+    Ok(certs)
 }
 
 /// `<server>/api/v1/` from a server URL given with or without a scheme.

@@ -274,7 +274,7 @@ pub use audit::{
     Audit, AuditActor, AuditEvent, AuditHead, AuditPage, AuditQuery, AuditVerdict, ReadSecret,
     SecretExposure, VersionReaders,
 };
-pub use client::{Client, WhoAmI};
+pub use client::{Client, WhoAmI, CA_CERT_VAR};
 pub use config::{Config, ConfigSource, DEFAULT_SERVER_URL};
 pub use environments::{DeleteEnvironment, EnvironmentInfo, Environments};
 pub use error::{Error, Result};

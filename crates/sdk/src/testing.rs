@@ -125,6 +125,16 @@ impl Builder {
         self
     }
 
+    /// Serves over TLS with this certificate and key (see [`TestCa`]).
+    pub fn tls(self, cert: &TestCert) -> Self {
+        self.args([
+            OsString::from("--tls-cert"),
+            cert.cert.clone().into_os_string(),
+            OsString::from("--tls-key"),
+            cert.key.clone().into_os_string(),
+        ])
+    }
+
     /// Sets a variable in the server's environment (`LATCHKEY_LOG`, a
     /// master key...).
     pub fn env(mut self, name: impl Into<OsString>, value: impl Into<OsString>) -> Self {
@@ -254,7 +264,7 @@ impl TestServer {
         Builder::default()
     }
 
-    /// The server's URL (`http://127.0.0.1:PORT`).
+    /// The server's URL (`http://127.0.0.1:PORT`, `https://` over TLS).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -390,6 +400,101 @@ pub fn binary() -> Result<PathBuf> {
                 target.join("debug").join(&name).display()
             ))
         })
+}
+
+/// A certificate authority for servers over TLS in tests: its certificate
+/// (`ca.pem`) and the certificates it [issues](Self::issue) are PEM files
+/// in a temp dir that lives as long as it does.
+pub struct TestCa {
+    dir: tempfile::TempDir,
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl std::fmt::Debug for TestCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestCa")
+            .field("dir", &self.dir.path())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A server certificate and its key, as PEM files: what `latchkey serve
+/// --tls-cert --tls-key` reads.
+#[derive(Debug, Clone)]
+pub struct TestCert {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its private key (PEM, PKCS#8).
+    pub key: PathBuf,
+    /// The certificate, DER: what a server that serves it shows.
+    pub der: Vec<u8>,
+}
+
+impl TestCa {
+    /// A new CA (ECDSA P-256), written to `ca.pem` in a new temp dir.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the files cannot be written.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir().map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let key = rcgen::KeyPair::generate().map_err(cert_error)?;
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "latchkey test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let cert = params.self_signed(&key).map_err(cert_error)?;
+        let ca = Self { dir, cert, key };
+        write(&ca.ca_cert(), ca.cert.pem().as_bytes())?;
+        Ok(ca)
+    }
+
+    /// The CA's certificate (PEM): what `LATCHKEY_CA_CERT` names.
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Issues a server certificate for `localhost` and `127.0.0.1`, written
+    /// to `NAME.pem` and `NAME.key` (replacing earlier ones of that name).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the files cannot be written.
+    pub fn issue(&self, name: &str) -> Result<TestCert> {
+        let key = rcgen::KeyPair::generate().map_err(cert_error)?;
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .map_err(cert_error)?;
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("latchkey test {name}"));
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .map_err(cert_error)?;
+        let issued = TestCert {
+            cert: self.dir.path().join(format!("{name}.pem")),
+            key: self.dir.path().join(format!("{name}.key")),
+            der: cert.der().to_vec(),
+        };
+        write(&issued.cert, cert.pem().as_bytes())?;
+        write(&issued.key, key.serialize_pem().as_bytes())?;
+        Ok(issued)
+    }
+}
+
+#[allow(clippy::needless_pass_by_value)] // the shape map_err wants
+fn cert_error(e: rcgen::Error) -> Error {
+    Error::config(format!("cannot make a test certificate: {e}"))
+}
+
+fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 /// Starts a server and waits until it serves.

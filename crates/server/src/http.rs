@@ -1,5 +1,5 @@
 //! Everything served on the one port: gRPC, the JSON API, the dashboard,
-//! health and readiness.
+//! health, readiness and metrics.
 
 use std::{
     pin::Pin,
@@ -14,7 +14,7 @@ use axum::{
     body::{Body, Bytes},
     extract::{Request, State},
     http::{
-        header::{CONTENT_TYPE, RETRY_AFTER},
+        header::{CONTENT_TYPE, RETRY_AFTER, STRICT_TRANSPORT_SECURITY},
         StatusCode,
     },
     middleware::{self, Next},
@@ -27,7 +27,7 @@ use tokio::sync::Semaphore;
 
 use latchkey_service::Service;
 
-use crate::{api, grpc};
+use crate::{api, grpc, telemetry, telemetry::MetricsAccess};
 use latchkey_sandbox::Sandboxes;
 
 /// The whole router, without sandboxes. Tests drive it with `oneshot`,
@@ -52,6 +52,63 @@ pub fn app_with_limits(
     sandboxes: Option<Sandboxes>,
     max_buffered_bytes: usize,
 ) -> Router {
+    app_with_options(
+        service,
+        sandboxes,
+        &AppOptions {
+            max_buffered_bytes,
+            ..AppOptions::default()
+        },
+    )
+}
+
+/// How [`app_with_options`] serves.
+#[derive(Debug, Clone)]
+pub struct AppOptions {
+    /// Most bytes of request bodies held at once (see `limit_buffered_bytes`).
+    pub max_buffered_bytes: usize,
+    /// Served over TLS: the dashboard's answers carry
+    /// `Strict-Transport-Security`.
+    pub tls: bool,
+    /// Who may read `/metrics` besides loopback clients.
+    pub metrics: MetricsAccess,
+}
+
+impl Default for AppOptions {
+    fn default() -> Self {
+        Self {
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            tls: false,
+            metrics: MetricsAccess::loopback_only(),
+        }
+    }
+}
+
+/// What browsers are told on the dashboard over TLS: only https for a year.
+const HSTS: &str = "max-age=31536000";
+
+/// The dashboard when this server terminates TLS: the request came over
+/// https, whatever a client claims (so its session cookie is `Secure`), and
+/// browsers are told to come back over https only.
+async fn dashboard_over_tls(mut request: Request, next: Next) -> Response {
+    request.headers_mut().insert(
+        "x-forwarded-proto",
+        axum::http::HeaderValue::from_static("https"),
+    );
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(
+        STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static(HSTS),
+    );
+    response
+}
+
+/// The whole router, as `options` say.
+pub fn app_with_options(
+    service: Service,
+    sandboxes: Option<Sandboxes>,
+    options: &AppOptions,
+) -> Router {
     let modal = grpc::ModalApi::new(service.clone()).with_sandboxes(sandboxes.clone());
     let auth = grpc::GrpcAuth {
         service: service.clone(),
@@ -66,17 +123,29 @@ pub fn app_with_limits(
             auth,
             grpc::authenticate_first,
         ));
-    let budget = BodyBudget::new(max_buffered_bytes);
+    // Installed before anything records.
+    telemetry::handle();
+    let budget = BodyBudget::new(options.max_buffered_bytes);
+    let mut dashboard = latchkey_dashboard::router(service.clone());
+    if options.tls {
+        dashboard = dashboard.layer(middleware::from_fn(dashboard_over_tls));
+    }
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(service.clone())
-        .nest("/api/v1", api::router(service.clone()))
-        .merge(latchkey_dashboard::router(service))
+        .route(
+            "/metrics",
+            get(telemetry::serve_metrics).with_state(options.metrics.clone()),
+        )
+        .nest("/api/v1", api::router(service))
+        .merge(dashboard)
         .merge(grpc_routes)
+        .route_layer(middleware::from_fn(telemetry::remember_route))
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))
         .layer(middleware::from_fn_with_state(budget, limit_buffered_bytes))
+        .layer(middleware::from_fn(telemetry::observe))
 }
 
 /// The bytes of request bodies the server may hold at once, shared by all
@@ -226,7 +295,7 @@ impl http_body::Body for BudgetedBody {
     }
 }
 
-fn is_grpc(request: &Request) -> bool {
+pub(crate) fn is_grpc(request: &Request) -> bool {
     request
         .headers()
         .get(CONTENT_TYPE)

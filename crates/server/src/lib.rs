@@ -9,6 +9,8 @@ pub mod bootstrap;
 pub mod grpc;
 pub mod http;
 pub mod serve;
+pub mod telemetry;
+pub mod tls;
 
 pub use latchkey_service::{AuthFailureLimit, DEFAULT_KEEP_VERSIONS};
 pub use serve::{serve, ServeConfig};

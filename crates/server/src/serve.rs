@@ -19,6 +19,7 @@ use hyper_util::{
 use latchkey_core::paths;
 use latchkey_store::{crypto::Keyring, Backend, Store};
 use tokio::{net::TcpListener, sync::Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use latchkey_service::{Service, ServiceConfig};
 
@@ -26,7 +27,9 @@ use latchkey_sandbox::{SandboxConfig, Sandboxes};
 
 use crate::{
     bootstrap::{self, MasterKeySources},
-    http,
+    http, telemetry,
+    telemetry::MetricsAccess,
+    tls::{Tls, TlsFiles},
 };
 
 /// How long in-flight requests may take to finish after a stop signal.
@@ -61,6 +64,10 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// Failed authentications allowed per client address.
     pub auth_failures: latchkey_service::AuthFailureLimit,
+    /// `--tls-cert` and `--tls-key`; `None`: plain HTTP.
+    pub tls: Option<TlsFiles>,
+    /// Who may read `/metrics` besides loopback clients.
+    pub metrics: MetricsAccess,
 }
 
 /// What the server grants clients it has not yet heard from, so that idle
@@ -105,15 +112,17 @@ const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// descriptors, instead of spinning.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
-/// The URL clients on this machine use to reach a server listening on `addr`.
-pub fn local_url(addr: SocketAddr) -> String {
+/// The URL clients on this machine use to reach a server listening on
+/// `addr`, over TLS (`https`) or not.
+pub fn local_url(addr: SocketAddr, tls: bool) -> String {
     let host = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_owned(),
         ip if ip.is_unspecified() => "[::1]".to_owned(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    format!("http://{host}:{}", addr.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{host}:{}", addr.port())
 }
 
 /// Opens the configured store, creating it if needed.
@@ -143,6 +152,16 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    // Bad TLS files are refused before anything is created or served.
+    let tls = config.tls.clone().map(Tls::load).transpose()?;
+    let reloads = tls.as_ref().map(reload_on_sighup).transpose()?;
+    if tls.is_none() && !config.listen.ip().is_loopback() {
+        tracing::warn!(
+            listen = %config.listen,
+            "serving without TLS on an address other hosts can reach: tokens and secret values \
+             cross the network in clear; pass --tls-cert PEM --tls-key PEM"
+        );
+    }
     bootstrap::ensure_data_dir(&config.data_dir)?;
     let store = open_store(&config).await?;
     // Bind before bootstrapping so that the admin token names the real
@@ -150,7 +169,7 @@ pub async fn serve(
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let url = local_url(listener.local_addr()?);
+    let url = local_url(listener.local_addr()?, tls.is_some());
     bootstrap::bootstrap_store(store.as_ref(), &config.data_dir, &url).await?;
     let token_file = config.data_dir.join(paths::ADMIN_TOKEN_FILE);
     let service = Service::new(
@@ -179,11 +198,22 @@ pub async fn serve(
         token_file.display()
     );
 
-    let app = http::app_with_limits(
+    let app = http::app_with_options(
         service.clone(),
         sandboxes.clone(),
-        config.limits.max_buffered_bytes,
+        &http::AppOptions {
+            max_buffered_bytes: config.limits.max_buffered_bytes,
+            tls: tls.is_some(),
+            metrics: config.metrics.clone(),
+        },
     );
+    let upkeep = tokio::spawn(async {
+        let mut ticker = tokio::time::interval(telemetry::UPKEEP_INTERVAL);
+        loop {
+            ticker.tick().await;
+            telemetry::handle().run_upkeep();
+        }
+    });
     let stop = async move {
         shutdown.await;
         tracing::info!("stop requested: finishing in-flight requests");
@@ -193,7 +223,8 @@ pub async fn serve(
             sandboxes.shutdown().await;
         }
     };
-    let graceful = accept_until(listener, app, &config.limits, stop).await;
+    let acceptor = tls.as_ref().map(|tls| tls.acceptor().clone());
+    let graceful = accept_until(listener, acceptor, app, &config.limits, stop).await;
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
@@ -201,6 +232,10 @@ pub async fn serve(
         }
     }
     sweeper.abort();
+    upkeep.abort();
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     // A database that stopped answering (a lost network) must not keep the
     // process from exiting: closing waits for connections to be returned.
     if tokio::time::timeout(STORE_CLOSE_LIMIT, service.store().close())
@@ -217,6 +252,7 @@ pub async fn serve(
 /// still open are then the returned [`GracefulShutdown`]'s to finish.
 async fn accept_until(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     app: axum::Router,
     limits: &Limits,
     stop: impl Future<Output = ()>,
@@ -266,42 +302,121 @@ async fn accept_until(
             let client = latchkey_service::ClientAddr(peer.ip());
             hyper::service::service_fn(move |mut request: hyper::Request<_>| {
                 requested.store(true, Ordering::Relaxed);
-                // Who is calling, for the throttling of failed authentication.
+                // Who is calling: for the throttling of failed authentication,
+                // audit events, and /metrics (open to loopback clients).
                 request.extensions_mut().insert(client);
                 // The router is always ready: no poll_ready needed.
                 tower::Service::call(&mut app.clone(), request)
             })
         };
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let connection = Connection {
+            builder: Arc::clone(&builder),
+            watcher: graceful.watcher(),
+            requested,
+            idle_timeout,
+            peer,
+        };
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
-            let connection = watcher.watch(connection.into_owned());
-            tokio::pin!(connection);
-            // A connection is cut for idleness only if it never delivered a
-            // request; once in use, HTTP/2 keepalive watches it instead.
-            let result = tokio::select! {
-                result = &mut connection => Some(result),
-                () = tokio::time::sleep(idle_timeout) => {
-                    if requested.load(Ordering::Relaxed) {
-                        None
-                    } else {
-                        tracing::debug!(%peer, "closing a connection that sent no request in {idle_timeout:?}");
-                        return;
+            match tls {
+                None => connection.serve(tcp, service).await,
+                // The handshake counts as part of the first request: it
+                // gets the same time.
+                Some(acceptor) => {
+                    match tokio::time::timeout(idle_timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => connection.serve(stream, service).await,
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => {
+                            tracing::debug!(%peer, "closing a connection whose TLS handshake took over {idle_timeout:?}")
+                        }
                     }
                 }
-            };
-            let result = match result {
-                Some(result) => result,
-                None => connection.await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(slot);
         });
     }
     graceful
+}
+
+/// One accepted connection, and what serving it needs.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: hyper_util::server::graceful::Watcher,
+    /// Set once the connection delivered a request.
+    requested: Arc<AtomicBool>,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    /// Serves the connection (plain TCP or TLS) until it ends.
+    async fn serve<I, S>(self, io: I, service: S)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::Service<
+                hyper::Request<hyper::body::Incoming>,
+                Response = axum::response::Response,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        let Self {
+            builder,
+            watcher,
+            requested,
+            idle_timeout,
+            peer,
+        } = self;
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = watcher.watch(connection.into_owned());
+        tokio::pin!(connection);
+        // A connection is cut for idleness only if it never delivered a
+        // request; once in use, HTTP/2 keepalive watches it instead.
+        let result = tokio::select! {
+            result = &mut connection => Some(result),
+            () = tokio::time::sleep(idle_timeout) => {
+                if requested.load(Ordering::Relaxed) {
+                    None
+                } else {
+                    tracing::debug!(%peer, "closing a connection that sent no request in {idle_timeout:?}");
+                    return;
+                }
+            }
+        };
+        let result = match result {
+            Some(result) => result,
+            None => connection.await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+/// Reloads the certificate and key on each SIGHUP, from now on (the handler
+/// is installed before serving, so that an early SIGHUP does not stop the
+/// server). A pair that fails to load leaves the one in use.
+fn reload_on_sighup(tls: &Tls) -> Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let tls = tls.clone();
+    Ok(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let files = tls.files();
+            match tls.reload() {
+                Ok(()) => tracing::info!(
+                    cert = %files.cert.display(),
+                    key = %files.key.display(),
+                    "SIGHUP: reloaded the TLS certificate and key; new connections use them"
+                ),
+                Err(e) => tracing::error!(
+                    "SIGHUP: cannot reload the TLS certificate, still serving the previous one: {e:#}"
+                ),
+            }
+        }
+    }))
 }
 
 /// How long closing the store may take at shutdown.

@@ -134,19 +134,23 @@ impl Service {
         match result {
             Ok(caller) => Ok(caller.with_origin(origin.clone())),
             Err(e) => {
+                // The reason, and its label in latchkey_auth_failures_total.
                 let reason = match e.kind() {
                     _ if token_id.is_empty() || token_secret.is_empty() => {
-                        Some("no token was sent")
+                        Some(("no token was sent", "no_token"))
                     }
                     ErrorKind::Unauthenticated => {
-                        Some("unknown, revoked, expired, or a wrong secret")
+                        Some(("unknown, revoked, expired, or a wrong secret", "invalid"))
                     }
-                    ErrorKind::ResourceExhausted => {
-                        Some("throttled: too many failed attempts from this address")
-                    }
+                    ErrorKind::ResourceExhausted => Some((
+                        "throttled: too many failed attempts from this address",
+                        "throttled",
+                    )),
                     _ => None,
                 };
-                if let Some(reason) = reason {
+                if let Some((reason, label)) = reason {
+                    metrics::counter!("latchkey_auth_failures_total", "reason" => label)
+                        .increment(1);
                     self.record_auth_failure(token_id, origin, reason).await;
                 }
                 Err(e)

@@ -170,13 +170,19 @@ impl LookupCache {
         F: Future<Output = Result<Option<SecretRow>, Error>>,
     {
         if !current {
+            metrics::counter!("latchkey_lookup_cache_misses_total", "reason" => "not_current")
+                .increment(1);
             return Ok(read.await?.map(|row| Found::Read(Box::new(row))));
         }
         let key = Self::key(workspace_id, environment_name, name);
         let ticket = match self.get(&key) {
-            Ok(entry) => return Ok(Some(Found::Cached(entry))),
+            Ok(entry) => {
+                metrics::counter!("latchkey_lookup_cache_hits_total").increment(1);
+                return Ok(Some(Found::Cached(entry)));
+            }
             Err(ticket) => ticket,
         };
+        metrics::counter!("latchkey_lookup_cache_misses_total", "reason" => "absent").increment(1);
         let Some(row) = read.await? else {
             return Ok(None);
         };
@@ -228,6 +234,8 @@ impl LookupCache {
     pub(crate) fn forget(&self, secret_id: &str) {
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         state.generation += 1;
+        metrics::counter!("latchkey_lookup_cache_invalidations_total", "scope" => "secret")
+            .increment(1);
         let Some(keys) = state.keys_of.remove(secret_id) else {
             return;
         };
@@ -241,6 +249,8 @@ impl LookupCache {
     /// Forgets every secret, after a write that may change many (an
     /// environment renamed or deleted) or when changes may have been missed.
     pub(crate) fn clear(&self) {
+        metrics::counter!("latchkey_lookup_cache_invalidations_total", "scope" => "all")
+            .increment(1);
         let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
         Self::clear_state(&mut state);
     }

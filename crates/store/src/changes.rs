@@ -162,6 +162,7 @@ async fn listen(
             }
             if let Err(e) = synced {
                 cache.set_live(false);
+                metrics::counter!("latchkey_change_feed_reconnects_total").increment(1);
                 if !pool.is_closed() {
                     tracing::warn!(error = %e, "lost the change feed; reconnecting");
                 }

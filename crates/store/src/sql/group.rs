@@ -62,10 +62,14 @@ impl<J, R> std::fmt::Debug for Group<J, R> {
 
 impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
     /// Starts the task that commits groups with `commit`, each ordered by
-    /// `order` first.
-    pub(crate) fn start(commit: Commit<J, R>, order: fn(&J, &J) -> std::cmp::Ordering) -> Self {
+    /// `order` first; `name` labels its batch sizes in the metrics.
+    pub(crate) fn start(
+        name: &'static str,
+        commit: Commit<J, R>,
+        order: fn(&J, &J) -> std::cmp::Ordering,
+    ) -> Self {
         let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run(commit, order, jobs));
+        tokio::spawn(run(name, commit, order, jobs));
         Group { queue }
     }
 
@@ -92,7 +96,7 @@ pub(crate) type Events = Group<Vec<AuditEntry>, AuditHead>;
 impl Creates {
     /// Starts the task that commits groups of creates with `commit`.
     pub(crate) fn creates(commit: Commit<NewSecret, (SecretRow, bool)>) -> Self {
-        Group::start(commit, |a, b| lock_order(a).cmp(&lock_order(b)))
+        Group::start("creates", commit, |a, b| lock_order(a).cmp(&lock_order(b)))
     }
 
     /// Creates `new` in the next group.
@@ -105,7 +109,7 @@ impl Events {
     /// Starts the task that commits groups of events with `commit`, in the
     /// order they came.
     pub(crate) fn events(commit: Commit<Vec<AuditEntry>, AuditHead>) -> Self {
-        Group::start(commit, |_, _| std::cmp::Ordering::Equal)
+        Group::start("audit_events", commit, |_, _| std::cmp::Ordering::Equal)
     }
 }
 
@@ -126,6 +130,7 @@ pub(crate) fn overwritten(results: &[Created]) -> Changed {
 /// runs here, not in the callers, which may have stopped waiting: the cache
 /// must hear of every overwrite that committed.
 async fn run<J, R>(
+    name: &'static str,
     commit: Commit<J, R>,
     order: fn(&J, &J) -> std::cmp::Ordering,
     mut queue: mpsc::Receiver<Job<J, R>>,
@@ -138,6 +143,9 @@ async fn run<J, R>(
                 Err(_) => break,
             }
         }
+        #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
+        metrics::histogram!("latchkey_group_commit_batch_size", "group" => name)
+            .record(jobs.len() as f64);
         // A stable sort: jobs that compare equal keep their order.
         jobs.sort_by(|a, b| order(&a.0, &b.0));
         let (inputs, dones): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();

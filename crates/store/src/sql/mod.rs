@@ -155,6 +155,7 @@ impl<DB: Dialect, T> Pending<DB, T> {
 }
 
 fn unavailable() -> Error {
+    metrics::counter!("latchkey_store_unavailable_total").increment(1);
     Error::unavailable("The secret store is unavailable; try again shortly")
 }
 
@@ -167,6 +168,7 @@ pub(crate) fn db_error<DB: Dialect>(e: sqlx::Error) -> Error {
         unavailable()
     } else {
         tracing::error!(error = %e, backend = DB::BACKEND, "storage error");
+        metrics::counter!("latchkey_store_errors_total").increment(1);
         Error::internal("The secret store failed to complete the request")
     }
 }
