@@ -81,6 +81,8 @@ fn install() -> PrometheusHandle {
         "latchkey_store_errors_total",
         "latchkey_store_unavailable_total",
         "latchkey_change_feed_reconnects_total",
+        "latchkey_audit_events_appended_total",
+        "latchkey_audit_write_failures_total",
     ] {
         metrics::counter!(name).increment(0);
     }

@@ -178,6 +178,7 @@ pub(crate) fn db_error<DB: Dialect>(e: sqlx::Error) -> Error {
 #[allow(clippy::needless_pass_by_value)] // by value to read as `.map_err(audit_write_failed::<DB>)`
 pub(crate) fn audit_write_failed<DB: Dialect>(e: sqlx::Error) -> Error {
     tracing::error!(error = %e, backend = DB::BACKEND, "cannot write to the audit log; the operation is refused");
+    metrics::counter!("latchkey_audit_write_failures_total").increment(1);
     Error::unavailable(
         "The audit log cannot be written, so the request was refused and nothing was changed or returned; try again shortly",
     )

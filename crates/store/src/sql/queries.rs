@@ -1337,6 +1337,7 @@ where
             .execute(&mut *conn)
             .await
             .map_err(audit_write_failed::<DB>)?;
+        metrics::counter!("latchkey_audit_events_appended_total").increment(entries.len() as u64);
         Ok(head)
     }
 
