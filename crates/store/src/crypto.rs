@@ -581,13 +581,9 @@ mod tests {
         // The audit key opens under either key and rewraps under the new.
         let ring = ring.with_audit_key(&audit).unwrap();
         let rewrapped = ring.wrapped_audit_key().unwrap();
-        let only_new = Keyring::new(new.clone())
-            .with_audit_key(&rewrapped)
-            .unwrap();
+        let only_new = Keyring::new(new).with_audit_key(&rewrapped).unwrap();
         assert_eq!(only_new.audit_key().unwrap(), ring.audit_key().unwrap());
-        assert!(Keyring::new(old.clone())
-            .with_audit_key(&rewrapped)
-            .is_none());
+        assert!(Keyring::new(old).with_audit_key(&rewrapped).is_none());
 
         // Once the previous key is forgotten, its rows no longer open.
         ring.forget_previous();
