@@ -213,3 +213,86 @@ fn rotate_refuses_bad_inputs_and_changes_nothing() {
         .fails(1, "needs the current master key");
     assert_eq!(read(&data.join("master.key")), before);
 }
+
+/// A start that finds `master.key.new` (a rotation that stopped after the
+/// new key was written) finishes the rotation; then the offline rotation
+/// of a key given by flag moves the store to another key file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_resumes_a_rotation_and_an_offline_rotation_finishes() {
+    let mut server = Server::start();
+    let data = server.data_dir().to_owned();
+    let dir = server.keep_dir().expect("a temp data dir");
+    populate(&client(&server), 20).await;
+    server.stop();
+    let old_key = read(&data.join("master.key"));
+    let new = latchkey_store::crypto::MasterKey::generate();
+    std::fs::write(data.join("master.key.new"), new.to_base64().as_bytes()).unwrap();
+    std::fs::write(data.join("master.key.old"), &old_key).unwrap();
+
+    let server = Server::try_start(&data, &[], &[]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while data.join("master.key.new").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the start resumes the rotation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        read(&data.join("master.key")).trim(),
+        new.to_base64().as_str()
+    );
+    assert!(!data.join("master.key.old").exists());
+    let values = Secret::from_name("k-7")
+        .resolve_with(&client(&server))
+        .await
+        .unwrap();
+    assert_eq!(values["V"], "k-7-2");
+    server.stop();
+    let keys = tempfile::tempdir().unwrap();
+    let old_file = keys.path().join("old.key");
+    std::fs::write(&old_file, &old_key).unwrap();
+    let err = Server::try_start(
+        &data,
+        &["--master-key-file", old_file.to_str().unwrap()],
+        &[],
+    )
+    .err()
+    .expect("the old key is refused");
+    assert!(err.contains("cannot decrypt this store"), "{err}");
+
+    // Offline, from the key file to a new file given by flag.
+    let next = keys.path().join("next.key");
+    let url = format!("sqlite://{}/latchkey.db", data.display());
+    let current = data.join("master.key");
+    let out = Cli::bare()
+        .run(&[
+            "key",
+            "rotate",
+            "--quiet",
+            "--new-key-file",
+            next.to_str().unwrap(),
+            "--master-key-file",
+            current.to_str().unwrap(),
+            "--database",
+            &url,
+        ])
+        .ok();
+    assert!(out.stdout.contains("40 data keys rewrapped"), "{out:#?}");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&next).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(
+        Server::try_start(&data, &[], &[]).is_err(),
+        "master.key no longer opens it"
+    );
+    let server =
+        Server::try_start(&data, &["--master-key-file", next.to_str().unwrap()], &[]).unwrap();
+    let values = Secret::from_name("k-3")
+        .resolve_with(&client(&server))
+        .await
+        .unwrap();
+    assert_eq!(values["V"], "k-3-2");
+    drop(server);
+    drop(dir);
+}
