@@ -24,6 +24,23 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap()
 }
 
+/// A start on `data` with `old_key` alone is refused with the wrong-key
+/// message; returns the temp dir the key file was written to.
+fn old_key_refused(data: &Path, old_key: &str) -> tempfile::TempDir {
+    let keys = tempfile::tempdir().unwrap();
+    let old_file = keys.path().join("old.key");
+    std::fs::write(&old_file, old_key).unwrap();
+    let err = Server::try_start(
+        data,
+        &["--master-key-file", old_file.to_str().unwrap()],
+        &[],
+    )
+    .err()
+    .expect("the old key is refused");
+    assert!(err.contains("cannot decrypt this store"), "{err}");
+    keys
+}
+
 /// Secrets `k-0..n`, each with two versions.
 async fn populate(client: &Client, n: usize) {
     let names: Vec<String> = (0..n).map(|i| format!("k-{i}")).collect();
@@ -111,17 +128,7 @@ async fn rotate_online_under_load_then_the_old_key_is_refused() {
     server.stop();
 
     // The old key alone is refused, saying why.
-    let keys = tempfile::tempdir().unwrap();
-    let old_file = keys.path().join("old.key");
-    std::fs::write(&old_file, &old_key).unwrap();
-    let err = Server::try_start(
-        &data,
-        &["--master-key-file", old_file.to_str().unwrap()],
-        &[],
-    )
-    .err()
-    .expect("the old key is refused");
-    assert!(err.contains("cannot decrypt this store"), "{err}");
+    let _keys = old_key_refused(&data, &old_key);
 
     // The new key serves every secret, old versions included.
     let server = Server::try_start(&data, &[], &[]).unwrap();
@@ -249,17 +256,7 @@ async fn a_start_resumes_a_rotation_and_an_offline_rotation_finishes() {
         .unwrap();
     assert_eq!(values["V"], "k-7-2");
     server.stop();
-    let keys = tempfile::tempdir().unwrap();
-    let old_file = keys.path().join("old.key");
-    std::fs::write(&old_file, &old_key).unwrap();
-    let err = Server::try_start(
-        &data,
-        &["--master-key-file", old_file.to_str().unwrap()],
-        &[],
-    )
-    .err()
-    .expect("the old key is refused");
-    assert!(err.contains("cannot decrypt this store"), "{err}");
+    let keys = old_key_refused(&data, &old_key);
 
     // Offline, from the key file to a new file given by flag.
     let next = keys.path().join("next.key");
