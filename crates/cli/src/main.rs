@@ -9,6 +9,7 @@ mod connect;
 mod db;
 mod environment;
 mod input;
+mod key;
 mod lock;
 mod login;
 mod mask;
@@ -63,6 +64,8 @@ enum Command {
     Backup(backup::BackupArgs),
     /// Restore a backup into a new, empty store.
     Restore(backup::RestoreArgs),
+    /// The master key: `key rotate` makes a new one and rewraps every data key under it.
+    Key(key::KeyArgs),
     /// Create, list, inspect, update and delete named secrets.
     Secret(secret::SecretArgs),
     /// List, create, rename and delete environments.
@@ -101,6 +104,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Db(args) => db::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Restore(args) => backup::restore(&args),
+        Command::Key(args) => key::run(args),
         Command::Secret(args) => secret::run(args),
         Command::Audit(args) => audit::run(args),
         Command::Environment(args) => environment::run(args),

@@ -249,6 +249,31 @@ impl Client {
         Ok(written)
     }
 
+    /// Rotates the server's master key online (an admin token of its first
+    /// workspace): calls `on_line` with each JSON line the server streams
+    /// (`{"done": N, "total": T}` per batch, then `{"finished": true,
+    /// "key_id": ...}` or `{"error": ...}`).
+    pub async fn rotate_master_key(&self, on_line: &mut (dyn FnMut(&[u8]) + Send)) -> Result<()> {
+        let mut response = self
+            .request(
+                Method::POST,
+                &["key", "rotate"],
+                &[],
+                None::<&()>,
+                BACKUP_TIMEOUT,
+            )
+            .await?;
+        let mut pending = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport(e))? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                on_line(&line[..end]);
+            }
+        }
+        Ok(())
+    }
+
     /// One request; the answer when it is a success, its error otherwise.
     async fn request(
         &self,

@@ -11,6 +11,7 @@ use std::{
     io::Write,
     os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use anyhow::{bail, Context, Result};
@@ -159,4 +160,149 @@ pub async fn bootstrap_store(store: &dyn Store, data_dir: &Path, server_url: &st
         fs::remove_file(&staged)?;
     }
     Ok(created)
+}
+
+/// Name of the new key of an unfinished rotation, beside `master.key`.
+pub const NEW_MASTER_KEY_FILE: &str = "master.key.new";
+/// Name of the previous key, kept beside `master.key` during a rotation.
+pub const OLD_MASTER_KEY_FILE: &str = "master.key.old";
+
+/// The keys a server starts with.
+#[derive(Debug)]
+pub struct StartKeys {
+    /// What the store is opened with: the current key, and during an
+    /// unfinished rotation the new key with the current one as previous.
+    pub keyring: latchkey_store::crypto::Keyring,
+    /// The default key files, when the key is `DIR/master.key` (the server
+    /// may then rotate it online).
+    pub files: Option<Arc<DataDirKeyFiles>>,
+    /// The new key of a rotation to resume.
+    pub resume: Option<MasterKey>,
+}
+
+/// The master key of a start: as [`master_key`], and with the default key
+/// file, the new key of an unfinished rotation (`master.key.new`) too.
+pub fn start_keys(
+    data_dir: &Path,
+    sources: &MasterKeySources,
+    store_exists: bool,
+) -> Result<StartKeys> {
+    use latchkey_store::crypto::Keyring;
+    if sources.file.is_some() || sources.env.is_some() {
+        return Ok(StartKeys {
+            keyring: Keyring::new(master_key(data_dir, sources, store_exists)?),
+            files: None,
+            resume: None,
+        });
+    }
+    let files = Arc::new(DataDirKeyFiles {
+        dir: data_dir.to_owned(),
+    });
+    let current = master_key(data_dir, sources, store_exists)?;
+    match files.read(NEW_MASTER_KEY_FILE)? {
+        Some(new) => Ok(StartKeys {
+            keyring: Keyring::rotating(new.clone(), current),
+            files: Some(files),
+            resume: Some(new),
+        }),
+        None => Ok(StartKeys {
+            keyring: Keyring::new(current),
+            files: Some(files),
+            resume: None,
+        }),
+    }
+}
+
+/// The default key files in the data dir: `master.key`, and during a
+/// rotation `master.key.new` (the new key) and `master.key.old` (a copy of
+/// the previous key). A crash at any point leaves files a start resumes
+/// from: while `master.key.new` exists, `master.key` is still the previous
+/// key and the store opens with both.
+#[derive(Debug)]
+pub struct DataDirKeyFiles {
+    dir: PathBuf,
+}
+
+impl DataDirKeyFiles {
+    /// The key in the file `name` of the data dir, if there is one.
+    fn read(&self, name: &str) -> Result<Option<MasterKey>> {
+        let path = self.dir.join(name);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = Zeroizing::new(
+            fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?,
+        );
+        MasterKey::from_base64(&text)
+            .with_context(|| format!("invalid master key in {}", path.display()))
+            .map(Some)
+    }
+
+    fn prepare_files(&self) -> Result<MasterKey> {
+        if let Some(new) = self.read(NEW_MASTER_KEY_FILE)? {
+            return Ok(new);
+        }
+        let current = self.dir.join(paths::MASTER_KEY_FILE);
+        let text = Zeroizing::new(
+            fs::read(&current).with_context(|| format!("cannot read {}", current.display()))?,
+        );
+        // A copy left by a finished rotation names the key before it.
+        let old = self.dir.join(OLD_MASTER_KEY_FILE);
+        let _ = fs::remove_file(&old);
+        write_private_file(&old, &text)?;
+        let new = MasterKey::generate();
+        let mut line = new.to_base64();
+        line.push('\n');
+        if let Err(e) = write_private_file(&self.dir.join(NEW_MASTER_KEY_FILE), line.as_bytes()) {
+            let _ = fs::remove_file(&old);
+            return Err(e);
+        }
+        sync_dir(&self.dir)?;
+        Ok(new)
+    }
+
+    fn finish_files(&self) -> Result<()> {
+        let new = self.dir.join(NEW_MASTER_KEY_FILE);
+        let current = self.dir.join(paths::MASTER_KEY_FILE);
+        fs::rename(&new, &current).with_context(|| {
+            format!("cannot rename {} over {}", new.display(), current.display())
+        })?;
+        sync_dir(&self.dir)?;
+        let _ = fs::remove_file(self.dir.join(OLD_MASTER_KEY_FILE));
+        Ok(())
+    }
+
+    /// Removes the copy of the previous key that a finished rotation left
+    /// when it stopped before removing it (the store opened without it).
+    pub fn tidy(&self) {
+        if !self.dir.join(NEW_MASTER_KEY_FILE).exists() {
+            let _ = fs::remove_file(self.dir.join(OLD_MASTER_KEY_FILE));
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync the data dir {}", dir.display()))
+}
+
+impl latchkey_service::KeyFiles for DataDirKeyFiles {
+    fn prepare(&self) -> Result<MasterKey, latchkey_core::Error> {
+        self.prepare_files().map_err(|e| {
+            latchkey_core::Error::failed_precondition(format!(
+                "cannot write the new master key in the data dir {}: {e:#}; nothing was changed",
+                self.dir.display()
+            ))
+        })
+    }
+
+    fn finish(&self) -> Result<(), latchkey_core::Error> {
+        self.finish_files().map_err(|e| {
+            latchkey_core::Error::internal(format!(
+                "every data key is under the new master key, but it could not replace master.key: {e:#}; \
+                 {NEW_MASTER_KEY_FILE} holds it and the next start finishes the rotation"
+            ))
+        })
+    }
 }

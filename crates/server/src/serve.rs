@@ -17,7 +17,7 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use latchkey_core::paths;
-use latchkey_store::{crypto::Keyring, Backend, Store};
+use latchkey_store::{Backend, Store};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 
@@ -125,8 +125,9 @@ pub fn local_url(addr: SocketAddr, tls: bool) -> String {
     format!("{scheme}://{host}:{}", addr.port())
 }
 
-/// Opens the configured store, creating it if needed.
-async fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>> {
+/// Opens the configured store, creating it if needed, with the keys the
+/// start found (see [`bootstrap::start_keys`]).
+async fn open_store(config: &ServeConfig) -> Result<(Arc<dyn Store>, bootstrap::StartKeys)> {
     let url = config
         .database
         .clone()
@@ -141,10 +142,11 @@ async fn open_store(config: &ServeConfig) -> Result<Arc<dyn Store>> {
     let exists = latchkey_store::exists(&url, &config.store)
         .await
         .context("cannot open the store")?;
-    let key = bootstrap::master_key(&config.data_dir, &config.master_key, exists)?;
-    latchkey_store::open(&url, Keyring::new(key), &config.store)
+    let keys = bootstrap::start_keys(&config.data_dir, &config.master_key, exists)?;
+    let store = latchkey_store::open(&url, keys.keyring.clone(), &config.store)
         .await
-        .context("cannot open the store")
+        .context("cannot open the store")?;
+    Ok((store, keys))
 }
 
 /// Serves until `shutdown` completes, then finishes in-flight requests.
@@ -163,7 +165,7 @@ pub async fn serve(
         );
     }
     bootstrap::ensure_data_dir(&config.data_dir)?;
-    let store = open_store(&config).await?;
+    let (store, keys) = open_store(&config).await?;
     // Bind before bootstrapping so that the admin token names the real
     // address, also when --listen asks for port 0.
     let listener = TcpListener::bind(config.listen)
@@ -172,7 +174,7 @@ pub async fn serve(
     let url = local_url(listener.local_addr()?, tls.is_some());
     bootstrap::bootstrap_store(store.as_ref(), &config.data_dir, &url).await?;
     let token_file = config.data_dir.join(paths::ADMIN_TOKEN_FILE);
-    let service = Service::new(
+    let mut service = Service::new(
         store,
         ServiceConfig {
             anonymous_ttl: config.anonymous_ttl,
@@ -181,6 +183,15 @@ pub async fn serve(
             auth_failures: config.auth_failures,
         },
     );
+    if let Some(files) = keys.files {
+        files.tidy();
+        service = service.with_key_files(files);
+    }
+    if let Some(new) = keys.resume {
+        if let Some(mut events) = service.resume_key_rotation(new) {
+            tokio::spawn(async move { while events.recv().await.is_some() {} });
+        }
+    }
     let sandboxes = start_sandboxes(&config).await?;
     let sweeper = tokio::spawn(sweep_forever(
         service.clone(),

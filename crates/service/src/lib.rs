@@ -12,6 +12,7 @@ mod audit;
 mod auth;
 mod backup;
 mod environments;
+mod keys;
 pub mod sandboxes;
 mod secrets;
 #[cfg(feature = "testing")]
@@ -23,6 +24,7 @@ use std::{sync::Arc, time::Duration};
 
 pub use audit::{retention_cutoff, Origin};
 pub use auth::{Caller, TOKEN_CACHE_TTL};
+pub use keys::{KeyFiles, RotationEvent, ROTATION_BATCH};
 pub use latchkey_store::audit as log;
 pub use latchkey_store::{
     Environment, EnvironmentUpdate, KeyChanges, Role, Secret, SecretKind, SecretSummary,
@@ -55,6 +57,7 @@ pub struct Service {
     config: Arc<ServiceConfig>,
     tokens: Arc<auth::TokenCache>,
     throttle: Arc<throttle::Throttle>,
+    keys: Arc<keys::KeyRotation>,
 }
 
 /// How a named secret is created when its name exists.
@@ -68,6 +71,7 @@ impl Service {
             throttle: Arc::new(throttle::Throttle::new(config.auth_failures)),
             config: Arc::new(config),
             tokens: Arc::new(auth::TokenCache::default()),
+            keys: Arc::new(keys::KeyRotation::default()),
         }
     }
 

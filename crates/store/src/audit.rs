@@ -46,6 +46,7 @@ pub const ACTIONS: &[&str] = &[
     "audit.list",
     "audit.verify",
     "audit.exposure",
+    "key.rotate",
 ];
 
 /// The action of a read of a secret's values.

@@ -11,7 +11,10 @@
 //! in `Debug`, and only its [`id`](MasterKey::id) (a truncated SHA-256) is
 //! stored, so that a later key can be told apart during rotation.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, RwLock},
+};
 
 use aes_gcm::{
     aead::{Aead, KeyInit, Payload},
@@ -170,15 +173,54 @@ fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<
 
 /// Seals and opens secret contents under a master key; once a store is
 /// open, also holds its audit key (see [`crate::audit`]).
-#[derive(Clone, Debug)]
+///
+/// During a master-key rotation the keyring holds two keys: it seals under
+/// its current key and opens what either the current or the previous key
+/// wrapped, chosen by the row's `key_id`. Clones share their keys, so that
+/// [`rotate_to`](Self::rotate_to) on a store's keyring reaches every task of
+/// that store at once.
+#[derive(Clone)]
 pub struct Keyring {
-    master: MasterKey,
+    keys: Arc<RwLock<Arc<Keys>>>,
     audit: Option<AuditKey>,
+}
+
+/// The keys of a keyring at one moment.
+struct Keys {
+    current: MasterKey,
+    previous: Option<MasterKey>,
+}
+
+impl Keys {
+    /// The key whose id is `key_id`, if this keyring holds it.
+    fn by_id(&self, key_id: &str) -> Option<&MasterKey> {
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find(|k| k.id() == key_id)
+    }
+
+    /// The current key, then the previous one.
+    fn all(&self) -> impl Iterator<Item = &MasterKey> {
+        std::iter::once(&self.current).chain(&self.previous)
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let keys = self.keys();
+        f.debug_struct("Keyring")
+            .field("key_id", &keys.current.id())
+            .field(
+                "previous_key_id",
+                &keys.previous.as_ref().map(MasterKey::id),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// The key of the audit log's chain: random, stored wrapped by the master key.
 #[derive(Clone)]
-struct AuditKey(std::sync::Arc<Zeroizing<[u8; KEY_LEN]>>);
+struct AuditKey(Arc<Zeroizing<[u8; KEY_LEN]>>);
 
 impl fmt::Debug for AuditKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,27 +234,104 @@ impl Keyring {
     /// A keyring that seals under `master`.
     pub fn new(master: MasterKey) -> Self {
         Self {
-            master,
+            keys: Arc::new(RwLock::new(Arc::new(Keys {
+                current: master,
+                previous: None,
+            }))),
             audit: None,
         }
+    }
+
+    /// A keyring that seals under `current` and still opens what `previous`
+    /// wrapped: the keys of a rotation from `previous` to `current`.
+    pub fn rotating(current: MasterKey, previous: MasterKey) -> Self {
+        let ring = Self::new(current);
+        ring.set_keys(Keys {
+            current: ring.keys().current.clone(),
+            previous: Some(previous),
+        });
+        ring
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        // A poisoned lock still holds a whole `Arc`: writers only swap it.
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_keys(&self, keys: Keys) {
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// Starts sealing under `new`, keeping the current key to open what it
+    /// wrapped. Nothing changes when `new` is already the current key (a
+    /// rotation resumed). Refused while another rotation's previous key is
+    /// still held, so that no key still needed is forgotten.
+    pub fn rotate_to(&self, new: MasterKey) -> Result<(), Error> {
+        let keys = self.keys();
+        if keys.current.id() == new.id() {
+            return Ok(());
+        }
+        if let Some(previous) = &keys.previous {
+            return Err(Error::failed_precondition(format!(
+                "a rotation from master key id {} to {} is not finished; finish it before starting another",
+                previous.id(),
+                keys.current.id()
+            )));
+        }
+        self.set_keys(Keys {
+            current: new,
+            previous: Some(keys.current.clone()),
+        });
+        Ok(())
+    }
+
+    /// Forgets the previous key, once nothing in the store is wrapped by it.
+    pub fn forget_previous(&self) {
+        let current = self.keys().current.clone();
+        self.set_keys(Keys {
+            current,
+            previous: None,
+        });
+    }
+
+    /// The id of the previous key, during a rotation.
+    pub fn previous_key_id(&self) -> Option<String> {
+        self.keys().previous.as_ref().map(MasterKey::id)
     }
 
     /// A new random audit key, wrapped by the master key: what a store keeps.
     pub(crate) fn new_audit_key(&self) -> Vec<u8> {
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
         OsRng.fill_bytes(key.as_mut());
-        seal_with(&self.master.cipher(), AUDIT_KEY_AAD, key.as_ref())
+        seal_with(&self.keys().current.cipher(), AUDIT_KEY_AAD, key.as_ref())
     }
 
-    /// This keyring with the audit key that `wrapped` holds; `None` when
-    /// the master key does not open it.
+    /// This keyring with the audit key that `wrapped` holds (wrapped by its
+    /// current or its previous key); `None` when neither opens it.
     pub(crate) fn with_audit_key(mut self, wrapped: &[u8]) -> Option<Self> {
-        let key = open_with(&self.master.cipher(), AUDIT_KEY_AAD, wrapped)
-            .filter(|k| k.len() == KEY_LEN)?;
+        let key = self.keys().all().find_map(|k| {
+            open_with(&k.cipher(), AUDIT_KEY_AAD, wrapped).filter(|k| k.len() == KEY_LEN)
+        })?;
         let mut bytes = Zeroizing::new([0u8; KEY_LEN]);
         bytes.copy_from_slice(&key);
-        self.audit = Some(AuditKey(std::sync::Arc::new(bytes)));
+        self.audit = Some(AuditKey(Arc::new(bytes)));
         Some(self)
+    }
+
+    /// The loaded audit key wrapped by the current master key: what the
+    /// store keeps once a rotation is done.
+    pub(crate) fn wrapped_audit_key(&self) -> Result<Vec<u8>, Error> {
+        Ok(seal_with(
+            &self.keys().current.cipher(),
+            AUDIT_KEY_AAD,
+            self.audit_key()?,
+        ))
     }
 
     /// The audit key, once the store is open.
@@ -225,7 +344,7 @@ impl Keyring {
 
     /// The id of the master key in use.
     pub fn key_id(&self) -> String {
-        self.master.id()
+        self.keys().current.id()
     }
 
     /// Seals `contents` for `binding` under a fresh data key.
@@ -237,19 +356,33 @@ impl Keyring {
         OsRng.fill_bytes(data_key.as_mut());
         let data_cipher = Aes256Gcm::new(data_key.as_ref().into());
         let ciphertext = seal_with(&data_cipher, &binding.aad("contents"), &plaintext);
+        let keys = self.keys();
         let wrapped_key = seal_with(
-            &self.master.cipher(),
+            &keys.current.cipher(),
             &binding.aad("data-key"),
             data_key.as_ref(),
         );
         Sealed {
-            key_id: self.master.id(),
+            key_id: keys.current.id(),
             wrapped_key,
             ciphertext,
         }
     }
 
-    /// Opens what [`seal`](Self::seal) made for the same `binding`.
+    /// The data key of `sealed`, unwrapped by the key its `key_id` names.
+    fn data_key(&self, binding: Binding<'_>, sealed: &Sealed) -> Option<Zeroizing<Vec<u8>>> {
+        let keys = self.keys();
+        let master = keys.by_id(&sealed.key_id)?;
+        open_with(
+            &master.cipher(),
+            &binding.aad("data-key"),
+            &sealed.wrapped_key,
+        )
+        .filter(|k| k.len() == KEY_LEN)
+    }
+
+    /// Opens what [`seal`](Self::seal) made for the same `binding`, under the
+    /// current or the previous key.
     ///
     /// Fails with an internal error when the master key differs, the bytes were
     /// altered, or they belong to another secret, workspace or version.
@@ -266,29 +399,43 @@ impl Keyring {
                 binding.secret_id
             ))
         };
-        let data_key = open_with(
-            &self.master.cipher(),
-            &binding.aad("data-key"),
-            &sealed.wrapped_key,
-        )
-        .filter(|k| k.len() == KEY_LEN)
-        .ok_or_else(fail)?;
+        let data_key = self.data_key(binding, sealed).ok_or_else(fail)?;
         let data_cipher = Aes256Gcm::new(data_key.as_slice().into());
         let plaintext = open_with(&data_cipher, &binding.aad("contents"), &sealed.ciphertext)
             .ok_or_else(fail)?;
         serde_json::from_slice(&plaintext).map_err(|_| fail())
     }
 
-    /// A value that only this master key opens, stored once per store so that
-    /// a start with another key is refused before anything is written.
-    pub fn key_check(&self) -> Vec<u8> {
-        seal_with(&self.master.cipher(), KEY_CHECK_AAD, KEY_CHECK_PLAINTEXT)
+    /// The data key of `sealed` wrapped anew by the current key: what
+    /// `(key_id, wrapped_key)` become in a rotation (the ciphertext is
+    /// unchanged). `None` when no key of this keyring opens it.
+    pub fn rewrap(&self, binding: Binding<'_>, sealed: &Sealed) -> Option<(String, Vec<u8>)> {
+        let data_key = self.data_key(binding, sealed)?;
+        let keys = self.keys();
+        Some((
+            keys.current.id(),
+            seal_with(&keys.current.cipher(), &binding.aad("data-key"), &data_key),
+        ))
     }
 
-    /// Whether `check` was made by [`key_check`](Self::key_check) with this key.
+    /// A value that only the current master key opens, stored once per store
+    /// so that a start with another key is refused before anything is written.
+    pub fn key_check(&self) -> Vec<u8> {
+        seal_with(
+            &self.keys().current.cipher(),
+            KEY_CHECK_AAD,
+            KEY_CHECK_PLAINTEXT,
+        )
+    }
+
+    /// Whether `check` was made by [`key_check`](Self::key_check) with the
+    /// current or the previous key (a store whose rotation is unfinished
+    /// still holds the previous key's check).
     pub fn verify_key_check(&self, check: &[u8]) -> bool {
-        open_with(&self.master.cipher(), KEY_CHECK_AAD, check)
-            .is_some_and(|p| p.as_slice() == KEY_CHECK_PLAINTEXT)
+        self.keys().all().any(|k| {
+            open_with(&k.cipher(), KEY_CHECK_AAD, check)
+                .is_some_and(|p| p.as_slice() == KEY_CHECK_PLAINTEXT)
+        })
     }
 }
 
@@ -392,6 +539,88 @@ mod tests {
         ));
         let debug = format!("{key:?}");
         assert!(!debug.contains(text.as_str()), "{debug}");
+    }
+
+    #[test]
+    fn a_rotating_keyring_opens_both_keys_and_seals_under_the_new() {
+        let old = MasterKey::generate();
+        let new = MasterKey::generate();
+        let before = Keyring::new(old.clone());
+        let sealed_old = before.seal(binding("st-1", 1), &dict());
+        let audit = before.new_audit_key();
+        let check_old = before.key_check();
+
+        let ring = Keyring::rotating(new.clone(), old.clone());
+        let sealed_new = ring.seal(binding("st-1", 2), &dict());
+        assert_eq!(sealed_new.key_id, new.id());
+        assert_eq!(ring.open(binding("st-1", 1), &sealed_old).unwrap(), dict());
+        assert_eq!(ring.open(binding("st-1", 2), &sealed_new).unwrap(), dict());
+        assert!(ring.verify_key_check(&check_old));
+        // The old key alone cannot open what the new key sealed.
+        assert!(before.open(binding("st-1", 2), &sealed_new).is_err());
+
+        // Rewrapping moves the row to the new key, ciphertext unchanged,
+        // and only the new key opens it afterwards.
+        let (key_id, wrapped_key) = ring.rewrap(binding("st-1", 1), &sealed_old).unwrap();
+        assert_eq!(key_id, new.id());
+        let moved = Sealed {
+            key_id,
+            wrapped_key,
+            ciphertext: sealed_old.ciphertext.clone(),
+        };
+        assert_eq!(
+            Keyring::new(new.clone())
+                .open(binding("st-1", 1), &moved)
+                .unwrap(),
+            dict()
+        );
+        assert!(before.open(binding("st-1", 1), &moved).is_err());
+        // The binding still holds through a rewrap.
+        assert!(ring.rewrap(binding("st-2", 1), &sealed_old).is_none());
+
+        // The audit key opens under either key and rewraps under the new.
+        let ring = ring.with_audit_key(&audit).unwrap();
+        let rewrapped = ring.wrapped_audit_key().unwrap();
+        let only_new = Keyring::new(new).with_audit_key(&rewrapped).unwrap();
+        assert_eq!(only_new.audit_key().unwrap(), ring.audit_key().unwrap());
+        assert!(Keyring::new(old).with_audit_key(&rewrapped).is_none());
+
+        // Once the previous key is forgotten, its rows no longer open.
+        ring.forget_previous();
+        assert!(ring.open(binding("st-1", 1), &sealed_old).is_err());
+        assert!(!ring.verify_key_check(&check_old));
+        assert!(ring.previous_key_id().is_none());
+    }
+
+    #[test]
+    fn a_row_opens_only_by_the_key_its_key_id_names() {
+        let old = MasterKey::generate();
+        let new = MasterKey::generate();
+        let ring = Keyring::rotating(new.clone(), old.clone());
+        let mut sealed = Keyring::new(old).seal(binding("st-1", 1), &dict());
+        sealed.key_id = new.id();
+        assert!(ring.open(binding("st-1", 1), &sealed).is_err());
+    }
+
+    #[test]
+    fn rotate_to_is_shared_by_clones_and_refuses_a_second_rotation() {
+        let old = MasterKey::generate();
+        let ring = Keyring::new(old.clone());
+        let clone = ring.clone();
+        let sealed_old = ring.seal(binding("st-1", 1), &dict());
+        let new = MasterKey::generate();
+        ring.rotate_to(new.clone()).unwrap();
+        assert_eq!(clone.key_id(), new.id());
+        assert_eq!(clone.previous_key_id(), Some(old.id()));
+        assert_eq!(clone.open(binding("st-1", 1), &sealed_old).unwrap(), dict());
+        // Resuming with the same new key changes nothing.
+        ring.rotate_to(new.clone()).unwrap();
+        assert_eq!(clone.previous_key_id(), Some(old.id()));
+        let err = ring.rotate_to(MasterKey::generate()).unwrap_err();
+        assert!(err.message().contains("not finished"), "{}", err.message());
+        let debug = format!("{ring:?}");
+        assert!(!debug.contains(new.to_base64().as_str()), "{debug}");
+        assert!(!debug.contains(old.to_base64().as_str()), "{debug}");
     }
 
     #[test]

@@ -45,6 +45,16 @@ use latchkey_core::{time::Micros, Error};
 /// How precisely `last_used_at` is kept: one minute, in microseconds.
 pub const LAST_USED_RESOLUTION: Micros = 60_000_000;
 
+/// How far a master-key rotation is: data keys rewrapped of those that were
+/// wrapped by another key when it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RotationProgress {
+    /// Data keys rewrapped so far.
+    pub done: u64,
+    /// Data keys to rewrap in all.
+    pub total: u64,
+}
+
 /// Why a store could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -453,6 +463,24 @@ pub trait Store: Send + Sync + 'static {
         workspace_id: &str,
         token_id: &str,
     ) -> Result<Vec<TokenExposure>, Error>;
+    /// Rotates the master key online: from now on this store seals under
+    /// `new` (while still opening what its previous key wrapped), rewraps
+    /// every data key wrapped by another key in batches of `batch`, each
+    /// its own short transaction so that reads and writes go on, then
+    /// replaces the key check, the master key id and the wrapped audit key
+    /// with `new`'s and forgets the previous key. `progress` is told after
+    /// each batch.
+    ///
+    /// Resumable: run again with the same `new` key on a store opened with
+    /// both keys ([`Keyring::rotating`]), it rewraps what is left. Refused
+    /// while another rotation is unfinished.
+    async fn rotate_master_key(
+        &self,
+        new: crypto::MasterKey,
+        batch: u32,
+        progress: &(dyn Fn(RotationProgress) + Send + Sync),
+    ) -> Result<RotationProgress, Error>;
+
     /// Starts a backup of the whole store ([`backup::take`]): one
     /// consistent snapshot read while the store serves, its bytes yielded
     /// in chunks.

@@ -821,3 +821,34 @@ async fn audit_tampering_is_found_and_a_failed_event_fails_closed() {
     .await;
     store.close().await;
 }
+
+/// Opens a store on `db` with a given keyring, for the rotation checks.
+fn open_on(db: &TestDb) -> conformance::OpenWith {
+    let url = db.url.clone();
+    Box::new(move |keyring| {
+        let url = url.clone();
+        Box::pin(async move {
+            PgStore::open(&url, keyring, PgOptions::default())
+                .await
+                .map(|s| Box::new(s) as Box<dyn Store>)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation() {
+    let db = TestDb::create().await;
+    conformance::master_key_rotation(open_on(&db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_resumes() {
+    let db = TestDb::create().await;
+    conformance::master_key_rotation_resumes(open_on(&db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_under_load() {
+    let db = TestDb::create().await;
+    conformance::master_key_rotation_under_load(open_on(&db)).await;
+}

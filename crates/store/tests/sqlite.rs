@@ -342,3 +342,34 @@ async fn audit_tampering_is_found_and_a_failed_event_fails_closed() {
     .await;
     store.close().await;
 }
+
+/// Opens the SQLite store in `dir` with a given keyring, for the rotation checks.
+fn open_in(dir: &tempfile::TempDir) -> conformance::OpenWith {
+    let url = url(dir);
+    Box::new(move |keyring| {
+        let url = url.clone();
+        Box::pin(async move {
+            SqliteStore::open(&url, keyring)
+                .await
+                .map(|s| Box::new(s) as Box<dyn Store>)
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::master_key_rotation(open_in(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::master_key_rotation_resumes(open_in(&dir)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::master_key_rotation_under_load(open_in(&dir)).await;
+}

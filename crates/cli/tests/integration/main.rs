@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod grpc;
 mod harness;
+mod keys;
 mod limits;
 mod logs;
 mod run;

@@ -25,6 +25,7 @@ mod backup;
 mod environments;
 mod error;
 mod extract;
+mod key;
 mod model;
 mod responses;
 mod secrets;
@@ -70,6 +71,7 @@ const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
         (name = "tokens", description = "The caller and the workspace's tokens"),
         (name = "audit", description = "The audit log and who read what"),
         (name = "backup", description = "Backups of the whole store"),
+        (name = "key", description = "The master key"),
         (name = "meta", description = "This document"),
     )
 )]
@@ -106,6 +108,7 @@ fn routes() -> OpenApiRouter<Service> {
         .routes(routes!(audit::token_exposure))
         .routes(routes!(tokens::rotate))
         .routes(routes!(backup::backup))
+        .routes(routes!(key::rotate))
 }
 
 /// The OpenAPI 3 document of the API, as served at `/api/v1/openapi.json`.

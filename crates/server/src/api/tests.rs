@@ -131,6 +131,7 @@ const ROUTES: &[&str] = &[
     "GET /tokens/{id}/exposure",
     "POST /tokens/{id}/rotate",
     "GET /backup",
+    "POST /key/rotate",
 ];
 
 #[tokio::test]

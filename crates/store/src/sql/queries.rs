@@ -144,6 +144,109 @@ where
         Self::read_key_check(conn).await
     }
 
+    // --- master-key rotation ---------------------------------------------
+
+    /// How many secret versions have their data key wrapped by a master key
+    /// other than `keyring`'s current one.
+    pub(crate) async fn count_not_rewrapped(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<u64, Error> {
+        let (count,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM secret_versions WHERE key_id <> $1")
+                .bind(keyring.key_id())
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+        Ok(u64::try_from(count).unwrap_or_default())
+    }
+
+    /// Rewraps under `keyring`'s current key the data keys of at most
+    /// `limit` versions still wrapped by another key. Returns the ids of the
+    /// secrets whose versions it rewrapped (one per version), none once
+    /// every version is under the current key.
+    pub(crate) async fn rewrap_batch(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        limit: u32,
+    ) -> Result<Vec<String>, Error> {
+        // (workspace id, secret id, version, key id, wrapped key)
+        type Wrapped = (String, String, i64, String, Vec<u8>);
+        let current = keyring.key_id();
+        let rows: Vec<Wrapped> = sqlx::query_as(
+            "SELECT s.workspace_id, v.secret_id, v.version, v.key_id, v.wrapped_key \
+             FROM secret_versions v JOIN secrets s ON s.id = v.secret_id \
+             WHERE v.key_id <> $1 ORDER BY v.secret_id, v.version LIMIT $2",
+        )
+        .bind(current.as_str())
+        .bind(i64::from(limit))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error::<DB>)?;
+        let mut done = Vec::with_capacity(rows.len());
+        for (workspace_id, secret_id, version, key_id, wrapped_key) in rows {
+            let binding = Binding {
+                workspace_id: &workspace_id,
+                secret_id: &secret_id,
+                version,
+            };
+            let sealed = Sealed {
+                key_id,
+                wrapped_key,
+                ciphertext: Vec::new(),
+            };
+            let Some((new_id, new_wrapped)) = keyring.rewrap(binding, &sealed) else {
+                tracing::error!(
+                    secret_id,
+                    version,
+                    key_id = %sealed.key_id,
+                    "a data key does not open with the current or the previous master key"
+                );
+                return Err(Error::internal(format!(
+                    "version {version} of secret '{secret_id}' is wrapped by master key id {}, \
+                     which this server does not hold (or the row was altered); the rotation stopped",
+                    sealed.key_id
+                )));
+            };
+            sqlx::query(
+                "UPDATE secret_versions SET key_id = $1, wrapped_key = $2 \
+                 WHERE secret_id = $3 AND version = $4 AND key_id = $5",
+            )
+            .bind(new_id.as_str())
+            .bind(new_wrapped)
+            .bind(secret_id.as_str())
+            .bind(version)
+            .bind(sealed.key_id.as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error::<DB>)?;
+            done.push(secret_id);
+        }
+        Ok(done)
+    }
+
+    /// Replaces the key check, the master key id and the wrapped audit key
+    /// with those of `keyring`'s current key: the end of a rotation.
+    pub(crate) async fn replace_key_meta(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+    ) -> Result<(), Error> {
+        let entries = [
+            (META_KEY_CHECK, keyring.key_check()),
+            (META_KEY_ID, keyring.key_id().into_bytes()),
+            (META_AUDIT_KEY, keyring.wrapped_audit_key()?),
+        ];
+        for (key, value) in entries {
+            sqlx::query("UPDATE meta SET value = $1 WHERE key = $2")
+                .bind(value)
+                .bind(key)
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error::<DB>)?;
+        }
+        Ok(())
+    }
+
     // --- workspaces and environments --------------------------------------
 
     /// Creates the workspace `default`, its environment `main` and the first

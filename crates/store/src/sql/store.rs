@@ -617,6 +617,68 @@ where
         .await
     }
 
+    async fn rotate_master_key(
+        &self,
+        new: crate::crypto::MasterKey,
+        batch: u32,
+        progress: &(dyn Fn(crate::RotationProgress) + Send + Sync),
+    ) -> Result<crate::RotationProgress, Error> {
+        if batch == 0 {
+            return Err(Error::invalid("the rotation batch size must be at least 1"));
+        }
+        // From here every new row is sealed under the new key, so only the
+        // rows already there need rewrapping.
+        self.keyring().rotate_to(new)?;
+        let total = self
+            .read(async {
+                let mut conn = connection(self.reader()).await?;
+                Sql::<E::DB>::count_not_rewrapped(&mut conn, self.keyring()).await
+            })
+            .await?;
+        let mut state = crate::RotationProgress { done: 0, total };
+        progress(state);
+        loop {
+            let done = self
+                .write(move |store| async move {
+                    let mut tx = begin(store.writer()).await?;
+                    let ids = Sql::<E::DB>::rewrap_batch(&mut tx, store.keyring(), batch).await?;
+                    let done = ids.len() as u64;
+                    Ok(Pending::new(tx, done, Changed::Secrets(ids)))
+                })
+                .await?;
+            if done == 0 {
+                break;
+            }
+            state.done += done;
+            // Rows sealed under the old key by writes that began before the
+            // rotation may add to the total.
+            state.total = state.total.max(state.done);
+            progress(state);
+        }
+        // The last transaction rewraps whatever such writes committed since,
+        // then moves the store's records to the new key.
+        let late = self
+            .write(move |store| async move {
+                let mut tx = begin(store.writer()).await?;
+                let mut late = 0u64;
+                loop {
+                    let ids = Sql::<E::DB>::rewrap_batch(&mut tx, store.keyring(), batch).await?;
+                    if ids.is_empty() {
+                        break;
+                    }
+                    late += ids.len() as u64;
+                }
+                Sql::<E::DB>::replace_key_meta(&mut tx, store.keyring()).await?;
+                Ok(Pending::new(tx, late, Changed::Environments))
+            })
+            .await?;
+        self.keyring().forget_previous();
+        state.done += late;
+        state.total = state.total.max(state.done);
+        progress(state);
+        Ok(state)
+    }
+
     async fn secret_exposure(
         &self,
         workspace_id: &str,
