@@ -196,7 +196,7 @@ impl<'a> Browser<'a> {
         // As the server puts it there for every connection.
         request
             .extensions_mut()
-            .insert(ClientAddr(format!("{CLIENT}:50000").parse().unwrap()));
+            .insert(ClientAddr(CLIENT.parse().unwrap()));
         let response = self.h.router.clone().oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
