@@ -1169,4 +1169,70 @@ async fn the_audit_log_records_who_did_what() {
         .call(Method::GET, &format!("/tokens/{admin_id}/exposure"), None)
         .await;
     assert_eq!(rotate["items"][0]["secret"], "db", "{rotate}");
+
+    // The rest of the changes, each with its event.
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/environments",
+            Some(json!({"name": "staging"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = h
+        .call(
+            Method::PATCH,
+            "/environments/staging",
+            Some(json!({"name": "stage"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.call(Method::DELETE, "/environments/stage", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = h
+        .call(
+            Method::PATCH,
+            "/secrets/db",
+            Some(json!({"values": {"PASSWORD": "s3cret-value-2"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call(Method::POST, "/secrets/db/rollback", Some(json!({"to": 1})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.call(Method::DELETE, "/secrets/db", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let reader_id = reader.split(':').next().unwrap().to_owned();
+    let (status, _) = h
+        .call(Method::DELETE, &format!("/tokens/{reader_id}"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, log) = h.call(Method::GET, "/audit", None).await;
+    let seen: Vec<(String, String, String)> = log["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let text = |k: &str| e[k].as_str().unwrap_or("-").to_owned();
+            (
+                text("action"),
+                e["version"].to_string(),
+                text("environment"),
+            )
+        })
+        .collect();
+    for want in [
+        ("environment.create", "null", "staging"),
+        ("environment.update", "null", "stage"),
+        ("environment.delete", "null", "stage"),
+        ("secret.update", "2", "main"),
+        ("secret.rollback", "3", "main"),
+        ("secret.delete", "3", "main"),
+        ("token.revoke", "null", "-"),
+    ] {
+        let want = (want.0.to_owned(), want.1.to_owned(), want.2.to_owned());
+        assert!(seen.contains(&want), "{want:?} not in {seen:?}");
+    }
+    assert!(!log.to_string().contains("s3cret"), "a value in the log");
 }
