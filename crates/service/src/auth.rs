@@ -151,7 +151,15 @@ impl Service {
                 if let Some((reason, label)) = reason {
                     metrics::counter!("latchkey_auth_failures_total", "reason" => label)
                         .increment(1);
-                    self.record_auth_failure(token_id, origin, reason).await;
+                    // Only attempts with a credential are events: a request
+                    // without any, or one refused by the throttle before its
+                    // credentials were looked at, guesses nothing, and
+                    // recording each would let anyone without a token grow
+                    // the log at will (those are counted in the metric).
+                    let guessed = !token_id.is_empty() || !token_secret.is_empty();
+                    if guessed && label != "throttled" {
+                        self.record_auth_failure(token_id, origin, reason).await;
+                    }
                 }
                 Err(e)
             }

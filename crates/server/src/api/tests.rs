@@ -1118,6 +1118,17 @@ async fn the_audit_log_records_who_did_what() {
     assert_eq!(denied["outcome"], "denied");
     assert_eq!(denied["actor"]["name"], "auditor-reader");
     assert_eq!(denied["detail"], "secret.delete");
+    // Requests with no credential at all guess nothing: they are no event,
+    // so that nobody without a token can grow the log.
+    for _ in 0..20 {
+        let request = Request::get("/api/v1/whoami").body(Body::empty()).unwrap();
+        let (status, _, _) = h.raw(request).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let (_, again) = h
+        .call(Method::GET, "/audit?action=auth.failure", None)
+        .await;
+    assert_eq!(again["items"].as_array().unwrap().len(), 1, "{again}");
     let failed = find("auth.failure");
     assert!(failed["actor"].is_null());
     assert!(failed["detail"].as_str().unwrap().contains(&admin_id));
