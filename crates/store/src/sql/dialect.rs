@@ -37,6 +37,12 @@ pub(crate) trait Dialect: sqlx::Database {
     /// (`None` where there is none: SQLite).
     const NO_STATEMENT_TIMEOUT: Option<&'static str>;
 
+    /// Moves what the log of committed writes holds into the database file
+    /// (`None` where there is no such step: PostgreSQL). SQLite's start
+    /// reads the key check from the file alone, without writing: a new
+    /// key check must be in the file, not only in the WAL.
+    const CHECKPOINT: Option<&'static str>;
+
     /// Answers whether the table named `$1` exists.
     const TABLE_EXISTS: &'static str;
 
@@ -66,6 +72,7 @@ impl Dialect for Sqlite {
     const ADVISORY_LOCK: Option<&'static str> = None;
     const TRY_ADVISORY_LOCK: Option<&'static str> = None;
     const SNAPSHOT: Option<&'static str> = None;
+    const CHECKPOINT: Option<&'static str> = Some("PRAGMA wal_checkpoint(TRUNCATE)");
     const NO_STATEMENT_TIMEOUT: Option<&'static str> = None;
     const TABLE_EXISTS: &'static str =
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
@@ -92,6 +99,7 @@ impl Dialect for Postgres {
     const FOR_NO_KEY_UPDATE: &'static str = " FOR NO KEY UPDATE";
     const ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
     const TRY_ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_try_advisory_xact_lock($1)");
+    const CHECKPOINT: Option<&'static str> = None;
     const SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
     const NO_STATEMENT_TIMEOUT: Option<&'static str> = Some("SET LOCAL statement_timeout = 0");

@@ -672,6 +672,13 @@ where
                 Ok(Pending::new(tx, late, Changed::Environments))
             })
             .await?;
+        if let Some(checkpoint) = E::DB::CHECKPOINT {
+            // The next start checks the key against the file alone.
+            sqlx::query(checkpoint)
+                .execute(self.writer())
+                .await
+                .map_err(db_error::<E::DB>)?;
+        }
         self.keyring().forget_previous();
         state.done += late;
         state.total = state.total.max(state.done);
