@@ -96,7 +96,7 @@ fn online(quiet: bool) -> Result<()> {
     streamed?;
     match end {
         Some(v) if v["finished"] == true => output::line(format!(
-            "rotated the master key: every data key is under the new key (id {}), now in master.key; \
+            "rotated the master key: every data key is under the new key (id {}); \
              the previous key no longer opens the store",
             v["key_id"].as_str().unwrap_or_default()
         )),
@@ -145,6 +145,7 @@ fn offline(args: &RotateArgs, file: &Path, database: &str) -> Result<()> {
     let sources = MasterKeySources {
         file: args.master_key_file.clone(),
         env,
+        extra: None,
     };
     let old = bootstrap::master_key(Path::new("."), &sources, true)?;
     if latchkey_store::Backend::of(database).is_none() {
