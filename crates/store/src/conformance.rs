@@ -2678,6 +2678,60 @@ pub async fn master_key_rotation(open: OpenWith) {
     store.close().await;
 }
 
+/// Two replicas of one database, both opened with the new key and the old
+/// one as previous (the second round of a rotation across replicas),
+/// finish the same rotation at once: both succeed, each version is counted
+/// by the one that rewrapped it, and then the new key alone opens every
+/// version and verifies the audit chain while the old key alone is refused.
+pub async fn master_key_rotation_by_two_replicas(open: OpenWith) {
+    use crate::crypto::{Keyring, MasterKey};
+    let old = MasterKey::generate();
+    let store = open(Keyring::new(old.clone())).await.unwrap();
+    let (ws, env) = default_environment(&*store).await;
+    let versions = versioned_secrets(&*store, &ws, &env, 10, 3).await;
+    store.close().await;
+    let new = MasterKey::generate();
+    let first = open(Keyring::rotating(new.clone(), old.clone()))
+        .await
+        .unwrap();
+    let second = open(Keyring::rotating(new.clone(), old.clone()))
+        .await
+        .unwrap();
+    let (a, b) = futures::join!(
+        first.rotate_master_key(new.clone(), 3, &|_| {}),
+        second.rotate_master_key(new.clone(), 3, &|_| {}),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.done + b.done,
+        30,
+        "each version rewrapped once: {a:?} {b:?}"
+    );
+    // The replicas go on serving, both keys still held by the second.
+    all_versions_open(&*first, &ws, &versions).await;
+    all_versions_open(&*second, &ws, &versions).await;
+    first.close().await;
+    second.close().await;
+    let err = open(Keyring::new(old))
+        .await
+        .err()
+        .expect("the old key alone is refused");
+    assert!(
+        matches!(err, crate::OpenError::WrongMasterKey { .. }),
+        "{err}"
+    );
+    let store = open(Keyring::new(new)).await.unwrap();
+    all_versions_open(&*store, &ws, &versions).await;
+    assert!(
+        matches!(
+            store.audit_verify().await.unwrap(),
+            crate::audit::Verdict::Intact { .. }
+        ),
+        "the audit chain verifies with the new key alone"
+    );
+    store.close().await;
+}
+
 /// A rotation interrupted after some batches (here: the store closed and
 /// reopened with both keys, as a server restarting from `master.key.new`
 /// does) resumes with the rows still under the old key and finishes; a

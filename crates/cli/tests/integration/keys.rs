@@ -57,6 +57,107 @@ async fn populate(client: &Client, n: usize) {
     }
 }
 
+/// The replicas a load balancer sends requests to: a replica is taken out
+/// before it is stopped and put back once it serves.
+type Pool = Arc<std::sync::RwLock<Vec<Client>>>;
+
+/// A read, write and create load through the clients of a [`Pool`], which
+/// counts its failed requests.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    created: Arc<std::sync::Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// `workers` tasks, each reading the secret `read(w, i)`, updating
+    /// `write(w, i)` and creating `new-w-i` in its turn `i`.
+    fn start(
+        pool: &Pool,
+        workers: usize,
+        read: fn(usize, usize) -> String,
+        write: fn(usize, usize) -> String,
+    ) -> Load {
+        let (stop, ok, failed) = (Arc::default(), Arc::default(), Arc::default());
+        let created = Arc::default();
+        let tasks = (0..workers)
+            .map(|w| {
+                let (pool, stop, ok, failed, created): (
+                    Pool,
+                    Arc<AtomicBool>,
+                    Arc<AtomicU64>,
+                    Arc<AtomicU64>,
+                    Arc<std::sync::Mutex<Vec<String>>>,
+                ) = (
+                    pool.clone(),
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                    Arc::clone(&created),
+                );
+                tokio::spawn(async move {
+                    let mut i = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let client = {
+                            let pool = pool.read().unwrap();
+                            pool[(w + i) % pool.len()].clone()
+                        };
+                        let got = Secret::from_name(read(w, i).as_str())
+                            .resolve_with(&client)
+                            .await;
+                        let updated = Secret::from_name(write(w, i).as_str())
+                            .update_with(&client, [("W", format!("{w}-{i}").as_str())])
+                            .await;
+                        let new_name = format!("new-{w}-{i}");
+                        let made = client
+                            .secrets()
+                            .create(new_name.as_str(), [("N", "1")])
+                            .await;
+                        if made.is_ok() {
+                            created.lock().unwrap().push(new_name);
+                        }
+                        for r in [got.map(drop), updated.map(drop), made.map(drop)] {
+                            match r {
+                                Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                                Err(e) => {
+                                    eprintln!("request failed during the rotation: {e}");
+                                    failed.fetch_add(1, Ordering::Relaxed)
+                                }
+                            };
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            created,
+            tasks,
+        }
+    }
+
+    /// Requests answered so far.
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops the load; returns how many requests failed and the names of
+    /// the secrets it created.
+    async fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for task in self.tasks {
+            task.await.unwrap();
+        }
+        let created = self.created.lock().unwrap().clone();
+        (self.failed.load(Ordering::Relaxed), created)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotate_online_under_load_then_the_old_key_is_refused() {
     let mut server = Server::start();
@@ -67,53 +168,20 @@ async fn rotate_online_under_load_then_the_old_key_is_refused() {
     populate(&client, 400).await;
     let old_key = read(&data.join("master.key"));
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let load: Vec<_> = (0..3)
-        .map(|w| {
-            let (client, stop, ok, failed) =
-                (client.clone(), stop.clone(), ok.clone(), failed.clone());
-            tokio::spawn(async move {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let name = format!("k-{}", (w * 131 + i) % 400);
-                    let secret = Secret::from_name(name.as_str());
-                    let read = secret.resolve_with(&client).await;
-                    let write = secret
-                        .update_with(&client, [("W", format!("{w}-{i}").as_str())])
-                        .await;
-                    let created = client
-                        .secrets()
-                        .create(format!("new-{w}-{i}").as_str(), [("N", "1")])
-                        .await;
-                    for r in [read.map(drop), write.map(drop), created.map(drop)] {
-                        match r {
-                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(e) => {
-                                eprintln!("request failed during the rotation: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    let pool: Pool = Arc::new(std::sync::RwLock::new(vec![client.clone()]));
+    let name = |w: usize, i: usize| format!("k-{}", (w * 131 + i) % 400);
+    let load = Load::start(&pool, 3, name, name);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     let cli = Cli::admin(&server);
     let out = tokio::task::spawn_blocking(move || cli.run(&["key", "rotate", "--quiet"]))
         .await
         .unwrap()
         .ok();
     assert!(out.stdout.contains("rotated the master key"), "{out:#?}");
-    let during = ok.load(Ordering::Relaxed) - before;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    let during = load.ok() - before;
+    let (failed, _) = load.stop().await;
+    assert_eq!(failed, 0, "no request failed");
     assert!(during > 0, "requests ran during the rotation");
 
     let new_key = read(&data.join("master.key"));
@@ -302,10 +370,6 @@ fn replica(data: &Path, url: &str, keys: &[&str]) -> Server {
     Server::try_start(data, &args, &[]).unwrap_or_else(|e| panic!("replica did not start:\n{e}"))
 }
 
-/// The replicas a load balancer sends requests to: a replica is taken out
-/// before it is stopped and put back once it serves.
-type Pool = Arc<std::sync::RwLock<Vec<Client>>>;
-
 /// Takes replica `i` out of `pool`, lets its requests finish, stops it and
 /// starts it again with `keys`, then puts it back.
 async fn restart(
@@ -386,56 +450,15 @@ async fn two_postgres_replicas_rotate_online_under_load() {
     ]));
     let mut replicas = [Some(first), Some(second)];
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let created = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let load: Vec<_> = (0..4)
-        .map(|w| {
-            let (pool, stop, ok, failed, created) = (
-                pool.clone(),
-                stop.clone(),
-                ok.clone(),
-                failed.clone(),
-                created.clone(),
-            );
-            tokio::spawn(async move {
-                let mut i = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    let client = {
-                        let pool = pool.read().unwrap();
-                        pool[(w + i) % pool.len()].clone()
-                    };
-                    // Half the reads go to the secrets the load updates.
-                    let name = format!("k-{}", (w * 131 + i * 151) % 300);
-                    let read = Secret::from_name(name.as_str()).resolve_with(&client).await;
-                    // Updates go to k-150.. only, whose old versions the
-                    // server may prune; k-0..150 keep versions 1 and 2.
-                    let name = format!("k-{}", 150 + (w * 37 + i) % 150);
-                    let write = Secret::from_name(name.as_str())
-                        .update_with(&client, [("W", format!("{w}-{i}").as_str())])
-                        .await;
-                    let new_name = format!("new-{w}-{i}");
-                    let made = client
-                        .secrets()
-                        .create(new_name.as_str(), [("N", "1")])
-                        .await;
-                    if made.is_ok() {
-                        created.lock().unwrap().push(new_name);
-                    }
-                    for r in [read.map(drop), write.map(drop), made.map(drop)] {
-                        match r {
-                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
-                            Err(e) => {
-                                eprintln!("request failed during the rotation: {e}");
-                                failed.fetch_add(1, Ordering::Relaxed)
-                            }
-                        };
-                    }
-                    i += 1;
-                }
-            })
-        })
-        .collect();
+    // Half the reads go to the secrets the load updates; updates go to
+    // k-150.. only, whose old versions the server may prune, so that
+    // k-0..150 keep versions 1 and 2.
+    let load = Load::start(
+        &pool,
+        4,
+        |w, i| format!("k-{}", (w * 131 + i * 151) % 300),
+        |w, i| format!("k-{}", 150 + (w * 37 + i) % 150),
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     // Bad inputs: the same key twice, a previous key that does not open
@@ -510,7 +533,7 @@ async fn two_postgres_replicas_rotate_online_under_load() {
         }
     }
     // Both replicas finish the rotation at once.
-    let before = ok.load(Ordering::Relaxed);
+    let before = load.ok();
     let finishing: Vec<_> = replicas
         .iter()
         .map(|r| {
@@ -523,10 +546,7 @@ async fn two_postgres_replicas_rotate_online_under_load() {
         assert!(out.stdout.contains("rotated the master key"), "{out:#?}");
         assert!(out.stdout.contains(&new.id()), "{out:#?}");
     }
-    assert!(
-        ok.load(Ordering::Relaxed) > before,
-        "requests ran during the rewrap"
-    );
+    assert!(load.ok() > before, "requests ran during the rewrap");
     let pg = db.pool().await;
     let (left,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM secret_versions WHERE key_id <> $1")
         .bind(new.id())
@@ -547,11 +567,8 @@ async fn two_postgres_replicas_rotate_online_under_load() {
         .await;
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+    let (failed, made) = load.stop().await;
+    assert_eq!(failed, 0, "no request failed");
     for r in &replicas {
         let log = r.as_ref().unwrap().log();
         assert!(!log.contains(old.to_base64().as_str()), "no key in the log");
@@ -582,7 +599,6 @@ async fn two_postgres_replicas_rotate_online_under_load() {
             .unwrap();
         assert_eq!(second["V"], format!("{name}-2"));
     }
-    let made = created.lock().unwrap().clone();
     assert!(!made.is_empty());
     for name in made {
         let values = Secret::from_name(name.as_str())
