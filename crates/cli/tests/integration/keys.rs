@@ -80,22 +80,17 @@ impl Load {
         read: fn(usize, usize) -> String,
         write: fn(usize, usize) -> String,
     ) -> Load {
-        let (stop, ok, failed) = (Arc::default(), Arc::default(), Arc::default());
-        let created = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let created = Arc::new(std::sync::Mutex::new(Vec::new()));
         let tasks = (0..workers)
             .map(|w| {
-                let (pool, stop, ok, failed, created): (
-                    Pool,
-                    Arc<AtomicBool>,
-                    Arc<AtomicU64>,
-                    Arc<AtomicU64>,
-                    Arc<std::sync::Mutex<Vec<String>>>,
-                ) = (
+                let (pool, stop, ok, failed, created) = (
                     pool.clone(),
-                    Arc::clone(&stop),
-                    Arc::clone(&ok),
-                    Arc::clone(&failed),
-                    Arc::clone(&created),
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    created.clone(),
                 );
                 tokio::spawn(async move {
                     let mut i = 0usize;
