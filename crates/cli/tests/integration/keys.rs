@@ -490,6 +490,11 @@ async fn two_postgres_replicas_rotate_online_under_load() {
         "cannot be used with",
     );
 
+    refused(
+        &["--next-master-key-file", new_f],
+        "is for a rotation across replicas whose key is given by --master-key-file",
+    );
+
     // Round 1: every replica opens the new key, still sealing under the old.
     for i in 0..2 {
         let flags = ["--master-key-file", old_f, "--next-master-key-file", new_f];
