@@ -426,6 +426,24 @@ async fn run(args: Args) -> Result<()> {
         "≤ 100 ms",
     ));
 
+    let rotated = if args.quick { 5_000 } else { 100_000 };
+    eprintln!("master-key rotation ({rotated} secrets)");
+    let server = Server::start(&bin, &[]).await?;
+    let load = Load::new(&server, args.connections).await?;
+    let started = std::time::Instant::now();
+    load.make_secrets("r", rotated).await?;
+    let created = started.elapsed();
+    let rotation = server::time_key_rotate(&bin, &server).await?;
+    drop(load);
+    server.stop().await?;
+    figures.push(Figure::new(
+        format!("master-key rotation, {rotated} secrets (SQLite, `key rotate`)"),
+        (rotation.as_secs_f64(), "s"),
+        format!("creating those {rotated} secrets (128 clients)"),
+        (created.as_secs_f64(), "s"),
+        "(reported)",
+    ));
+
     if let Some(url) = &args.postgres {
         eprintln!("PostgreSQL");
         let db = server::fresh_postgres_database(url).await?;

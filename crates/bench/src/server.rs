@@ -278,6 +278,13 @@ async fn timed(mut command: Command) -> Result<Duration> {
     Ok(started.elapsed())
 }
 
+/// The wall time of `latchkey key rotate` against `server` (whose key is
+/// its data dir's `master.key`): a new key made, every data key rewrapped
+/// in batches, the key replaced.
+pub(crate) async fn time_key_rotate(bin: &Path, server: &Server) -> Result<Duration> {
+    timed(cli(bin, server, &["key", "rotate", "--quiet"])).await
+}
+
 /// Medians of `runs` runs of two client commands against `server`,
 /// interleaved so that a busy moment falls on both alike.
 pub(crate) async fn time_cli_pair(

@@ -248,6 +248,7 @@ pub(crate) fn restore(args: &RestoreArgs) -> Result<()> {
     let sources = MasterKeySources {
         file: args.master_key_file.clone(),
         env,
+        extra: None,
     };
     let key = bootstrap::master_key(Path::new("."), &sources, true)?;
     let keyring = Keyring::new(key);

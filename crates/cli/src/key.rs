@@ -42,6 +42,12 @@ enum KeyCommand {
 /// NEW (made, 0600, if the file does not exist) replaces the old one given
 /// by --master-key-file or LATCHKEY_MASTER_KEY; then start the servers with
 /// NEW. Running it again with the same files finishes an interrupted run.
+///
+/// PostgreSQL replicas rotate online in rolling restarts instead: each with
+/// --next-master-key-file NEW, then each with --master-key-file NEW
+/// --previous-master-key-file OLD; then `latchkey key rotate` against any
+/// one of them rewraps every data key; then each without the previous key
+/// (see "Rotating the master key" in the README).
 #[derive(Debug, Args)]
 #[command(
     after_help = "Examples:\n  latchkey key rotate\n  latchkey key rotate --new-key-file /etc/latchkey/master.key.2 --master-key-file /etc/latchkey/master.key --database postgres://latchkey@db:5432/latchkey"
@@ -96,7 +102,7 @@ fn online(quiet: bool) -> Result<()> {
     streamed?;
     match end {
         Some(v) if v["finished"] == true => output::line(format!(
-            "rotated the master key: every data key is under the new key (id {}), now in master.key; \
+            "rotated the master key: every data key is under the new key (id {}); \
              the previous key no longer opens the store",
             v["key_id"].as_str().unwrap_or_default()
         )),
@@ -145,6 +151,7 @@ fn offline(args: &RotateArgs, file: &Path, database: &str) -> Result<()> {
     let sources = MasterKeySources {
         file: args.master_key_file.clone(),
         env,
+        extra: None,
     };
     let old = bootstrap::master_key(Path::new("."), &sources, true)?;
     if latchkey_store::Backend::of(database).is_none() {

@@ -47,6 +47,17 @@ pub(crate) struct ServeArgs {
     /// come from LATCHKEY_MASTER_KEY; without either, DATA_DIR/master.key.
     #[arg(long)]
     master_key_file: Option<PathBuf>,
+    /// Rotation across replicas, first round: the key the rotation moves
+    /// to. The server opens rows under it too, but still seals under the
+    /// master key. Or LATCHKEY_NEXT_MASTER_KEY (base64).
+    #[arg(long, value_name = "FILE", conflicts_with = "previous_master_key_file")]
+    next_master_key_file: Option<PathBuf>,
+    /// Rotation across replicas, second round: the key the rotation moves
+    /// from. The server opens rows under it too, seals under the master key,
+    /// and `latchkey key rotate` against it rewraps what the previous key
+    /// wrapped. Or LATCHKEY_PREVIOUS_MASTER_KEY (base64).
+    #[arg(long, value_name = "FILE")]
+    previous_master_key_file: Option<PathBuf>,
     /// How long anonymous secrets (from_dict, from_dotenv, from_local_environ) live, e.g. 30s, 10m, 24h.
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     anonymous_ttl: Duration,
@@ -228,6 +239,10 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         master_key: MasterKeySources {
             file: args.master_key_file,
             env: env_key,
+            extra: extra_key(
+                args.next_master_key_file.as_deref(),
+                args.previous_master_key_file.as_deref(),
+            )?,
         },
         anonymous_ttl: args.anonymous_ttl,
         keep_versions: args.keep_versions,
@@ -363,4 +378,52 @@ impl SandboxArgs {
             hidden_paths: Vec::new(),
         })
     }
+}
+
+/// The second key of a rotation across replicas, from its flag or variable;
+/// refused when more than one is given.
+fn extra_key(
+    next_file: Option<&std::path::Path>,
+    previous_file: Option<&std::path::Path>,
+) -> anyhow::Result<Option<latchkey_server::bootstrap::ExtraKey>> {
+    use anyhow::Context as _;
+    use latchkey_server::bootstrap::{ExtraKey, ExtraKeyRole};
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|k| !k.is_empty())
+            .map(|k| (Zeroizing::new(k), name.to_owned()))
+    };
+    let file = |path: &std::path::Path| -> anyhow::Result<(Zeroizing<String>, String)> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the master key file {}", path.display()))?;
+        Ok((Zeroizing::new(text), path.display().to_string()))
+    };
+    let mut given = Vec::new();
+    if let Some(path) = next_file {
+        given.push((ExtraKeyRole::Next, file(path)?));
+    }
+    if let Some(k) = var("LATCHKEY_NEXT_MASTER_KEY") {
+        given.push((ExtraKeyRole::Next, k));
+    }
+    if let Some(path) = previous_file {
+        given.push((ExtraKeyRole::Previous, file(path)?));
+    }
+    if let Some(k) = var("LATCHKEY_PREVIOUS_MASTER_KEY") {
+        given.push((ExtraKeyRole::Previous, k));
+    }
+    if given.len() > 1 {
+        let names: Vec<&str> = given
+            .iter()
+            .map(|(_, (_, origin))| origin.as_str())
+            .collect();
+        anyhow::bail!(
+            "a second master key is given more than once ({}); give one of --next-master-key-file, \
+             --previous-master-key-file, LATCHKEY_NEXT_MASTER_KEY, LATCHKEY_PREVIOUS_MASTER_KEY",
+            names.join(", ")
+        );
+    }
+    Ok(given
+        .pop()
+        .map(|(role, (text, origin))| ExtraKey { role, text, origin }))
 }

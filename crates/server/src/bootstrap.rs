@@ -29,6 +29,40 @@ pub struct MasterKeySources {
     pub file: Option<PathBuf>,
     /// `LATCHKEY_MASTER_KEY` (base64). Not `Debug`-printed: see below.
     pub env: Option<Zeroizing<String>>,
+    /// A second key for a rotation across replicas
+    /// (`--next-master-key-file` or `--previous-master-key-file`).
+    pub extra: Option<ExtraKey>,
+}
+
+/// What a second key given at start is to the master key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraKeyRole {
+    /// The key a rotation moves to: opened, not sealed under yet (the
+    /// first round of restarts of a rotation across replicas).
+    Next,
+    /// The key a rotation moves from: opened, no longer sealed under (the
+    /// second round; the rotation may then be finished on this server).
+    Previous,
+}
+
+/// A second master key given at start, for a rotation across replicas.
+#[derive(Clone)]
+pub struct ExtraKey {
+    /// What it is to the master key.
+    pub role: ExtraKeyRole,
+    /// Its base64 text.
+    pub text: Zeroizing<String>,
+    /// Where it came from (a file name or a variable), for errors.
+    pub origin: String,
+}
+
+impl std::fmt::Debug for ExtraKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtraKey")
+            .field("role", &self.role)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Creates the data dir (0700) if it does not exist.
@@ -178,6 +212,9 @@ pub struct StartKeys {
     pub files: Option<Arc<DataDirKeyFiles>>,
     /// The new key of a rotation to resume.
     pub resume: Option<MasterKey>,
+    /// With a previous key given at start (a rotation across replicas):
+    /// what lets `latchkey key rotate` finish that rotation on this server.
+    pub replica: Option<Arc<ReplicaRotation>>,
 }
 
 /// The master key of a start: as [`master_key`], and with the default key
@@ -188,11 +225,15 @@ pub fn start_keys(
     store_exists: bool,
 ) -> Result<StartKeys> {
     use latchkey_store::crypto::Keyring;
+    if let Some(extra) = &sources.extra {
+        return replica_keys(data_dir, sources, extra, store_exists);
+    }
     if sources.file.is_some() || sources.env.is_some() {
         return Ok(StartKeys {
             keyring: Keyring::new(master_key(data_dir, sources, store_exists)?),
             files: None,
             resume: None,
+            replica: None,
         });
     }
     let files = Arc::new(DataDirKeyFiles {
@@ -204,12 +245,98 @@ pub fn start_keys(
             keyring: Keyring::rotating(new.clone(), current),
             files: Some(files),
             resume: Some(new),
+            replica: None,
         }),
         None => Ok(StartKeys {
             keyring: Keyring::new(current),
             files: Some(files),
             resume: None,
+            replica: None,
         }),
+    }
+}
+
+/// The keys of a replica started with a second key: both open the store;
+/// new rows are sealed under the master key. Refused unless the master key
+/// is given by `--master-key-file` or `LATCHKEY_MASTER_KEY` (a data dir's
+/// `master.key` rotates online on its own), and when both keys are the same.
+fn replica_keys(
+    data_dir: &Path,
+    sources: &MasterKeySources,
+    extra: &ExtraKey,
+    store_exists: bool,
+) -> Result<StartKeys> {
+    use latchkey_store::crypto::Keyring;
+    let flag = match extra.role {
+        ExtraKeyRole::Next => "--next-master-key-file (or LATCHKEY_NEXT_MASTER_KEY)",
+        ExtraKeyRole::Previous => "--previous-master-key-file (or LATCHKEY_PREVIOUS_MASTER_KEY)",
+    };
+    if sources.file.is_none() && sources.env.is_none() {
+        bail!(
+            "{flag} is for a rotation across replicas whose key is given by --master-key-file or \
+             LATCHKEY_MASTER_KEY; a data dir's master.key rotates online with `latchkey key rotate`"
+        );
+    }
+    let current = master_key(data_dir, sources, store_exists)?;
+    let other = MasterKey::from_base64(&extra.text)
+        .with_context(|| format!("invalid master key in {}", extra.origin))?;
+    if other.id() == current.id() {
+        bail!(
+            "{} holds the same key as the master key (id {}); {flag} takes the other key of the rotation",
+            extra.origin,
+            current.id()
+        );
+    }
+    tracing::info!(
+        key_id = %current.id(),
+        other_key_id = %other.id(),
+        role = ?extra.role,
+        "opening the store with two master keys, sealing under the first"
+    );
+    Ok(StartKeys {
+        keyring: Keyring::rotating(current.clone(), other),
+        files: None,
+        resume: None,
+        replica: Some(Arc::new(ReplicaRotation {
+            role: extra.role,
+            current,
+        })),
+    })
+}
+
+/// How `latchkey key rotate` finishes a rotation across replicas on a
+/// server started with a previous key: its master key is the new key, so
+/// the store rewraps under it; there is no file to replace (the operator
+/// restarts the replicas without the previous key afterwards).
+pub struct ReplicaRotation {
+    role: ExtraKeyRole,
+    current: MasterKey,
+}
+
+impl std::fmt::Debug for ReplicaRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicaRotation")
+            .field("role", &self.role)
+            .field("key_id", &self.current.id())
+            .finish_non_exhaustive()
+    }
+}
+
+impl latchkey_service::KeyFiles for ReplicaRotation {
+    fn prepare(&self) -> Result<MasterKey, latchkey_core::Error> {
+        match self.role {
+            ExtraKeyRole::Previous => Ok(self.current.clone()),
+            ExtraKeyRole::Next => Err(latchkey_core::Error::failed_precondition(
+                "This server still seals under its master key and only opens the next key \
+                 (--next-master-key-file): restart every replica with --master-key-file NEW \
+                 --previous-master-key-file OLD, then run `latchkey key rotate` against one of them \
+                 (see \"Rotating the master key\" in the README)",
+            )),
+        }
+    }
+
+    fn finish(&self) -> Result<(), latchkey_core::Error> {
+        Ok(())
     }
 }
 

@@ -187,6 +187,9 @@ pub async fn serve(
         files.tidy();
         service = service.with_key_files(files);
     }
+    if let Some(replica) = keys.replica {
+        service = service.with_key_files(replica);
+    }
     if let Some(new) = keys.resume {
         if let Some(mut events) = service.resume_key_rotation(new) {
             tokio::spawn(async move { while events.recv().await.is_some() {} });

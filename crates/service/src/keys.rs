@@ -88,7 +88,8 @@ impl Service {
                     "This server's master key was given by LATCHKEY_MASTER_KEY or --master-key-file, \
                      which the server cannot replace; rotate it offline: stop the server, run \
                      `latchkey key rotate --new-key-file NEW --master-key-file OLD --database URL`, \
-                     then start the server with NEW (see \"Rotating the master key\" in the README)",
+                     then start the server with NEW; PostgreSQL replicas rotate online by restarting \
+                     with --previous-master-key-file (see \"Rotating the master key\" in the README)",
                 ));
             };
             let guard = self.keys.running.clone().try_lock_owned().map_err(|_| {

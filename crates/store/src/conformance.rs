@@ -2616,6 +2616,17 @@ async fn all_versions_open(store: &dyn Store, ws: &str, versions: &[(String, i64
     }
 }
 
+/// The audit chain of `store`, opened with the new key alone, verifies.
+async fn audit_intact_with_new_key(store: &dyn Store) {
+    assert!(
+        matches!(
+            store.audit_verify().await.unwrap(),
+            crate::audit::Verdict::Intact { .. }
+        ),
+        "the audit chain verifies with the new key alone"
+    );
+}
+
 /// A master-key rotation: a store with secrets of several versions rotates
 /// to a new key in small batches, reporting progress up to the total; then,
 /// opened with the new key alone, every version opens (so no row is left
@@ -2663,18 +2674,60 @@ pub async fn master_key_rotation(open: OpenWith) {
         store.secret_by_id(&ws, &after).await.unwrap().contents,
         dict(&[("A", "1")])
     );
-    assert!(
-        matches!(
-            store.audit_verify().await.unwrap(),
-            crate::audit::Verdict::Intact { .. }
-        ),
-        "the audit chain verifies with the new key alone"
-    );
+    audit_intact_with_new_key(&*store).await;
     let again = store
         .rotate_master_key(new.clone(), 4, &|_| {})
         .await
         .unwrap();
     assert_eq!((again.done, again.total), (0, 0), "nothing left: {again:?}");
+    store.close().await;
+}
+
+/// Two replicas of one database, both opened with the new key and the old
+/// one as previous (the second round of a rotation across replicas),
+/// finish the same rotation at once: both succeed, each version is counted
+/// by the one that rewrapped it, and then the new key alone opens every
+/// version and verifies the audit chain while the old key alone is refused.
+pub async fn master_key_rotation_by_two_replicas(open: OpenWith) {
+    use crate::crypto::{Keyring, MasterKey};
+    let old = MasterKey::generate();
+    let store = open(Keyring::new(old.clone())).await.unwrap();
+    let (ws, env) = default_environment(&*store).await;
+    let versions = versioned_secrets(&*store, &ws, &env, 10, 3).await;
+    store.close().await;
+    let new = MasterKey::generate();
+    let first = open(Keyring::rotating(new.clone(), old.clone()))
+        .await
+        .unwrap();
+    let second = open(Keyring::rotating(new.clone(), old.clone()))
+        .await
+        .unwrap();
+    let (a, b) = futures::join!(
+        first.rotate_master_key(new.clone(), 3, &|_| {}),
+        second.rotate_master_key(new.clone(), 3, &|_| {}),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.done + b.done,
+        30,
+        "each version rewrapped once: {a:?} {b:?}"
+    );
+    // The replicas go on serving, both keys still held by the second.
+    all_versions_open(&*first, &ws, &versions).await;
+    all_versions_open(&*second, &ws, &versions).await;
+    first.close().await;
+    second.close().await;
+    let err = open(Keyring::new(old))
+        .await
+        .err()
+        .expect("the old key alone is refused");
+    assert!(
+        matches!(err, crate::OpenError::WrongMasterKey { .. }),
+        "{err}"
+    );
+    let store = open(Keyring::new(new)).await.unwrap();
+    all_versions_open(&*store, &ws, &versions).await;
+    audit_intact_with_new_key(&*store).await;
     store.close().await;
 }
 

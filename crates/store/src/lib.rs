@@ -473,7 +473,9 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Resumable: run again with the same `new` key on a store opened with
     /// both keys ([`Keyring::rotating`]), it rewraps what is left. Refused
-    /// while another rotation is unfinished.
+    /// while another rotation is unfinished. Several replicas of one
+    /// database may run it at once with the same `new` key: a version is
+    /// rewrapped (and counted) by one of them, and the end is the same.
     async fn rotate_master_key(
         &self,
         new: crypto::MasterKey,

@@ -842,6 +842,12 @@ async fn master_key_rotation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn master_key_rotation_by_two_replicas() {
+    let db = TestDb::create().await;
+    conformance::master_key_rotation_by_two_replicas(open_on(&db)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn master_key_rotation_resumes() {
     let db = TestDb::create().await;
     conformance::master_key_rotation_resumes(open_on(&db)).await;

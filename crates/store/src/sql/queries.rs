@@ -162,14 +162,17 @@ where
     }
 
     /// Rewraps under `keyring`'s current key the data keys of at most
-    /// `limit` versions still wrapped by another key. Returns the ids of the
-    /// secrets whose versions it rewrapped (one per version), none once
-    /// every version is under the current key.
+    /// `limit` versions still wrapped by another key. Returns how many
+    /// versions it found still wrapped by another key (none once every
+    /// version is under the current key) and the ids of the secrets whose
+    /// versions it rewrapped (one per version). A version that another
+    /// server rewrapped meanwhile (two replicas finishing one rotation) is
+    /// left as that server wrote it and not counted.
     pub(crate) async fn rewrap_batch(
         conn: &mut DB::Connection,
         keyring: &Keyring,
         limit: u32,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<(usize, Vec<String>), Error> {
         // (workspace id, secret id, version, key id, wrapped key)
         type Wrapped = (String, String, i64, String, Vec<u8>);
         let current = keyring.key_id();
@@ -183,6 +186,7 @@ where
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error::<DB>)?;
+        let found = rows.len();
         let mut done = Vec::with_capacity(rows.len());
         for (workspace_id, secret_id, version, key_id, wrapped_key) in rows {
             let binding = Binding {
@@ -208,7 +212,7 @@ where
                     sealed.key_id
                 )));
             };
-            sqlx::query(
+            let updated = sqlx::query(
                 "UPDATE secret_versions SET key_id = $1, wrapped_key = $2 \
                  WHERE secret_id = $3 AND version = $4 AND key_id = $5",
             )
@@ -220,9 +224,11 @@ where
             .execute(&mut *conn)
             .await
             .map_err(db_error::<DB>)?;
-            done.push(secret_id);
+            if DB::rows_affected(&updated) > 0 {
+                done.push(secret_id);
+            }
         }
-        Ok(done)
+        Ok((found, done))
     }
 
     /// Replaces the key check, the master key id and the wrapped audit key

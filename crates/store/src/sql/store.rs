@@ -641,12 +641,14 @@ where
             let done = self
                 .write(move |store| async move {
                     let mut tx = begin(store.writer()).await?;
-                    let ids = Sql::<E::DB>::rewrap_batch(&mut tx, store.keyring(), batch).await?;
-                    let done = ids.len() as u64;
+                    let (found, ids) =
+                        Sql::<E::DB>::rewrap_batch(&mut tx, store.keyring(), batch).await?;
+                    let done = (found, ids.len() as u64);
                     Ok(Pending::new(tx, done, Changed::Secrets(ids)))
                 })
                 .await?;
-            if done == 0 {
+            let (found, done) = done;
+            if found == 0 {
                 break;
             }
             state.done += done;
@@ -662,8 +664,9 @@ where
                 let mut tx = begin(store.writer()).await?;
                 let mut late = 0u64;
                 loop {
-                    let ids = Sql::<E::DB>::rewrap_batch(&mut tx, store.keyring(), batch).await?;
-                    if ids.is_empty() {
+                    let (found, ids) =
+                        Sql::<E::DB>::rewrap_batch(&mut tx, store.keyring(), batch).await?;
+                    if found == 0 {
                         break;
                     }
                     late += ids.len() as u64;
