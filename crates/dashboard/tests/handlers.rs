@@ -1502,11 +1502,14 @@ async fn rollback_is_confirmed_then_makes_a_new_version_with_the_old_contents() 
     let h = harness().await;
     let mut b = Browser::new(&h);
     b.sign_in().await;
-    let id = b.create("rb", &[("A", "a1"), ("B", "b1")]).await;
-    h.update(&id, &[("A", Some("a2"))]).await;
-    h.update(&id, &[("B", None), ("C", Some("c3"))]).await;
-    let v1 = pairs(&[("A", "a1"), ("B", "b1")]);
-    let v3 = pairs(&[("A", "a2"), ("C", "c3")]);
+    let id = b
+        .create("rb", &[("A", "alpha-one-v"), ("B", "beta-one-v")])
+        .await;
+    h.update(&id, &[("A", Some("alpha-two-v"))]).await;
+    h.update(&id, &[("B", None), ("C", Some("gamma-three-v"))])
+        .await;
+    let v1 = pairs(&[("A", "alpha-one-v"), ("B", "beta-one-v")]);
+    let v3 = pairs(&[("A", "alpha-two-v"), ("C", "gamma-three-v")]);
     let rollback = format!("/secrets/{id}/versions/1/rollback");
 
     let confirm = b.get(&rollback).await;
@@ -1526,7 +1529,7 @@ async fn rollback_is_confirmed_then_makes_a_new_version_with_the_old_contents() 
         assert!(confirm.body.contains(part), "{part} in {}", confirm.body);
     }
     assert!(
-        !confirm.body.contains("a1") && !confirm.body.contains("a2"),
+        !confirm.body.contains("alpha-one-v") && !confirm.body.contains("alpha-two-v"),
         "never a value"
     );
     assert_eq!(confirm.hidden("expected"), "3");
