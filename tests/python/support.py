@@ -410,16 +410,20 @@ def raw_call(url: str, method: str, request, metadata: dict[str, str] | None = N
     return asyncio.run(_call())
 
 
-def api(server: Server, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    """Call latchkey's JSON API (`/api/v1` + path) as the server's admin: (status, JSON answer)."""
+def api(
+    server: Server, method: str, path: str, body: dict | None = None, token: tuple[str, str] | None = None
+) -> tuple[int, dict]:
+    """Call latchkey's JSON API (`/api/v1` + path) as `token` (id, secret), by default the server's
+    admin: (status, JSON answer)."""
     import json
 
+    token_id, token_secret = token or (server.token_id, server.token_secret)
     req = urllib.request.Request(
         f"{server.url}/api/v1{path}",
         data=None if body is None else json.dumps(body).encode(),
         method=method,
         headers={
-            "Authorization": f"Bearer {server.token_id}:{server.token_secret}",
+            "Authorization": f"Bearer {token_id}:{token_secret}",
             "Content-Type": "application/json",
         },
     )

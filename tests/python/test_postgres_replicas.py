@@ -15,8 +15,6 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +24,7 @@ import modal.exception
 import pytest
 from modal_proto import api_pb2
 
-from support import http_get, open_client, random_master_key, rpc, run_cli, unique
+from support import api, http_get, open_client, random_master_key, rpc, run_cli, unique
 
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/test"
 
@@ -227,20 +225,7 @@ def test_cli_on_one_replica_sees_the_other(replicas, home):
 
 
 def _api(replica, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(
-        f"{replica.server.url}/api/v1{path}",
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers={
-            "Authorization": f"Bearer {replica.token_id}:{replica.token_secret}",
-            "Content-Type": "application/json",
-        },
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+    return api(replica.server, method, path, body, token=(replica.token_id, replica.token_secret))
 
 
 def test_both_replicas_append_to_one_audit_chain(replicas):

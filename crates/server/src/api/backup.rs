@@ -60,12 +60,21 @@ pub(crate) async fn backup(
         futures::stream::once(async move { Ok::<_, std::io::Error>(first) }),
         rest,
     );
-    Ok((
+    Ok(ndjson(stream))
+}
+
+/// An answer streaming `lines` of JSON, never cached: a backup, a rotation's
+/// progress.
+pub(crate) fn ndjson<S>(lines: S) -> Response
+where
+    S: futures::Stream<Item = Result<Vec<u8>, std::io::Error>> + Send + 'static,
+{
+    (
         [
             (header::CONTENT_TYPE, "application/x-ndjson"),
             (header::CACHE_CONTROL, "no-store"),
         ],
-        Body::from_stream(stream),
+        Body::from_stream(lines),
     )
-        .into_response())
+        .into_response()
 }

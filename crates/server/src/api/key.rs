@@ -1,10 +1,6 @@
 //! `/key/rotate`: online rotation of the master key, its progress streamed.
 
-use axum::{
-    body::Body,
-    http::header,
-    response::{IntoResponse, Response},
-};
+use axum::response::Response;
 use latchkey_service::RotationEvent;
 
 use super::{
@@ -50,12 +46,5 @@ pub(crate) async fn rotate(
         let event = events.recv().await?;
         Some((Ok::<_, std::io::Error>(line(&event)), events))
     });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/x-ndjson"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    Ok(super::backup::ndjson(stream))
 }
