@@ -36,6 +36,7 @@ macro_rules! conformance_tests {
             versions_history_and_rollback,
             versions_are_destroyed_past_the_limit,
             versions_gapless_under_concurrent_writers,
+            writes_arriving_together,
             audit_log_chain,
         );
     };
@@ -2013,6 +2014,198 @@ pub async fn versions_gapless_under_concurrent_writers(store: &dyn Store) {
     let (ws, env) = default_environment(store).await;
     let ws = ws.as_str();
     versions_without_gaps(&[store], ws, &env, 16).await;
+}
+
+/// Writes that arrive together (an adapter may commit them as one group)
+/// act as if made one after another: of creates of one name, one wins;
+/// overwrites and updates of one secret each make a version, gapless; a
+/// delete wins over the updates after it; a compare-and-swap loses to the
+/// write before it; a create in an unknown environment fails alone. The
+/// audit chain stays intact and holds one event per change.
+pub async fn writes_arriving_together(store: &dyn Store) {
+    use crate::audit::{AuditFilter, Verdict};
+    const N: usize = 8;
+    let (ws, env) = default_environment(store).await;
+    let (ws, env) = (ws.as_str(), env.as_str());
+    let kept = create_named(store, ws, env, "kept", &[("A", "1")]).await;
+    let doomed = create_named(store, ws, env, "doomed", &[("A", "1")]).await;
+    let cas = create_named(store, ws, env, "cas", &[("A", "1")]).await;
+    create_named(store, ws, env, "over", &[("A", "1")]).await;
+    let head = store.audit_head().await.unwrap();
+
+    let creates = join_all((0..N).map(|i| {
+        let new = named(
+            ws,
+            env,
+            "same",
+            dict(&[("BY", &i.to_string())]),
+            OnConflict::Fail,
+        );
+        async move { store.create_secret(&new).await }
+    }));
+    let finds = join_all((0..N).map(|i| {
+        let new = named(
+            ws,
+            env,
+            "found",
+            dict(&[("BY", &i.to_string())]),
+            OnConflict::ReturnExisting,
+        );
+        async move { store.create_secret(&new).await }
+    }));
+    let overwrites = join_all((0..N).map(|i| {
+        let new = named(
+            ws,
+            env,
+            "over",
+            dict(&[("V", &i.to_string())]),
+            OnConflict::Overwrite,
+        );
+        async move { store.create_secret(&new).await }
+    }));
+    let updates = join_all((0..N).map(|i| {
+        let change = vec![(format!("K{i}"), Some(i.to_string()))];
+        let kept = kept.clone();
+        async move { store.update_secret(ws, &kept, &change, &revision()).await }
+    }));
+    let doomed_ops = async {
+        let change = vec![("B".to_owned(), Some("2".to_owned()))];
+        let (revision, audit) = (revision(), audit());
+        futures::join!(
+            store.update_secret(ws, &doomed, &change, &revision),
+            store.delete_secret(ws, &doomed, &audit),
+            store.update_secret(ws, &doomed, &change, &revision),
+        )
+    };
+    let swaps = join_all((0..2).map(|i| {
+        let change = vec![("A".to_owned(), Some(format!("swap{i}")))];
+        let revision = Revision {
+            expected_version: Some(1),
+            ..revision()
+        };
+        let cas = cas.clone();
+        async move { store.update_secret(ws, &cas, &change, &revision).await }
+    }));
+    let lost = named(ws, "en-none", "lost", EnvDict::new(), OnConflict::Fail);
+    let unknown = store.create_secret(&lost);
+    let (creates, finds, overwrites, updates, (before, deleted, after), swaps, unknown) =
+        futures::join!(creates, finds, overwrites, updates, doomed_ops, swaps, unknown);
+
+    let won = creates.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(won, 1, "one of {N} creates of a name wins");
+    for lost in creates.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(lost.kind(), ErrorKind::AlreadyExists, "{lost:?}");
+    }
+    let finds: Vec<(Secret, bool)> = finds.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        finds.iter().filter(|(_, new)| *new).count(),
+        1,
+        "one create, the rest find it"
+    );
+    assert!(finds
+        .iter()
+        .all(|(s, _)| s.summary.id == finds[0].0.summary.id && s.contents == finds[0].0.contents));
+
+    let mut versions: Vec<i64> = overwrites
+        .iter()
+        .map(|r| {
+            let (secret, new) = r.as_ref().unwrap();
+            assert!(!new, "an overwrite of an existing name is not new");
+            secret.summary.version
+        })
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (2..=1 + N as i64).collect::<Vec<_>>(),
+        "each overwrite makes a version"
+    );
+
+    let mut versions: Vec<i64> = updates
+        .iter()
+        .map(|r| r.as_ref().unwrap().summary.version)
+        .collect();
+    versions.sort_unstable();
+    assert_eq!(
+        versions,
+        (2..=1 + N as i64).collect::<Vec<_>>(),
+        "each update makes a version"
+    );
+    let kept_now = store.secret_by_id(ws, &kept).await.unwrap();
+    assert_eq!(
+        kept_now.contents.len(),
+        N + 1,
+        "every update's key survives: {:?}",
+        kept_now.summary.keys
+    );
+    assert_eq!(
+        version_numbers(store, ws, &kept).await,
+        (1..=1 + N as i64).rev().collect::<Vec<_>>()
+    );
+
+    deleted.unwrap();
+    for update in [&before, &after] {
+        if let Err(e) = update {
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{e:?}");
+        }
+    }
+    let gone = store.secret_by_id(ws, &doomed).await.unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::NotFound);
+
+    assert_eq!(
+        swaps.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "one compare-and-swap wins"
+    );
+    let lost = swaps.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert_eq!(lost.kind(), ErrorKind::FailedPrecondition, "{lost:?}");
+
+    let unknown = unknown.unwrap_err();
+    assert_eq!(unknown.kind(), ErrorKind::NotFound, "{unknown:?}");
+    assert!(
+        unknown.message().contains("en-none"),
+        "{}",
+        unknown.message()
+    );
+
+    let mut names: Vec<String> = store
+        .list_secrets(ws, env, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.name().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cas", "found", "kept", "over", "same"]);
+
+    // One event per change: 1 + 1 creates, N overwrites, N updates, the
+    // delete and the updates of `doomed` that came before it, one swap.
+    let changes = 2 + 2 * N + 1 + [&before, &after].iter().filter(|r| r.is_ok()).count() + 1;
+    let events = store
+        .audit_events(
+            ws,
+            &AuditFilter {
+                after: Some(head.seq),
+                ..AuditFilter::default()
+            },
+            1000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        events.len(),
+        changes,
+        "{:?}",
+        events.iter().map(|e| &e.entry.action).collect::<Vec<_>>()
+    );
+    assert!(
+        events.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "gapless numbers"
+    );
+    assert!(matches!(
+        store.audit_verify().await.unwrap(),
+        Verdict::Intact { .. }
+    ));
 }
 
 /// 16 concurrent writers of one secret through two replicas: gapless versions.

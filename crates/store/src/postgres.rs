@@ -9,17 +9,21 @@
 //! SQLite writer gives for free, row locks give here (the statements, with
 //! their lock clauses, are shared: [`crate::sql`]):
 //!
-//! - `update_secret` reads the row `FOR UPDATE` in its transaction, so
+//! - a write of a secret locks its row `FOR UPDATE` in its transaction, so
 //!   concurrent merges of different keys queue instead of overwriting each
 //!   other;
 //! - creating a named secret first locks its environment's row, which orders
 //!   creations per environment: a second create of one name waits for the
 //!   first and then sees it (AlreadyExists, or the existing secret), and
 //!   `MAX(created_at) + 1` stays unique so that paging by `created_before`
-//!   is exact while other replicas write (the unique indexes back this up).
-//!   Creates are committed in groups, one transaction (and one hold of the
-//!   environment's lock) for all that wait ([`crate::sql::group`] says why
-//!   that keeps every guarantee);
+//!   is exact while other replicas write (the unique indexes back this up);
+//! - creates, updates and deletes of secrets are committed in groups per
+//!   replica, one transaction of a fixed number of statements (and one hold
+//!   of each lock, the audit chain's head included) for all that wait:
+//!   every write of every replica appends to the one audit chain, whose head
+//!   is locked until commit, so per-write transactions would commit one at
+//!   a time across all replicas. [`crate::sql::group`] says why grouping
+//!   keeps every guarantee;
 //! - the sweeper takes a transaction-scoped advisory lock and skips its turn
 //!   when another replica holds it; bootstrap takes one too, so two replicas
 //!   starting on an empty database create one workspace.
@@ -51,7 +55,7 @@ use crate::{
     crypto::Keyring,
     sql::{
         audit_write_failed, bounded, db_error,
-        group::{self, Commit, Creates, Events},
+        group::{Commit, Events, Writes},
         queries::Sql,
         verify, Dialect, Engine, Pending,
     },
@@ -101,7 +105,7 @@ pub struct PgStore {
     /// Rows of named lookups, live while `feed` is connected.
     cache: Arc<LookupCache>,
     feed: ChangeFeed,
-    creates: Creates,
+    writes: Writes,
     events: Events,
 }
 
@@ -171,18 +175,17 @@ impl PgStore {
         let commit: Commit<_, _> = {
             let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
             let bound = options.operation_timeout();
-            Arc::new(move |news| {
+            Arc::new(move |writes| {
                 let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
                 Box::pin(async move {
                     // Bounded up to its commit, as every write (see `write`).
-                    let (tx, results) = bounded(bound, async {
+                    let (tx, (results, changed)) = bounded(bound, async {
                         let mut tx = pool.begin().await.map_err(db_error::<Postgres>)?;
-                        let results =
-                            Sql::<Postgres>::create_group(&mut tx, &keyring, &news).await?;
-                        Ok((tx, results))
+                        let outcome =
+                            Sql::<Postgres>::write_group(&mut tx, &keyring, &writes).await?;
+                        Ok((tx, outcome))
                     })
                     .await?;
-                    let changed = group::overwritten(&results);
                     Pending::new(tx, results, changed).commit(&cache).await
                 })
             })
@@ -211,7 +214,7 @@ impl PgStore {
             options,
             cache,
             feed,
-            creates: Creates::creates(commit),
+            writes: Writes::writes(commit),
             events,
         })
     }
@@ -298,8 +301,8 @@ impl Engine for PgStore {
         self.feed.sync().await
     }
 
-    fn creates(&self) -> &Creates {
-        &self.creates
+    fn writes(&self) -> &Writes {
+        &self.writes
     }
 
     fn events(&self) -> &Events {

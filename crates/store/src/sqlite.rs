@@ -7,7 +7,7 @@
 //! it is acknowledged, and deleted rows are overwritten (`secure_delete`).
 //!
 //! What only this engine does (the statements are shared, [`crate::sql`]):
-//! creates are committed in groups, one fsync for many; a write runs on a
+//! writes of secrets are committed in groups, one fsync for many; a write runs on a
 //! task of its own so that it reaches its end (commit, then the cache's
 //! forget) even when its caller stops waiting; and one server at a time
 //! holds the database, so the lookup cache is always current.
@@ -26,7 +26,7 @@ use crate::{
     crypto::Keyring,
     sql::{
         audit_write_failed, db_error,
-        group::{self, Commit, Creates, Events},
+        group::{Commit, Events, Writes},
         queries::Sql,
         verify, Dialect, Engine, Pending,
     },
@@ -39,7 +39,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     keyring: Keyring,
-    creates: Creates,
+    writes: Writes,
     events: Events,
     /// Rows of named lookups. Every write to this database goes through
     /// this store (one server per SQLite file), so the cache is always live.
@@ -118,12 +118,12 @@ impl SqliteStore {
         let cache = Arc::new(LookupCache::new(true));
         let commit: Commit<_, _> = {
             let (writer, keyring, cache) = (writer.clone(), keyring.clone(), cache.clone());
-            Arc::new(move |news| {
+            Arc::new(move |writes| {
                 let (writer, keyring, cache) = (writer.clone(), keyring.clone(), cache.clone());
                 Box::pin(async move {
                     let mut tx = writer.begin().await.map_err(db_error::<Sqlite>)?;
-                    let results = Sql::<Sqlite>::create_group(&mut tx, &keyring, &news).await?;
-                    let changed = group::overwritten(&results);
+                    let (results, changed) =
+                        Sql::<Sqlite>::write_group(&mut tx, &keyring, &writes).await?;
                     Pending::new(tx, results, changed).commit(&cache).await
                 })
             })
@@ -142,12 +142,11 @@ impl SqliteStore {
                 })
             })
         });
-        let creates = Creates::creates(commit);
         Ok(Self {
             writer,
             reader,
             keyring,
-            creates,
+            writes: Writes::writes(commit),
             events,
             cache,
             lock: Arc::new(lock),
@@ -213,8 +212,8 @@ impl Engine for SqliteStore {
         true
     }
 
-    fn creates(&self) -> &Creates {
-        &self.creates
+    fn writes(&self) -> &Writes {
+        &self.writes
     }
 
     fn events(&self) -> &Events {

@@ -7,7 +7,7 @@ use sqlx::{Postgres, Sqlite};
 
 /// A database latchkey stores into. Implemented by [`Sqlite`] and
 /// [`Postgres`]; crate-private.
-pub(crate) trait Dialect: sqlx::Database {
+pub(crate) trait Dialect: sqlx::Database + sqlx::database::HasStatementCache {
     /// `SQLite` or `PostgreSQL`, for messages.
     const BACKEND: &'static str;
 

@@ -1,30 +1,39 @@
-//! Creates committed in groups, on every engine.
+//! Writes committed in groups, on every engine.
 //!
-//! Each create waits in a queue while the previous group commits; the next
-//! transaction then takes everything waiting (up to [`MAX_GROUP`]), each
-//! create in a savepoint of its own so that one refusal does not undo the
-//! others, and one commit makes the whole group durable before any of them
-//! is acknowledged. Alone, a create costs what it did; under load, one
-//! commit serves many.
+//! Each write (a create, an update or a delete of a secret) waits in a
+//! queue while the previous group commits; the next transaction then takes
+//! everything waiting (up to [`MAX_GROUP`]) and runs it with a fixed number
+//! of statements ([`super::batch`] decides in memory what each write does;
+//! a refused write fails alone and changes nothing), and one commit makes
+//! the whole group durable before any of it is acknowledged. Alone, a write
+//! costs what it did; under load, one transaction serves many.
 //!
-//! Why it is correct on PostgreSQL too: a create of a named secret locks its
-//! environment's row until its transaction commits (that is what keeps
-//! creation times unique and increasing in commit order, so that paging is
-//! exact). A group holds those locks for one transaction instead of one per
-//! create, which changes the throughput, not the order: within a group the
-//! creates of an environment run one after another under its lock, and
-//! across groups and replicas the lock orders them as before. The group
-//! takes the locks of its environments in one order (it is sorted by
-//! environment), so two groups on two replicas cannot deadlock. Nothing is
-//! acknowledged before the group's commit.
+//! Why it is correct on PostgreSQL too, with any number of replicas:
+//!
+//! - Nothing is acknowledged before its group's commit, so every
+//!   acknowledged write is visible to every later read on every replica.
+//! - A group takes the same row locks its writes would take one by one (the
+//!   environments of its creates, the secrets it changes, then the audit
+//!   chain's head), each kind in one statement in one order, so groups on
+//!   two replicas cannot deadlock, and it holds them until its commit. Two
+//!   creates of one name, on two replicas, are ordered by the environment's
+//!   lock: the second sees the first. Within a group the writes apply one
+//!   after another, in the order they came, each seeing the ones before.
+//! - Creation times stay unique and increasing per environment: the group
+//!   reads the newest under the environment's lock and gives each create
+//!   of the group the next one, so paging by `created_before` stays exact
+//!   while other replicas write.
+//! - The audit chain's head is locked last and for one commit per group,
+//!   so its numbers stay gapless and in commit order, as before; holding it
+//!   once per group instead of once per write is the whole gain.
 
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use latchkey_core::Error;
 use tokio::sync::{mpsc, oneshot};
 
-use super::Changed;
-use crate::{audit::AuditEntry, audit::AuditHead, rows::SecretRow, NewSecret, SecretKind};
+use super::batch::{Write, Written};
+use crate::{audit::AuditEntry, audit::AuditHead};
 
 /// Most jobs committed together.
 pub(crate) const MAX_GROUP: usize = 128;
@@ -61,15 +70,11 @@ impl<J, R> std::fmt::Debug for Group<J, R> {
 }
 
 impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
-    /// Starts the task that commits groups with `commit`, each ordered by
-    /// `order` first; `name` labels its batch sizes in the metrics.
-    pub(crate) fn start(
-        name: &'static str,
-        commit: Commit<J, R>,
-        order: fn(&J, &J) -> std::cmp::Ordering,
-    ) -> Self {
+    /// Starts the task that commits groups with `commit`, each in the
+    /// order its jobs came; `name` labels its batch sizes in the metrics.
+    pub(crate) fn start(name: &'static str, commit: Commit<J, R>) -> Self {
         let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run(name, commit, order, jobs));
+        tokio::spawn(run(name, commit, jobs));
         Group { queue }
     }
 
@@ -82,26 +87,18 @@ impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
     }
 }
 
-/// What one create answers: its row (sealed) and whether it is new.
-pub(crate) type Created = Result<(SecretRow, bool), Error>;
-
-/// Creates of secrets, ordered by environment (see the module's docs).
-pub(crate) type Creates = Group<NewSecret, (SecretRow, bool)>;
+/// Writes of secrets, in the order they came.
+pub(crate) type Writes = Group<Write, Written>;
 
 /// Appends of audit events that record no change of their own (reads,
 /// refusals), each job one request's events; answered with the head after
 /// the group.
 pub(crate) type Events = Group<Vec<AuditEntry>, AuditHead>;
 
-impl Creates {
-    /// Starts the task that commits groups of creates with `commit`.
-    pub(crate) fn creates(commit: Commit<NewSecret, (SecretRow, bool)>) -> Self {
-        Group::start("creates", commit, |a, b| lock_order(a).cmp(&lock_order(b)))
-    }
-
-    /// Creates `new` in the next group.
-    pub(crate) async fn create(&self, new: &NewSecret) -> Created {
-        self.submit(new.clone()).await
+impl Writes {
+    /// Starts the task that commits groups of writes with `commit`.
+    pub(crate) fn writes(commit: Commit<Write, Written>) -> Self {
+        Group::start("writes", commit)
     }
 }
 
@@ -109,32 +106,14 @@ impl Events {
     /// Starts the task that commits groups of events with `commit`, in the
     /// order they came.
     pub(crate) fn events(commit: Commit<Vec<AuditEntry>, AuditHead>) -> Self {
-        Group::start("audit_events", commit, |_, _| std::cmp::Ordering::Equal)
+        Group::start("audit_events", commit)
     }
 }
 
-/// What a group changed that the lookup cache may hold: the secrets it
-/// overwrote (new ones were in no lookup).
-pub(crate) fn overwritten(results: &[Created]) -> Changed {
-    Changed::Secrets(
-        results
-            .iter()
-            .flatten()
-            .filter(|(_, created)| !created)
-            .map(|(row, _)| row.id.clone())
-            .collect(),
-    )
-}
-
-/// The task: takes what waits, orders it, commits it, answers. The commit
-/// runs here, not in the callers, which may have stopped waiting: the cache
-/// must hear of every overwrite that committed.
-async fn run<J, R>(
-    name: &'static str,
-    commit: Commit<J, R>,
-    order: fn(&J, &J) -> std::cmp::Ordering,
-    mut queue: mpsc::Receiver<Job<J, R>>,
-) {
+/// The task: takes what waits, commits it, answers. The commit runs here,
+/// not in the callers, which may have stopped waiting: the cache must hear
+/// of every change that committed.
+async fn run<J, R>(name: &'static str, commit: Commit<J, R>, mut queue: mpsc::Receiver<Job<J, R>>) {
     while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -146,8 +125,6 @@ async fn run<J, R>(
         #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
         metrics::histogram!("latchkey_group_commit_batch_size", "group" => name)
             .record(jobs.len() as f64);
-        // A stable sort: jobs that compare equal keep their order.
-        jobs.sort_by(|a, b| order(&a.0, &b.0));
         let (inputs, dones): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
         match commit(inputs).await {
             Ok(results) => {
@@ -161,13 +138,5 @@ async fn run<J, R>(
                 }
             }
         }
-    }
-}
-
-/// The environment a create locks, if any.
-fn lock_order(new: &NewSecret) -> Option<&str> {
-    match new.kind {
-        SecretKind::Named(_) => Some(&new.environment_id),
-        SecretKind::Anonymous { .. } => None,
     }
 }

@@ -14,6 +14,7 @@
 //!   commit, writes carried to completion) and [`PgStore`](crate::PgStore)
 //!   (row and advisory locks, the change feed, time bounds).
 
+pub(crate) mod batch;
 pub(crate) mod dialect;
 pub(crate) mod group;
 pub(crate) mod queries;
@@ -76,8 +77,8 @@ pub(crate) trait Engine: Clone + Send + Sync + 'static {
     /// call; false sends lookups to the database.
     fn lookups_current(&self) -> impl Future<Output = bool> + Send;
 
-    /// The queue of creates, committed in groups ([`group`]).
-    fn creates(&self) -> &group::Creates;
+    /// The queue of writes of secrets, committed in groups ([`group`]).
+    fn writes(&self) -> &group::Writes;
 
     /// The queue of audit events that record no change of their own,
     /// committed in groups ([`group`]).

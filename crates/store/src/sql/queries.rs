@@ -10,7 +10,11 @@ use std::marker::PhantomData;
 use latchkey_core::{ids, rules, time::now_micros, time::Micros, EnvDict, Error};
 use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
-use super::{audit_write_failed, db_error, is_unique_violation, Dialect};
+use super::{
+    audit_write_failed,
+    batch::{EnvironmentLock, Plan, SecretInsertRow, VersionInsertRow, Write, Written},
+    db_error, is_unique_violation, Changed, Dialect,
+};
 use crate::{
     audit::{
         chain_mac, AuditEntry, AuditEvent, AuditFilter, AuditHead, Checkpoint, TokenExposure,
@@ -19,13 +23,11 @@ use crate::{
     crypto::{Binding, Keyring, Sealed},
     rows::{
         environment_not_found, environments_column, key_list_column, open_version,
-        secret_not_found, token_not_found, AuditRow, EnvironmentRow, SecretInsert, SecretRow,
-        TokenRow, VersionRow, WorkspaceRow, AUDIT_COLUMNS, SECRET_COLUMNS, SECRET_FROM,
-        VERSION_COLUMNS,
+        secret_not_found, token_not_found, AuditRow, EnvironmentRow, SecretRow, TokenRow,
+        VersionRow, WorkspaceRow, AUDIT_COLUMNS, SECRET_COLUMNS, SECRET_FROM, VERSION_COLUMNS,
     },
-    Environment, EnvironmentUpdate, KeyChanges, NewSecret, NewToken, OnConflict, Revision, Role,
-    Secret, SecretKind, SecretSummary, SecretVersion, Token, TokenCredentials, VersionAction,
-    Workspace,
+    Environment, EnvironmentUpdate, KeyChanges, NewToken, Revision, Role, Secret, SecretSummary,
+    SecretVersion, Token, TokenCredentials, VersionAction, Workspace,
 };
 
 /// `meta` keys of the master key check.
@@ -698,166 +700,277 @@ where
         .map_err(db_error::<DB>)
     }
 
-    /// Creates `news` in the transaction `conn` is in, each in a savepoint
-    /// of its own, so that one refusal (a name taken, an environment gone)
-    /// undoes only itself. Answers in the order given. The caller orders
-    /// `news` by environment, so that every group takes the environments'
-    /// locks in one order and two groups on two replicas cannot deadlock.
-    pub(crate) async fn create_group(
+    /// Runs one group of writes in the transaction `conn` is in: the same
+    /// dozen statements or fewer whatever the group's size (see
+    /// [`batch`](super::batch)). Answers each write, in the order given,
+    /// and what the lookup cache must forget once the group commits.
+    ///
+    /// Locks are taken in one order by every transaction, so that none
+    /// waits on another that waits on it: the environments the creates go
+    /// to (sorted by id, in one statement), then the secrets the group
+    /// changes (sorted by id, in one statement), then the audit chain's
+    /// head, last of all. The environment locks order creations of named
+    /// secrets per environment on every replica: a second create of one
+    /// name waits for the first and then sees it, and the next creation
+    /// time (one past the newest at least) stays unique, so that paging by
+    /// `created_before` is exact (the unique indexes back this up). On
+    /// SQLite the one writer does the same.
+    pub(crate) async fn write_group(
         conn: &mut DB::Connection,
         keyring: &Keyring,
-        news: &[NewSecret],
-    ) -> Result<Vec<Result<(SecretRow, bool), Error>>, Error> {
-        let mut results = Vec::with_capacity(news.len());
-        let mut clocks = Clocks::default();
-        for new in news {
-            let mut savepoint = sqlx::Connection::begin(&mut *conn)
+        writes: &[Write],
+    ) -> Result<(Vec<Result<Written, Error>>, Changed), Error> {
+        let plan = Plan::new(writes);
+        let environments = Self::lock_environments(conn, &plan.environments()).await?;
+        let (named_in, names) = plan.names();
+        let (existing, newest) = if names.is_empty() {
+            (Vec::new(), Vec::new())
+        } else {
+            (
+                Self::secrets_named(conn, &named_in, &names).await?,
+                Self::newest_created(conn, &named_in).await?,
+            )
+        };
+        let ids = plan.secret_ids(&existing);
+        let locked = Self::lock_secrets(conn, &ids).await?;
+        let outcome = plan.run(keyring, now_micros, environments, existing, newest, locked);
+        Self::delete_secrets(conn, &outcome.deletes).await?;
+        Self::insert_secrets(conn, &outcome.secrets).await?;
+        Self::insert_versions(conn, &outcome.versions).await?;
+        Self::set_current_versions(conn, &outcome.current).await?;
+        Self::destroy_versions(conn, &outcome.destroyed).await?;
+        if !outcome.events.is_empty() {
+            Self::append_events(conn, keyring, &outcome.events).await?;
+        }
+        Ok((outcome.results, Changed::Secrets(outcome.changed)))
+    }
+
+    /// Locks the environments `ids` (sorted) until the transaction ends;
+    /// answers those that exist: (id, workspace id, name).
+    async fn lock_environments(
+        conn: &mut DB::Connection,
+        ids: &[&str],
+    ) -> Result<Vec<EnvironmentLock>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT id, workspace_id, name FROM environments WHERE id IN ({}) ORDER BY id{}",
+            placeholders(1, ids.len()),
+            DB::FOR_NO_KEY_UPDATE
+        );
+        let mut query = sqlx::query_as(&sql).persistent(false);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+    }
+
+    /// The named secrets of the environments `environment_ids` whose names
+    /// are among `names` (and maybe others: the caller matches pairs).
+    async fn secrets_named(
+        conn: &mut DB::Connection,
+        environment_ids: &[&str],
+        names: &[&str],
+    ) -> Result<Vec<SecretRow>, Error> {
+        let sql = format!(
+            "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.environment_id IN ({}) \
+             AND s.name IN ({})",
+            placeholders(1, environment_ids.len()),
+            placeholders(1 + environment_ids.len(), names.len())
+        );
+        let mut query = sqlx::query_as(&sql).persistent(false);
+        for value in environment_ids.iter().chain(names) {
+            query = query.bind(*value);
+        }
+        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+    }
+
+    /// The newest creation time among the named secrets of each of
+    /// `environment_ids`. The caller holds their locks. One subquery per
+    /// environment: each is one step down the index of creation times,
+    /// where a `GROUP BY` would read every row of the environments.
+    async fn newest_created(
+        conn: &mut DB::Connection,
+        environment_ids: &[&str],
+    ) -> Result<Vec<(String, Option<Micros>)>, Error> {
+        let sql = format!(
+            "SELECT e.id, (SELECT MAX(s.created_at) FROM secrets s \
+             WHERE s.environment_id = e.id AND s.name IS NOT NULL) \
+             FROM environments e WHERE e.id IN ({})",
+            placeholders(1, environment_ids.len())
+        );
+        let mut query = sqlx::query_as(&sql).persistent(false);
+        for id in environment_ids {
+            query = query.bind(*id);
+        }
+        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+    }
+
+    /// Locks the secrets `ids` (sorted) until the transaction ends, then
+    /// reads those that exist. The lock is taken by a statement of its own
+    /// (see [`Sql::fetch_secret`]).
+    async fn lock_secrets(
+        conn: &mut DB::Connection,
+        ids: &[String],
+    ) -> Result<Vec<SecretRow>, Error> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = placeholders(1, ids.len());
+        if !DB::FOR_UPDATE.is_empty() {
+            let sql = format!(
+                "SELECT id FROM secrets WHERE id IN ({list}) ORDER BY id{}",
+                DB::FOR_UPDATE
+            );
+            let mut query = sqlx::query(&sql).persistent(false);
+            for id in ids {
+                query = query.bind(id.as_str());
+            }
+            query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
+        }
+        let sql = format!("SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.id IN ({list})");
+        let mut query = sqlx::query_as(&sql).persistent(false);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+    }
+
+    async fn delete_secrets(conn: &mut DB::Connection, ids: &[String]) -> Result<(), Error> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "DELETE FROM secrets WHERE id IN ({})",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query(&sql).persistent(false);
+        for id in ids {
+            query = query.bind(id.as_str());
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map(drop)
+            .map_err(db_error::<DB>)
+    }
+
+    async fn insert_secrets(
+        conn: &mut DB::Connection,
+        rows: &[SecretInsertRow],
+    ) -> Result<(), Error> {
+        const COLUMNS: usize = 9;
+        for chunk in rows.chunks(MAX_PARAMETERS / COLUMNS) {
+            let sql = format!(
+                "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, \
+                 created_at, created_by, version) VALUES {}",
+                value_rows(chunk.len(), COLUMNS)
+            );
+            let mut query = sqlx::query(&sql).persistent(false);
+            for row in chunk {
+                query = query
+                    .bind(row.id.as_str())
+                    .bind(row.workspace_id.as_str())
+                    .bind(row.environment_id.as_str())
+                    .bind(row.name.as_deref())
+                    .bind(row.app_id.as_deref())
+                    .bind(row.expires_at)
+                    .bind(row.created_at)
+                    .bind(row.created_by.as_str())
+                    .bind(row.version);
+            }
+            // The environment locks make a taken name unreachable here; the
+            // unique indexes stay the last word all the same.
+            query
+                .execute(&mut *conn)
                 .await
-                .map_err(db_error::<DB>)?;
-            let result = Self::create_in(&mut savepoint, keyring, new, &mut clocks).await;
-            if result.is_ok() {
-                savepoint.commit().await.map_err(db_error::<DB>)?;
-            } else {
-                savepoint.rollback().await.map_err(db_error::<DB>)?;
-                // Locks taken in a savepoint that rolls back are let go.
-                clocks.remove(&new.environment_id);
-            }
-            results.push(result);
+                .map_err(|e| Self::name_taken(e, "Secret", "of this group"))?;
         }
-        // The events last: the head is the last lock any transaction takes,
-        // so that no two transactions wait on each other through it.
-        let events: Vec<AuditEntry> = news
-            .iter()
-            .zip(&results)
-            .filter_map(|(new, result)| {
-                let (row, created) = result.as_ref().ok()?;
-                let action = match (created, new.on_conflict) {
-                    (true, _) => "secret.create",
-                    (false, OnConflict::Overwrite) => "secret.overwrite",
-                    // The existing secret, returned unchanged: no change.
-                    (false, _) => return None,
-                };
-                Some(new.audit.clone().action(action).about(&row.summary()))
-            })
-            .collect();
-        if !events.is_empty() {
-            Self::append_events(conn, keyring, &events).await?;
-        }
-        Ok(results)
+        Ok(())
     }
 
-    /// Creates a secret, or, for a named one whose name exists, acts as
-    /// `new.on_conflict` says. Returns the row, not yet decrypted, and
-    /// whether it is new.
-    ///
-    /// Creating a named secret first locks its environment's row, which
-    /// orders creations per environment on every replica: a second create of
-    /// one name waits for the first and then sees it, and the next creation
-    /// time (`MAX(created_at) + 1` at least) stays unique so that paging by
-    /// `created_before` is exact (the unique indexes back this up). On SQLite the one writer does the same.
-    ///
-    /// `clocks` holds, for each environment whose lock this transaction
-    /// already holds, the newest creation time it gave: the next create
-    /// there needs neither the lock nor `MAX(created_at)` again.
-    async fn create_in(
+    async fn insert_versions(
         conn: &mut DB::Connection,
-        keyring: &Keyring,
-        new: &NewSecret,
-        clocks: &mut Clocks,
-    ) -> Result<(SecretRow, bool), Error> {
-        let cols = SecretInsert::of(&new.kind);
-        let created_at = match &new.kind {
-            SecretKind::Named(name) => {
-                let newest = clocks.get(&new.environment_id).copied();
-                if newest.is_none() {
-                    Self::lock_environment(conn, &new.workspace_id, &new.environment_id).await?;
-                }
-                let key = SecretKey::Name {
-                    environment_id: &new.environment_id,
-                    name,
-                };
-                if let Some(existing) =
-                    Self::fetch_secret(conn, &new.workspace_id, key, true).await?
-                {
-                    return Self::on_conflict(conn, keyring, new, name, existing).await;
-                }
-                let created_at = match newest {
-                    Some(newest) => now_micros().max(newest + 1),
-                    None => Self::next_created_at(conn, &new.environment_id).await?,
-                };
-                clocks.insert(new.environment_id.clone(), created_at);
-                created_at
+        rows: &[VersionInsertRow],
+    ) -> Result<(), Error> {
+        const COLUMNS: usize = 11;
+        for chunk in rows.chunks(MAX_PARAMETERS / COLUMNS) {
+            let sql = format!(
+                "INSERT INTO secret_versions (secret_id, version, created_at, created_by, action, \
+                 source_version, keys, changes, key_id, wrapped_key, ciphertext) VALUES {}",
+                value_rows(chunk.len(), COLUMNS)
+            );
+            let mut query = sqlx::query(&sql).persistent(false);
+            for v in chunk {
+                query = query
+                    .bind(v.secret_id.as_str())
+                    .bind(v.version)
+                    .bind(v.created_at)
+                    .bind(v.created_by.as_str())
+                    .bind(v.action.as_str())
+                    .bind(v.action.source())
+                    .bind(v.keys.as_str())
+                    .bind(v.changes.as_deref())
+                    .bind(v.sealed.key_id.as_str())
+                    .bind(v.sealed.wrapped_key.as_slice())
+                    .bind(v.sealed.ciphertext.as_slice());
             }
-            SecretKind::Anonymous { .. } => now_micros(),
-        };
-        let id = ids::new_id(ids::SECRET);
-        sqlx::query(
-            "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, created_at, \
-             created_by, last_used_at, version) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, 1)",
-        )
-        .bind(id.as_str())
-        .bind(new.workspace_id.as_str())
-        .bind(new.environment_id.as_str())
-        .bind(cols.name)
-        .bind(cols.app_id)
-        .bind(cols.expires_at)
-        .bind(created_at)
-        .bind(new.created_by.as_str())
-        .execute(&mut *conn)
+            query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the current version of each secret of `current`.
+    async fn set_current_versions(
+        conn: &mut DB::Connection,
+        current: &[(String, i64)],
+    ) -> Result<(), Error> {
+        Self::per_pair(conn, current, |n| {
+            let cases: String = (0..n)
+                .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
+                .collect();
+            let ids: Vec<String> = (0..n).map(|i| format!("${}", 2 * i + 1)).collect();
+            format!(
+                "UPDATE secrets SET version = CASE id{cases} END WHERE id IN ({})",
+                ids.join(", ")
+            )
+        })
         .await
-        // The environment lock makes this unreachable for names; the unique
-        // index stays the last word all the same.
-        .map_err(|e| Self::name_taken(e, "Secret", cols.name.unwrap_or_default()))?;
-        let version = NewVersion {
-            workspace_id: &new.workspace_id,
-            secret_id: &id,
-            version: 1,
-            created_at,
-            author: &new.created_by,
-            action: VersionAction::Created,
-            contents: &new.contents,
-            changes: Some(KeyChanges::between(&EnvDict::new(), &new.contents)),
-        };
-        Self::insert_version(conn, keyring, &version).await?;
-        let row = Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&id), false)
-            .await?
-            .ok_or_else(|| secret_not_found(&id))?;
-        Ok((row, true))
     }
 
-    /// A named secret's name is taken: fail, return it, or overwrite it.
-    async fn on_conflict(
+    /// Destroys, per secret of `destroyed`, the versions up to the one
+    /// given: the rows go, and with them the only copies of their wrapped
+    /// data keys.
+    async fn destroy_versions(
         conn: &mut DB::Connection,
-        keyring: &Keyring,
-        new: &NewSecret,
-        name: &str,
-        existing: SecretRow,
-    ) -> Result<(SecretRow, bool), Error> {
-        match new.on_conflict {
-            OnConflict::Fail => Err(Error::already_exists(format!(
-                "Secret '{name}' already exists"
-            ))),
-            OnConflict::ReturnExisting => Ok((existing, false)),
-            OnConflict::Overwrite => {
-                let revision = Revision {
-                    author: new.created_by.clone(),
-                    keep_versions: new.keep_versions,
-                    expected_version: None,
-                    audit: new.audit.clone(),
-                };
-                let id = existing.id.clone();
-                let next = Next {
-                    contents: new.contents.clone(),
-                    action: VersionAction::Overwritten,
-                };
-                let head = Head::of(existing, keyring);
-                Self::new_version(conn, keyring, &new.workspace_id, head, next, &revision).await?;
-                let row = Self::fetch_secret(conn, &new.workspace_id, SecretKey::Id(&id), false)
-                    .await?
-                    .ok_or_else(|| secret_not_found(&id))?;
-                Ok((row, false))
+        destroyed: &[(String, i64)],
+    ) -> Result<(), Error> {
+        Self::per_pair(conn, destroyed, |n| {
+            let which: Vec<String> = (0..n)
+                .map(|i| format!("(secret_id = ${} AND version <= ${})", 2 * i + 1, 2 * i + 2))
+                .collect();
+            format!("DELETE FROM secret_versions WHERE {}", which.join(" OR "))
+        })
+        .await
+    }
+
+    /// Runs the statement `sql(n)` makes for `n` (secret id, version) pairs,
+    /// bound in order from `$1`, once per chunk of `pairs`.
+    async fn per_pair(
+        conn: &mut DB::Connection,
+        pairs: &[(String, i64)],
+        sql: impl Fn(usize) -> String,
+    ) -> Result<(), Error> {
+        for chunk in pairs.chunks(MAX_PARAMETERS / 2) {
+            let sql = sql(chunk.len());
+            let mut query = sqlx::query(&sql).persistent(false);
+            for (id, version) in chunk {
+                query = query.bind(id.as_str()).bind(*version);
             }
+            query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
         }
+        Ok(())
     }
 
     /// The secret's current row, locked until the transaction ends: a
@@ -885,26 +998,6 @@ where
             }
         }
         Ok(row)
-    }
-
-    /// Applies `changes` to a secret's contents as one new version.
-    pub(crate) async fn update_secret(
-        conn: &mut DB::Connection,
-        keyring: &Keyring,
-        workspace_id: &str,
-        secret_id: &str,
-        changes: &[(String, Option<String>)],
-        revision: &Revision,
-    ) -> Result<Secret, Error> {
-        let current = Self::lock_head(conn, workspace_id, secret_id, revision)
-            .await?
-            .open(keyring)?;
-        let contents = rules::apply_changes(current.contents.clone(), changes)?;
-        let next = Next {
-            contents,
-            action: VersionAction::Updated,
-        };
-        Self::new_version(conn, keyring, workspace_id, current.into(), next, revision).await
     }
 
     /// Makes a new version of a secret whose contents are version `to`'s.
@@ -1199,24 +1292,6 @@ where
         Ok(filled)
     }
 
-    /// Deletes a secret; NotFound when there is none.
-    pub(crate) async fn delete_secret(
-        conn: &mut DB::Connection,
-        workspace_id: &str,
-        secret_id: &str,
-    ) -> Result<(), Error> {
-        let done = sqlx::query("DELETE FROM secrets WHERE workspace_id = $1 AND id = $2")
-            .bind(workspace_id)
-            .bind(secret_id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db_error::<DB>)?;
-        if DB::rows_affected(&done) == 0 {
-            return Err(secret_not_found(secret_id));
-        }
-        Ok(())
-    }
-
     pub(crate) async fn list_secrets(
         conn: &mut DB::Connection,
         workspace_id: &str,
@@ -1293,45 +1368,6 @@ where
     }
 
     // --- helpers ------------------------------------------------------------
-
-    /// Locks an environment's row until the end of the transaction: creations
-    /// of named secrets in one environment then happen one after another.
-    /// NotFound if the workspace has no such environment.
-    async fn lock_environment(
-        conn: &mut DB::Connection,
-        workspace_id: &str,
-        environment_id: &str,
-    ) -> Result<(), Error> {
-        sqlx::query(&format!(
-            "SELECT id FROM environments WHERE id = $1 AND workspace_id = $2{}",
-            DB::FOR_NO_KEY_UPDATE
-        ))
-        .bind(environment_id)
-        .bind(workspace_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db_error::<DB>)?
-        .map(drop)
-        .ok_or_else(|| environment_not_found(environment_id))
-    }
-
-    /// The next creation time for a named secret of `environment_id`: now,
-    /// or one microsecond after the newest, so that creation times stay
-    /// unique even when replicas' clocks disagree. The caller holds the
-    /// environment's lock.
-    async fn next_created_at(
-        conn: &mut DB::Connection,
-        environment_id: &str,
-    ) -> Result<Micros, Error> {
-        let (newest,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MAX(created_at) FROM secrets WHERE environment_id = $1 AND name IS NOT NULL",
-        )
-        .bind(environment_id)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(db_error::<DB>)?;
-        Ok(newest.map_or(now_micros(), |n| now_micros().max(n + 1)))
-    }
 
     /// Takes the advisory lock `key` until the transaction ends, where the
     /// backend has them.
@@ -1410,35 +1446,40 @@ where
             return Ok(head);
         }
         let at = now_micros();
-        let insert = format!(
-            "INSERT INTO audit_events ({AUDIT_COLUMNS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
-        );
-        for entry in entries {
-            let seq = head.seq + 1;
-            let mac = chain_mac(key, &head.mac, seq, at, entry);
-            let actor = entry.actor.as_ref();
-            sqlx::query(&insert)
-                .bind(seq)
-                .bind(at)
-                .bind(entry.workspace_id.as_deref())
-                .bind(actor.map(|a| a.token_id.as_str()))
-                .bind(actor.map(|a| a.name.as_str()))
-                .bind(actor.map(|a| a.role.as_str()))
-                .bind(entry.client.as_deref())
-                .bind(entry.interface.as_str())
-                .bind(entry.action.as_str())
-                .bind(entry.environment.as_deref())
-                .bind(entry.secret_name.as_deref())
-                .bind(entry.secret_id.as_deref())
-                .bind(entry.version)
-                .bind(entry.outcome.as_str())
-                .bind(entry.detail.as_deref())
-                .bind(mac.as_slice())
+        const COLUMNS: usize = 16;
+        for chunk in entries.chunks(MAX_PARAMETERS / COLUMNS) {
+            let sql = format!(
+                "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {}",
+                value_rows(chunk.len(), COLUMNS)
+            );
+            let mut query = sqlx::query(&sql).persistent(false);
+            for entry in chunk {
+                let seq = head.seq + 1;
+                let mac = chain_mac(key, &head.mac, seq, at, entry);
+                let actor = entry.actor.as_ref();
+                query = query
+                    .bind(seq)
+                    .bind(at)
+                    .bind(entry.workspace_id.as_deref())
+                    .bind(actor.map(|a| a.token_id.as_str()))
+                    .bind(actor.map(|a| a.name.as_str()))
+                    .bind(actor.map(|a| a.role.as_str()))
+                    .bind(entry.client.as_deref())
+                    .bind(entry.interface.as_str())
+                    .bind(entry.action.as_str())
+                    .bind(entry.environment.as_deref())
+                    .bind(entry.secret_name.as_deref())
+                    .bind(entry.secret_id.as_deref())
+                    .bind(entry.version)
+                    .bind(entry.outcome.as_str())
+                    .bind(entry.detail.as_deref())
+                    .bind(mac.clone());
+                head = AuditHead { seq, mac };
+            }
+            query
                 .execute(&mut *conn)
                 .await
                 .map_err(audit_write_failed::<DB>)?;
-            head = AuditHead { seq, mac };
         }
         sqlx::query("UPDATE audit_head SET seq = $1, mac = $2 WHERE id = 1")
             .bind(head.seq)
@@ -1678,10 +1719,6 @@ where
     }
 }
 
-/// Per environment locked by a group's transaction, the newest creation
-/// time given there (see [`Sql::create_group`]).
-type Clocks = std::collections::HashMap<String, Micros>;
-
 /// The current version a new one is made from: the secret's metadata (its
 /// number among them), and its contents when they open.
 struct Head {
@@ -1745,4 +1782,24 @@ fn seal(
         },
         contents,
     )
+}
+
+/// The most parameters one statement binds (SQLite's limit is 32,766,
+/// PostgreSQL's 65,535): larger writes are split.
+const MAX_PARAMETERS: usize = 32_000;
+
+/// `$first, ..., $(first + n - 1)`.
+fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `($1, ..., $columns), ...`: `rows` rows of values.
+fn value_rows(rows: usize, columns: usize) -> String {
+    (0..rows)
+        .map(|row| format!("({})", placeholders(1 + row * columns, columns)))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -13,6 +13,7 @@ use sqlx::{
 };
 
 use super::{
+    batch::{Write, Written},
     db_error,
     queries::{SecretKey, Sql},
     Changed, Dialect, Engine, Pending,
@@ -304,8 +305,10 @@ where
     }
 
     async fn create_secret(&self, new: &NewSecret) -> Result<(Secret, bool), Error> {
-        let (row, created) = self.creates().create(new).await?;
-        Ok((row.open(self.keyring())?, created))
+        match self.writes().submit(Write::Create(new.clone())).await? {
+            Written::Created(secret, created) => Ok((secret, created)),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn secret_by_name(
@@ -384,32 +387,16 @@ where
         changes: &[(String, Option<String>)],
         revision: &Revision,
     ) -> Result<Secret, Error> {
-        let (workspace_id, secret_id, changes, revision) = (
-            workspace_id.to_owned(),
-            secret_id.to_owned(),
-            changes.to_vec(),
-            revision.clone(),
-        );
-        self.write(|store| async move {
-            let mut tx = begin(store.writer()).await?;
-            let secret = Sql::<E::DB>::update_secret(
-                &mut tx,
-                store.keyring(),
-                &workspace_id,
-                &secret_id,
-                &changes,
-                &revision,
-            )
-            .await?;
-            let event = revision
-                .audit
-                .clone()
-                .action("secret.update")
-                .about(&secret.summary);
-            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
-            Ok(Pending::new(tx, secret, Changed::secret(&secret_id)))
-        })
-        .await
+        let write = Write::Update {
+            workspace_id: workspace_id.to_owned(),
+            secret_id: secret_id.to_owned(),
+            changes: changes.to_vec(),
+            revision: revision.clone(),
+        };
+        match self.writes().submit(write).await? {
+            Written::Updated(secret) => Ok(secret),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn rollback_secret(
@@ -487,20 +474,15 @@ where
         secret_id: &str,
         audit: &AuditEntry,
     ) -> Result<(), Error> {
-        let (workspace_id, secret_id) = (workspace_id.to_owned(), secret_id.to_owned());
-        let audit = audit.clone().action("secret.delete");
-        self.write(|store| async move {
-            let mut tx = begin(store.writer()).await?;
-            let row =
-                Sql::<E::DB>::fetch_secret(&mut tx, &workspace_id, SecretKey::Id(&secret_id), true)
-                    .await?
-                    .ok_or_else(|| secret_not_found(&secret_id))?;
-            Sql::<E::DB>::delete_secret(&mut tx, &workspace_id, &secret_id).await?;
-            let event = audit.about(&row.summary());
-            Sql::<E::DB>::append_events(&mut tx, store.keyring(), &[event]).await?;
-            Ok(Pending::new(tx, (), Changed::secret(&secret_id)))
-        })
-        .await
+        let write = Write::Delete {
+            workspace_id: workspace_id.to_owned(),
+            secret_id: secret_id.to_owned(),
+            audit: audit.clone(),
+        };
+        match self.writes().submit(write).await? {
+            Written::Deleted => Ok(()),
+            other => Err(unexpected(&other)),
+        }
     }
 
     async fn list_secrets(
@@ -712,6 +694,13 @@ where
         })
         .await
     }
+}
+
+/// A group answered a write with the answer of another kind of write: a
+/// bug, reported rather than trusted.
+fn unexpected(written: &Written) -> Error {
+    tracing::error!(?written, "a group of writes answered out of kind");
+    Error::internal("The secret store answered a write out of kind")
 }
 
 /// An event about the environment `env`.
