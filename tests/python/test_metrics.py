@@ -88,8 +88,8 @@ def test_counters_move_with_traffic_and_hold_no_names(start_server):
     assert moved("latchkey_lookup_cache_hits_total") >= 3
     assert moved("latchkey_lookup_cache_misses_total", reason="absent") >= 1
     assert moved("latchkey_lookup_cache_invalidations_total", scope="secret") >= 1
-    assert metric(text, "latchkey_group_commit_batch_size_count", group="creates") >= 1
-    assert metric(text, "latchkey_group_commit_batch_size_bucket", group="creates", le="1") >= 1
+    assert metric(text, "latchkey_group_commit_batch_size_count", group="writes") >= 1
+    assert metric(text, "latchkey_group_commit_batch_size_bucket", group="writes", le="1") >= 1
 
     # Names and values stay out: labels are route templates and declared RPCs only.
     for private in (secret_name, value, token_name, server.token_id, server.token_secret):

@@ -124,7 +124,7 @@ fn describe() {
     );
     describe_histogram!(
         "latchkey_group_commit_batch_size",
-        "Jobs committed together in one transaction, by group (creates: secret creates; audit_events: the events of reads and refusals)"
+        "Jobs committed together in one transaction, by group (writes: creates, updates and deletes of secrets; audit_events: the events of reads and refusals)"
     );
     describe_counter!(
         "latchkey_store_errors_total",
