@@ -325,12 +325,14 @@ pub(crate) fn connect_options(
     let statement_ms = options.statement_timeout.as_millis().max(1).to_string();
     PgConnectOptions::from_str(url)
         .map(|o| {
-            o.application_name("latchkey").options([
-                ("statement_timeout", statement_ms.as_str()),
-                // A replica that stalls inside a transaction must not hold
-                // its row locks (and everyone else) for long.
-                ("idle_in_transaction_session_timeout", "60000"),
-            ])
+            o.application_name("latchkey")
+                .statement_cache_capacity(crate::sql::queries::STATEMENT_CACHE)
+                .options([
+                    ("statement_timeout", statement_ms.as_str()),
+                    // A replica that stalls inside a transaction must not hold
+                    // its row locks (and everyone else) for long.
+                    ("idle_in_transaction_session_timeout", "60000"),
+                ])
         })
         .map_err(|e| OpenError::BadUrl(format!("{}: {e}", describe(url))))
 }

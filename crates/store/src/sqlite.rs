@@ -72,7 +72,8 @@ impl SqliteStore {
             },
             std::fs::TryLockError::Error(e) => db_err(sqlx::Error::Io(e)),
         })?;
-        let options = durable(base.create_if_missing(true));
+        let options = durable(base.create_if_missing(true))
+            .statement_cache_capacity(crate::sql::queries::STATEMENT_CACHE);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))

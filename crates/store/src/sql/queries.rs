@@ -759,7 +759,7 @@ where
             placeholders(1, ids.len()),
             DB::FOR_NO_KEY_UPDATE
         );
-        let mut query = sqlx::query_as(&sql).persistent(false);
+        let mut query = sqlx::query_as(&sql).persistent(prepared(ids.len()));
         for id in ids {
             query = query.bind(*id);
         }
@@ -779,7 +779,8 @@ where
             placeholders(1, environment_ids.len()),
             placeholders(1 + environment_ids.len(), names.len())
         );
-        let mut query = sqlx::query_as(&sql).persistent(false);
+        let mut query =
+            sqlx::query_as(&sql).persistent(prepared(environment_ids.len() + names.len()));
         for value in environment_ids.iter().chain(names) {
             query = query.bind(*value);
         }
@@ -800,7 +801,7 @@ where
              FROM environments e WHERE e.id IN ({})",
             placeholders(1, environment_ids.len())
         );
-        let mut query = sqlx::query_as(&sql).persistent(false);
+        let mut query = sqlx::query_as(&sql).persistent(prepared(environment_ids.len()));
         for id in environment_ids {
             query = query.bind(*id);
         }
@@ -823,14 +824,14 @@ where
                 "SELECT id FROM secrets WHERE id IN ({list}) ORDER BY id{}",
                 DB::FOR_UPDATE
             );
-            let mut query = sqlx::query(&sql).persistent(false);
+            let mut query = sqlx::query(&sql).persistent(prepared(ids.len()));
             for id in ids {
                 query = query.bind(id.as_str());
             }
             query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
         }
         let sql = format!("SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.id IN ({list})");
-        let mut query = sqlx::query_as(&sql).persistent(false);
+        let mut query = sqlx::query_as(&sql).persistent(prepared(ids.len()));
         for id in ids {
             query = query.bind(id.as_str());
         }
@@ -845,7 +846,7 @@ where
             "DELETE FROM secrets WHERE id IN ({})",
             placeholders(1, ids.len())
         );
-        let mut query = sqlx::query(&sql).persistent(false);
+        let mut query = sqlx::query(&sql).persistent(prepared(ids.len()));
         for id in ids {
             query = query.bind(id.as_str());
         }
@@ -867,7 +868,7 @@ where
                  created_at, created_by, version) VALUES {}",
                 value_rows(chunk.len(), COLUMNS)
             );
-            let mut query = sqlx::query(&sql).persistent(false);
+            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
             for row in chunk {
                 query = query
                     .bind(row.id.as_str())
@@ -901,7 +902,7 @@ where
                  source_version, keys, changes, key_id, wrapped_key, ciphertext) VALUES {}",
                 value_rows(chunk.len(), COLUMNS)
             );
-            let mut query = sqlx::query(&sql).persistent(false);
+            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
             for v in chunk {
                 query = query
                     .bind(v.secret_id.as_str())
@@ -964,7 +965,7 @@ where
     ) -> Result<(), Error> {
         for chunk in pairs.chunks(MAX_PARAMETERS / 2) {
             let sql = sql(chunk.len());
-            let mut query = sqlx::query(&sql).persistent(false);
+            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
             for (id, version) in chunk {
                 query = query.bind(id.as_str()).bind(*version);
             }
@@ -1452,7 +1453,7 @@ where
                 "INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {}",
                 value_rows(chunk.len(), COLUMNS)
             );
-            let mut query = sqlx::query(&sql).persistent(false);
+            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
             for entry in chunk {
                 let seq = head.seq + 1;
                 let mac = chain_mac(key, &head.mac, seq, at, entry);
@@ -1787,6 +1788,22 @@ fn seal(
 /// The most parameters one statement binds (SQLite's limit is 32,766,
 /// PostgreSQL's 65,535): larger writes are split.
 const MAX_PARAMETERS: usize = 32_000;
+
+/// Group statements of up to this many rows (or list items) stay prepared
+/// on their connection, one statement per size: a group of a few writes,
+/// the usual case, is then neither parsed nor planned again. Larger ones
+/// are prepared for the one use, so that a connection holds a bounded
+/// number of statements ([`STATEMENT_CACHE`]).
+const PREPARED_ROWS: usize = 16;
+
+/// Statements a connection keeps prepared: the fixed ones, and each group
+/// statement at each size up to [`PREPARED_ROWS`].
+pub(crate) const STATEMENT_CACHE: usize = 256;
+
+/// Whether a group statement of `rows` rows stays prepared.
+fn prepared(rows: usize) -> bool {
+    rows <= PREPARED_ROWS
+}
 
 /// `$first, ..., $(first + n - 1)`.
 fn placeholders(first: usize, n: usize) -> String {
