@@ -508,6 +508,16 @@ impl Functions {
         Ok(())
     }
 
+    /// Stops the caller's app `app_id`, if it may see it.
+    fn stop_app_checked(&self, caller: &Caller, app_id: &str) -> Result<(), Error> {
+        {
+            let state = self.state();
+            Self::app_of(&state, caller, app_id)?;
+        }
+        self.stop_app(app_id, "latchkey does not serve it live");
+        Ok(())
+    }
+
     /// Stops an app: its containers are killed, its waiting inputs fail, its
     /// log stream ends.
     fn stop_app(&self, app_id: &str, why: &str) {
@@ -551,6 +561,13 @@ impl Functions {
             return Err(refuse::refused("classes (@app.cls)"));
         }
         let target = AppState::try_from(req.app_state).unwrap_or(AppState::Unspecified);
+        if target == AppState::Unspecified {
+            // Only `modal serve` republishes a running app this way.
+            drop(self.stop_app_checked(caller, &req.app_id));
+            return Err(refuse::refused(
+                "live reload (modal serve); use modal run or modal deploy",
+            ));
+        }
         let mut state = self.state();
         let app = Self::app_of(&state, caller, &req.app_id)?;
         if !app.running() {

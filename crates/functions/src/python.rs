@@ -84,6 +84,12 @@ impl Interpreter {
         let mut lines = stdout.lines();
         let modal_version = lines.next().unwrap_or("").trim().to_owned();
         let python_version = lines.next().unwrap_or("").trim().to_owned();
+        if modal_version.is_empty() || python_version.is_empty() {
+            return Err(Error::failed_precondition(format!(
+                "--function-python {shown} did not report modal's version: is it a Python \
+                 interpreter with modal installed?"
+            )));
+        }
         let mut visible: Vec<PathBuf> = Vec::new();
         for line in lines {
             let p = PathBuf::from(line.trim());

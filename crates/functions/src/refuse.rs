@@ -52,12 +52,16 @@ pub(crate) fn check_definition(def: &api::Function) -> Result<(), Error> {
     if def.retry_policy.as_ref().is_some_and(|r| r.retries > 0) {
         return Err(refused("retries (retries=...)"));
     }
-    if def
+    if let Some(pty) = def
         .pty_info
         .as_ref()
-        .is_some_and(|p| p.pty_type != 0 || p.enabled)
+        .filter(|p| p.pty_type != 0 || p.enabled)
     {
-        return Err(refused("interactive shells (modal shell)"));
+        return Err(if pty.pty_type == api::pty_info::PtyType::Shell as i32 {
+            refused("interactive shells (modal shell)")
+        } else {
+            refused("interactive mode (modal run --interactive)")
+        });
     }
     if def.definition_type == api::function::DefinitionType::Serialized as i32 {
         return Err(refused("serialized functions (serialized=True)"));
