@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -329,10 +330,22 @@ def test_an_unpicklable_result_and_an_oversize_input_are_clear_errors(fc, failin
     with failing.app.run(client=fc):
         with pytest.raises(Exception, match="(?i)pickle|serializ"):
             failing.unpicklable.remote()
-        with pytest.raises(modal.exception.InvalidError, match="larger than 2 MiB"):
-            failing.echo.remote("x" * (5 * 1024 * 1024))
+        with pytest.raises(modal.exception.InvalidError, match="at most 64 MiB"):
+            failing.echo.remote(b"x" * (65 * 1024 * 1024))
         # The server is unaffected.
         assert failing.echo.remote("small") == "small"
+
+
+def test_large_arguments_and_results_travel_as_blobs(fn_server, fc, failing):
+    """Over 2 MiB the client uploads to a signed URL on latchkey's port (and the container
+    downloads from one, and back)."""
+    big = os.urandom(5 * 1024 * 1024)
+    with failing.app.run(client=fc):
+        assert failing.echo.remote(big) == big
+    # A blob URL without a valid signature is refused.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{fn_server.url}/functions/blobs/bl-x?op=get&exp=9999999999&sig=00")
+    assert err.value.code == 403
 
 
 def test_a_container_that_exits_mid_input_and_a_timeout(fc, failing):

@@ -445,14 +445,18 @@ impl Functions {
             let input = item
                 .input
                 .ok_or_else(|| Error::invalid(format!("Input {} has no arguments", item.idx)))?;
-            if matches!(
-                input.args_oneof,
-                Some(api::function_input::ArgsOneof::ArgsBlobId(_))
-            ) {
-                return Err(Error::invalid(
-                    "latchkey does not accept function arguments larger than 2 MiB (the client \
-                     sends those as blobs)",
-                ));
+            if let Some(api::function_input::ArgsOneof::ArgsBlobId(blob)) = &input.args_oneof {
+                let uploaded = state
+                    .calls
+                    .get(call_id)
+                    .is_some_and(|c| state.blobs.has(&c.workspace_id, blob));
+                if !uploaded {
+                    return Err(Error::not_found(format!(
+                        "The arguments of input {} (blob {}) were not uploaded",
+                        item.idx,
+                        echo(blob)
+                    )));
+                }
             }
             checked.push((item.idx, input));
         }
@@ -764,23 +768,6 @@ impl Functions {
             let result = item
                 .result
                 .unwrap_or_else(|| failure("The container sent no result", true));
-            if matches!(
-                result.data_oneof,
-                Some(api::generic_result::DataOneof::DataBlobId(_))
-            ) {
-                complete(
-                    &mut state,
-                    &item.input_id,
-                    failure(
-                        "The function's result is larger than 2 MiB, which latchkey does not \
-                         support (such results travel as blobs)",
-                        false,
-                    ),
-                    0,
-                    task_id,
-                );
-                continue;
-            }
             complete(
                 &mut state,
                 &item.input_id,

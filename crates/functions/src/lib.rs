@@ -25,6 +25,7 @@
 //! `latchkey-server` turns into status codes; requests and answers are
 //! Modal's own messages (`latchkey_proto::api`), as in `latchkey-sandbox`.
 
+mod blobs;
 mod calls;
 mod containers;
 mod mounts;
@@ -47,6 +48,7 @@ use latchkey_proto::api::{self, AppState};
 use latchkey_service::{Caller, Service};
 use tokio::sync::watch;
 
+pub use blobs::{BlobAccess, MAX_BLOB_BYTES};
 pub use python::Interpreter;
 
 /// Default of [`FunctionsConfig::idle_timeout`].
@@ -84,6 +86,9 @@ pub struct FunctionsConfig {
     pub max_containers: usize,
     /// Containers one function runs at once.
     pub max_containers_per_function: usize,
+    /// The URL clients and containers reach this server at: signed blob
+    /// URLs point there.
+    pub public_url: String,
 }
 
 impl FunctionsConfig {
@@ -95,6 +100,7 @@ impl FunctionsConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_containers: DEFAULT_MAX_CONTAINERS,
             max_containers_per_function: DEFAULT_MAX_CONTAINERS_PER_FUNCTION,
+            public_url: "http://127.0.0.1:7420".to_owned(),
         }
     }
 }
@@ -139,6 +145,7 @@ struct State {
     apps: HashMap<String, App>,
     functions: HashMap<String, Func>,
     mounts: mounts::Mounts,
+    blobs: blobs::Blobs,
     calls: HashMap<String, calls::Call>,
     inputs: HashMap<String, calls::Input>,
     tasks: HashMap<String, containers::Task>,
@@ -336,6 +343,17 @@ impl Functions {
                 }
             }
         }
+    }
+
+    /// The workspace of the app whose container runs task `task_id`.
+    pub fn task_workspace(&self, task_id: &str) -> Result<String, Error> {
+        let state = self.state();
+        state
+            .tasks
+            .get(task_id)
+            .and_then(|t| state.apps.get(&t.app_id))
+            .map(|a| a.workspace_id.clone())
+            .ok_or_else(|| Error::not_found(format!("Task '{}' not found", echo(task_id))))
     }
 
     /// Kills every container; new ones are refused from now on.

@@ -24,8 +24,8 @@ use crate::{echo, Functions};
 
 /// Bytes of uploaded files kept, over all workspaces.
 const MAX_FILE_BYTES: usize = 1024 * 1024 * 1024;
-/// Largest single file.
-pub(crate) const MAX_FILE: usize = 15 * 1024 * 1024;
+/// Largest single file (a larger one comes as a blob, at most this).
+pub(crate) const MAX_FILE: usize = crate::MAX_BLOB_BYTES;
 /// Most files in one mount.
 const MAX_MOUNT_FILES: usize = 10_000;
 /// The directory files are mounted under in a container; a container runs
@@ -116,11 +116,8 @@ impl Functions {
         check_sha(&req.sha256_hex)?;
         let data = match req.data_oneof {
             Some(api::mount_put_file_request::DataOneof::Data(data)) => data,
-            Some(api::mount_put_file_request::DataOneof::DataBlobId(_)) => {
-                return Err(Error::invalid(format!(
-                    "latchkey accepts function files up to {} MiB (larger ones come as blobs)",
-                    MAX_FILE / (1024 * 1024)
-                )))
+            Some(api::mount_put_file_request::DataOneof::DataBlobId(blob)) => {
+                self.blob_data(caller.workspace_id(), &blob)?.to_vec()
             }
             // A question: does the file exist?
             None => {

@@ -140,7 +140,7 @@ pub fn app_with_options(
     if options.tls {
         dashboard = dashboard.layer(middleware::from_fn(dashboard_over_tls));
     }
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(service.clone())
@@ -150,7 +150,11 @@ pub fn app_with_options(
         )
         .nest("/api/v1", api::router(service))
         .merge(dashboard)
-        .merge(grpc_routes)
+        .merge(grpc_routes);
+    if let Some(functions) = &options.functions {
+        router = router.merge(crate::blobs::router(functions.clone()));
+    }
+    router
         .route_layer(middleware::from_fn(telemetry::remember_route))
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))

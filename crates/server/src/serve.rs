@@ -198,7 +198,7 @@ pub async fn serve(
         }
     }
     let sandboxes = start_sandboxes(&config).await?;
-    let functions = start_functions(&config, &service).await?;
+    let functions = start_functions(&config, &service, &url).await?;
     let sweeper = tokio::spawn(sweep_forever(
         service.clone(),
         config.sweep_interval,
@@ -478,11 +478,13 @@ async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
 async fn start_functions(
     config: &ServeConfig,
     service: &Service,
+    url: &str,
 ) -> Result<Option<latchkey_functions::Functions>> {
     let Some(function_config) = &config.functions else {
         return Ok(None);
     };
     let mut function_config = function_config.clone();
+    url.clone_into(&mut function_config.public_url);
     function_config.hidden_paths.push(config.data_dir.clone());
     function_config
         .hidden_paths

@@ -61,6 +61,28 @@ impl ModalApi {
         self
     }
 
+    /// The workspace a blob RPC works in: the container's (through its
+    /// task's socket) or the caller's (a developer's token).
+    async fn blob_workspace<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &str,
+    ) -> Result<(String, &Functions), Status> {
+        let functions = self
+            .functions
+            .as_ref()
+            .ok_or_else(|| functions::disabled(rpc))?;
+        if let Some(task) = request.extensions().get::<functions::TaskIdentity>() {
+            let workspace = functions.task_workspace(&task.0).map_err(status)?;
+            return Ok((workspace, functions));
+        }
+        let caller = self.caller(request).await?;
+        caller
+            .require(latchkey_service::Role::Developer, "move function payloads")
+            .map_err(status)?;
+        Ok((caller.workspace_id().to_owned(), functions))
+    }
+
     /// The function manager and the caller, for the function RPC `rpc`.
     async fn function_caller<T>(
         &self,
@@ -1000,19 +1022,24 @@ impl ModalClient for ModalApi {
 
     async fn blob_create(
         &self,
-        _request: Request<api::BlobCreateRequest>,
+        request: Request<api::BlobCreateRequest>,
     ) -> Result<Response<api::BlobCreateResponse>, Status> {
-        Err(Status::invalid_argument(
-            "latchkey does not accept payloads larger than 2 MiB (function arguments, results \
-             and files of that size travel as blobs, which latchkey does not store)",
-        ))
+        let (workspace, functions) = self.blob_workspace(&request, "BlobCreate").await?;
+        functions
+            .blob_create(&workspace, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
     }
 
     async fn blob_get(
         &self,
-        _request: Request<api::BlobGetRequest>,
+        request: Request<api::BlobGetRequest>,
     ) -> Result<Response<api::BlobGetResponse>, Status> {
-        Err(Status::not_found("latchkey stores no blobs"))
+        let (workspace, functions) = self.blob_workspace(&request, "BlobGet").await?;
+        functions
+            .blob_get(&workspace, &request.get_ref().blob_id)
+            .map(Response::new)
+            .map_err(status)
     }
 }
 
