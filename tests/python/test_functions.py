@@ -404,6 +404,19 @@ def test_a_missing_required_key_and_an_unknown_secret(fc, apps_dir):
             pass
 
 
+def test_required_keys_are_checked_again_when_a_container_starts(fc, apps_dir):
+    named = named_secret(fc, {"NEEDED": "1", "OTHER": "2"})
+    mod = load_app(apps_dir, SECRET_APP.format(name=named, keys='["NEEDED"]'))
+    with mod.app.run(client=fc):
+        # The key goes between the deployment's lookup and the container's start.
+        secret_id = modal.Secret.from_name(named, client=fc).hydrate().object_id
+        update = api_pb2.SecretUpdateRequest.Update(key="NEEDED")
+        support.rpc("SecretUpdate", api_pb2.SecretUpdateRequest(secret_id=secret_id, updates=[update]), client=fc)
+        with pytest.raises(modal.exception.RemoteError, match=r"missing key\(s\): NEEDED"):
+            mod.f.remote()
+    wait_no_containers()
+
+
 REFUSED = {
     "GPUs": '@app.function(gpu="T4")',
     "volumes": '@app.function(volumes={"/data": modal.Volume.from_name("v", create_if_missing=True)})',

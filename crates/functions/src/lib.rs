@@ -502,14 +502,15 @@ impl Functions {
     }
 
     /// `AppClientDisconnect`: the client of a `modal run` is done; its app
-    /// stops. A deployed app stays.
+    /// stops. A deployed app stays, and so does a detached one (`modal run
+    /// -d`) until `modal app stop`.
     pub async fn app_client_disconnect(&self, caller: &Caller, app_id: &str) -> Result<(), Error> {
-        let deployed = {
+        let stays = {
             let state = self.state();
             let app = Self::app_of(&state, caller, app_id)?;
-            app.state == AppState::Deployed
+            matches!(app.state, AppState::Deployed | AppState::Detached)
         };
-        if !deployed {
+        if !stays {
             self.stop_app(app_id, "its client disconnected");
         }
         Ok(())
