@@ -417,6 +417,7 @@ impl Functions {
             req.pipelined_inputs,
         )?;
         drop(state);
+        self.bump();
         self.schedule(&req.function_id);
         Ok(api::FunctionMapResponse {
             function_call_id: call_id,
@@ -527,6 +528,7 @@ impl Functions {
             req.inputs,
         )?;
         drop(state);
+        self.bump();
         self.schedule(&req.function_id);
         Ok(api::FunctionPutInputsResponse { inputs: items })
     }

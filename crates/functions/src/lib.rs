@@ -68,6 +68,8 @@ const MAX_APPS: usize = 1_000;
 const MAX_CALLS: usize = 10_000;
 /// Most inputs waiting or running at once, over all functions.
 const MAX_INPUTS: usize = 100_000;
+/// How long the output of a stopped app stays readable.
+const LOG_GRACE: Duration = Duration::from_secs(60);
 /// Bytes of container output kept per app for `AppGetLogs`.
 const LOG_BYTES_PER_APP: usize = 4 * 1024 * 1024;
 
@@ -243,6 +245,14 @@ impl Logs {
         }
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn clear(&self) {
+        let mut inner = self.lock();
+        if !inner.batches.is_empty() {
+            inner.batches.clear();
+            inner.bytes = 0;
+        }
     }
 
     fn finish(&self) {
@@ -457,6 +467,7 @@ impl Functions {
             match oldest {
                 Some(id) => {
                     guard.apps.remove(&id);
+                    guard.functions.retain(|_, f| f.app_id != id);
                 }
                 None => {
                     return Err(Error::resource_exhausted(format!(
@@ -900,6 +911,16 @@ async fn reap_forever(inner: std::sync::Weak<Inner>) {
             .collect();
         for id in expired {
             functions.stop_app(&id, "its client sent no heartbeat for a minute");
+        }
+        // The output of stopped apps goes once their clients had time to
+        // read its end.
+        for app in functions.state().apps.values() {
+            if app
+                .stopped_at
+                .is_some_and(|at| now_secs() - at > LOG_GRACE.as_secs_f64())
+            {
+                app.logs.clear();
+            }
         }
         functions.stop_idle_containers();
     }

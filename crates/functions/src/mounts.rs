@@ -89,6 +89,44 @@ fn relative_path(filename: &str) -> Result<PathBuf, Error> {
     Ok(out)
 }
 
+/// Drops the mounts and files no function of a running app uses (apps that
+/// stopped, uploads whose run never created its function): called when the
+/// files fill their budget.
+fn collect_garbage(state: &mut crate::State) {
+    use std::collections::HashSet;
+    let live_mounts: HashSet<&String> = state
+        .functions
+        .values()
+        .filter(|f| state.apps.get(&f.app_id).is_some_and(crate::App::running))
+        .filter_map(|f| f.definition.as_ref())
+        .flat_map(|d| d.mount_ids.iter())
+        .collect();
+    let mounts = &mut state.mounts;
+    mounts.manifests.retain(|id, _| live_mounts.contains(id));
+    let live_files: HashSet<(String, String)> = mounts
+        .manifests
+        .values()
+        .flat_map(|m| {
+            m.files
+                .iter()
+                .map(|(_, sha, _)| (m.workspace_id.clone(), sha.clone()))
+        })
+        .collect();
+    let mut freed = 0;
+    mounts.files.retain(|key, data| {
+        let keep = live_files.contains(key);
+        if !keep {
+            freed += data.len();
+        }
+        keep
+    });
+    mounts.bytes -= freed;
+    tracing::info!(
+        freed_bytes = freed,
+        "dropped function files no running app uses"
+    );
+}
+
 impl Functions {
     /// `MountBatchedCheckExistence`: which of these contents the caller's
     /// workspace lacks.
@@ -148,7 +186,10 @@ impl Functions {
         let key = (caller.workspace_id().to_owned(), actual);
         if !state.mounts.files.contains_key(&key) {
             if state.mounts.bytes + data.len() > MAX_FILE_BYTES {
-                return Err(Error::invalid(format!(
+                collect_garbage(&mut state);
+            }
+            if state.mounts.bytes + data.len() > MAX_FILE_BYTES {
+                return Err(Error::resource_exhausted(format!(
                     "This server holds {} MiB of function files, its limit",
                     MAX_FILE_BYTES / (1024 * 1024)
                 )));
