@@ -159,10 +159,39 @@ def test_modal_run_of_the_seed_example(fn_server, fc, apps_dir, home):
     apps = cli(fn_server, home, "app", "list", "--json").stdout
     [listed] = [a for a in json.loads(apps) if a["description"] == app_name]
     assert listed["state"] == "stopped", listed
+    # Containers were reused: 101 inputs took at most two (two per function at most).
+    started = [
+        line
+        for line in fn_server.log().splitlines()
+        if "container started" in line and f"app={listed['app_id']}" in line
+    ]
+    assert 1 <= len(started) <= 2, started
     # The secret's values reached a process: last used, read in the audit log.
     assert modal.Secret.from_name(secret, client=fc).info().last_used is not None
     status, log = support.api(fn_server, "GET", f"/audit?secret={secret}&action=secret.read")
     assert status == 200 and log["items"], log
+
+
+IDLE_APP = """
+import modal
+
+app = modal.App()
+
+@app.function(scaledown_window=2)
+def f(x):
+    return x + 1
+"""
+
+
+def test_a_container_stops_when_idle_while_its_app_runs(fc, apps_dir):
+    mod = load_app(apps_dir, IDLE_APP)
+    with mod.app.run(client=fc):
+        assert mod.f.remote(1) == 2
+        assert containers(), "the container stays warm for the next input"
+        wait_no_containers(timeout=15)
+        # A new input starts a new container.
+        assert mod.f.remote(2) == 3
+    wait_no_containers()
 
 
 ENV_APP = """
