@@ -500,6 +500,22 @@ def test_a_client_of_another_version_is_refused_naming_both(fn_server, fc):
         )
     assert err.value.status.name == "FAILED_PRECONDITION"
     assert "0.99.1" in err.value.message and modal.__version__ in err.value.message
+    # The same modal on another Python: pickles would not cross either.
+    meta["x-modal-client-version"] = modal.__version__
+    meta["x-modal-python-version"] = "3.1.4"
+    with pytest.raises(grpclib.GRPCError) as err:
+        support.raw_call(
+            fn_server.url,
+            "FunctionCreate",
+            api_pb2.FunctionCreateRequest(
+                app_id=created.app_id,
+                function=api_pb2.Function(function_name="f", module_name="m"),
+            ),
+            meta,
+        )
+    assert err.value.status.name == "FAILED_PRECONDITION"
+    ours = "%d.%d" % sys.version_info[:2]
+    assert "Python 3.1.4" in err.value.message and f"Python {ours}" in err.value.message
     support.raw_call(fn_server.url, "AppStop", api_pb2.AppStopRequest(app_id=created.app_id), meta)
 
 

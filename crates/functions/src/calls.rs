@@ -210,9 +210,9 @@ impl Functions {
         &self,
         caller: &Caller,
         req: api::FunctionCreateRequest,
-        client_version: Option<&str>,
+        client: &crate::ClientVersions,
     ) -> Result<api::FunctionCreateResponse, Error> {
-        self.check_client_version(client_version)?;
+        self.check_client_version(client)?;
         caller.require(Role::Developer, "create functions")?;
         if req.function_data.is_some() {
             return Err(refuse::refused("functions placed in several regions"));
@@ -360,9 +360,9 @@ impl Functions {
         &self,
         caller: &Caller,
         req: api::FunctionMapRequest,
-        client_version: Option<&str>,
+        client: &crate::ClientVersions,
     ) -> Result<api::FunctionMapResponse, Error> {
-        self.check_client_version(client_version)?;
+        self.check_client_version(client)?;
         caller.require(Role::Developer, "call functions")?;
         let mut state = self.state();
         let f = Self::function_of(&state, caller, &req.function_id)?;

@@ -107,6 +107,16 @@ impl FunctionsConfig {
     }
 }
 
+/// What a client says of itself in its headers: its `modal` version
+/// (`x-modal-client-version`) and its Python (`x-modal-python-version`).
+#[derive(Debug, Clone, Default)]
+pub struct ClientVersions {
+    /// The `modal` package's version.
+    pub modal: Option<String>,
+    /// `major.minor.micro`.
+    pub python: Option<String>,
+}
+
 /// Serves the gRPC service on a task's Unix socket until the future
 /// completes; the task id (the `String`) is the identity of every call made
 /// on it.
@@ -320,11 +330,24 @@ impl Functions {
         self.inner.tick.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// Checks that the client's `modal` is the container's: arguments and
-    /// results cross between them as pickles of the client's classes.
-    pub fn check_client_version(&self, client_version: Option<&str>) -> Result<(), Error> {
+    /// Checks that the client's `modal` and Python are the container's:
+    /// arguments and results cross between them as pickles of the client's
+    /// classes.
+    pub fn check_client_version(&self, client: &ClientVersions) -> Result<(), Error> {
+        let python = &self.inner.python.python_version;
+        if let Some(theirs) = &client.python {
+            let minor: String = theirs.split('.').take(2).collect::<Vec<_>>().join(".");
+            if &minor != python {
+                return Err(Error::failed_precondition(format!(
+                    "This latchkey server runs functions with Python {python}, but this client \
+                     runs Python {}: arguments and results cross as pickles, which need the same \
+                     Python on both sides",
+                    echo(theirs)
+                )));
+            }
+        }
         let ours = &self.inner.python.modal_version;
-        match client_version {
+        match client.modal.as_deref() {
             Some(v) if v == ours => Ok(()),
             Some(v) => Err(Error::failed_precondition(format!(
                 "This latchkey server runs functions with modal {ours}, but this client is modal \

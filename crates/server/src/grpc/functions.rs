@@ -41,13 +41,19 @@ const CONTAINER_RPCS: [&str; 7] = [
     "BlobGet",
 ];
 
-/// The client's `modal` version (`x-modal-client-version`).
-pub(crate) fn client_version<T>(request: &Request<T>) -> Option<String> {
-    request
-        .metadata()
-        .get("x-modal-client-version")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+/// What the client says of its versions in its headers.
+pub(crate) fn client_version<T>(request: &Request<T>) -> latchkey_functions::ClientVersions {
+    let header = |name| {
+        request
+            .metadata()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    latchkey_functions::ClientVersions {
+        modal: header("x-modal-client-version"),
+        python: header("x-modal-python-version"),
+    }
 }
 
 /// The task calling through its socket, for the container RPC `rpc`.

@@ -849,7 +849,7 @@ impl ModalClient for ModalApi {
         let (caller, functions) = self.function_caller(&request, "FunctionCreate").await?;
         let version = functions::client_version(&request);
         functions
-            .function_create(&caller, request.into_inner(), version.as_deref())
+            .function_create(&caller, request.into_inner(), &version)
             .map(Response::new)
             .map_err(status)
     }
@@ -873,7 +873,7 @@ impl ModalClient for ModalApi {
         let (caller, functions) = self.function_caller(&request, "FunctionMap").await?;
         let version = functions::client_version(&request);
         functions
-            .function_map(&caller, request.into_inner(), version.as_deref())
+            .function_map(&caller, request.into_inner(), &version)
             .map(Response::new)
             .map_err(status)
     }
