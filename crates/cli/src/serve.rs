@@ -376,6 +376,10 @@ pub(crate) struct FunctionArgs {
     /// function's own scaledown_window wins).
     #[arg(long, default_value = "60s", requires = "functions", value_parser = parse_duration)]
     function_idle_timeout: Duration,
+    /// URL at which clients and containers reach this server, for the
+    /// signed URLs of large payloads [default: the address it listens on].
+    #[arg(long, requires = "functions")]
+    function_public_url: Option<String>,
     /// Most containers running at once, over all functions.
     #[arg(long, default_value_t = 8, requires = "functions",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -388,6 +392,9 @@ impl FunctionArgs {
             let mut config = latchkey_functions::FunctionsConfig::new(self.function_python.clone());
             config.idle_timeout = self.function_idle_timeout;
             config.max_containers = usize::from(self.function_max_containers);
+            if let Some(url) = &self.function_public_url {
+                url.clone_into(&mut config.public_url);
+            }
             config
         })
     }

@@ -5,9 +5,9 @@
 //! ([`latchkey_launch::Bwrap`]): no capabilities, its own namespaces, a
 //! read-only host with a private `/tmp`, empty `/run`, `/home` and `/root`,
 //! the server's data dir, database and key files hidden; the interpreter's
-//! installation is shown read-only wherever it lives. It sees one writable
-//! nothing: its task directory (the uploaded files and its control files)
-//! is bound read-only. Its environment is exactly its function's secrets
+//! installation is shown read-only wherever it lives. Nothing of the host
+//! is writable to it: its task directory (the uploaded files and its
+//! control files) is bound read-only, and `/tmp` is its own. Its environment is exactly its function's secrets
 //! over a minimal base (`PATH`, `LANG`, `HOME`) plus the variables Modal's
 //! runtime reads (`MODAL_*`); bwrap starts with that environment, so that no
 //! value ever appears on a command line.

@@ -89,7 +89,7 @@ pub struct FunctionsConfig {
     /// Containers one function runs at once.
     pub max_containers_per_function: usize,
     /// The URL clients and containers reach this server at: signed blob
-    /// URLs point there.
+    /// URLs point there. Empty: the address the server listens on.
     pub public_url: String,
 }
 
@@ -102,7 +102,7 @@ impl FunctionsConfig {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_containers: DEFAULT_MAX_CONTAINERS,
             max_containers_per_function: DEFAULT_MAX_CONTAINERS_PER_FUNCTION,
-            public_url: "http://127.0.0.1:7420".to_owned(),
+            public_url: String::new(),
         }
     }
 }

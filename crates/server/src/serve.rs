@@ -484,7 +484,9 @@ async fn start_functions(
         return Ok(None);
     };
     let mut function_config = function_config.clone();
-    url.clone_into(&mut function_config.public_url);
+    if function_config.public_url.is_empty() {
+        url.clone_into(&mut function_config.public_url);
+    }
     function_config.hidden_paths.push(config.data_dir.clone());
     function_config
         .hidden_paths
