@@ -310,6 +310,25 @@ def test_deploy_then_call_from_another_process_redeploy_list_and_stop(fn_server,
     wait_no_containers()
 
 
+def test_an_expired_anonymous_secret_of_a_deployment_is_explained(start_server, apps_dir, home):
+    """Known limit: a from_dict secret of a deployed app lives for --anonymous-ttl; past it
+    the call says so, rather than naming an unknown secret id."""
+    server = start_server(
+        args=[
+            "--functions", "--function-python", PYTHON,
+            "--anonymous-ttl", "1s", "--sweep-interval", "1s",
+        ]
+    )
+    name = unique("expiring")
+    path = write_app(apps_dir, DEPLOY_APP.format(name=name, version="v1"))
+    cli(server, home, "deploy", str(path), timeout=60)
+    time.sleep(2.5)
+    called = call_deployed(server, home, name, 1)
+    assert called.returncode != 0, called
+    assert "deploy the app again" in called.stderr, called
+    wait_no_containers()
+
+
 # ---------------------------------------------------------------------------
 # What goes wrong comes back to the caller.
 

@@ -285,7 +285,10 @@ impl Functions {
             .iter()
             .map(|id| SandboxSecret::Stored(id.as_str()))
             .collect();
-        let secrets = service.sandbox_secrets(&caller, sources).await?;
+        let secrets = service
+            .sandbox_secrets(&caller, sources)
+            .await
+            .map_err(|e| self.explain_gone_secret(&app_id, e))?;
         for (secret_id, keys) in &required {
             let secret = service.secret(&caller, secret_id).await?;
             let present: Vec<&str> = secret.contents.keys().map(String::as_str).collect();
@@ -446,6 +449,24 @@ impl Functions {
         drop(served);
         drop(cleanup);
         Ok(())
+    }
+
+    /// A secret of a deployed app that is gone may be an anonymous one
+    /// (`Secret.from_dict`, `from_dotenv`) past its time to live: say so.
+    fn explain_gone_secret(&self, app_id: &str, error: Error) -> Error {
+        let deployed = self
+            .state()
+            .apps
+            .get(app_id)
+            .is_some_and(|a| a.state == api::AppState::Deployed);
+        if deployed && error.kind() == latchkey_core::ErrorKind::NotFound {
+            return Error::not_found(format!(
+                "{} (a Secret.from_dict/from_dotenv/from_local_environ of a deployed app lives \
+                 for the server's --anonymous-ttl: deploy the app again)",
+                error.message()
+            ));
+        }
+        error
     }
 
     /// Settles what a container leaves behind: its inputs fail as Modal
