@@ -223,6 +223,14 @@ def test_declares_the_served_rpcs(ours):
         # Sandboxes (`latchkey serve --sandboxes`), Modal's V2 flow.
         "AppGetOrCreate", "ImageGetOrCreate", "AuthTokenGet", "SandboxCreateV2", "SandboxWaitV2",
         "SandboxTerminateV2", "SandboxGetTaskIdV2", "SandboxGetCommandRouterAccess",
+        # Functions (`latchkey serve --functions`): apps, mounts, calls, containers, blobs.
+        "AppCreate", "AppHeartbeat", "AppGetLogs", "AppClientDisconnect", "AppPublish",
+        "AppGetByDeploymentName", "AppGetLayout", "AppList", "AppStop",
+        "FunctionPrecreate", "FunctionCreate", "FunctionGet", "FunctionMap", "FunctionPutInputs",
+        "FunctionGetOutputs", "FunctionFinishInputs", "FunctionCallCancel",
+        "MountGetOrCreate", "MountBatchedCheckExistence", "MountPutFile",
+        "ContainerHello", "ContainerHeartbeat", "FunctionGetInputs", "FunctionPutOutputs",
+        "TaskResult", "BlobCreate", "BlobGet",
     }
     [svc] = [s for s in ours.service if s.name == SERVICE]
     assert {m.name for m in svc.method} == expected

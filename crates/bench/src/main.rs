@@ -6,6 +6,7 @@
 //! Run: `cargo build --release && target/release/latchkey-bench` (add
 //! `--quick` for a short run, `--json` for scripts).
 
+mod functions;
 mod load;
 mod server;
 mod soak;
@@ -60,6 +61,10 @@ struct Args {
     /// RSS and open descriptors; on PostgreSQL with --postgres.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     soak: Option<Duration>,
+    /// A Python with `modal` installed: adds the function figures
+    /// (`.remote()` round trips, cold start); without it they are skipped.
+    #[arg(long, env = "LATCHKEY_BENCH_PYTHON")]
+    function_python: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -518,6 +523,10 @@ async fn run(args: Args) -> Result<()> {
         ));
         drop(load);
         pg.stop().await?;
+    }
+
+    if let Some(python) = &args.function_python {
+        figures.extend(functions::figures(&bin, python, args.quick).await?);
     }
 
     if args.json {

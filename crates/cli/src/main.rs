@@ -57,7 +57,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (gRPC for Modal's client, health checks) on one port.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Work on a store's database directly: `db copy` between SQLite and PostgreSQL.
     Db(db::DbArgs),
     /// Back up the whole store of a running server (`backup FILE`), or check a backup (`backup verify FILE`).
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Db(args) => db::run(args),
         Command::Backup(args) => backup::run(args),
         Command::Restore(args) => backup::restore(&args),

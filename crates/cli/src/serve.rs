@@ -142,6 +142,8 @@ pub(crate) struct ServeArgs {
     log_format: LogFormat,
     #[command(flatten)]
     sandbox: SandboxArgs,
+    #[command(flatten)]
+    function: FunctionArgs,
 }
 
 /// `--log-format`.
@@ -250,6 +252,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         audit_retention: args.audit_retention,
         sweep_interval: args.sweep_interval,
         sandboxes: args.sandbox.config(),
+        functions: args.function.config(),
         limits: Limits {
             max_connections: args.max_connections as usize,
             header_read_timeout: args.header_read_timeout,
@@ -352,6 +355,49 @@ pub(crate) struct SandboxArgs {
     /// [default: the URL of each client's own request].
     #[arg(long, requires = "sandboxes")]
     sandbox_router_url: Option<String>,
+}
+
+/// The options of Modal functions.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Modal functions")]
+pub(crate) struct FunctionArgs {
+    /// Run Modal functions (`modal run`, `modal deploy`, `.remote()`,
+    /// `.map()`) in containers on this host: processes under bubblewrap with
+    /// exactly their secrets in their environment. Only tokens of role
+    /// developer or admin may create and call them. Apps live in memory:
+    /// deployed ones last until the server stops. Off by default.
+    #[arg(long)]
+    functions: bool,
+    /// The Python interpreter that runs containers; it must import the same
+    /// `modal` version as the clients (1.6.4).
+    #[arg(long, default_value = "python3", requires = "functions")]
+    function_python: std::path::PathBuf,
+    /// How long a container waits for an input before it stops (a
+    /// function's own scaledown_window wins).
+    #[arg(long, default_value = "60s", requires = "functions", value_parser = parse_duration)]
+    function_idle_timeout: Duration,
+    /// URL at which clients and containers reach this server, for the
+    /// signed URLs of large payloads [default: the address it listens on].
+    #[arg(long, requires = "functions")]
+    function_public_url: Option<String>,
+    /// Most containers running at once, over all functions.
+    #[arg(long, default_value_t = 8, requires = "functions",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    function_max_containers: u16,
+}
+
+impl FunctionArgs {
+    fn config(&self) -> Option<latchkey_functions::FunctionsConfig> {
+        self.functions.then(|| {
+            let mut config = latchkey_functions::FunctionsConfig::new(self.function_python.clone());
+            config.idle_timeout = self.function_idle_timeout;
+            config.max_containers = usize::from(self.function_max_containers);
+            if let Some(url) = &self.function_public_url {
+                url.clone_into(&mut config.public_url);
+            }
+            config
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

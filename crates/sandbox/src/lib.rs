@@ -82,7 +82,7 @@ use tokio::{
 };
 
 pub use output::OutputBuffer;
-pub use process::Isolation;
+pub use process::{kill_group, Isolation};
 use process::{Launch, Runner};
 
 /// Default of [`SandboxConfig::output_buffer_bytes`]: 4 MiB per stream.

@@ -246,8 +246,10 @@ async fn probe_bwrap(bwrap: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Kills a whole process group (SIGKILL). No error if it is gone already.
-pub(crate) fn kill_group(pgid: Option<u32>) {
+/// Kills a whole process group (SIGKILL) led by bubblewrap, with the PID
+/// namespace it started. No error if it is gone already. Function containers
+/// (`latchkey-functions`) stop theirs with it too.
+pub fn kill_group(pgid: Option<u32>) {
     use nix::{
         sys::signal::{kill, killpg, Signal},
         unistd::Pid,

@@ -72,6 +72,8 @@ pub struct AppOptions {
     pub tls: bool,
     /// Who may read `/metrics` besides loopback clients.
     pub metrics: MetricsAccess,
+    /// Modal functions (`--functions`); `None`: disabled.
+    pub functions: Option<latchkey_functions::Functions>,
 }
 
 impl Default for AppOptions {
@@ -80,6 +82,7 @@ impl Default for AppOptions {
             max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
             tls: false,
             metrics: MetricsAccess::loopback_only(),
+            functions: None,
         }
     }
 }
@@ -109,7 +112,14 @@ pub fn app_with_options(
     sandboxes: Option<Sandboxes>,
     options: &AppOptions,
 ) -> Router {
-    let modal = grpc::ModalApi::new(service.clone()).with_sandboxes(sandboxes.clone());
+    let modal = grpc::ModalApi::new(service.clone())
+        .with_sandboxes(sandboxes.clone())
+        .with_functions(options.functions.clone());
+    if let Some(functions) = &options.functions {
+        // Containers call through their task's socket, served by this same
+        // service (never through the port, where they would need a token).
+        functions.set_task_server(grpc::functions::task_server(modal.clone()));
+    }
     let auth = grpc::GrpcAuth {
         service: service.clone(),
         sandboxes: sandboxes.clone(),
@@ -130,7 +140,7 @@ pub fn app_with_options(
     if options.tls {
         dashboard = dashboard.layer(middleware::from_fn(dashboard_over_tls));
     }
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(service.clone())
@@ -140,7 +150,11 @@ pub fn app_with_options(
         )
         .nest("/api/v1", api::router(service))
         .merge(dashboard)
-        .merge(grpc_routes)
+        .merge(grpc_routes);
+    if let Some(functions) = &options.functions {
+        router = router.merge(crate::blobs::router(functions.clone()));
+    }
+    router
         .route_layer(middleware::from_fn(telemetry::remember_route))
         .fallback(fallback)
         .layer(middleware::from_fn(grpc::name_unimplemented_rpcs))

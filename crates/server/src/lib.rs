@@ -5,6 +5,7 @@
 //! sandboxes as processes, through `latchkey-sandbox`.
 
 pub mod api;
+mod blobs;
 pub mod bootstrap;
 pub mod grpc;
 pub mod http;

@@ -60,6 +60,8 @@ pub struct ServeConfig {
     pub sweep_interval: Duration,
     /// Modal sandboxes (`--sandboxes`); `None`: disabled.
     pub sandboxes: Option<SandboxConfig>,
+    /// Modal functions (`--functions`); `None`: disabled.
+    pub functions: Option<latchkey_functions::FunctionsConfig>,
     /// Connection and buffering limits.
     pub limits: Limits,
     /// Failed authentications allowed per client address.
@@ -196,6 +198,7 @@ pub async fn serve(
         }
     }
     let sandboxes = start_sandboxes(&config).await?;
+    let functions = start_functions(&config, &service, &url).await?;
     let sweeper = tokio::spawn(sweep_forever(
         service.clone(),
         config.sweep_interval,
@@ -219,6 +222,7 @@ pub async fn serve(
             max_buffered_bytes: config.limits.max_buffered_bytes,
             tls: tls.is_some(),
             metrics: config.metrics.clone(),
+            functions: functions.clone(),
         },
     );
     let upkeep = tokio::spawn(async {
@@ -235,6 +239,9 @@ pub async fn serve(
         // end those first.
         if let Some(sandboxes) = sandboxes {
             sandboxes.shutdown().await;
+        }
+        if let Some(functions) = functions {
+            functions.shutdown().await;
         }
     };
     let acceptor = tls.as_ref().map(|tls| tls.acceptor().clone());
@@ -464,6 +471,43 @@ async fn start_sandboxes(config: &ServeConfig) -> Result<Option<Sandboxes>> {
         "Modal sandboxes are enabled"
     );
     Ok(Some(sandboxes))
+}
+
+/// The function manager, when `--functions` is on. Containers, like
+/// sandboxes, never see the data dir, the master key file or the database.
+async fn start_functions(
+    config: &ServeConfig,
+    service: &Service,
+    url: &str,
+) -> Result<Option<latchkey_functions::Functions>> {
+    let Some(function_config) = &config.functions else {
+        return Ok(None);
+    };
+    let mut function_config = function_config.clone();
+    if function_config.public_url.is_empty() {
+        url.clone_into(&mut function_config.public_url);
+    }
+    function_config.hidden_paths.push(config.data_dir.clone());
+    function_config
+        .hidden_paths
+        .extend(config.master_key.file.iter().cloned());
+    function_config.hidden_paths.extend(
+        config
+            .database
+            .iter()
+            .flat_map(|url| latchkey_store::database_files(url)),
+    );
+    let functions = latchkey_functions::Functions::start(function_config, service.clone())
+        .await
+        .context("cannot enable functions")?;
+    let python = functions.interpreter();
+    tracing::info!(
+        python = %python.path.display(),
+        modal = %python.modal_version,
+        python_version = %python.python_version,
+        "Modal functions are enabled"
+    );
+    Ok(Some(functions))
 }
 
 async fn sweep_forever(service: Service, every: Duration, audit_retention: Option<Duration>) {

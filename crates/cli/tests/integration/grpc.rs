@@ -82,7 +82,7 @@ async fn rpcs_we_do_not_serve_answer_unimplemented_with_their_name() {
         .await
         .unwrap();
     for path in [
-        "/modal.client.ModalClient/AppCreate",
+        "/modal.client.ModalClient/AppDeploymentHistory",
         "/modal.other.Elsewhere/Thing",
     ] {
         let mut grpc = tonic::client::Grpc::new(channel.clone());

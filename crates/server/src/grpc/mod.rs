@@ -10,6 +10,7 @@
 //! errors therefore never use.
 
 mod convert;
+pub(crate) mod functions;
 pub(crate) mod router;
 pub(crate) mod sandbox;
 mod unimplemented;
@@ -24,6 +25,7 @@ pub(crate) use unimplemented::unknown_service;
 
 use latchkey_service::{Caller, CreateMode, Service};
 
+use latchkey_functions::Functions;
 use latchkey_sandbox::Sandboxes;
 
 /// Largest message the server accepts or sends. Modal's client moves larger
@@ -39,6 +41,7 @@ pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
 pub struct ModalApi {
     service: Service,
     sandboxes: Option<Sandboxes>,
+    functions: Option<Functions>,
 }
 
 impl ModalApi {
@@ -47,7 +50,50 @@ impl ModalApi {
         Self {
             service,
             sandboxes: None,
+            functions: None,
         }
+    }
+
+    /// Serves the function RPCs with `functions` (`None`: they answer
+    /// UNIMPLEMENTED, saying that functions are disabled).
+    pub fn with_functions(mut self, functions: Option<Functions>) -> Self {
+        self.functions = functions;
+        self
+    }
+
+    /// The workspace a blob RPC works in: the container's (through its
+    /// task's socket) or the caller's (a developer's token).
+    async fn blob_workspace<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &str,
+    ) -> Result<(String, &Functions), Status> {
+        let functions = self
+            .functions
+            .as_ref()
+            .ok_or_else(|| functions::disabled(rpc))?;
+        if let Some(task) = request.extensions().get::<functions::TaskIdentity>() {
+            let workspace = functions.task_workspace(&task.0).map_err(status)?;
+            return Ok((workspace, functions));
+        }
+        let caller = self.caller(request).await?;
+        caller
+            .require(latchkey_service::Role::Developer, "move function payloads")
+            .map_err(status)?;
+        Ok((caller.workspace_id().to_owned(), functions))
+    }
+
+    /// The function manager and the caller, for the function RPC `rpc`.
+    async fn function_caller<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &str,
+    ) -> Result<(Caller, &Functions), Status> {
+        let functions = self
+            .functions
+            .as_ref()
+            .ok_or_else(|| functions::disabled(rpc))?;
+        Ok((self.caller(request).await?, functions))
     }
 
     /// Serves the sandbox RPCs with `sandboxes` (`None`: they answer
@@ -327,9 +373,15 @@ impl ModalClient for ModalApi {
                 if !contents.is_empty() {
                     return Err(invalid("A Secret lookup cannot carry values; use an object_creation_type that creates"));
                 }
-                self.service
+                let found = self.service
                     .lookup_secret(&caller, &req.environment_name, &req.deployment_name, &req.required_keys)
-                    .await
+                    .await;
+                // A function's container checks these keys again when it
+                // starts with the secret.
+                if let (Ok(summary), Some(functions)) = (&found, &self.functions) {
+                    functions.remember_required_keys(&summary.id, &req.required_keys);
+                }
+                found
             }
             Some(mode) => self
                 .service
@@ -582,6 +634,12 @@ impl ModalClient for ModalApi {
         &self,
         request: Request<api::ImageGetOrCreateRequest>,
     ) -> Result<Response<api::ImageGetOrCreateResponse>, Status> {
+        if self.functions.is_some() {
+            let (_, functions) = self.function_caller(&request, "ImageGetOrCreate").await?;
+            return Ok(Response::new(
+                functions.image_get_or_create(request.get_ref()),
+            ));
+        }
         let (_, sandboxes) = self.sandbox_caller(&request, "ImageGetOrCreate").await?;
         Ok(Response::new(
             sandboxes.image_get_or_create(request.get_ref()),
@@ -660,6 +718,329 @@ impl ModalClient for ModalApi {
             .map(Response::new)
             .map_err(status)
     }
+
+    // Functions (`latchkey serve --functions`): see `latchkey_functions`.
+
+    async fn app_create(
+        &self,
+        request: Request<api::AppCreateRequest>,
+    ) -> Result<Response<api::AppCreateResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppCreate").await?;
+        functions
+            .app_create(&caller, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn app_heartbeat(
+        &self,
+        request: Request<api::AppHeartbeatRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppHeartbeat").await?;
+        functions
+            .app_heartbeat(&caller, &request.get_ref().app_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type AppGetLogsStream = functions::LogStream;
+
+    async fn app_get_logs(
+        &self,
+        request: Request<api::AppGetLogsRequest>,
+    ) -> Result<Response<Self::AppGetLogsStream>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppGetLogs").await?;
+        Ok(Response::new(functions::log_stream(
+            functions.clone(),
+            caller,
+            request.get_ref(),
+        )))
+    }
+
+    async fn app_client_disconnect(
+        &self,
+        request: Request<api::AppClientDisconnectRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (caller, functions) = self
+            .function_caller(&request, "AppClientDisconnect")
+            .await?;
+        functions
+            .app_client_disconnect(&caller, &request.get_ref().app_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn app_publish(
+        &self,
+        request: Request<api::AppPublishRequest>,
+    ) -> Result<Response<api::AppPublishResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppPublish").await?;
+        functions
+            .app_publish(&caller, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn app_get_by_deployment_name(
+        &self,
+        request: Request<api::AppGetByDeploymentNameRequest>,
+    ) -> Result<Response<api::AppGetByDeploymentNameResponse>, Status> {
+        let (caller, functions) = self
+            .function_caller(&request, "AppGetByDeploymentName")
+            .await?;
+        functions
+            .app_get_by_deployment_name(&caller, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn app_get_layout(
+        &self,
+        request: Request<api::AppGetLayoutRequest>,
+    ) -> Result<Response<api::AppGetLayoutResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppGetLayout").await?;
+        functions
+            .app_get_layout(&caller, &request.get_ref().app_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn app_list(
+        &self,
+        request: Request<api::AppListRequest>,
+    ) -> Result<Response<api::AppListResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppList").await?;
+        functions
+            .app_list(&caller, &request.get_ref().environment_name)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn app_stop(
+        &self,
+        request: Request<api::AppStopRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (caller, functions) = self.function_caller(&request, "AppStop").await?;
+        functions
+            .app_stop(&caller, &request.get_ref().app_id)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_precreate(
+        &self,
+        request: Request<api::FunctionPrecreateRequest>,
+    ) -> Result<Response<api::FunctionPrecreateResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionPrecreate").await?;
+        functions
+            .function_precreate(&caller, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_create(
+        &self,
+        request: Request<api::FunctionCreateRequest>,
+    ) -> Result<Response<api::FunctionCreateResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionCreate").await?;
+        let version = functions::client_version(&request);
+        functions
+            .function_create(&caller, request.into_inner(), &version)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_get(
+        &self,
+        request: Request<api::FunctionGetRequest>,
+    ) -> Result<Response<api::FunctionGetResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionGet").await?;
+        functions
+            .function_get(&caller, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_map(
+        &self,
+        request: Request<api::FunctionMapRequest>,
+    ) -> Result<Response<api::FunctionMapResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionMap").await?;
+        let version = functions::client_version(&request);
+        functions
+            .function_map(&caller, request.into_inner(), &version)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_put_inputs(
+        &self,
+        request: Request<api::FunctionPutInputsRequest>,
+    ) -> Result<Response<api::FunctionPutInputsResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionPutInputs").await?;
+        functions
+            .function_put_inputs(&caller, request.into_inner())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_get_outputs(
+        &self,
+        request: Request<api::FunctionGetOutputsRequest>,
+    ) -> Result<Response<api::FunctionGetOutputsResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionGetOutputs").await?;
+        functions
+            .function_get_outputs(&caller, request.get_ref())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_finish_inputs(
+        &self,
+        request: Request<api::FunctionFinishInputsRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (caller, functions) = self
+            .function_caller(&request, "FunctionFinishInputs")
+            .await?;
+        functions
+            .function_finish_inputs(&caller, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_call_cancel(
+        &self,
+        request: Request<api::FunctionCallCancelRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (caller, functions) = self.function_caller(&request, "FunctionCallCancel").await?;
+        functions
+            .function_call_cancel(&caller, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn mount_get_or_create(
+        &self,
+        request: Request<api::MountGetOrCreateRequest>,
+    ) -> Result<Response<api::MountGetOrCreateResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "MountGetOrCreate").await?;
+        functions
+            .mount_get_or_create(&caller, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn mount_batched_check_existence(
+        &self,
+        request: Request<api::MountBatchedCheckExistenceRequest>,
+    ) -> Result<Response<api::MountBatchedCheckExistenceResponse>, Status> {
+        let (caller, functions) = self
+            .function_caller(&request, "MountBatchedCheckExistence")
+            .await?;
+        functions
+            .mount_missing(&caller, &request.get_ref().sha256_hex_hashes)
+            .map(|missing| {
+                Response::new(api::MountBatchedCheckExistenceResponse {
+                    missing_sha256_hex_hashes: missing,
+                    ..Default::default()
+                })
+            })
+            .map_err(status)
+    }
+
+    async fn mount_put_file(
+        &self,
+        request: Request<api::MountPutFileRequest>,
+    ) -> Result<Response<api::MountPutFileResponse>, Status> {
+        let (caller, functions) = self.function_caller(&request, "MountPutFile").await?;
+        functions
+            .mount_put_file(&caller, request.into_inner())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    // The container side: calls through a task's socket.
+
+    async fn container_hello(&self, request: Request<()>) -> Result<Response<()>, Status> {
+        let (task, functions) = functions::task_of(self, &request, "ContainerHello")?;
+        functions
+            .container_alive(&task)
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn container_heartbeat(
+        &self,
+        request: Request<api::ContainerHeartbeatRequest>,
+    ) -> Result<Response<api::ContainerHeartbeatResponse>, Status> {
+        let (task, functions) = functions::task_of(self, &request, "ContainerHeartbeat")?;
+        functions
+            .container_alive(&task)
+            .map(|()| Response::new(api::ContainerHeartbeatResponse::default()))
+            .map_err(status)
+    }
+
+    async fn function_get_inputs(
+        &self,
+        request: Request<api::FunctionGetInputsRequest>,
+    ) -> Result<Response<api::FunctionGetInputsResponse>, Status> {
+        let (task, functions) = functions::task_of(self, &request, "FunctionGetInputs")?;
+        functions
+            .function_get_inputs(&task)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn function_put_outputs(
+        &self,
+        request: Request<api::FunctionPutOutputsRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (task, functions) = functions::task_of(self, &request, "FunctionPutOutputs")?;
+        functions
+            .function_put_outputs(&task, request.into_inner())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn task_result(
+        &self,
+        request: Request<api::TaskResultRequest>,
+    ) -> Result<Response<()>, Status> {
+        let (task, functions) = functions::task_of(self, &request, "TaskResult")?;
+        functions
+            .task_result(&task, request.into_inner())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn blob_create(
+        &self,
+        request: Request<api::BlobCreateRequest>,
+    ) -> Result<Response<api::BlobCreateResponse>, Status> {
+        let (workspace, functions) = self.blob_workspace(&request, "BlobCreate").await?;
+        functions
+            .blob_create(&workspace, request.get_ref())
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn blob_get(
+        &self,
+        request: Request<api::BlobGetRequest>,
+    ) -> Result<Response<api::BlobGetResponse>, Status> {
+        let (workspace, functions) = self.blob_workspace(&request, "BlobGet").await?;
+        functions
+            .blob_get(&workspace, &request.get_ref().blob_id)
+            .map(Response::new)
+            .map_err(status)
+    }
 }
 
 #[cfg(test)]
@@ -672,6 +1053,9 @@ mod declared_tests {
         assert!(super::declared(
             "/modal.task_command_router.TaskCommandRouter/SandboxStdinWriteV2"
         ));
-        assert!(!super::declared("/modal.client.ModalClient/AppCreate"));
+        assert!(super::declared("/modal.client.ModalClient/AppCreate"));
+        assert!(!super::declared(
+            "/modal.client.ModalClient/AppDeploymentHistory"
+        ));
     }
 }

@@ -16,12 +16,39 @@ const UNIMPLEMENTED: &str = "12";
 /// do: say what that is rather than name an RPC the caller never chose.
 const V1_SANDBOX_CREATE: &str = "/modal.client.ModalClient/SandboxCreate";
 
+/// RPCs that stand for a feature latchkey does not offer: the answer names
+/// the feature rather than the RPC.
+const REFUSED_FEATURES: [(&str, &str); 4] = [
+    (
+        "VolumeGetOrCreate",
+        "latchkey does not support volumes (modal.Volume) in functions",
+    ),
+    (
+        "SharedVolumeGetOrCreate",
+        "latchkey does not support network file systems (modal.NetworkFileSystem) in functions",
+    ),
+    (
+        "ProxyGet",
+        "latchkey does not support proxies (modal.Proxy) in functions",
+    ),
+    (
+        "ClassCreate",
+        "latchkey does not support classes (@app.cls) in functions",
+    ),
+];
+
 fn message_for(path: &str) -> HeaderValue {
     if path == V1_SANDBOX_CREATE {
         return HeaderValue::from_static(
             "latchkey sandboxes do not support GPUs, network file systems or a PTY \
              (the client asks for those with SandboxCreate, which latchkey does not serve)",
         );
+    }
+    // Features functions cannot have, asked for with RPCs of their own.
+    for (rpc, feature) in REFUSED_FEATURES {
+        if path.strip_prefix("/modal.client.ModalClient/") == Some(rpc) {
+            return HeaderValue::from_static(feature);
+        }
     }
     let rpc: String = path
         .trim_start_matches('/')
