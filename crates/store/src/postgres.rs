@@ -65,8 +65,9 @@ use crate::{
 /// How the PostgreSQL adapter uses its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
-    /// Most connections this process opens for requests; one more listens
-    /// for changes (two while it reconnects). Every replica has its own, so
+    /// Most connections this process opens for requests, one of them for
+    /// the group commits of writes (two at least); one more listens for
+    /// changes (two while it reconnects). Every replica has its own, so
     /// replicas × (pool size + 2) must stay below the server's
     /// `max_connections`.
     pub pool_size: u32,
@@ -106,6 +107,8 @@ pub struct PgStore {
     cache: Arc<LookupCache>,
     feed: ChangeFeed,
     writes: Writes,
+    /// The one connection of the group commits.
+    group_pool: PgPool,
     events: Events,
 }
 
@@ -126,7 +129,12 @@ impl PgStore {
     /// (no migration runs). Fails if the database cannot be reached within
     /// `options.acquire_timeout`.
     pub async fn open(url: &str, keyring: Keyring, options: PgOptions) -> Result<Self, OpenError> {
-        let pool = connect(url, options).await?;
+        // One connection of the pool's size is the group commits' own.
+        let requests = PgOptions {
+            pool_size: options.pool_size.saturating_sub(1),
+            ..options
+        };
+        let pool = connect(url, requests).await?;
         let target = describe(url);
         let db_err = |cause| OpenError::Database {
             backend: Postgres::BACKEND,
@@ -172,8 +180,13 @@ impl PgStore {
             options.acquire_timeout,
             cache.clone(),
         );
+        // The group commits run on a thread of their own, over a connection
+        // of their own (taken from the pool's size): each group is a chain
+        // of round trips, and on the request runtime every step would wait
+        // its turn behind the requests' tasks.
+        let group_pool = pool_options(options, 1).connect_lazy_with(connect_options(url, options)?);
         let commit: Commit<_, _> = {
-            let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
+            let (pool, keyring, cache) = (group_pool.clone(), keyring.clone(), cache.clone());
             let bound = options.operation_timeout();
             Arc::new(move |writes| {
                 let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
@@ -214,7 +227,8 @@ impl PgStore {
             options,
             cache,
             feed,
-            writes: Writes::writes(commit),
+            writes: Writes::writes_on_thread(commit).map_err(|e| db_err(sqlx::Error::Io(e)))?,
+            group_pool,
             events,
         })
     }
@@ -313,6 +327,7 @@ impl Engine for PgStore {
     /// in use to be returned.
     async fn close(&self) {
         self.feed.close().await;
+        self.group_pool.close().await;
         self.pool.close().await;
     }
 }
@@ -329,6 +344,11 @@ pub(crate) fn connect_options(
                 .statement_cache_capacity(crate::sql::queries::STATEMENT_CACHE)
                 .options([
                     ("statement_timeout", statement_ms.as_str()),
+                    // Statements stay prepared, but each run is planned for
+                    // its values and the tables as they are: a plan cached
+                    // while a table was nearly empty would stay, scanning
+                    // it whole, as it grows.
+                    ("plan_cache_mode", "force_custom_plan"),
                     // A replica that stalls inside a transaction must not hold
                     // its row locks (and everyone else) for long.
                     ("idle_in_transaction_session_timeout", "60000"),
@@ -341,12 +361,7 @@ pub(crate) fn connect_options(
 /// timeout.
 pub(crate) async fn connect(url: &str, options: PgOptions) -> Result<PgPool, OpenError> {
     let connect = connect_options(url, options)?;
-    PgPoolOptions::new()
-        .max_connections(options.pool_size.max(1))
-        .min_connections(0)
-        .acquire_timeout(options.acquire_timeout)
-        .idle_timeout(Duration::from_secs(300))
-        .test_before_acquire(true)
+    pool_options(options, options.pool_size)
         .connect_with(connect)
         .await
         .map_err(|cause| OpenError::Database {
@@ -354,6 +369,17 @@ pub(crate) async fn connect(url: &str, options: PgOptions) -> Result<PgPool, Ope
             target: describe(url),
             cause,
         })
+}
+
+/// A pool of at most `size` connections (one at least), each checked
+/// before it is handed out.
+fn pool_options(options: PgOptions, size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
+        .min_connections(0)
+        .acquire_timeout(options.acquire_timeout)
+        .idle_timeout(Duration::from_secs(300))
+        .test_before_acquire(true)
 }
 
 /// `host:port/db` of a URL, for messages: never the user's password.

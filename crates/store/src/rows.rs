@@ -133,16 +133,6 @@ pub(crate) const SECRET_FROM: &str = "secrets s JOIN environments e ON e.id = s.
      JOIN secret_versions v ON v.secret_id = s.id AND v.version = s.version";
 
 impl SecretRow {
-    /// The id of its environment.
-    pub(crate) fn environment_id(&self) -> &str {
-        &self.environment_id
-    }
-
-    /// Its name, if it is a named secret.
-    pub(crate) fn name(&self) -> Option<&str> {
-        self.name.as_deref()
-    }
-
     /// Roughly the bytes the row occupies, for the lookup cache's limit.
     pub(crate) fn approximate_size(&self) -> usize {
         let strings = [

@@ -147,7 +147,7 @@ impl SqliteStore {
             writer,
             reader,
             keyring,
-            writes: Writes::writes(commit),
+            writes: Writes::writes_on_thread(commit).map_err(|e| db_err(sqlx::Error::Io(e)))?,
             events,
             cache,
             lock: Arc::new(lock),

@@ -61,6 +61,10 @@ pub(crate) enum Written {
 /// name).
 pub(crate) type EnvironmentLock = (String, String, String);
 
+/// A named secret found by the name of a create: (id, environment id,
+/// name).
+pub(crate) type NameFound = (String, String, String);
+
 /// A new secret row.
 pub(crate) struct SecretInsertRow {
     pub(crate) id: String,
@@ -147,16 +151,19 @@ impl<'a> Plan<'a> {
 
     /// The secrets the group changes that exist before it, sorted (the
     /// order they are locked in): those updated and deleted, and those a
-    /// create would overwrite, among `existing` (the rows the creates'
-    /// names found).
-    pub(crate) fn secret_ids(&self, existing: &[SecretRow]) -> Vec<String> {
-        let by_name = names_of(existing);
+    /// create would overwrite, among `found` (what the creates' names
+    /// found).
+    pub(crate) fn locked_ids(&self, found: &[NameFound]) -> Vec<String> {
+        let by_name: HashMap<(&str, &str), &str> = found
+            .iter()
+            .map(|(id, env, name)| ((env.as_str(), name.as_str()), id.as_str()))
+            .collect();
         let overwritten = self
             .creates()
             .filter_map(|new| match (&new.kind, new.on_conflict) {
                 (SecretKind::Named(name), OnConflict::Overwrite) => by_name
                     .get(&(new.environment_id.as_str(), name.as_str()))
-                    .map(|row| row.id.as_str()),
+                    .copied(),
                 _ => None,
             });
         let changed = self.writes.iter().filter_map(|w| match w {
@@ -172,17 +179,19 @@ impl<'a> Plan<'a> {
     }
 
     /// Applies every write, in order, to what the group read: the
-    /// environments it locked, the rows the creates' names found
-    /// (`existing`), the newest creation time of each environment's named
-    /// secrets (`newest`), and the secrets it locked (`locked`).
+    /// environments it locked, the newest creation time of each
+    /// environment's named secrets (`newest`), what the creates' names found
+    /// (`found`), and the rows of the secrets it locked and of those found
+    /// (`rows`, read after the locks; a secret found by name and gone since
+    /// has freed its name).
     pub(crate) fn run(
         self,
         keyring: &Keyring,
         now: impl Fn() -> Micros,
         environments: Vec<EnvironmentLock>,
-        existing: Vec<SecretRow>,
         newest: Vec<(String, Option<Micros>)>,
-        locked: Vec<SecretRow>,
+        found: Vec<NameFound>,
+        rows: Vec<SecretRow>,
     ) -> Outcome {
         let environments: HashMap<String, (String, String)> = environments
             .into_iter()
@@ -200,24 +209,12 @@ impl<'a> Plan<'a> {
             versions: Vec::new(),
             events: Vec::new(),
         };
-        let locked_ids: BTreeSet<String> = self.secret_ids(&existing).into_iter().collect();
-        for row in locked {
+        for row in rows {
             state.add(row, false);
         }
-        // Names found before the locks: those locked are as read under the
-        // lock (or gone, which frees the name); the others as found.
-        for row in existing {
-            let Some(name) = row.name() else {
-                continue;
-            };
-            let key = (row.environment_id().to_owned(), name.to_owned());
-            if locked_ids.contains(&row.id) {
-                if state.secrets.contains_key(&row.id) {
-                    state.names.insert(key, row.id.clone());
-                }
-            } else {
-                state.names.insert(key, row.id.clone());
-                state.add(row, false);
+        for (id, env, name) in found {
+            if state.secrets.contains_key(&id) {
+                state.names.insert((env, name), id);
             }
         }
         let mut results = Vec::with_capacity(self.writes.len());
@@ -577,13 +574,6 @@ fn revision_of(new: &NewSecret) -> Revision {
         expected_version: None,
         audit: new.audit.clone(),
     }
-}
-
-/// The rows of `rows` by (environment id, name), for named ones.
-fn names_of(rows: &[SecretRow]) -> HashMap<(&str, &str), &SecretRow> {
-    rows.iter()
-        .filter_map(|row| Some(((row.environment_id(), row.name()?), row)))
-        .collect()
 }
 
 /// `items`, sorted, each once.

@@ -78,6 +78,24 @@ impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
         Group { queue }
     }
 
+    /// Starts the task that commits groups with `commit` on a thread of its
+    /// own, with a runtime of its own: a group is a chain of round trips to
+    /// the database, and on the request runtime each step would wait its
+    /// turn behind the requests' tasks. The thread ends with the task.
+    pub(crate) fn start_on_thread(
+        name: &'static str,
+        commit: Commit<J, R>,
+    ) -> std::io::Result<Self> {
+        let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name(format!("latchkey-{name}"))
+            .spawn(move || runtime.block_on(run(name, commit, jobs)))?;
+        Ok(Group { queue })
+    }
+
     /// Runs `job` in the next group.
     pub(crate) async fn submit(&self, job: J) -> Result<R, Error> {
         let (done, answer) = oneshot::channel();
@@ -96,9 +114,11 @@ pub(crate) type Writes = Group<Write, Written>;
 pub(crate) type Events = Group<Vec<AuditEntry>, AuditHead>;
 
 impl Writes {
-    /// Starts the task that commits groups of writes with `commit`.
-    pub(crate) fn writes(commit: Commit<Write, Written>) -> Self {
-        Group::start("writes", commit)
+    /// Starts the thread that commits groups of writes with `commit`
+    /// ([`Group::start_on_thread`]); `commit` must use connections that
+    /// thread may drive (opened lazily there, or runtime-independent).
+    pub(crate) fn writes_on_thread(commit: Commit<Write, Written>) -> std::io::Result<Self> {
+        Group::start_on_thread("writes", commit)
     }
 }
 

@@ -12,7 +12,7 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::{
     audit_write_failed,
-    batch::{EnvironmentLock, Plan, SecretInsertRow, VersionInsertRow, Write, Written},
+    batch::{EnvironmentLock, NameFound, Plan, SecretInsertRow, VersionInsertRow, Write, Written},
     db_error, is_unique_violation, Changed, Dialect,
 };
 use crate::{
@@ -723,17 +723,24 @@ where
         let plan = Plan::new(writes);
         let environments = Self::lock_environments(conn, &plan.environments()).await?;
         let (named_in, names) = plan.names();
-        let (existing, newest) = if names.is_empty() {
+        let (newest, found) = if names.is_empty() {
             (Vec::new(), Vec::new())
         } else {
             (
-                Self::secrets_named(conn, &named_in, &names).await?,
                 Self::newest_created(conn, &named_in).await?,
+                Self::secrets_named(conn, &named_in, &names).await?,
             )
         };
-        let ids = plan.secret_ids(&existing);
-        let locked = Self::lock_secrets(conn, &ids).await?;
-        let outcome = plan.run(keyring, now_micros, environments, existing, newest, locked);
+        let locked = plan.locked_ids(&found);
+        let mut read: Vec<&str> = locked
+            .iter()
+            .map(String::as_str)
+            .chain(found.iter().map(|(id, _, _)| id.as_str()))
+            .collect();
+        read.sort_unstable();
+        read.dedup();
+        let rows = Self::lock_and_read(conn, &locked, &read).await?;
+        let outcome = plan.run(keyring, now_micros, environments, newest, found, rows);
         Self::delete_secrets(conn, &outcome.deletes).await?;
         Self::insert_secrets(conn, &outcome.secrets).await?;
         Self::insert_versions(conn, &outcome.versions).await?;
@@ -767,15 +774,17 @@ where
     }
 
     /// The named secrets of the environments `environment_ids` whose names
-    /// are among `names` (and maybe others: the caller matches pairs).
+    /// are among `names` (and maybe others: the caller matches pairs), as
+    /// (id, environment id, name). One table and its index of names, so
+    /// that no cached plan can go wrong as the table grows.
     async fn secrets_named(
         conn: &mut DB::Connection,
         environment_ids: &[&str],
         names: &[&str],
-    ) -> Result<Vec<SecretRow>, Error> {
+    ) -> Result<Vec<NameFound>, Error> {
         let sql = format!(
-            "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.environment_id IN ({}) \
-             AND s.name IN ({})",
+            "SELECT id, environment_id, name FROM secrets WHERE environment_id IN ({}) \
+             AND name IN ({})",
             placeholders(1, environment_ids.len()),
             placeholders(1 + environment_ids.len(), names.len())
         );
@@ -808,32 +817,36 @@ where
         query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
     }
 
-    /// Locks the secrets `ids` (sorted) until the transaction ends, then
-    /// reads those that exist. The lock is taken by a statement of its own
-    /// (see [`Sql::fetch_secret`]).
-    async fn lock_secrets(
+    /// Locks the secrets `locked` (sorted) until the transaction ends, then
+    /// reads those of `read` that exist. The lock is taken by a statement
+    /// of its own (see [`Sql::fetch_secret`]).
+    async fn lock_and_read(
         conn: &mut DB::Connection,
-        ids: &[String],
+        locked: &[String],
+        read: &[&str],
     ) -> Result<Vec<SecretRow>, Error> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list = placeholders(1, ids.len());
-        if !DB::FOR_UPDATE.is_empty() {
+        if !locked.is_empty() && !DB::FOR_UPDATE.is_empty() {
             let sql = format!(
-                "SELECT id FROM secrets WHERE id IN ({list}) ORDER BY id{}",
+                "SELECT id FROM secrets WHERE id IN ({}) ORDER BY id{}",
+                placeholders(1, locked.len()),
                 DB::FOR_UPDATE
             );
-            let mut query = sqlx::query(&sql).persistent(prepared(ids.len()));
-            for id in ids {
+            let mut query = sqlx::query(&sql).persistent(prepared(locked.len()));
+            for id in locked {
                 query = query.bind(id.as_str());
             }
             query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
         }
-        let sql = format!("SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.id IN ({list})");
-        let mut query = sqlx::query_as(&sql).persistent(prepared(ids.len()));
-        for id in ids {
-            query = query.bind(id.as_str());
+        if read.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {SECRET_COLUMNS} FROM {SECRET_FROM} WHERE s.id IN ({})",
+            placeholders(1, read.len())
+        );
+        let mut query = sqlx::query_as(&sql).persistent(prepared(read.len()));
+        for id in read {
+            query = query.bind(*id);
         }
         query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
     }
