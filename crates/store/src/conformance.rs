@@ -2033,36 +2033,16 @@ pub async fn writes_arriving_together(store: &dyn Store) {
     create_named(store, ws, env, "over", &[("A", "1")]).await;
     let head = store.audit_head().await.unwrap();
 
-    let creates = join_all((0..N).map(|i| {
-        let new = named(
-            ws,
-            env,
-            "same",
-            dict(&[("BY", &i.to_string())]),
-            OnConflict::Fail,
-        );
-        async move { store.create_secret(&new).await }
-    }));
-    let finds = join_all((0..N).map(|i| {
-        let new = named(
-            ws,
-            env,
-            "found",
-            dict(&[("BY", &i.to_string())]),
-            OnConflict::ReturnExisting,
-        );
-        async move { store.create_secret(&new).await }
-    }));
-    let overwrites = join_all((0..N).map(|i| {
-        let new = named(
-            ws,
-            env,
-            "over",
-            dict(&[("V", &i.to_string())]),
-            OnConflict::Overwrite,
-        );
-        async move { store.create_secret(&new).await }
-    }));
+    // N creates of `name` at once, the i-th holding `key` = i.
+    let burst = |name: &'static str, key: &'static str, on_conflict: OnConflict| {
+        join_all((0..N).map(move |i| {
+            let new = named(ws, env, name, dict(&[(key, &i.to_string())]), on_conflict);
+            async move { store.create_secret(&new).await }
+        }))
+    };
+    let creates = burst("same", "BY", OnConflict::Fail);
+    let finds = burst("found", "BY", OnConflict::ReturnExisting);
+    let overwrites = burst("over", "V", OnConflict::Overwrite);
     let updates = join_all((0..N).map(|i| {
         let change = vec![(format!("K{i}"), Some(i.to_string()))];
         let kept = kept.clone();
