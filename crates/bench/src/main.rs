@@ -56,6 +56,10 @@ struct Args {
     /// database it creates there); without it they are skipped.
     #[arg(long, env = "LATCHKEY_BENCH_DATABASE_URL")]
     postgres: Option<String>,
+    /// Only the PostgreSQL figures (with --postgres), each beside its
+    /// pgbench or ClientHello baseline: a shorter run while tuning.
+    #[arg(long, requires = "postgres")]
+    postgres_only: bool,
     /// Instead of the figures: a mixed load (lookups, resolves, creates,
     /// updates, lists, deletes) for this long (e.g. 10m), reporting errors,
     /// RSS and open descriptors; on PostgreSQL with --postgres.
@@ -164,6 +168,10 @@ async fn run(args: Args) -> Result<()> {
         .large
         .unwrap_or(if args.quick { 5_000 } else { 1_000_000 });
     let mut figures = Vec::new();
+    if let (true, Some(url)) = (args.postgres_only, &args.postgres) {
+        figures.extend(postgres_figures(&args, &bin, url, seconds, None).await?);
+        return print_figures(&args, &figures);
+    }
 
     // Versions are kept up to 1,000 for the history figure; nothing else
     // makes more than 20.
@@ -450,94 +458,134 @@ async fn run(args: Args) -> Result<()> {
     ));
 
     if let Some(url) = &args.postgres {
-        eprintln!("PostgreSQL");
-        let db = server::fresh_postgres_database(url).await?;
-        let pg = Server::start(&bin, &["--database", &db]).await?;
-        let load = Load::new(&pg, args.connections).await?;
-        load.create_named("bench", 10).await?;
-        let [(hello, _), (lookup, _)] = paired(
-            &load,
-            &pg,
-            lookup_vs_hello(),
-            Pace::FlatOut,
-            args.streams,
-            seconds,
-        )
-        .await?;
-        figures.push(Figure::new(
-            "PostgreSQL lookup rate",
-            (lookup.rate(), "req/s"),
-            "ClientHello rate",
-            (hello.rate(), "req/s"),
-            "≥ 0.8 × baseline",
-        ));
-        // pgbench needs whole seconds.
-        let baseline =
-            server::pgbench_inserts(&db, 16, seconds.max(Duration::from_secs(1))).await?;
-        let pgbench = "pgbench: one-row INSERT transactions, 16 clients";
-        let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
-        figures.push(Figure::new(
-            "PostgreSQL creates at 16 clients",
-            (writes.rate(), "creates/s"),
-            pgbench,
-            (baseline, "tx/s"),
-            "≥ 0.5 × baseline",
-        ));
-        let ids = Arc::new(load.make_secrets("u", 256).await?);
-        let updates = load.run(Op::Update(ids), 16, seconds).await?;
-        figures.push(Figure::new(
-            "PostgreSQL updates at 16 clients (256 secrets)",
-            (updates.rate(), "updates/s"),
-            pgbench,
-            (baseline, "tx/s"),
-            "≥ 0.5 × baseline",
-        ));
-        // A fixed number: the run ends when they are gone, and the rate
-        // counts the time it took.
-        let doomed = load
-            .make_secrets("d", if args.quick { 300 } else { 3000 })
-            .await?;
-        let doomed = Arc::new((doomed, AtomicU64::new(0)));
-        let deletes = load.run(Op::Delete(doomed), 16, seconds).await?;
-        figures.push(Figure::new(
-            "PostgreSQL deletes at 16 clients",
-            (deletes.rate(), "deletes/s"),
-            pgbench,
-            (baseline, "tx/s"),
-            "≥ 0.5 × baseline",
-        ));
-        let reads = load.run(Op::Resolve("bench".into()), 16, seconds).await?;
-        figures.push(Figure::new(
-            "PostgreSQL value reads (JSON resolve) at 16 clients, audited",
-            (reads.rate(), "reads/s"),
-            "SQLite, same",
-            (resolves.rate(), "reads/s"),
-            "(reported)",
-        ));
-        figures.push(Figure::new(
-            "PostgreSQL creates at 16 clients",
-            (writes.rate(), "creates/s"),
-            "SQLite creates at 16 clients",
-            (sqlite_writes, "creates/s"),
-            "(reported)",
-        ));
-        drop(load);
-        pg.stop().await?;
+        let sqlite = Sqlite {
+            resolves: resolves.rate(),
+            creates: sqlite_writes,
+        };
+        figures.extend(postgres_figures(&args, &bin, url, seconds, Some(sqlite)).await?);
     }
 
     if let Some(python) = &args.function_python {
         figures.extend(functions::figures(&bin, python, args.quick).await?);
     }
 
+    print_figures(&args, &figures)
+}
+
+/// Prints `figures` as `args` asks: a table, or JSON.
+fn print_figures(args: &Args, figures: &[Figure]) -> Result<()> {
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&figures).context("json")?
-        );
+        println!("{}", serde_json::to_string_pretty(figures).context("json")?);
     } else {
-        print_table(&figures);
+        print_table(figures);
     }
     Ok(())
+}
+
+/// The figures the SQLite run measured that the PostgreSQL ones are put
+/// beside.
+#[derive(Debug, Clone, Copy)]
+struct Sqlite {
+    resolves: f64,
+    creates: f64,
+}
+
+/// The PostgreSQL figures, each beside its baseline from the same run: the
+/// ClientHello rate, pgbench's one-row INSERT transactions, and SQLite's
+/// (when that part ran).
+async fn postgres_figures(
+    args: &Args,
+    bin: &std::path::Path,
+    url: &str,
+    seconds: Duration,
+    sqlite: Option<Sqlite>,
+) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    eprintln!("PostgreSQL");
+    let db = server::fresh_postgres_database(url).await?;
+    let pg = Server::start(bin, &["--database", &db]).await?;
+    let load = Load::new(&pg, args.connections).await?;
+    load.create_named("bench", 10).await?;
+    let [(hello, _), (lookup, _)] = paired(
+        &load,
+        &pg,
+        lookup_vs_hello(),
+        Pace::FlatOut,
+        args.streams,
+        seconds,
+    )
+    .await?;
+    figures.push(Figure::new(
+        "PostgreSQL lookup rate",
+        (lookup.rate(), "req/s"),
+        "ClientHello rate",
+        (hello.rate(), "req/s"),
+        "≥ 0.8 × baseline",
+    ));
+    // pgbench needs whole seconds.
+    let baseline = server::pgbench_inserts(&db, 16, seconds.max(Duration::from_secs(1))).await?;
+    let pgbench = "pgbench: one-row INSERT transactions, 16 clients";
+    let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
+    figures.push(Figure::new(
+        "PostgreSQL creates at 16 clients",
+        (writes.rate(), "creates/s"),
+        pgbench,
+        (baseline, "tx/s"),
+        "≥ 0.5 × baseline",
+    ));
+    let ids = Arc::new(load.make_secrets("u", 256).await?);
+    let updates = load.run(Op::Update(ids), 16, seconds).await?;
+    figures.push(Figure::new(
+        "PostgreSQL updates at 16 clients (256 secrets)",
+        (updates.rate(), "updates/s"),
+        pgbench,
+        (baseline, "tx/s"),
+        "≥ 0.5 × baseline",
+    ));
+    // A fixed number: the run ends when they are gone, and the rate
+    // counts the time it took.
+    let doomed = load
+        .make_secrets("d", if args.quick { 300 } else { 3000 })
+        .await?;
+    let doomed = Arc::new((doomed, AtomicU64::new(0)));
+    let deletes = load.run(Op::Delete(doomed), 16, seconds).await?;
+    figures.push(Figure::new(
+        "PostgreSQL deletes at 16 clients",
+        (deletes.rate(), "deletes/s"),
+        pgbench,
+        (baseline, "tx/s"),
+        "≥ 0.5 × baseline",
+    ));
+    let reads = load.run(Op::Resolve("bench".into()), 16, seconds).await?;
+    let audited = "PostgreSQL value reads (JSON resolve) at 16 clients, audited";
+    match sqlite {
+        Some(sqlite) => {
+            figures.push(Figure::new(
+                audited,
+                (reads.rate(), "reads/s"),
+                "SQLite, same",
+                (sqlite.resolves, "reads/s"),
+                "(reported)",
+            ));
+            figures.push(Figure::new(
+                "PostgreSQL creates at 16 clients",
+                (writes.rate(), "creates/s"),
+                "SQLite creates at 16 clients",
+                (sqlite.creates, "creates/s"),
+                "(reported)",
+            ));
+        }
+        None => figures.push(Figure::new(
+            audited,
+            (reads.rate(), "reads/s"),
+            pgbench,
+            (baseline, "tx/s"),
+            "(reported)",
+        )),
+    }
+    drop(load);
+    pg.stop().await?;
+    Ok(figures)
 }
 
 /// How requests are sent: flat out, or at a fixed total rate.

@@ -28,12 +28,20 @@ pub(crate) struct ServeArgs {
     /// Database URL [default: sqlite://DATA_DIR/latchkey.db].
     #[arg(long, env = "LATCHKEY_DATABASE_URL")]
     database: Option<String>,
-    /// PostgreSQL: most connections this server opens for requests, plus one
-    /// that listens for changes (two while it reconnects): replicas ×
-    /// (size + 2) must stay below the database's max_connections.
+    /// PostgreSQL: most connections this server opens (requests and group
+    /// commits of writes), plus one that listens for changes (two while it
+    /// reconnects): replicas × (size + 2) must stay below the database's
+    /// max_connections.
     #[arg(long, env = "LATCHKEY_DATABASE_POOL_SIZE", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+          value_parser = clap::value_parser!(u32).range(2..=1000))]
     database_pool_size: u32,
+    /// PostgreSQL: groups of writes this server commits at once, each over a
+    /// connection of the pool. 1 serves best when the database shares this
+    /// machine's processors; 2 or 3 when it is on another host, where each
+    /// round trip is slow.
+    #[arg(long, env = "LATCHKEY_DATABASE_WRITE_GROUPS", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=16))]
+    database_write_groups: u32,
     /// PostgreSQL: how long a request waits for a connection before it fails
     /// with UNAVAILABLE (e.g. while the database is down).
     #[arg(long, env = "LATCHKEY_DATABASE_ACQUIRE_TIMEOUT", default_value = "3s",
@@ -234,6 +242,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         store: latchkey_store::Options {
             postgres: PgOptions {
                 pool_size: args.database_pool_size,
+                write_groups: args.database_write_groups,
                 acquire_timeout: args.database_acquire_timeout,
                 statement_timeout: args.database_statement_timeout,
             },

@@ -2391,6 +2391,12 @@ pub async fn history_after_migration(store: &dyn Store, old: &Unversioned) {
 /// at most once, newest first with unique creation times, and misses none
 /// that was acknowledged before the pass began.
 pub async fn replicas_paging_while_many_write(a: &dyn Store, b: &dyn Store) {
+    paging_while_two_replicas_write(a, b, a).await;
+}
+
+/// [`replicas_paging_while_many_write`], with the pages read through
+/// `reader` (a third replica, say).
+pub async fn paging_while_two_replicas_write(a: &dyn Store, b: &dyn Store, reader: &dyn Store) {
     const PER_WRITER: usize = 12;
     let (ws, _) = setup_replicas(a, b).await;
     let ws = ws.as_str();
@@ -2419,7 +2425,7 @@ pub async fn replicas_paging_while_many_write(a: &dyn Store, b: &dyn Store) {
             let before: Vec<String> = acknowledged.lock().unwrap().clone();
             let (mut seen, mut cursor) = (Vec::new(), None);
             loop {
-                let page = a.list_secrets(ws, &env, cursor, 25).await.unwrap();
+                let page = reader.list_secrets(ws, &env, cursor, 25).await.unwrap();
                 let Some(last) = page.last() else { break };
                 assert!(
                     page.windows(2).all(|w| w[0].created_at > w[1].created_at),

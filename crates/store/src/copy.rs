@@ -346,6 +346,7 @@ impl fmt::Debug for RawStore {
 fn copy_pg_options() -> PgOptions {
     PgOptions {
         pool_size: 2,
+        write_groups: 1,
         acquire_timeout: std::time::Duration::from_secs(10),
         statement_timeout: std::time::Duration::from_secs(3600),
     }

@@ -12,11 +12,15 @@
 //! - a write of a secret locks its row `FOR UPDATE` in its transaction, so
 //!   concurrent merges of different keys queue instead of overwriting each
 //!   other;
-//! - creating a named secret first locks its environment's row, which orders
-//!   creations per environment: a second create of one name waits for the
-//!   first and then sees it (AlreadyExists, or the existing secret), and
-//!   `MAX(created_at) + 1` stays unique so that paging by `created_before`
-//!   is exact while other replicas write (the unique indexes back this up);
+//! - creating a named secret keeps its environment from going (a key share
+//!   lock, which writers of other groups hold at once); the unique indexes
+//!   of names and of creation times per environment order two creates of
+//!   one name: the second waits for the first to commit, collides, and its
+//!   group runs again and then sees it (AlreadyExists, or the existing
+//!   secret). Creation times are the replica's strictly increasing clock,
+//!   past the environment's newest, so they stay unique and paging by
+//!   `created_before` is exact while other replicas write (a page holds the
+//!   newest rows below its cursor, and no row's time ever changes);
 //! - creates, updates and deletes of secrets are committed in groups per
 //!   replica, one transaction of a fixed number of statements (and one hold
 //!   of each lock, the audit chain's head included) for all that wait:
@@ -54,7 +58,7 @@ use crate::{
     changes::ChangeFeed,
     crypto::Keyring,
     sql::{
-        audit_write_failed, bounded, db_error,
+        audit_write_failed, bounded, collided, db_error,
         group::{Commit, Events, Writes},
         queries::Sql,
         verify, Dialect, Engine, Pending,
@@ -65,12 +69,17 @@ use crate::{
 /// How the PostgreSQL adapter uses its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgOptions {
-    /// Most connections this process opens for requests, one of them for
-    /// the group commits of writes (two at least); one more listens for
-    /// changes (two while it reconnects). Every replica has its own, so
-    /// replicas × (pool size + 2) must stay below the server's
-    /// `max_connections`.
+    /// Most connections this process opens for requests, `write_groups` of
+    /// them for the group commits of writes; one more listens for changes
+    /// (two while it reconnects). Every replica has its own, so replicas ×
+    /// (pool size + 2) must stay below the server's `max_connections`.
     pub pool_size: u32,
+    /// How many groups of writes this replica commits at once, each in a
+    /// transaction of its own (at most pool size − 1). One serves best
+    /// where the database shares the machine's processors; more keep writes
+    /// flowing where each round trip to the database is slow (another
+    /// host), while a group waits for its commit to be durable.
+    pub write_groups: u32,
     /// How long a request waits for a connection (including opening one)
     /// before it fails with Unavailable.
     pub acquire_timeout: Duration,
@@ -82,6 +91,7 @@ impl Default for PgOptions {
     fn default() -> Self {
         Self {
             pool_size: 10,
+            write_groups: 1,
             acquire_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(10),
         }
@@ -94,6 +104,13 @@ impl PgOptions {
     /// (a lost network), which no server-side timeout can end.
     fn operation_timeout(&self) -> Duration {
         self.acquire_timeout + self.statement_timeout + Duration::from_secs(1)
+    }
+
+    /// Groups of writes in flight: `write_groups`, leaving the requests one
+    /// connection at least.
+    fn groups_in_flight(&self) -> u32 {
+        self.write_groups
+            .clamp(1, self.pool_size.saturating_sub(1).max(1))
     }
 }
 
@@ -129,9 +146,9 @@ impl PgStore {
     /// (no migration runs). Fails if the database cannot be reached within
     /// `options.acquire_timeout`.
     pub async fn open(url: &str, keyring: Keyring, options: PgOptions) -> Result<Self, OpenError> {
-        // One connection of the pool's size is the group commits' own.
+        // Connections of the pool's size are the group commits' own.
         let requests = PgOptions {
-            pool_size: options.pool_size.saturating_sub(1),
+            pool_size: options.pool_size.saturating_sub(options.groups_in_flight()),
             ..options
         };
         let pool = connect(url, requests).await?;
@@ -180,26 +197,39 @@ impl PgStore {
             options.acquire_timeout,
             cache.clone(),
         );
-        // The group commits run on a thread of their own, over a connection
+        // The group commits run on a thread of their own, over connections
         // of their own (taken from the pool's size): each group is a chain
         // of round trips, and on the request runtime every step would wait
         // its turn behind the requests' tasks.
-        let group_pool = pool_options(options, 1).connect_lazy_with(connect_options(url, options)?);
+        let in_flight = options.groups_in_flight();
+        let group_pool =
+            pool_options(options, in_flight).connect_lazy_with(connect_options(url, options)?);
         let commit: Commit<_, _> = {
             let (pool, keyring, cache) = (group_pool.clone(), keyring.clone(), cache.clone());
             let bound = options.operation_timeout();
             Arc::new(move |writes| {
                 let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
                 Box::pin(async move {
-                    // Bounded up to its commit, as every write (see `write`).
-                    let (tx, (results, changed)) = bounded(bound, async {
-                        let mut tx = pool.begin().await.map_err(db_error::<Postgres>)?;
-                        let outcome =
-                            Sql::<Postgres>::write_group(&mut tx, &keyring, &writes).await?;
-                        Ok((tx, outcome))
-                    })
-                    .await?;
-                    Pending::new(tx, results, changed).commit(&cache).await
+                    let mut attempts = 1;
+                    loop {
+                        // Bounded up to its commit, as every write (see `write`).
+                        let attempt = bounded(bound, async {
+                            let mut tx = pool.begin().await.map_err(db_error::<Postgres>)?;
+                            let outcome =
+                                Sql::<Postgres>::write_group(&mut tx, &keyring, &writes).await?;
+                            Ok((tx, outcome))
+                        })
+                        .await;
+                        match attempt {
+                            Ok((tx, (results, changed))) => {
+                                return Pending::new(tx, results, changed).commit(&cache).await
+                            }
+                            // It waited for the group it collided with to
+                            // end, and now sees what that one did.
+                            Err(e) if collided(&e) && attempts < GROUP_ATTEMPTS => attempts += 1,
+                            Err(e) => return Err(e),
+                        }
+                    }
                 })
             })
         };
@@ -227,7 +257,8 @@ impl PgStore {
             options,
             cache,
             feed,
-            writes: Writes::writes_on_thread(commit).map_err(|e| db_err(sqlx::Error::Io(e)))?,
+            writes: Writes::writes_on_thread(commit, in_flight as usize)
+                .map_err(|e| db_err(sqlx::Error::Io(e)))?,
             group_pool,
             events,
         })
@@ -344,11 +375,16 @@ pub(crate) fn connect_options(
                 .statement_cache_capacity(crate::sql::queries::STATEMENT_CACHE)
                 .options([
                     ("statement_timeout", statement_ms.as_str()),
-                    // Statements stay prepared, but each run is planned for
-                    // its values and the tables as they are: a plan cached
-                    // while a table was nearly empty would stay, scanning
-                    // it whole, as it grows.
-                    ("plan_cache_mode", "force_custom_plan"),
+                    // Statements stay prepared, and PostgreSQL may keep one
+                    // plan for every run of one (planning each run cost more
+                    // than running it: a third of the database's time per
+                    // request). Every statement of ours is meant to go
+                    // through an index, and each names the columns of the
+                    // index it needs in full; but a plan kept while a table
+                    // was nearly empty could scan it whole, and go on doing
+                    // so as it grows: a scan of a whole table is only
+                    // chosen where there is no other way.
+                    ("enable_seqscan", "off"),
                     // A replica that stalls inside a transaction must not hold
                     // its row locks (and everyone else) for long.
                     ("idle_in_transaction_session_timeout", "60000"),
@@ -370,6 +406,10 @@ pub(crate) async fn connect(url: &str, options: PgOptions) -> Result<PgPool, Ope
             cause,
         })
 }
+
+/// How many times a group of writes runs before its collisions (see
+/// [`crate::sql::collided`]) are answered as such.
+const GROUP_ATTEMPTS: u32 = 8;
 
 /// A pool of at most `size` connections (one at least), each checked
 /// before it is handed out.

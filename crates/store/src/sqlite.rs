@@ -147,7 +147,8 @@ impl SqliteStore {
             writer,
             reader,
             keyring,
-            writes: Writes::writes_on_thread(commit).map_err(|e| db_err(sqlx::Error::Io(e)))?,
+            // One writer: a second group in flight would only wait for it.
+            writes: Writes::writes_on_thread(commit, 1).map_err(|e| db_err(sqlx::Error::Io(e)))?,
             events,
             cache,
             lock: Arc::new(lock),

@@ -25,6 +25,24 @@ use crate::{
     KeyChanges, NewSecret, OnConflict, Revision, Secret, SecretKind, SecretSummary, VersionAction,
 };
 
+/// The current time in microseconds, strictly later than every time this
+/// process answered before. The groups of writes a replica has in flight
+/// read the newest creation time of an environment before either commits;
+/// this clock keeps the times they give apart (the unique index of
+/// creation times stays the last word: a collision with another replica
+/// runs the group again).
+pub(crate) fn unique_micros() -> Micros {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    static LAST: AtomicI64 = AtomicI64::new(0);
+    let now = latchkey_core::time::now_micros();
+    let next = |last: Micros| now.max(last + 1);
+    match LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+        Some(next(last))
+    }) {
+        Ok(last) | Err(last) => next(last),
+    }
+}
+
 /// One write committed in a group.
 #[derive(Debug, Clone)]
 pub(crate) enum Write {
@@ -135,18 +153,16 @@ impl<'a> Plan<'a> {
         sorted(self.creates().map(|new| new.environment_id.as_str()))
     }
 
-    /// The environments and names of the named creates, each sorted.
-    pub(crate) fn names(&self) -> (Vec<&'a str>, Vec<&'a str>) {
-        let named = || {
-            self.creates().filter_map(|new| match &new.kind {
+    /// The (environment, name) pairs of the named creates, sorted.
+    pub(crate) fn names(&self) -> Vec<(&'a str, &'a str)> {
+        self.creates()
+            .filter_map(|new| match &new.kind {
                 SecretKind::Named(name) => Some((new.environment_id.as_str(), name.as_str())),
                 SecretKind::Anonymous { .. } => None,
             })
-        };
-        (
-            sorted(named().map(|(env, _)| env)),
-            sorted(named().map(|(_, name)| name)),
-        )
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
     /// The secrets the group changes that exist before it, sorted (the

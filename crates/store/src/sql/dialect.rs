@@ -21,6 +21,12 @@ pub(crate) trait Dialect: sqlx::Database + sqlx::database::HasStatementCache {
     /// (PostgreSQL's `FOR NO KEY UPDATE`).
     const FOR_NO_KEY_UPDATE: &'static str;
 
+    /// Appended to a `SELECT` from one table: keeps the rows read from
+    /// being deleted (or their key changed), and nothing else; any number
+    /// of transactions hold it at once (PostgreSQL's `FOR KEY SHARE`, what
+    /// a foreign key check takes).
+    const FOR_KEY_SHARE: &'static str;
+
     /// Takes the transaction-scoped advisory lock `$1`, waiting for it
     /// (`None` where the one writer already serialises every transaction).
     const ADVISORY_LOCK: Option<&'static str>;
@@ -55,6 +61,11 @@ pub(crate) trait Dialect: sqlx::Database + sqlx::database::HasStatementCache {
     /// Whether an error means "the database cannot serve right now" rather
     /// than "this request is wrong": retrying later may succeed.
     fn is_transient(e: &sqlx::Error) -> bool;
+
+    /// Whether an error means that the transaction collided with another
+    /// that ran at the same time (a unique key one of them took first, a
+    /// deadlock): the same work, done again, may succeed.
+    fn is_collision(e: &sqlx::Error) -> bool;
 }
 
 /// Errors that say the pool or the connection is gone, on any backend.
@@ -69,6 +80,7 @@ impl Dialect for Sqlite {
     const BACKEND: &'static str = "SQLite";
     const FOR_UPDATE: &'static str = "";
     const FOR_NO_KEY_UPDATE: &'static str = "";
+    const FOR_KEY_SHARE: &'static str = "";
     const ADVISORY_LOCK: Option<&'static str> = None;
     const TRY_ADVISORY_LOCK: Option<&'static str> = None;
     const SNAPSHOT: Option<&'static str> = None;
@@ -91,12 +103,18 @@ impl Dialect for Sqlite {
     fn is_transient(e: &sqlx::Error) -> bool {
         is_connection_lost(e)
     }
+
+    /// One writer at a time: nothing runs beside a transaction.
+    fn is_collision(_: &sqlx::Error) -> bool {
+        false
+    }
 }
 
 impl Dialect for Postgres {
     const BACKEND: &'static str = "PostgreSQL";
     const FOR_UPDATE: &'static str = " FOR UPDATE";
     const FOR_NO_KEY_UPDATE: &'static str = " FOR NO KEY UPDATE";
+    const FOR_KEY_SHARE: &'static str = " FOR KEY SHARE";
     const ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
     const TRY_ADVISORY_LOCK: Option<&'static str> = Some("SELECT pg_try_advisory_xact_lock($1)");
     const CHECKPOINT: Option<&'static str> = None;
@@ -136,5 +154,13 @@ impl Dialect for Postgres {
             }),
             e => is_connection_lost(e),
         }
+    }
+
+    /// 23505: a unique key another transaction took first (it committed
+    /// while this one waited for it); 40001/40P01: serialization failure,
+    /// deadlock.
+    fn is_collision(e: &sqlx::Error) -> bool {
+        matches!(e, sqlx::Error::Database(d)
+            if d.code().is_some_and(|code| matches!(code.as_ref(), "23505" | "40001" | "40P01")))
     }
 }

@@ -12,17 +12,24 @@
 //!
 //! - Nothing is acknowledged before its group's commit, so every
 //!   acknowledged write is visible to every later read on every replica.
-//! - A group takes the same row locks its writes would take one by one (the
-//!   environments of its creates, the secrets it changes, then the audit
-//!   chain's head), each kind in one statement in one order, so groups on
-//!   two replicas cannot deadlock, and it holds them until its commit. Two
-//!   creates of one name, on two replicas, are ordered by the environment's
-//!   lock: the second sees the first. Within a group the writes apply one
-//!   after another, in the order they came, each seeing the ones before.
-//! - Creation times stay unique and increasing per environment: the group
-//!   reads the newest under the environment's lock and gives each create
-//!   of the group the next one, so paging by `created_before` stays exact
-//!   while other replicas write.
+//! - A group takes the same row locks its writes would take one by one (a
+//!   key share lock on the environments of its creates, the secrets it
+//!   changes, then the audit chain's head), each kind in one statement in
+//!   one order, and holds them until its commit, so groups on two replicas
+//!   (or two groups in flight on one) wait for each other rather than
+//!   deadlock; the rare deadlock PostgreSQL still detects runs the group
+//!   again. Within a group the writes apply one after another, in the order
+//!   they came, each seeing the ones before.
+//! - Two creates of one name in two groups are ordered by the unique index
+//!   of names: the second group waits for the first to commit, collides,
+//!   and runs again from the start, now seeing the first (its create is then
+//!   refused or returns the existing secret, as asked). A refused write
+//!   fails alone; a collision only delays its group.
+//! - Creation times stay unique per environment: each is the replica's
+//!   strictly increasing clock, past the newest the group read (and the
+//!   unique index of creation times is the last word: a collision with
+//!   another replica runs the group again), so paging by `created_before`
+//!   stays exact while other replicas write.
 //! - The audit chain's head is locked last and for one commit per group,
 //!   so its numbers stay gapless and in commit order, as before; holding it
 //!   once per group instead of once per write is the whole gain.
@@ -30,7 +37,7 @@
 use std::{future::Future, pin::Pin, sync::Arc};
 
 use latchkey_core::Error;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::batch::{Write, Written};
 use crate::{audit::AuditEntry, audit::AuditHead};
@@ -74,17 +81,21 @@ impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
     /// order its jobs came; `name` labels its batch sizes in the metrics.
     pub(crate) fn start(name: &'static str, commit: Commit<J, R>) -> Self {
         let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
-        tokio::spawn(run(name, commit, jobs));
+        tokio::spawn(run(name, commit, jobs, 1));
         Group { queue }
     }
 
     /// Starts the task that commits groups with `commit` on a thread of its
     /// own, with a runtime of its own: a group is a chain of round trips to
     /// the database, and on the request runtime each step would wait its
-    /// turn behind the requests' tasks. The thread ends with the task.
+    /// turn behind the requests' tasks. Up to `in_flight` groups run at
+    /// once, each in its own transaction: while one waits for its commit to
+    /// be durable, the next one does its reads. The thread ends with the
+    /// task, once the groups in flight are answered.
     pub(crate) fn start_on_thread(
         name: &'static str,
         commit: Commit<J, R>,
+        in_flight: usize,
     ) -> std::io::Result<Self> {
         let (queue, jobs) = mpsc::channel(4 * MAX_GROUP);
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -92,7 +103,7 @@ impl<J: Send + 'static, R: Send + 'static> Group<J, R> {
             .build()?;
         std::thread::Builder::new()
             .name(format!("latchkey-{name}"))
-            .spawn(move || runtime.block_on(run(name, commit, jobs)))?;
+            .spawn(move || runtime.block_on(run(name, commit, jobs, in_flight)))?;
         Ok(Group { queue })
     }
 
@@ -114,11 +125,15 @@ pub(crate) type Writes = Group<Write, Written>;
 pub(crate) type Events = Group<Vec<AuditEntry>, AuditHead>;
 
 impl Writes {
-    /// Starts the thread that commits groups of writes with `commit`
-    /// ([`Group::start_on_thread`]); `commit` must use connections that
-    /// thread may drive (opened lazily there, or runtime-independent).
-    pub(crate) fn writes_on_thread(commit: Commit<Write, Written>) -> std::io::Result<Self> {
-        Group::start_on_thread("writes", commit)
+    /// Starts the thread that commits groups of writes with `commit`, up to
+    /// `in_flight` at once ([`Group::start_on_thread`]); `commit` must use
+    /// connections that thread may drive (opened lazily there, or
+    /// runtime-independent).
+    pub(crate) fn writes_on_thread(
+        commit: Commit<Write, Written>,
+        in_flight: usize,
+    ) -> std::io::Result<Self> {
+        Group::start_on_thread("writes", commit, in_flight)
     }
 }
 
@@ -130,11 +145,26 @@ impl Events {
     }
 }
 
-/// The task: takes what waits, commits it, answers. The commit runs here,
-/// not in the callers, which may have stopped waiting: the cache must hear
-/// of every change that committed.
-async fn run<J, R>(name: &'static str, commit: Commit<J, R>, mut queue: mpsc::Receiver<Job<J, R>>) {
-    while let Some(first) = queue.recv().await {
+/// The task: takes what waits, commits it, answers; up to `in_flight`
+/// groups at once. A group is formed only when one may start, so that what
+/// arrives meanwhile waits for the next. The commit runs here, not in the
+/// callers, which may have stopped waiting: the cache must hear of every
+/// change that committed.
+async fn run<J: Send + 'static, R: Send + 'static>(
+    name: &'static str,
+    commit: Commit<J, R>,
+    mut queue: mpsc::Receiver<Job<J, R>>,
+    in_flight: usize,
+) {
+    let in_flight = in_flight.max(1);
+    let slots = Arc::new(Semaphore::new(in_flight));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(first) = queue.recv().await else {
+            break;
+        };
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
             match queue.try_recv() {
@@ -145,18 +175,26 @@ async fn run<J, R>(name: &'static str, commit: Commit<J, R>, mut queue: mpsc::Re
         #[allow(clippy::cast_precision_loss)] // at most MAX_GROUP
         metrics::histogram!("latchkey_group_commit_batch_size", "group" => name)
             .record(jobs.len() as f64);
-        let (inputs, dones): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
-        match commit(inputs).await {
-            Ok(results) => {
-                for (done, result) in dones.into_iter().zip(results) {
-                    let _ = done.send(result);
+        let commit = commit.clone();
+        tokio::spawn(async move {
+            let (inputs, dones): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+            match commit(inputs).await {
+                Ok(results) => {
+                    for (done, result) in dones.into_iter().zip(results) {
+                        let _ = done.send(result);
+                    }
+                }
+                Err(e) => {
+                    for done in dones {
+                        let _ = done.send(Err(e.clone()));
+                    }
                 }
             }
-            Err(e) => {
-                for done in dones {
-                    let _ = done.send(Err(e.clone()));
-                }
-            }
-        }
+            drop(slot);
+        });
     }
+    // The queue is closed: the groups in flight finish before the runtime
+    // that drives them goes.
+    let all = u32::try_from(in_flight).unwrap_or(u32::MAX);
+    let _ = slots.acquire_many(all).await;
 }

@@ -174,6 +174,29 @@ pub(crate) fn db_error<DB: Dialect>(e: sqlx::Error) -> Error {
     }
 }
 
+/// What a group of writes answers when it collided with a group of another
+/// transaction (see [`Dialect::is_collision`]); the group runs again.
+const COLLIDED: &str = "Writes to the same secrets at the same time collided; try again";
+
+/// Maps an error of a statement of a group of writes: a collision with
+/// another transaction is [`collided`] (the group runs again), anything
+/// else as [`db_error`].
+#[allow(clippy::needless_pass_by_value)] // by value to read as `.map_err(group_error::<DB>)`
+pub(crate) fn group_error<DB: Dialect>(e: sqlx::Error) -> Error {
+    if DB::is_collision(&e) {
+        tracing::debug!(error = %e, backend = DB::BACKEND, "a group of writes collided");
+        metrics::counter!("latchkey_store_write_collisions_total").increment(1);
+        Error::unavailable(COLLIDED)
+    } else {
+        db_error::<DB>(e)
+    }
+}
+
+/// Whether `e` is what [`group_error`] answers for a collision.
+pub(crate) fn collided(e: &Error) -> bool {
+    e.kind() == latchkey_core::ErrorKind::Unavailable && e.message() == COLLIDED
+}
+
 /// An audit event could not be written: the operation it records fails
 /// closed, as unavailable, and returns nothing.
 #[allow(clippy::needless_pass_by_value)] // by value to read as `.map_err(audit_write_failed::<DB>)`

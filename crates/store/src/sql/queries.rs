@@ -12,8 +12,11 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
 use super::{
     audit_write_failed,
-    batch::{EnvironmentLock, NameFound, Plan, SecretInsertRow, VersionInsertRow, Write, Written},
-    db_error, is_unique_violation, Changed, Dialect,
+    batch::{
+        unique_micros, EnvironmentLock, NameFound, Plan, SecretInsertRow, VersionInsertRow, Write,
+        Written,
+    },
+    db_error, group_error, is_unique_violation, Changed, Dialect,
 };
 use crate::{
     audit::{
@@ -722,13 +725,15 @@ where
     ) -> Result<(Vec<Result<Written, Error>>, Changed), Error> {
         let plan = Plan::new(writes);
         let environments = Self::lock_environments(conn, &plan.environments()).await?;
-        let (named_in, names) = plan.names();
+        let names = plan.names();
         let (newest, found) = if names.is_empty() {
             (Vec::new(), Vec::new())
         } else {
+            let mut named_in: Vec<&str> = names.iter().map(|(env, _)| *env).collect();
+            named_in.dedup();
             (
                 Self::newest_created(conn, &named_in).await?,
-                Self::secrets_named(conn, &named_in, &names).await?,
+                Self::secrets_named(conn, &names).await?,
             )
         };
         let locked = plan.locked_ids(&found);
@@ -740,7 +745,12 @@ where
         read.sort_unstable();
         read.dedup();
         let rows = Self::lock_and_read(conn, &locked, &read).await?;
-        let outcome = plan.run(keyring, now_micros, environments, newest, found, rows);
+        let mut outcome = plan.run(keyring, unique_micros, environments, newest, found, rows);
+        // Names in one order in every group: two groups in flight that
+        // insert the same names wait on each other in that order.
+        outcome
+            .secrets
+            .sort_by(|a, b| (&a.environment_id, &a.name).cmp(&(&b.environment_id, &b.name)));
         Self::delete_secrets(conn, &outcome.deletes).await?;
         Self::insert_secrets(conn, &outcome.secrets).await?;
         Self::insert_versions(conn, &outcome.versions).await?;
@@ -752,8 +762,10 @@ where
         Ok((outcome.results, Changed::Secrets(outcome.changed)))
     }
 
-    /// Locks the environments `ids` (sorted) until the transaction ends;
-    /// answers those that exist: (id, workspace id, name).
+    /// Keeps the environments `ids` (sorted) from going until the
+    /// transaction ends, without holding up anything else (a key share
+    /// lock, as the foreign keys of the rows inserted take anyway); answers
+    /// those that exist: (id, workspace id, name).
     async fn lock_environments(
         conn: &mut DB::Connection,
         ids: &[&str],
@@ -764,36 +776,51 @@ where
         let sql = format!(
             "SELECT id, workspace_id, name FROM environments WHERE id IN ({}) ORDER BY id{}",
             placeholders(1, ids.len()),
-            DB::FOR_NO_KEY_UPDATE
+            DB::FOR_KEY_SHARE
         );
         let mut query = sqlx::query_as(&sql).persistent(prepared(ids.len()));
         for id in ids {
             query = query.bind(*id);
         }
-        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+        query.fetch_all(&mut *conn).await.map_err(group_error::<DB>)
     }
 
-    /// The named secrets of the environments `environment_ids` whose names
-    /// are among `names` (and maybe others: the caller matches pairs), as
-    /// (id, environment id, name). One table and its index of names, so
-    /// that no cached plan can go wrong as the table grows.
+    /// The named secrets of `names` (environment id, name) that exist, as
+    /// (id, environment id, name). Each pair is its own equality on the
+    /// unique index of names: with one list of names, a planner that
+    /// thinks an environment small (statistics lag behind a table that
+    /// grows fast) reads every secret of the environment instead.
     async fn secrets_named(
         conn: &mut DB::Connection,
-        environment_ids: &[&str],
-        names: &[&str],
+        names: &[(&str, &str)],
     ) -> Result<Vec<NameFound>, Error> {
-        let sql = format!(
-            "SELECT id, environment_id, name FROM secrets WHERE environment_id IN ({}) \
-             AND name IN ({})",
-            placeholders(1, environment_ids.len()),
-            placeholders(1 + environment_ids.len(), names.len())
-        );
-        let mut query =
-            sqlx::query_as(&sql).persistent(prepared(environment_ids.len() + names.len()));
-        for value in environment_ids.iter().chain(names) {
-            query = query.bind(*value);
+        let mut found = Vec::new();
+        for chunk in names.chunks(MAX_PARAMETERS / 2) {
+            let pairs: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    format!(
+                        "(environment_id = ${} AND name = ${})",
+                        2 * i + 1,
+                        2 * i + 2
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "SELECT id, environment_id, name FROM secrets WHERE {}",
+                pairs.join(" OR ")
+            );
+            let mut query = sqlx::query_as(&sql).persistent(prepared(chunk.len()));
+            for (environment_id, name) in chunk {
+                query = query.bind(*environment_id).bind(*name);
+            }
+            found.extend(
+                query
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(group_error::<DB>)?,
+            );
         }
-        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+        Ok(found)
     }
 
     /// The newest creation time among the named secrets of each of
@@ -814,7 +841,7 @@ where
         for id in environment_ids {
             query = query.bind(*id);
         }
-        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+        query.fetch_all(&mut *conn).await.map_err(group_error::<DB>)
     }
 
     /// Locks the secrets `locked` (sorted) until the transaction ends, then
@@ -835,7 +862,7 @@ where
             for id in locked {
                 query = query.bind(id.as_str());
             }
-            query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
+            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
         }
         if read.is_empty() {
             return Ok(Vec::new());
@@ -848,7 +875,7 @@ where
         for id in read {
             query = query.bind(*id);
         }
-        query.fetch_all(&mut *conn).await.map_err(db_error::<DB>)
+        query.fetch_all(&mut *conn).await.map_err(group_error::<DB>)
     }
 
     async fn delete_secrets(conn: &mut DB::Connection, ids: &[String]) -> Result<(), Error> {
@@ -867,7 +894,7 @@ where
             .execute(&mut *conn)
             .await
             .map(drop)
-            .map_err(db_error::<DB>)
+            .map_err(group_error::<DB>)
     }
 
     async fn insert_secrets(
@@ -894,12 +921,9 @@ where
                     .bind(row.created_by.as_str())
                     .bind(row.version);
             }
-            // The environment locks make a taken name unreachable here; the
-            // unique indexes stay the last word all the same.
-            query
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| Self::name_taken(e, "Secret", "of this group"))?;
+            // A name (or creation time) that a group in flight took first is
+            // a collision: the group runs again and then sees it.
+            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
         }
         Ok(())
     }
@@ -930,7 +954,7 @@ where
                     .bind(v.sealed.wrapped_key.as_slice())
                     .bind(v.sealed.ciphertext.as_slice());
             }
-            query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
+            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
         }
         Ok(())
     }
@@ -982,7 +1006,7 @@ where
             for (id, version) in chunk {
                 query = query.bind(id.as_str()).bind(*version);
             }
-            query.execute(&mut *conn).await.map_err(db_error::<DB>)?;
+            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
         }
         Ok(())
     }
