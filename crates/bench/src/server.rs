@@ -193,8 +193,15 @@ pub(crate) async fn fresh_postgres_database(url: &str) -> Result<String> {
         status.success(),
         "psql could not create the benchmark database"
     );
-    let base = url.rsplit_once('/').map_or(url, |(base, _)| base);
-    Ok(format!("{base}/{name}"))
+    // The same server and settings (`?sslmode=...`), another database.
+    let (address, query) = url
+        .split_once('?')
+        .map_or((url, None), |(a, q)| (a, Some(q)));
+    let base = address.rsplit_once('/').map_or(address, |(base, _)| base);
+    Ok(match query {
+        Some(query) => format!("{base}/{name}?{query}"),
+        None => format!("{base}/{name}"),
+    })
 }
 
 /// Median wall time of `latchkey run --secret bench -- true` against
