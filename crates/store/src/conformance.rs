@@ -71,6 +71,7 @@ macro_rules! conformance_replica_tests {
             replicas_sweep,
             replicas_versions_gapless,
             replicas_paging_while_many_write,
+            replicas_environment_changes,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -2384,6 +2385,40 @@ pub async fn history_after_migration(store: &dyn Store, old: &Unversioned) {
     assert_eq!(next.summary.version, 4);
     let (v3, _) = store.secret_version(ws, &old.updated_id, 3).await.unwrap();
     assert_eq!(v3.contents, Unversioned::contents());
+}
+
+/// An environment renamed or deleted through one replica is what the next
+/// request on the other finds, though that one looked it up just before.
+pub async fn replicas_environment_changes(a: &dyn Store, b: &dyn Store) {
+    let (ws, _) = setup_replicas(a, b).await;
+    let ws = ws.as_str();
+    let created = a.create_environment(ws, "staging", &audit()).await.unwrap();
+    for _ in 0..2 {
+        assert_eq!(b.environment(ws, "staging").await.unwrap(), created);
+        assert_eq!(b.environment(ws, &created.id).await.unwrap(), created);
+    }
+    let update = EnvironmentUpdate {
+        name: Some("preprod".to_owned()),
+        webhook_suffix: Some("hook".to_owned()),
+    };
+    let renamed = a
+        .update_environment(ws, "staging", &update, &audit())
+        .await
+        .unwrap();
+    let err = b.environment(ws, "staging").await.unwrap_err();
+    assert_eq!(err.message(), "Environment 'staging' not found");
+    assert_eq!(b.environment(ws, "preprod").await.unwrap(), renamed);
+    assert_eq!(b.environment(ws, &created.id).await.unwrap(), renamed);
+    a.delete_environment(ws, "preprod", true, &audit())
+        .await
+        .unwrap();
+    for name in ["preprod", created.id.as_str()] {
+        let err = b.environment(ws, name).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    }
+    let new = named(ws, &created.id, "late", EnvDict::new(), OnConflict::Fail);
+    let err = b.create_secret(&new).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
 }
 
 /// 16 writers on each of two replicas create into one environment while a
