@@ -31,6 +31,7 @@ def test_counters_move_with_traffic_and_hold_no_names(start_server):
     assert metric(before, "latchkey_build_info") == 1
     assert metric(before, "latchkey_sandboxes_running") == 0
     for name in ("latchkey_store_errors_total", "latchkey_store_unavailable_total",
+                 "latchkey_store_write_collisions_total",
                  "latchkey_change_feed_reconnects_total"):  # fmt: skip
         assert metric(before, name) == 0, name
 

@@ -80,6 +80,7 @@ fn install() -> PrometheusHandle {
         "latchkey_lookup_cache_hits_total",
         "latchkey_store_errors_total",
         "latchkey_store_unavailable_total",
+        "latchkey_store_write_collisions_total",
         "latchkey_change_feed_reconnects_total",
         "latchkey_audit_events_appended_total",
         "latchkey_audit_write_failures_total",
@@ -133,6 +134,10 @@ fn describe() {
     describe_counter!(
         "latchkey_store_unavailable_total",
         "Requests refused because the database was unreachable or too slow (UNAVAILABLE / 503)"
+    );
+    describe_counter!(
+        "latchkey_store_write_collisions_total",
+        "PostgreSQL: groups of writes run again because another transaction took a name (or creation time) first, or a deadlock"
     );
     describe_counter!(
         "latchkey_change_feed_reconnects_total",

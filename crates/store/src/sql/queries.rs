@@ -712,12 +712,14 @@ where
     /// waits on another that waits on it: the environments the creates go
     /// to (sorted by id, in one statement), then the secrets the group
     /// changes (sorted by id, in one statement), then the audit chain's
-    /// head, last of all. The environment locks order creations of named
-    /// secrets per environment on every replica: a second create of one
-    /// name waits for the first and then sees it, and the next creation
-    /// time (one past the newest at least) stays unique, so that paging by
-    /// `created_before` is exact (the unique indexes back this up). On
-    /// SQLite the one writer does the same.
+    /// head, last of all. The environment locks (key share) only keep the
+    /// environments from going; the unique indexes order creations of
+    /// named secrets: a second create of one name, in another group on any
+    /// replica, waits for the first to commit and then collides (the
+    /// caller runs the group again, and it sees the first), and the
+    /// creation times ([`unique_micros`], one past the newest at least)
+    /// stay unique, so that paging by `created_before` is exact. On SQLite
+    /// the one writer orders everything.
     pub(crate) async fn write_group(
         conn: &mut DB::Connection,
         keyring: &Keyring,
