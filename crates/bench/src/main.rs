@@ -160,6 +160,9 @@ async fn run(args: Args) -> Result<()> {
         let server = Server::start(&bin, &extra).await?;
         let result = soak::soak(&server, duration).await;
         server.stop().await?;
+        if let Some(url) = &args.postgres {
+            server::drop_postgres_database(url).await?;
+        }
         return result;
     }
     let seconds =
@@ -585,6 +588,7 @@ async fn postgres_figures(
     }
     drop(load);
     pg.stop().await?;
+    server::drop_postgres_database(url).await?;
     Ok(figures)
 }
 

@@ -174,9 +174,34 @@ async fn readyz(port: u16) -> bool {
     stream.read_exact(&mut head).await.is_ok() && &head[9..12] == b"200"
 }
 
+/// The name of this run's database on the PostgreSQL server.
+fn bench_database() -> String {
+    format!("latchkey_bench_{}", std::process::id())
+}
+
+/// Drops this run's database ([`fresh_postgres_database`]) once the server
+/// that used it has stopped, through `url` (the server's URL as given).
+pub(crate) async fn drop_postgres_database(url: &str) -> Result<()> {
+    let status = Command::new("psql")
+        .args([
+            url,
+            "-q",
+            "-c",
+            &format!("DROP DATABASE IF EXISTS {}", bench_database()),
+        ])
+        .status()
+        .await
+        .context("psql (Debian's postgresql-client) is needed for the PostgreSQL figures")?;
+    anyhow::ensure!(
+        status.success(),
+        "psql could not drop the benchmark database"
+    );
+    Ok(())
+}
+
 /// A new, empty database on the PostgreSQL server of `url` (via `psql`), and its URL.
 pub(crate) async fn fresh_postgres_database(url: &str) -> Result<String> {
-    let name = format!("latchkey_bench_{}", std::process::id());
+    let name = bench_database();
     let status = Command::new("psql")
         .args([
             url,
