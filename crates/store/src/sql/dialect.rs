@@ -160,7 +160,8 @@ impl Dialect for Postgres {
     /// while this one waited for it); 40001/40P01: serialization failure,
     /// deadlock.
     fn is_collision(e: &sqlx::Error) -> bool {
-        matches!(e, sqlx::Error::Database(d)
-            if d.code().is_some_and(|code| matches!(code.as_ref(), "23505" | "40001" | "40P01")))
+        super::is_unique_violation(e)
+            || matches!(e, sqlx::Error::Database(d)
+                if d.code().is_some_and(|code| matches!(code.as_ref(), "40001" | "40P01")))
     }
 }
