@@ -202,14 +202,10 @@ async fn run(args: Args) -> Result<()> {
         (hello.rate(), "req/s"),
         "≥ 0.8 × baseline",
     ));
-    let per_request =
-        |cpu: Duration, stats: &load::Stats| cpu.as_secs_f64() * 1e6 / stats.count().max(1) as f64;
-    figures.push(Figure::new(
-        "server CPU per lookup (user + system, all threads)",
-        (per_request(lookup_cpu, &lookup), "µs"),
-        "per ClientHello",
-        (per_request(hello_cpu, &hello), "µs"),
-        "(reported)",
+    figures.push(cpu_per_lookup(
+        "server CPU per lookup",
+        (&lookup, lookup_cpu),
+        (&hello, hello_cpu),
     ));
     figures.push(Figure::new(
         format!("lookup p99, {} streams flat out", args.streams),
@@ -509,7 +505,7 @@ async fn postgres_figures(
     let pg = Server::start(bin, &["--database", &db]).await?;
     let load = Load::new(&pg, args.connections).await?;
     load.create_named("bench", 10).await?;
-    let [(hello, _), (lookup, _)] = paired(
+    let [(hello, hello_cpu), (lookup, lookup_cpu)] = paired(
         &load,
         &pg,
         lookup_vs_hello(),
@@ -524,6 +520,11 @@ async fn postgres_figures(
         "ClientHello rate",
         (hello.rate(), "req/s"),
         "≥ 0.8 × baseline",
+    ));
+    figures.push(cpu_per_lookup(
+        "PostgreSQL: server CPU per lookup",
+        (&lookup, lookup_cpu),
+        (&hello, hello_cpu),
     ));
     // pgbench needs whole seconds.
     let baseline = server::pgbench_inserts(&db, 16, seconds.max(Duration::from_secs(1))).await?;
@@ -597,6 +598,25 @@ async fn postgres_figures(
 enum Pace {
     FlatOut,
     Rate(f64),
+}
+
+/// The server's CPU time per lookup beside that per ClientHello, from a
+/// [`paired`] run of the two.
+fn cpu_per_lookup(
+    label: &str,
+    lookup: (&load::Stats, Duration),
+    hello: (&load::Stats, Duration),
+) -> Figure {
+    let per_request = |(stats, cpu): (&load::Stats, Duration)| {
+        cpu.as_secs_f64() * 1e6 / stats.count().max(1) as f64
+    };
+    Figure::new(
+        format!("{label} (user + system, all threads)"),
+        (per_request(lookup), "µs"),
+        "per ClientHello",
+        (per_request(hello), "µs"),
+        "(reported)",
+    )
 }
 
 /// The pair most figures compare: ClientHello (the baseline) and the lookup

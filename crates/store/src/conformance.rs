@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
             versions_gapless_under_concurrent_writers,
             writes_arriving_together,
             audit_log_chain,
+            audit_record_of_many_events,
         );
     };
     (@checks $open:ident; $($check:ident,)*) => {
@@ -2510,6 +2511,35 @@ pub async fn paging_while_two_replicas_write(a: &dyn Store, b: &dyn Store, reade
 /// reads and refusals are appended through [`Store::record`], the chain
 /// verifies, and retention keeps it verifiable from a checkpoint on. No
 /// event holds a value.
+/// One record of more events than one statement binds: the events are
+/// inserted in several statements, the head moves to the last of them
+/// (on PostgreSQL within the last insert), and the chain verifies.
+pub async fn audit_record_of_many_events(store: &dyn Store) {
+    use crate::audit::{Interface, Verdict};
+    let (ws, _) = default_environment(store).await;
+    let start = store.audit_head().await.unwrap();
+    let count = 4_100;
+    let entries: Vec<AuditEntry> = (0..count)
+        .map(|i| {
+            let mut entry = AuditEntry::new(Interface::Api, "secret.read");
+            entry.workspace_id = Some(ws.clone());
+            entry.detail = Some(format!("read {i}"));
+            entry
+        })
+        .collect();
+    let head = store.record(&entries).await.unwrap();
+    assert_eq!(head.seq, start.seq + count, "one number per event, no gap");
+    assert_eq!(
+        store.audit_head().await.unwrap(),
+        head,
+        "the stored head is the last event's"
+    );
+    match store.audit_verify().await.unwrap() {
+        Verdict::Intact { last, .. } => assert_eq!(last, head.seq),
+        other => panic!("the chain should verify: {other:?}"),
+    }
+}
+
 pub async fn audit_log_chain(store: &dyn Store) {
     use crate::audit::{AuditFilter, Interface, Verdict};
     let (ws, env) = default_environment(store).await;

@@ -76,8 +76,8 @@ pub(crate) enum Written {
 }
 
 /// An environment a group's creates use, as locked: (id, workspace id,
-/// name).
-pub(crate) type EnvironmentLock = (String, String, String);
+/// name, the newest creation time of its named secrets).
+pub(crate) type EnvironmentLock = (String, String, String, Option<Micros>);
 
 /// A named secret found by the name of a create: (id, environment id,
 /// name).
@@ -195,30 +195,30 @@ impl<'a> Plan<'a> {
     }
 
     /// Applies every write, in order, to what the group read: the
-    /// environments it locked, the newest creation time of each
-    /// environment's named secrets (`newest`), what the creates' names found
-    /// (`found`), and the rows of the secrets it locked and of those found
-    /// (`rows`, read after the locks; a secret found by name and gone since
-    /// has freed its name).
+    /// environments it locked (with the newest creation time of each one's
+    /// named secrets), what the creates' names found (`found`), and the
+    /// rows of the secrets it locked and of those found (`rows`, read after
+    /// the locks; a secret found by name and gone since has freed its
+    /// name).
     pub(crate) fn run(
         self,
         keyring: &Keyring,
         now: impl Fn() -> Micros,
         environments: Vec<EnvironmentLock>,
-        newest: Vec<(String, Option<Micros>)>,
         found: Vec<NameFound>,
         rows: Vec<SecretRow>,
     ) -> Outcome {
+        let clocks = environments
+            .iter()
+            .map(|(id, _, _, newest)| (id.clone(), newest.unwrap_or(0)))
+            .collect();
         let environments: HashMap<String, (String, String)> = environments
             .into_iter()
-            .map(|(id, workspace_id, name)| (id, (workspace_id, name)))
+            .map(|(id, workspace_id, name, _)| (id, (workspace_id, name)))
             .collect();
         let mut state = State {
             keyring,
-            clocks: newest
-                .into_iter()
-                .map(|(env, newest)| (env, newest.unwrap_or(0)))
-                .collect(),
+            clocks,
             names: HashMap::new(),
             secrets: HashMap::new(),
             order: Vec::new(),
