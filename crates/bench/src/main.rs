@@ -186,27 +186,17 @@ async fn run(args: Args) -> Result<()> {
         "lookup throughput ({} streams over {} connections, {seconds:?} each)",
         args.streams, args.connections
     );
-    let [(hello, hello_cpu), (lookup, lookup_cpu)] = paired(
-        &load,
-        &server,
-        lookup_vs_hello(),
-        Pace::FlatOut,
+    let (hello, lookup) = lookups_beside_hello(
+        &mut figures,
+        (&load, &server),
         args.streams,
         seconds,
+        [
+            "lookup rate (SecretGetOrCreate type 0)",
+            "server CPU per lookup",
+        ],
     )
     .await?;
-    figures.push(Figure::new(
-        "lookup rate (SecretGetOrCreate type 0)",
-        (lookup.rate(), "req/s"),
-        "ClientHello rate",
-        (hello.rate(), "req/s"),
-        "≥ 0.8 × baseline",
-    ));
-    figures.push(cpu_per_lookup(
-        "server CPU per lookup",
-        (&lookup, lookup_cpu),
-        (&hello, hello_cpu),
-    ));
     figures.push(Figure::new(
         format!("lookup p99, {} streams flat out", args.streams),
         (lookup.p99_ms(), "ms"),
@@ -505,27 +495,17 @@ async fn postgres_figures(
     let pg = Server::start(bin, &["--database", &db]).await?;
     let load = Load::new(&pg, args.connections).await?;
     load.create_named("bench", 10).await?;
-    let [(hello, hello_cpu), (lookup, lookup_cpu)] = paired(
-        &load,
-        &pg,
-        lookup_vs_hello(),
-        Pace::FlatOut,
+    lookups_beside_hello(
+        &mut figures,
+        (&load, &pg),
         args.streams,
         seconds,
+        [
+            "PostgreSQL lookup rate",
+            "PostgreSQL: server CPU per lookup",
+        ],
     )
     .await?;
-    figures.push(Figure::new(
-        "PostgreSQL lookup rate",
-        (lookup.rate(), "req/s"),
-        "ClientHello rate",
-        (hello.rate(), "req/s"),
-        "≥ 0.8 × baseline",
-    ));
-    figures.push(cpu_per_lookup(
-        "PostgreSQL: server CPU per lookup",
-        (&lookup, lookup_cpu),
-        (&hello, hello_cpu),
-    ));
     // pgbench needs whole seconds.
     let baseline = server::pgbench_inserts(&db, 16, seconds.max(Duration::from_secs(1))).await?;
     let pgbench = "pgbench: one-row INSERT transactions, 16 clients";
@@ -600,23 +580,43 @@ enum Pace {
     Rate(f64),
 }
 
-/// The server's CPU time per lookup beside that per ClientHello, from a
-/// [`paired`] run of the two.
-fn cpu_per_lookup(
-    label: &str,
-    lookup: (&load::Stats, Duration),
-    hello: (&load::Stats, Duration),
-) -> Figure {
-    let per_request = |(stats, cpu): (&load::Stats, Duration)| {
-        cpu.as_secs_f64() * 1e6 / stats.count().max(1) as f64
-    };
-    Figure::new(
-        format!("{label} (user + system, all threads)"),
-        (per_request(lookup), "µs"),
-        "per ClientHello",
-        (per_request(hello), "µs"),
-        "(reported)",
+/// Lookups and ClientHello taking turns, flat out ([`paired`]): pushes the
+/// lookup rate beside ClientHello's and the server's CPU time per lookup
+/// beside that per ClientHello, under `labels`; answers both runs
+/// (ClientHello's first).
+async fn lookups_beside_hello(
+    figures: &mut Vec<Figure>,
+    (load, server): (&Load, &Server),
+    streams: usize,
+    seconds: Duration,
+    [rate, cpu]: [&str; 2],
+) -> Result<(load::Stats, load::Stats)> {
+    let [(hello, hello_cpu), (lookup, lookup_cpu)] = paired(
+        load,
+        server,
+        lookup_vs_hello(),
+        Pace::FlatOut,
+        streams,
+        seconds,
     )
+    .await?;
+    figures.push(Figure::new(
+        rate,
+        (lookup.rate(), "req/s"),
+        "ClientHello rate",
+        (hello.rate(), "req/s"),
+        "≥ 0.8 × baseline",
+    ));
+    let per_request =
+        |stats: &load::Stats, cpu: Duration| cpu.as_secs_f64() * 1e6 / stats.count().max(1) as f64;
+    figures.push(Figure::new(
+        format!("{cpu} (user + system, all threads)"),
+        (per_request(&lookup, lookup_cpu), "µs"),
+        "per ClientHello",
+        (per_request(&hello, hello_cpu), "µs"),
+        "(reported)",
+    ));
+    Ok((hello, lookup))
 }
 
 /// The pair most figures compare: ClientHello (the baseline) and the lookup
