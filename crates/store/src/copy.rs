@@ -822,6 +822,11 @@ where
         }
         compare(&source, &written).map_err(ImportError::Mismatch)?;
         tx.commit().await?;
+        // The server that opens the copy plans for the tables as they are,
+        // not as empty as they were.
+        if let Some(analyze) = DB::ANALYZE {
+            sqlx::query(analyze).execute(&mut *conn).await?;
+        }
         Ok(())
     }
 

@@ -44,7 +44,16 @@
 //!
 //! [`ErrorKind::Unavailable`]: latchkey_core::ErrorKind::Unavailable
 
-use std::{fmt, future::Future, str::FromStr, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use latchkey_core::Error;
 use sqlx::{
@@ -58,7 +67,9 @@ use crate::{
     changes::ChangeFeed,
     crypto::Keyring,
     sql::{
-        audit_write_failed, bounded, collided, db_error,
+        audit_write_failed,
+        batch::Written,
+        bounded, collided, db_error,
         group::{Commit, Events, Writes},
         queries::Sql,
         verify, Dialect, Engine, Pending,
@@ -204,11 +215,13 @@ impl PgStore {
         let in_flight = options.groups_in_flight();
         let group_pool =
             pool_options(options, in_flight).connect_lazy_with(connect_options(url, options)?);
+        let statistics = Statistics::new(pool.clone());
         let commit: Commit<_, _> = {
             let (pool, keyring, cache) = (group_pool.clone(), keyring.clone(), cache.clone());
             let bound = options.operation_timeout();
             Arc::new(move |writes| {
                 let (pool, keyring, cache) = (pool.clone(), keyring.clone(), cache.clone());
+                let statistics = statistics.clone();
                 Box::pin(async move {
                     let mut attempts = 1;
                     loop {
@@ -222,7 +235,10 @@ impl PgStore {
                         .await;
                         match attempt {
                             Ok((tx, (results, changed))) => {
-                                return Pending::new(tx, results, changed).commit(&cache).await
+                                let results =
+                                    Pending::new(tx, results, changed).commit(&cache).await?;
+                                statistics.inserted(&results);
+                                return Ok(results);
                             }
                             // It waited for the group it collided with to
                             // end, and now sees what that one did.
@@ -405,6 +421,101 @@ pub(crate) async fn connect(url: &str, options: PgOptions) -> Result<PgPool, Ope
             target: describe(url),
             cause,
         })
+}
+
+/// Keeps PostgreSQL's statistics of `secrets` near its size while it grows
+/// fast, so that a query for one name goes through the unique index of
+/// names.
+///
+/// The table has two indexes that start with the environment: the unique
+/// index of names, and that of creation times. While the statistics say the
+/// table is far smaller than it is (autovacuum analyzes it about a minute
+/// later at best; a store that takes thousands of secrets at once lives in
+/// that minute), PostgreSQL thinks either index finds one row for
+/// `environment_id = $1 AND name = $2`, at the same cost, and may take the
+/// narrower one, that of creation times: every check of a name then reads
+/// every secret of the environment, milliseconds per group of writes and
+/// growing with the environment. So each replica counts the secrets its
+/// writes created and, once they are a fifth of what the statistics last
+/// counted (or [`Statistics::FIRST`]), analyzes the table in the background.
+/// `ANALYZE` reads a sample of at most 30,000 rows and does not hold up
+/// writes (it waits only for another analysis of the table, and gives up
+/// at the statement timeout, leaving the count for the next try). The
+/// queries that need the index of creation times ask for its order, which
+/// only it gives.
+#[derive(Clone)]
+struct Statistics(Arc<StatisticsState>);
+
+struct StatisticsState {
+    pool: PgPool,
+    /// The request runtime, where the analysis runs (the group commits run
+    /// on a thread of their own).
+    runtime: tokio::runtime::Handle,
+    /// Secrets created since the last analysis.
+    created: AtomicU64,
+    /// How many more start the next one.
+    next: AtomicU64,
+    running: AtomicBool,
+}
+
+impl Statistics {
+    /// The fewest created secrets that start an analysis: a table this
+    /// small is read whole in well under a millisecond.
+    const FIRST: u64 = 100;
+
+    fn new(pool: PgPool) -> Self {
+        Statistics(Arc::new(StatisticsState {
+            pool,
+            runtime: tokio::runtime::Handle::current(),
+            created: AtomicU64::new(0),
+            next: AtomicU64::new(Self::FIRST),
+            running: AtomicBool::new(false),
+        }))
+    }
+
+    /// Counts the secrets a committed group created; starts an analysis
+    /// when they are enough and none runs.
+    fn inserted(&self, results: &[Result<Written, Error>]) {
+        let created = results
+            .iter()
+            .filter(|r| matches!(r, Ok(Written::Created(_, true))))
+            .count() as u64;
+        let state = &self.0;
+        if created == 0
+            || state.created.fetch_add(created, Ordering::Relaxed) + created
+                < state.next.load(Ordering::Relaxed)
+            || state.running.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let state = self.0.clone();
+        self.0.runtime.spawn(async move {
+            let counted = state.created.swap(0, Ordering::Relaxed);
+            match analyze(&state.pool).await {
+                Ok(rows) => {
+                    let rows = u64::try_from(rows).unwrap_or(0);
+                    state
+                        .next
+                        .store((rows / 5).max(Self::FIRST), Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // The next group that creates a secret tries again.
+                    state.created.fetch_add(counted, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "could not analyze the table of secrets");
+                }
+            }
+            state.running.store(false, Ordering::Release);
+        });
+    }
+}
+
+/// Analyzes `secrets`; answers the rows PostgreSQL now counts.
+async fn analyze(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    sqlx::query("ANALYZE secrets").execute(&mut *conn).await?;
+    sqlx::query_scalar("SELECT reltuples::BIGINT FROM pg_class WHERE oid = 'secrets'::regclass")
+        .fetch_one(&mut *conn)
+        .await
 }
 
 /// How many times a group of writes runs before its collisions (see

@@ -31,19 +31,25 @@ async fn seeded(store: &PgStore, name: &str) -> (String, String) {
     let ws = admin.workspace_id.clone();
     let env = store.environment(&ws, "").await.unwrap().id;
     let (secret, _) = store
-        .create_secret(&NewSecret {
-            workspace_id: ws.clone(),
-            environment_id: env,
-            kind: SecretKind::Named(name.to_owned()),
-            created_by: "admin".to_owned(),
-            contents: [("V".to_owned(), "0".to_owned())].into(),
-            on_conflict: OnConflict::Fail,
-            keep_versions: DEFAULT_KEEP_VERSIONS,
-            audit: AuditEntry::server(),
-        })
+        .create_secret(&named(&ws, &env, name, "0"))
         .await
         .unwrap();
     (ws, secret.summary.id)
+}
+
+/// A create of the named secret `name` holding `V=value`, failing if the
+/// name is taken.
+fn named(ws: &str, env: &str, name: &str, value: &str) -> NewSecret {
+    NewSecret {
+        workspace_id: ws.to_owned(),
+        environment_id: env.to_owned(),
+        kind: SecretKind::Named(name.to_owned()),
+        created_by: "admin".to_owned(),
+        contents: [("V".to_owned(), value.to_owned())].into(),
+        on_conflict: OnConflict::Fail,
+        keep_versions: DEFAULT_KEEP_VERSIONS,
+        audit: AuditEntry::server(),
+    }
 }
 
 async fn open(db: &TestDb, key: &MasterKey) -> PgStore {
@@ -270,14 +276,8 @@ async fn fails_fast_when_the_database_is_gone_and_recovers() {
     let ws = admin.workspace_id.clone();
     let env = store.environment(&ws, "").await.unwrap().id;
     let secret = |name: &str| NewSecret {
-        workspace_id: ws.clone(),
-        environment_id: env.clone(),
-        kind: SecretKind::Named(name.to_owned()),
-        created_by: "admin".to_owned(),
         contents: [("K".to_owned(), name.to_owned())].into(),
-        on_conflict: OnConflict::Fail,
-        keep_versions: DEFAULT_KEEP_VERSIONS,
-        audit: AuditEntry::server(),
+        ..named(&ws, &env, name, name)
     };
     store.create_secret(&secret("before")).await.unwrap();
 
@@ -906,4 +906,89 @@ async fn master_key_rotation_resumes() {
 async fn master_key_rotation_under_load() {
     let db = TestDb::create().await;
     conformance::master_key_rotation_under_load(open_on(&db)).await;
+}
+
+/// A check of a name reads the unique index of names, however fast the
+/// table grows: autovacuum is off and the statistics were taken at one
+/// secret, then sixteen writers fill the environment with thousands (in
+/// groups of many names). The store keeps the statistics near the table's
+/// size itself, so the next groups of creates read about one entry of the
+/// indexes that start with the environment each (the newest creation
+/// time), not the whole environment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_check_their_names_by_index_while_the_table_grows() {
+    let (db, store) = fresh().await;
+    let (ws, _) = seeded(&store, "first").await;
+    let env = store.environment(&ws, "").await.unwrap().id;
+    let pool = db.pool().await;
+    for statement in [
+        "ALTER TABLE secrets SET (autovacuum_enabled = false)",
+        "ANALYZE secrets",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let fill = |from: usize, to: usize| {
+        let mut writers = tokio::task::JoinSet::new();
+        for writer in 0..16 {
+            let (store, ws, env) = (store.clone(), ws.clone(), env.clone());
+            writers.spawn(async move {
+                for i in (from + writer..to).step_by(16) {
+                    store
+                        .create_secret(&named(&ws, &env, &format!("s{i}"), &i.to_string()))
+                        .await
+                        .unwrap();
+                }
+            });
+        }
+        writers.join_all()
+    };
+    // (secrets inserted, groups, index entries read), once PostgreSQL's
+    // statistics show `inserted` secrets. A backend reports them at most once
+    // a second, at the end of a transaction: one more write a second later
+    // reports everything before it.
+    let counts = |inserted: i64, last: &'static str| {
+        let (store, pool, ws, env) = (store.clone(), pool.clone(), ws.clone(), env.clone());
+        async move {
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            store
+                .create_secret(&named(&ws, &env, last, "0"))
+                .await
+                .unwrap();
+            let started = Instant::now();
+            loop {
+                let counts: (i64, i64, i64) = sqlx::query_as(
+                    "SELECT \
+                       (SELECT n_tup_ins FROM pg_stat_user_tables WHERE relname = 'secrets'), \
+                       (SELECT n_tup_ins + n_tup_upd FROM pg_stat_user_tables \
+                        WHERE relname = 'audit_head'), \
+                       (SELECT sum(idx_tup_read)::BIGINT FROM pg_stat_user_indexes \
+                        WHERE indexrelname IN ('secrets_by_name', 'secrets_by_created'))",
+                )
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                if counts.0 >= inserted {
+                    return counts;
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "the statistics never showed the {inserted} secrets inserted ({} so far)",
+                    counts.0
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    fill(0, 3_000).await;
+    let (_, groups_before, reads_before) = counts(3_002, "filled").await;
+    fill(3_000, 3_320).await;
+    let (_, groups_after, reads_after) = counts(3_323, "last").await;
+    let (groups, reads) = (groups_after - groups_before, reads_after - reads_before);
+    assert!(
+        reads <= 2 * groups,
+        "{reads} index entries read by {groups} groups creating 321 secrets in an environment \
+         of 3,002 (about {} per group): a name check read the environment",
+        reads / groups.max(1)
+    );
+    store.close().await;
 }

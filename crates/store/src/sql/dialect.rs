@@ -54,6 +54,13 @@ pub(crate) trait Dialect: sqlx::Database + sqlx::database::HasStatementCache {
     /// key check must be in the file, not only in the WAL.
     const CHECKPOINT: Option<&'static str>;
 
+    /// Brings the planner's statistics of every table up to date, after
+    /// many rows came at once (`None` where the planner keeps none that a
+    /// bulk load leaves behind: SQLite, which reads the indexes' shapes).
+    /// Until autovacuum gets to it, PostgreSQL plans for tables as small as
+    /// they were when last analyzed (see `postgres::Statistics`).
+    const ANALYZE: Option<&'static str>;
+
     /// Answers whether the table named `$1` exists.
     const TABLE_EXISTS: &'static str;
 
@@ -92,6 +99,7 @@ impl Dialect for Sqlite {
     const SNAPSHOT: Option<&'static str> = None;
     const CHECKPOINT: Option<&'static str> = Some("PRAGMA wal_checkpoint(TRUNCATE)");
     const NO_STATEMENT_TIMEOUT: Option<&'static str> = None;
+    const ANALYZE: Option<&'static str> = None;
     const TABLE_EXISTS: &'static str =
         "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)";
 
@@ -128,6 +136,7 @@ impl Dialect for Postgres {
     const SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
     const NO_STATEMENT_TIMEOUT: Option<&'static str> = Some("SET LOCAL statement_timeout = 0");
+    const ANALYZE: Option<&'static str> = Some("ANALYZE");
     const TABLE_EXISTS: &'static str = "SELECT to_regclass($1) IS NOT NULL";
 
     fn rows_affected(result: &sqlx::postgres::PgQueryResult) -> u64 {

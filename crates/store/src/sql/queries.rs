@@ -766,7 +766,10 @@ where
     /// of its named secrets). The newest time is one step down the index of
     /// creation times per environment (a `GROUP BY` would read every row),
     /// read in the same statement: one round trip less for every group, on
-    /// a path that runs one group at a time.
+    /// a path that runs one group at a time. It is asked for in that
+    /// index's order (`ORDER BY ... LIMIT 1`, not `MAX`), which only that
+    /// index gives: with statistics that think the environment small, a
+    /// `MAX` may be planned as a read of every row on another index.
     async fn lock_environments(
         conn: &mut DB::Connection,
         ids: &[&str],
@@ -775,8 +778,9 @@ where
             return Ok(Vec::new());
         }
         let sql = format!(
-            "SELECT e.id, e.workspace_id, e.name, (SELECT MAX(s.created_at) FROM secrets s \
-             WHERE s.environment_id = e.id AND s.name IS NOT NULL) \
+            "SELECT e.id, e.workspace_id, e.name, (SELECT s.created_at FROM secrets s \
+             WHERE s.environment_id = e.id AND s.name IS NOT NULL \
+             ORDER BY s.created_at DESC LIMIT 1) \
              FROM environments e WHERE e.id IN ({}) ORDER BY e.id{}",
             placeholders(1, ids.len()),
             DB::FOR_KEY_SHARE
@@ -789,29 +793,29 @@ where
     }
 
     /// The named secrets of `names` (environment id, name) that exist, as
-    /// (id, environment id, name). Each pair is its own equality on the
-    /// unique index of names: with one list of names, a planner that
-    /// thinks an environment small (statistics lag behind a table that
-    /// grows fast) reads every secret of the environment instead.
+    /// (id, environment id, name). Each pair is a query of its own, joined
+    /// by `UNION ALL`: an equality on both columns of the unique index of
+    /// names, the plainest plan there is. Pairs joined by `OR` are folded by
+    /// PostgreSQL into one equality on the environment and a list of names,
+    /// which statistics that lag behind a table growing fast let it plan as
+    /// a read of the whole environment (see `postgres::Statistics`).
     async fn secrets_named(
         conn: &mut DB::Connection,
         names: &[(&str, &str)],
     ) -> Result<Vec<NameFound>, Error> {
         let mut found = Vec::new();
-        for chunk in names.chunks(MAX_PARAMETERS / 2) {
-            let pairs: Vec<String> = (0..chunk.len())
+        for chunk in names.chunks(NAMES_PER_STATEMENT) {
+            let arms: Vec<String> = (0..chunk.len())
                 .map(|i| {
                     format!(
-                        "(environment_id = ${} AND name = ${})",
+                        "SELECT id, environment_id, name FROM secrets \
+                         WHERE environment_id = ${} AND name = ${}",
                         2 * i + 1,
                         2 * i + 2
                     )
                 })
                 .collect();
-            let sql = format!(
-                "SELECT id, environment_id, name FROM secrets WHERE {}",
-                pairs.join(" OR ")
-            );
+            let sql = arms.join(" UNION ALL ");
             let mut query = sqlx::query_as(&sql).persistent(prepared(chunk.len()));
             for (environment_id, name) in chunk {
                 query = query.bind(*environment_id).bind(*name);
@@ -1830,6 +1834,10 @@ fn seal(
 /// The most parameters one statement binds (SQLite's limit is 32,766,
 /// PostgreSQL's 65,535): larger writes are split.
 const MAX_PARAMETERS: usize = 32_000;
+
+/// Names one statement looks up ([`Sql::secrets_named`]): one query each,
+/// joined by `UNION ALL`, and SQLite allows 500 at most in one statement.
+const NAMES_PER_STATEMENT: usize = 128;
 
 /// Group statements of up to this many rows (or list items) stay prepared
 /// on their connection, one statement per size: a group of a few writes,
