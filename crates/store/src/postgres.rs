@@ -28,6 +28,9 @@
 //!   is locked until commit, so per-write transactions would commit one at
 //!   a time across all replicas. [`crate::sql::group`] says why grouping
 //!   keeps every guarantee;
+//! - while the table of secrets grows fast, each replica analyzes it once
+//!   its creates add a fifth to what the statistics last counted, so that a
+//!   check of a name keeps to the unique index of names (`Statistics`);
 //! - the sweeper takes a transaction-scoped advisory lock and skips its turn
 //!   when another replica holds it; bootstrap takes one too, so two replicas
 //!   starting on an empty database create one workspace.
@@ -498,6 +501,8 @@ impl Statistics {
                         .next
                         .store((rows / 5).max(Self::FIRST), Ordering::Relaxed);
                 }
+                // The store is closing: nothing to try again.
+                Err(_) if state.pool.is_closed() => {}
                 Err(e) => {
                     // The next group that creates a secret tries again.
                     state.created.fetch_add(counted, Ordering::Relaxed);
