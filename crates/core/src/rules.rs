@@ -166,6 +166,23 @@ fn is_plain_name(name: &str, max: usize, extra: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
 }
 
+/// Whether the token `token` may act in the environment `environment`:
+/// any, when `allowed` is `None`; else one of those named.
+pub fn check_token_environment(
+    token: &str,
+    allowed: Option<&[String]>,
+    environment: &str,
+) -> Result<(), Error> {
+    match allowed {
+        Some(allowed) if !allowed.iter().any(|a| a == environment) => {
+            Err(Error::permission_denied(format!(
+                "Token '{token}' may not use environment '{environment}'"
+            )))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A token name: 1 to 64 characters of `[A-Za-z0-9._@-]`. It is the
 /// `created_by` of what the token makes, so `@` lets it be a mail address.
 pub fn check_token_name(name: &str) -> Result<(), Error> {

@@ -69,15 +69,11 @@ impl Caller {
 
     /// Whether the token may act in the environment `name`.
     pub fn check_environment(&self, name: &str) -> Result<(), Error> {
-        match &self.token.environments {
-            Some(allowed) if !allowed.iter().any(|a| a == name) => {
-                Err(Error::permission_denied(format!(
-                    "Token '{}' may not use environment '{name}'",
-                    self.token.name
-                )))
-            }
-            _ => Ok(()),
-        }
+        latchkey_core::rules::check_token_environment(
+            &self.token.name,
+            self.token.environments.as_deref(),
+            name,
+        )
     }
 
     /// Admin work that spans the workspace (environments, tokens): an admin

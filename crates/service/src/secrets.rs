@@ -329,7 +329,9 @@ impl Service {
                         rules::check_value(key, value)?;
                     }
                 }
-                self.secret_summary(caller, secret_id).await?;
+                // The store refuses a secret outside the caller's
+                // environments in the update's own transaction (the
+                // revision carries them): no read before the write.
                 self.store
                     .update_secret(
                         caller.workspace_id(),
@@ -461,6 +463,7 @@ impl Service {
             keep_versions: self.config.keep_versions,
             expected_version,
             audit: caller.audit(""),
+            environments: caller.token().environments.clone(),
         }
     }
 
@@ -487,9 +490,15 @@ impl Service {
             Target::secret_id(secret_id),
             async {
                 caller.require(Role::Developer, "delete secrets")?;
-                self.secret_summary(caller, secret_id).await?;
+                // Checked against the caller's environments in the delete's
+                // own transaction, as an update is.
                 self.store
-                    .delete_secret(caller.workspace_id(), secret_id, &caller.audit(""))
+                    .delete_secret(
+                        caller.workspace_id(),
+                        secret_id,
+                        &caller.audit(""),
+                        caller.token().environments.as_deref(),
+                    )
                     .await
             },
         )
@@ -513,7 +522,12 @@ impl Service {
                     .find_secret(caller, environment_name, name, &[])
                     .await?;
                 self.store
-                    .delete_secret(caller.workspace_id(), &secret.id, &caller.audit(""))
+                    .delete_secret(
+                        caller.workspace_id(),
+                        &secret.id,
+                        &caller.audit(""),
+                        caller.token().environments.as_deref(),
+                    )
                     .await
             },
         )

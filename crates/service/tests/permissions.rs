@@ -215,3 +215,61 @@ async fn sandbox_permissions_and_values_follow_the_service_rules() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Invalid, "{e:?}");
 }
+
+/// A token limited to some environments can neither update nor delete a
+/// secret of another by its id (the store checks it in the write's own
+/// transaction); the secret stays as it was, and the same token writes in
+/// its own environment.
+#[tokio::test]
+async fn a_limited_token_cannot_write_a_secret_elsewhere_by_id() {
+    let (service, admin, t) = service().await;
+    service.create_environment(&admin, "prod").await.unwrap();
+    let limited = token(&t, Role::Developer, Some(vec!["main".to_owned()])).await;
+    let create = |env: &'static str| {
+        let (service, admin) = (service.clone(), admin.clone());
+        async move {
+            let contents: EnvDict = [("A".to_owned(), "1".to_owned())].into();
+            let (secret, _) = service
+                .create_secret(
+                    &admin,
+                    env,
+                    "db",
+                    contents,
+                    latchkey_service::CreateMode::Fail,
+                    &[],
+                )
+                .await
+                .unwrap();
+            secret.summary.id
+        }
+    };
+    let (there, here) = (create("prod").await, create("main").await);
+    let change = [("A".to_owned(), Some("2".to_owned()))];
+    let denied = |e: latchkey_core::Error| {
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e:?}");
+        assert!(
+            e.message()
+                .contains("Token 't-developer' may not use environment 'prod'"),
+            "{e:?}"
+        );
+    };
+    denied(
+        service
+            .update_secret(&limited, &there, &change, None)
+            .await
+            .unwrap_err(),
+    );
+    denied(service.delete_secret(&limited, &there).await.unwrap_err());
+    let kept = service.secret(&admin, &there).await.unwrap();
+    assert_eq!(
+        (kept.summary.version, kept.contents["A"].as_str()),
+        (1, "1")
+    );
+
+    let written = service
+        .update_secret(&limited, &here, &change, None)
+        .await
+        .unwrap();
+    assert_eq!(written.contents["A"], "2");
+    service.delete_secret(&limited, &here).await.unwrap();
+}

@@ -34,6 +34,7 @@ macro_rules! conformance_tests {
             long_input_is_echoed_shortened,
             environments_by_id,
             versions_history_and_rollback,
+            writes_keep_to_the_token_environments,
             versions_are_destroyed_past_the_limit,
             versions_gapless_under_concurrent_writers,
             writes_arriving_together,
@@ -656,12 +657,12 @@ pub async fn secrets_create_and_read(store: &dyn Store) {
         Some(1234)
     );
 
-    store.delete_secret(ws, &id, &audit()).await.unwrap();
+    store.delete_secret(ws, &id, &audit(), None).await.unwrap();
     let err = store.secret_by_id(ws, &id).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
     assert_eq!(
         store
-            .delete_secret(ws, &id, &audit())
+            .delete_secret(ws, &id, &audit(), None)
             .await
             .unwrap_err()
             .kind(),
@@ -958,7 +959,7 @@ async fn lookups_follow_writes_between(
     let found = found.unwrap().expect("found under the new name");
     assert_eq!(found.summary.environment_name, renamed);
 
-    writer.delete_secret(ws, &id, &audit()).await.unwrap();
+    writer.delete_secret(ws, &id, &audit(), None).await.unwrap();
     let found = reader.secret_in_environment(ws, &renamed, "look").await;
     assert!(
         found.unwrap().is_none(),
@@ -1000,7 +1001,7 @@ async fn lookups_follow_writes_between(
         assert_eq!(value(found.unwrap(), "default, updated"), "2");
     }
     writer
-        .delete_secret(ws, &d.summary.id, &audit())
+        .delete_secret(ws, &d.summary.id, &audit(), None)
         .await
         .unwrap();
     for env in ["", default.name.as_str()] {
@@ -1249,7 +1250,7 @@ pub async fn replicas_read_your_writes(a: &dyn Store, b: &dyn Store) {
                 .contents["W"],
             value
         );
-        a.delete_secret(ws, &created.summary.id, &audit())
+        a.delete_secret(ws, &created.summary.id, &audit(), None)
             .await
             .unwrap();
         assert_eq!(
@@ -1593,7 +1594,10 @@ pub async fn long_input_is_echoed_shortened(store: &dyn Store) {
     );
     short(
         "delete",
-        store.delete_secret(ws, &long, &audit()).await.unwrap_err(),
+        store
+            .delete_secret(ws, &long, &audit(), None)
+            .await
+            .unwrap_err(),
     );
     short(
         "environment",
@@ -1700,6 +1704,7 @@ fn by(author: &str, keep: u32) -> Revision {
         keep_versions: keep,
         audit: audit(),
         expected_version: None,
+        environments: None,
     }
 }
 
@@ -1732,6 +1737,87 @@ async fn version_numbers(store: &dyn Store, ws: &str, id: &str) -> Vec<i64> {
         .iter()
         .map(|v| v.version)
         .collect()
+}
+
+/// A write for a token limited to some environments refuses a secret of
+/// another in its own transaction: an update or a delete by id of a secret
+/// elsewhere is PermissionDenied (naming the token and the environment) and
+/// changes nothing, a secret that is not there is still NotFound, and a
+/// secret in an allowed environment is written.
+pub async fn writes_keep_to_the_token_environments(store: &dyn Store) {
+    let (ws, main) = default_environment(store).await;
+    let ws = ws.as_str();
+    let main_name = store.environment(ws, "").await.unwrap().name;
+    let prod = store
+        .create_environment(ws, "prod", &audit())
+        .await
+        .unwrap();
+    let there = create_named(store, ws, &prod.id, "db", &[("A", "1")]).await;
+    let here = create_named(store, ws, &main, "db", &[("A", "1")]).await;
+    let limited = Some(vec![main_name]);
+    let revision = Revision {
+        environments: limited.clone(),
+        ..Revision::by("ci")
+    };
+    let change = [("A".to_owned(), Some("2".to_owned()))];
+    let denied = |e: latchkey_core::Error| {
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e:?}");
+        assert!(
+            e.message().contains("may not use environment 'prod'"),
+            "{e:?}"
+        );
+    };
+    denied(
+        store
+            .update_secret(ws, &there, &change, &revision)
+            .await
+            .unwrap_err(),
+    );
+    assert!(store
+        .update_secret(ws, &there, &change, &revision)
+        .await
+        .unwrap_err()
+        .message()
+        .contains("Token 'ci'"));
+    denied(
+        store
+            .delete_secret(ws, &there, &audit(), limited.as_deref())
+            .await
+            .unwrap_err(),
+    );
+    let kept = store.secret_by_id(ws, &there).await.unwrap();
+    assert_eq!(
+        (kept.summary.version, kept.contents["A"].as_str()),
+        (1, "1")
+    );
+
+    let missing = ids::new_id(ids::SECRET);
+    for err in [
+        store
+            .update_secret(ws, &missing, &change, &revision)
+            .await
+            .unwrap_err(),
+        store
+            .delete_secret(ws, &missing, &audit(), limited.as_deref())
+            .await
+            .unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    }
+
+    let written = store
+        .update_secret(ws, &here, &change, &revision)
+        .await
+        .unwrap();
+    assert_eq!(written.contents["A"], "2");
+    store
+        .delete_secret(ws, &here, &audit(), limited.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.secret_by_id(ws, &here).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 }
 
 /// Every change makes a version with its author, action and key-level
@@ -1880,7 +1966,7 @@ pub async fn versions_history_and_rollback(store: &dyn Store) {
     assert_eq!(listed[0].version, 5);
 
     // Deleting the secret destroys its history.
-    store.delete_secret(ws, &id, &audit()).await.unwrap();
+    store.delete_secret(ws, &id, &audit(), None).await.unwrap();
     let err = store.secret_history(ws, &id, None, 10).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     let err = store.secret_version(ws, &id, 1).await.unwrap_err();
@@ -2055,7 +2141,7 @@ pub async fn writes_arriving_together(store: &dyn Store) {
         let (revision, audit) = (revision(), audit());
         futures::join!(
             store.update_secret(ws, &doomed, &change, &revision),
-            store.delete_secret(ws, &doomed, &audit),
+            store.delete_secret(ws, &doomed, &audit, None),
             store.update_secret(ws, &doomed, &change, &revision),
         )
     };
@@ -2252,7 +2338,7 @@ where
     assert_eq!(replaced.summary.version, 2);
     let history = store.secret_history(ws, &bad, None, 10).await.unwrap();
     assert_eq!(history[0].changes, None);
-    store.delete_secret(ws, &bad, &audit()).await.unwrap();
+    store.delete_secret(ws, &bad, &audit(), None).await.unwrap();
     assert!(store
         .secret_in_environment(ws, "", "damaged")
         .await
@@ -2596,12 +2682,12 @@ pub async fn audit_log_chain(store: &dyn Store) {
         .await
         .unwrap();
     store
-        .delete_secret(ws, &secret.summary.id, &by())
+        .delete_secret(ws, &secret.summary.id, &by(), None)
         .await
         .unwrap();
     // A refused write appends nothing.
     let err = store
-        .delete_secret(ws, &secret.summary.id, &by())
+        .delete_secret(ws, &secret.summary.id, &by(), None)
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);

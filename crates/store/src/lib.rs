@@ -385,12 +385,15 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<SecretVersion>, Error>;
 
     /// Deletes a secret and every version of it, with their data keys.
-    /// NotFound if there is none.
+    /// NotFound if there is none; PermissionDenied if it is not in one of
+    /// `environments` (when given: those of the deleting token, named by
+    /// `audit`'s actor), checked in the delete's own transaction.
     async fn delete_secret(
         &self,
         workspace_id: &str,
         secret_id: &str,
         audit: &AuditEntry,
+        environments: Option<&[String]>,
     ) -> Result<(), Error>;
 
     /// Named secrets of an environment, newest first, created strictly before

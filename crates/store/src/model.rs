@@ -352,6 +352,10 @@ pub struct Revision {
     /// Who writes, for the audit log (the store sets the action and the
     /// version made).
     pub audit: crate::audit::AuditEntry,
+    /// The environments `author` may write in (`None`: all). A secret of
+    /// another is refused (PermissionDenied) in the write's own
+    /// transaction, so no read before the write has to check it.
+    pub environments: Option<Vec<String>>,
 }
 
 impl Revision {
@@ -363,6 +367,7 @@ impl Revision {
             keep_versions: DEFAULT_KEEP_VERSIONS,
             expected_version: None,
             audit: crate::audit::AuditEntry::server(),
+            environments: None,
         }
     }
 }

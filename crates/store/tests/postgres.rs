@@ -714,7 +714,7 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
         ),
         (
             "delete_secret",
-            kind(s.delete_secret(ws, id, &AuditEntry::server()).await),
+            kind(s.delete_secret(ws, id, &AuditEntry::server(), None).await),
         ),
     ];
     let elapsed = started.elapsed();

@@ -172,7 +172,7 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
     assert_eq!(committed().await, "3", "the update committed");
     assert_eq!(looked_up().await, "3", "the lookup saw the update");
 
-    start_and_drop(store.delete_secret(&ws, &id, &AuditEntry::server()));
+    start_and_drop(store.delete_secret(&ws, &id, &AuditEntry::server(), None));
     settle().await;
     let found = store
         .secret_in_environment(&ws, "", "dropped")

@@ -60,6 +60,8 @@ pub(crate) enum Write {
         workspace_id: String,
         secret_id: String,
         audit: AuditEntry,
+        /// Those the deleting token may use (`None`: all).
+        environments: Option<Vec<String>>,
     },
 }
 
@@ -247,7 +249,8 @@ impl<'a> Plan<'a> {
                     workspace_id,
                     secret_id,
                     audit,
-                } => state.delete(workspace_id, secret_id, audit),
+                    environments,
+                } => state.delete(workspace_id, secret_id, audit, environments.as_deref()),
             };
             results.push(result);
         }
@@ -428,6 +431,11 @@ impl State<'_> {
     ) -> Result<Written, Error> {
         let keyring = self.keyring;
         let current = self.secret(workspace_id, secret_id)?;
+        rules::check_token_environment(
+            &revision.author,
+            revision.environments.as_deref(),
+            &current.summary.environment_name,
+        )?;
         if let Some(expected) = revision.expected_version {
             if expected != current.summary.version {
                 return Err(Error::failed_precondition(format!(
@@ -454,8 +462,11 @@ impl State<'_> {
         workspace_id: &str,
         secret_id: &str,
         audit: &AuditEntry,
+        environments: Option<&[String]>,
     ) -> Result<Written, Error> {
         let current = self.secret(workspace_id, secret_id)?;
+        let token = audit.actor.as_ref().map_or("", |actor| actor.name.as_str());
+        rules::check_token_environment(token, environments, &current.summary.environment_name)?;
         current.deleted = true;
         current.changed = true;
         let event = audit
@@ -589,6 +600,8 @@ fn revision_of(new: &NewSecret) -> Revision {
         keep_versions: new.keep_versions,
         expected_version: None,
         audit: new.audit.clone(),
+        // The environment of a create is the caller's to check: it names it.
+        environments: None,
     }
 }
 

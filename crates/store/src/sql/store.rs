@@ -473,11 +473,13 @@ where
         workspace_id: &str,
         secret_id: &str,
         audit: &AuditEntry,
+        environments: Option<&[String]>,
     ) -> Result<(), Error> {
         let write = Write::Delete {
             workspace_id: workspace_id.to_owned(),
             secret_id: secret_id.to_owned(),
             audit: audit.clone(),
+            environments: environments.map(<[String]>::to_vec),
         };
         match self.writes().submit(write).await? {
             Written::Deleted => Ok(()),
