@@ -1740,8 +1740,8 @@ async fn version_numbers(store: &dyn Store, ws: &str, id: &str) -> Vec<i64> {
 }
 
 /// A write for a token limited to some environments refuses a secret of
-/// another in its own transaction: an update or a delete by id of a secret
-/// elsewhere is PermissionDenied (naming the token and the environment) and
+/// another in its own transaction: an update, a rollback or a delete by id
+/// of a secret elsewhere is PermissionDenied (naming the token and the environment) and
 /// changes nothing, a secret that is not there is still NotFound, and a
 /// secret in an allowed environment is written.
 pub async fn writes_keep_to_the_token_environments(store: &dyn Store) {
@@ -1785,10 +1785,21 @@ pub async fn writes_keep_to_the_token_environments(store: &dyn Store) {
             .await
             .unwrap_err(),
     );
+    store
+        .update_secret(ws, &there, &change, &Revision::by("admin"))
+        .await
+        .unwrap();
+    denied(
+        store
+            .rollback_secret(ws, &there, 1, &revision)
+            .await
+            .unwrap_err(),
+    );
     let kept = store.secret_by_id(ws, &there).await.unwrap();
     assert_eq!(
         (kept.summary.version, kept.contents["A"].as_str()),
-        (1, "1")
+        (2, "2"),
+        "refused writes changed nothing"
     );
 
     let missing = ids::new_id(ids::SECRET);

@@ -999,8 +999,9 @@ where
 
     /// The secret's current row, locked until the transaction ends: a
     /// concurrent write of this secret, on any replica, waits here until
-    /// this one commits and then builds on its result. Refused when
-    /// `revision` expects another version.
+    /// this one commits and then builds on its result. Refused when the
+    /// secret is outside `revision`'s environments, or `revision` expects
+    /// another version.
     async fn lock_head(
         conn: &mut DB::Connection,
         workspace_id: &str,
@@ -1010,6 +1011,11 @@ where
         let row = Self::fetch_secret(conn, workspace_id, SecretKey::Id(secret_id), true)
             .await?
             .ok_or_else(|| secret_not_found(secret_id))?;
+        rules::check_token_environment(
+            &revision.author,
+            revision.environments.as_deref(),
+            &row.summary().environment_name,
+        )?;
         if let Some(expected) = revision.expected_version {
             if expected != row.version {
                 let summary = row.summary();
