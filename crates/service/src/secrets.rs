@@ -482,6 +482,20 @@ impl Service {
         Ok(secret)
     }
 
+    /// Deletes the secret `secret_id` for `caller`: the store checks it
+    /// against the caller's environments in the delete's own transaction,
+    /// as it does an update.
+    async fn delete_in_store(&self, caller: &Caller, secret_id: &str) -> Result<(), Error> {
+        self.store
+            .delete_secret(
+                caller.workspace_id(),
+                secret_id,
+                &caller.audit(""),
+                caller.token().environments.as_deref(),
+            )
+            .await
+    }
+
     /// Deletes a secret by id (even one whose contents no longer decrypt).
     pub async fn delete_secret(&self, caller: &Caller, secret_id: &str) -> Result<(), Error> {
         self.audited(
@@ -490,16 +504,7 @@ impl Service {
             Target::secret_id(secret_id),
             async {
                 caller.require(Role::Developer, "delete secrets")?;
-                // Checked against the caller's environments in the delete's
-                // own transaction, as an update is.
-                self.store
-                    .delete_secret(
-                        caller.workspace_id(),
-                        secret_id,
-                        &caller.audit(""),
-                        caller.token().environments.as_deref(),
-                    )
-                    .await
+                self.delete_in_store(caller, secret_id).await
             },
         )
         .await
@@ -521,14 +526,7 @@ impl Service {
                 let secret = self
                     .find_secret(caller, environment_name, name, &[])
                     .await?;
-                self.store
-                    .delete_secret(
-                        caller.workspace_id(),
-                        &secret.id,
-                        &caller.audit(""),
-                        caller.token().environments.as_deref(),
-                    )
-                    .await
+                self.delete_in_store(caller, &secret.id).await
             },
         )
         .await
