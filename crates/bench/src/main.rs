@@ -507,9 +507,17 @@ async fn postgres_figures(
     )
     .await?;
     // pgbench needs whole seconds.
-    let baseline = server::pgbench_inserts(&db, 16, seconds.max(Duration::from_secs(1))).await?;
+    let pgbench_seconds = seconds.max(Duration::from_secs(1));
+    let (baseline, baseline_cpu) =
+        machine_cpu(server::pgbench_inserts(&db, 16, pgbench_seconds)).await?;
+    // What one transaction cost the machine: its busy time over the
+    // transactions committed in it.
+    let baseline_cpu =
+        baseline_cpu.as_secs_f64() * 1e6 / (baseline * pgbench_seconds.as_secs_f64()).max(1.0);
     let pgbench = "pgbench: one-row INSERT transactions, 16 clients";
-    let writes = load.run(Op::Create("w".into()), 16, seconds).await?;
+    let server_before = pg.cpu_time()?;
+    let (writes, writes_cpu) = machine_cpu(load.run(Op::Create("w".into()), 16, seconds)).await?;
+    let writes_server_cpu = pg.cpu_time()? - server_before;
     figures.push(Figure::new(
         "PostgreSQL creates at 16 clients",
         (writes.rate(), "creates/s"),
@@ -518,7 +526,7 @@ async fn postgres_figures(
         "≥ 0.5 × baseline",
     ));
     let ids = Arc::new(load.make_secrets("u", 256).await?);
-    let updates = load.run(Op::Update(ids), 16, seconds).await?;
+    let (updates, updates_cpu) = machine_cpu(load.run(Op::Update(ids), 16, seconds)).await?;
     figures.push(Figure::new(
         "PostgreSQL updates at 16 clients (256 secrets)",
         (updates.rate(), "updates/s"),
@@ -532,13 +540,35 @@ async fn postgres_figures(
         .make_secrets("d", if args.quick { 300 } else { 3000 })
         .await?;
     let doomed = Arc::new((doomed, AtomicU64::new(0)));
-    let deletes = load.run(Op::Delete(doomed), 16, seconds).await?;
+    let (deletes, deletes_cpu) = machine_cpu(load.run(Op::Delete(doomed), 16, seconds)).await?;
     figures.push(Figure::new(
         "PostgreSQL deletes at 16 clients",
         (deletes.rate(), "deletes/s"),
         pgbench,
         (baseline, "tx/s"),
         "≥ 0.5 × baseline",
+    ));
+    let per_pgbench = "machine CPU per pgbench transaction (all processes)";
+    for (name, stats, cpu) in [
+        ("PostgreSQL: machine CPU per create", &writes, writes_cpu),
+        ("PostgreSQL: machine CPU per update", &updates, updates_cpu),
+        ("PostgreSQL: machine CPU per delete", &deletes, deletes_cpu),
+    ] {
+        figures.push(Figure::new(
+            name,
+            (cpu.as_secs_f64() * 1e6 / stats.count().max(1) as f64, "µs"),
+            per_pgbench,
+            (baseline_cpu, "µs"),
+            "(reported: ≤ 2 × baseline for 0.5 × its rate)",
+        ));
+    }
+    let per_create = |cpu: Duration| cpu.as_secs_f64() * 1e6 / writes.count().max(1) as f64;
+    figures.push(Figure::new(
+        "PostgreSQL: server CPU per create",
+        (per_create(writes_server_cpu), "µs"),
+        "machine CPU per create",
+        (per_create(writes_cpu), "µs"),
+        "(reported)",
     ));
     let reads = load.run(Op::Resolve("bench".into()), 16, seconds).await?;
     let audited = "PostgreSQL value reads (JSON resolve) at 16 clients, audited";
@@ -571,6 +601,16 @@ async fn postgres_figures(
     pg.stop().await?;
     server::drop_postgres_database(url).await?;
     Ok(figures)
+}
+
+/// Runs `work`; answers what it answers and the busy CPU time the whole
+/// machine spent meanwhile ([`server::machine_busy`]).
+async fn machine_cpu<T>(
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Result<(T, Duration)> {
+    let before = server::machine_busy()?;
+    let answer = work.await?;
+    Ok((answer, server::machine_busy()? - before))
 }
 
 /// How requests are sent: flat out, or at a fixed total rate.

@@ -387,3 +387,32 @@ pub(crate) async fn pgbench_inserts(
 fn tempfile_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
 }
+
+/// CPU time the whole machine has spent busy so far, over all its CPUs
+/// (user, nice, system, irq and softirq time; not idle, I/O wait or time
+/// stolen by the host), from `/proc/stat`, in USER_HZ ticks of 10 ms. It
+/// counts the server, the database and the load alike, so a figure per
+/// request is what the request costs the machine whatever else the host
+/// runs: steadier than a rate on a shared host.
+pub(crate) fn machine_busy() -> Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .map(|f| f.parse().context("a number in /proc/stat's cpu line"))
+        .collect::<Result<_>>()?;
+    // user, nice, system, idle, iowait, irq, softirq, steal, ...
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| {
+            ticks
+                .get(i)
+                .copied()
+                .context("/proc/stat's cpu line is short")
+        })
+        .sum::<Result<u64>>()?;
+    Ok(Duration::from_millis(busy * 10))
+}
