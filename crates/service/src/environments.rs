@@ -6,13 +6,21 @@ use latchkey_core::{rules, Error};
 
 use crate::{audit::Target, Caller, Environment, EnvironmentUpdate, Service};
 
+/// An environment as a request names it: its name, its id, or "" for the
+/// default.
+pub(crate) fn check_environment_reference(reference: &str) -> Result<(), Error> {
+    if reference.is_empty() {
+        Ok(())
+    } else {
+        rules::check_environment_reference(reference)
+    }
+}
+
 impl Service {
     /// The environment named `name` (empty: the workspace default), if the
     /// caller may see it.
     pub async fn environment(&self, caller: &Caller, name: &str) -> Result<Environment, Error> {
-        if !name.is_empty() {
-            rules::check_environment_reference(name)?;
-        }
+        check_environment_reference(name)?;
         let env = self.store.environment(caller.workspace_id(), name).await?;
         caller.check_environment(&env.name)?;
         Ok(env)

@@ -13,16 +13,14 @@ use latchkey_core::{
 use latchkey_store::{NewSecret, OnConflict, Revision, LAST_USED_RESOLUTION};
 
 use crate::{
-    audit::Target, Caller, CreateMode, Environment, Role, Secret, SecretKind, SecretSummary,
-    SecretVersion, Service, MAX_PAGE,
+    audit::Target, environments::check_environment_reference, Caller, CreateMode, Environment,
+    Role, Secret, SecretKind, SecretSummary, SecretVersion, Service, MAX_PAGE,
 };
 
 /// The names of a lookup, checked before the store is asked.
 fn check_lookup(name: &str, environment_name: &str) -> Result<(), Error> {
     rules::check_secret_name(name)?;
-    if !environment_name.is_empty() {
-        rules::check_environment_reference(environment_name)?;
-    }
+    check_environment_reference(environment_name)?;
     Ok(())
 }
 
@@ -161,15 +159,19 @@ impl Service {
                 caller.require(Role::Developer, "create secrets")?;
                 rules::check_secret_name(name)?;
                 rules::check_env_dict(&contents)?;
-                let env = self.environment(caller, environment_name).await?;
+                check_environment_reference(environment_name)?;
                 // Nothing is half-written: contents that lack a required key are
                 // refused before the store is touched. Only an existing secret
                 // (kept by ReturnExisting) can then still satisfy the request.
                 let keys = || required_keys.iter().map(String::as_str);
                 if let Err(missing) = rules::check_required_keys(&contents, keys()) {
                     if mode != CreateMode::ReturnExisting {
+                        // The environment's errors come first, as for a
+                        // create that goes to the store.
+                        self.environment(caller, environment_name).await?;
                         return Err(missing);
                     }
+                    let env = self.environment(caller, environment_name).await?;
                     let existing = match self
                         .store
                         .secret_by_name(caller.workspace_id(), &env.id, name)
@@ -187,7 +189,10 @@ impl Service {
                     .store
                     .create_secret(&NewSecret {
                         workspace_id: caller.workspace_id().to_owned(),
-                        environment_id: env.id,
+                        // Found, and checked against the token, by the
+                        // write's own transaction: no round trip before it.
+                        environment: environment_name.to_owned(),
+                        environments: caller.token().environments.clone(),
                         kind: SecretKind::Named(name.to_owned()),
                         created_by: caller.token().name.clone(),
                         contents,
@@ -222,14 +227,22 @@ impl Service {
             async {
                 caller.require(Role::Developer, "create secrets")?;
                 rules::check_env_dict(&contents)?;
-                rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
-                let env = self.environment(caller, environment_name).await?;
+                check_environment_reference(environment_name)?;
+                if let Err(missing) =
+                    rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))
+                {
+                    // The environment's errors come first, as for a create
+                    // that goes to the store.
+                    self.environment(caller, environment_name).await?;
+                    return Err(missing);
+                }
                 let ttl = i64::try_from(self.config.anonymous_ttl.as_micros()).unwrap_or(i64::MAX);
                 let (secret, _) = self
                     .store
                     .create_secret(&NewSecret {
                         workspace_id: caller.workspace_id().to_owned(),
-                        environment_id: env.id,
+                        environment: environment_name.to_owned(),
+                        environments: caller.token().environments.clone(),
                         kind: SecretKind::Anonymous {
                             app_id,
                             expires_at: now_micros().saturating_add(ttl),

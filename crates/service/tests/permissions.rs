@@ -217,9 +217,9 @@ async fn sandbox_permissions_and_values_follow_the_service_rules() {
 }
 
 /// A token limited to some environments can neither update nor delete a
-/// secret of another by its id (the store checks it in the write's own
-/// transaction); the secret stays as it was, and the same token writes in
-/// its own environment.
+/// secret of another by its id, nor create one there (the store checks it
+/// in the write's own transaction); the secret stays as it was, nothing is
+/// created, and the same token writes in its own environment.
 #[tokio::test]
 async fn a_limited_token_cannot_write_a_secret_elsewhere_by_id() {
     let (service, admin, t) = service().await;
@@ -260,6 +260,33 @@ async fn a_limited_token_cannot_write_a_secret_elsewhere_by_id() {
             .unwrap_err(),
     );
     denied(service.delete_secret(&limited, &there).await.unwrap_err());
+    // Creates too, whichever way they name the environment, named or not.
+    let prod_id = service.environment(&admin, "prod").await.unwrap().id;
+    let contents: EnvDict = [("A".to_owned(), "1".to_owned())].into();
+    for env in ["prod", prod_id.as_str()] {
+        let mode = latchkey_service::CreateMode::Fail;
+        denied(
+            service
+                .create_secret(&limited, env, "db2", contents.clone(), mode, &[])
+                .await
+                .unwrap_err(),
+        );
+        denied(
+            service
+                .create_anonymous_secret(&limited, env, contents.clone(), None, &[])
+                .await
+                .unwrap_err(),
+        );
+    }
+    let (_, listed) = service
+        .list_secrets(&admin, "prod", None, Some(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        1,
+        "only the admin's secret is in prod: {listed:?}"
+    );
     let kept = service.secret(&admin, &there).await.unwrap();
     assert_eq!(
         (kept.summary.version, kept.contents["A"].as_str()),

@@ -35,6 +35,7 @@ macro_rules! conformance_tests {
             environments_by_id,
             versions_history_and_rollback,
             writes_keep_to_the_token_environments,
+            creates_name_their_environment,
             versions_are_destroyed_past_the_limit,
             versions_gapless_under_concurrent_writers,
             writes_arriving_together,
@@ -128,7 +129,8 @@ fn dict(pairs: &[(&str, &str)]) -> EnvDict {
 fn named(ws: &str, env: &str, name: &str, contents: EnvDict, on_conflict: OnConflict) -> NewSecret {
     NewSecret {
         workspace_id: ws.to_owned(),
-        environment_id: env.to_owned(),
+        environment: env.to_owned(),
+        environments: None,
         kind: SecretKind::Named(name.to_owned()),
         created_by: "admin".to_owned(),
         contents,
@@ -1115,7 +1117,8 @@ pub async fn secrets_anonymous_and_sweep(store: &dyn Store) {
     let now = now_micros();
     let make = |expires_at, app_id: Option<&str>| NewSecret {
         workspace_id: ws.to_owned(),
-        environment_id: env.clone(),
+        environment: env.clone(),
+        environments: None,
         kind: SecretKind::Anonymous {
             app_id: app_id.map(str::to_owned),
             expires_at,
@@ -1394,7 +1397,8 @@ pub async fn replicas_sweep(a: &dyn Store, b: &dyn Store) {
     for _ in 0..30 {
         a.create_secret(&NewSecret {
             workspace_id: ws.to_owned(),
-            environment_id: env.to_owned(),
+            environment: env.to_owned(),
+            environments: None,
             kind: SecretKind::Anonymous {
                 app_id: None,
                 expires_at: now - 1,
@@ -1739,19 +1743,26 @@ async fn version_numbers(store: &dyn Store, ws: &str, id: &str) -> Vec<i64> {
         .collect()
 }
 
+/// The workspace, its default environment (id and name), and a new
+/// environment "prod".
+async fn main_and_prod(store: &dyn Store) -> (String, String, String, crate::Environment) {
+    let (ws, main) = default_environment(store).await;
+    let main_name = store.environment(&ws, "").await.unwrap().name;
+    let prod = store
+        .create_environment(&ws, "prod", &audit())
+        .await
+        .unwrap();
+    (ws, main, main_name, prod)
+}
+
 /// A write for a token limited to some environments refuses a secret of
 /// another in its own transaction: an update, a rollback or a delete by id
 /// of a secret elsewhere is PermissionDenied (naming the token and the environment) and
 /// changes nothing, a secret that is not there is still NotFound, and a
 /// secret in an allowed environment is written.
 pub async fn writes_keep_to_the_token_environments(store: &dyn Store) {
-    let (ws, main) = default_environment(store).await;
+    let (ws, main, main_name, prod) = main_and_prod(store).await;
     let ws = ws.as_str();
-    let main_name = store.environment(ws, "").await.unwrap().name;
-    let prod = store
-        .create_environment(ws, "prod", &audit())
-        .await
-        .unwrap();
     let there = create_named(store, ws, &prod.id, "db", &[("A", "1")]).await;
     let here = create_named(store, ws, &main, "db", &[("A", "1")]).await;
     let limited = Some(vec![main_name]);
@@ -1829,6 +1840,80 @@ pub async fn writes_keep_to_the_token_environments(store: &dyn Store) {
         store.secret_by_id(ws, &here).await.unwrap_err().kind(),
         ErrorKind::NotFound
     );
+}
+
+/// A create names its environment as requests do (its name, its id, or ""
+/// for the default), and the create's own transaction finds it: creates
+/// that name one environment in different ways, arriving together, find
+/// each other's names; an unknown name is NotFound; a token limited to
+/// other environments is refused whichever way it names this one. Refused
+/// creates write nothing.
+pub async fn creates_name_their_environment(store: &dyn Store) {
+    let (ws, main, main_name, prod) = main_and_prod(store).await;
+    let ws = ws.as_str();
+    let create = |reference: &str, name: &str| {
+        named(ws, reference, name, dict(&[("A", "1")]), OnConflict::Fail)
+    };
+    for (reference, name, expected) in [
+        ("prod", "by-name", &prod.id),
+        (prod.id.as_str(), "by-id", &prod.id),
+        ("", "by-default", &main),
+        (main_name.as_str(), "by-main", &main),
+    ] {
+        let (secret, _) = store.create_secret(&create(reference, name)).await.unwrap();
+        assert_eq!(&secret.summary.environment_id, expected, "{reference:?}");
+        let env = store.environment(ws, expected).await.unwrap();
+        assert_eq!(secret.summary.environment_name, env.name, "{reference:?}");
+    }
+
+    let (by_name, by_id) = (create("prod", "twice"), create(&prod.id, "twice"));
+    let both = futures::join!(store.create_secret(&by_name), store.create_secret(&by_id));
+    let kinds = [&both.0, &both.1].map(|r| r.as_ref().map(drop).map_err(|e| e.kind()));
+    assert!(
+        kinds.contains(&Ok(())) && kinds.contains(&Err(ErrorKind::AlreadyExists)),
+        "one create of a name wins however it names the environment: {kinds:?}"
+    );
+
+    let err = store
+        .create_secret(&create("nope", "lost"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    assert_eq!(err.message(), "Environment 'nope' not found");
+
+    let limited = |reference: &str, name: &str| NewSecret {
+        environments: Some(vec![main_name.clone()]),
+        ..create(reference, name)
+    };
+    for reference in ["prod", prod.id.as_str()] {
+        let err = store
+            .create_secret(&limited(reference, "denied"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err:?}");
+        assert_eq!(
+            err.message(),
+            "Token 'admin' may not use environment 'prod'",
+            "{reference:?}"
+        );
+    }
+    let names = |env: &str| {
+        let env = env.to_owned();
+        async move {
+            let mut names: Vec<String> = store
+                .list_secrets(ws, &env, None, 100)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter_map(|s| s.name().map(str::to_owned))
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(names(&prod.id).await, ["by-id", "by-name", "twice"]);
+    store.create_secret(&limited("", "allowed")).await.unwrap();
+    assert_eq!(names(&main).await, ["allowed", "by-default", "by-main"]);
 }
 
 /// Every change makes a version with its author, action and key-level
@@ -2505,6 +2590,20 @@ pub async fn replicas_environment_changes(a: &dyn Store, b: &dyn Store) {
         .unwrap();
     let err = b.environment(ws, "staging").await.unwrap_err();
     assert_eq!(err.message(), "Environment 'staging' not found");
+    // A create finds the environment by name in its own transaction: the
+    // old name is gone at once on every replica, the new one is there.
+    let by_old_name = named(ws, "staging", "early", EnvDict::new(), OnConflict::Fail);
+    let err = b.create_secret(&by_old_name).await.unwrap_err();
+    assert_eq!(err.message(), "Environment 'staging' not found");
+    let by_new_name = named(ws, "preprod", "early", EnvDict::new(), OnConflict::Fail);
+    let (early, _) = b.create_secret(&by_new_name).await.unwrap();
+    assert_eq!(
+        (
+            early.summary.environment_id.as_str(),
+            early.summary.environment_name.as_str()
+        ),
+        (created.id.as_str(), "preprod")
+    );
     assert_eq!(b.environment(ws, "preprod").await.unwrap(), renamed);
     assert_eq!(b.environment(ws, &created.id).await.unwrap(), renamed);
     a.delete_environment(ws, "preprod", true, &audit())
@@ -2514,9 +2613,11 @@ pub async fn replicas_environment_changes(a: &dyn Store, b: &dyn Store) {
         let err = b.environment(ws, name).await.unwrap_err();
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
     }
-    let new = named(ws, &created.id, "late", EnvDict::new(), OnConflict::Fail);
-    let err = b.create_secret(&new).await.unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    for reference in [created.id.as_str(), "preprod"] {
+        let new = named(ws, reference, "late", EnvDict::new(), OnConflict::Fail);
+        let err = b.create_secret(&new).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err:?}");
+    }
 }
 
 /// 16 writers on each of two replicas create into one environment while a
@@ -2650,7 +2751,8 @@ pub async fn audit_log_chain(store: &dyn Store) {
     };
     let new = |name: &str, value: &str| NewSecret {
         workspace_id: ws.to_owned(),
-        environment_id: env.clone(),
+        environment: env.clone(),
+        environments: None,
         kind: SecretKind::Named(name.to_owned()),
         created_by: "auditor".to_owned(),
         contents: EnvDict::from([("PASSWORD".to_owned(), value.to_owned())]),

@@ -298,6 +298,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Creates a secret, or, for a named one whose name exists, acts as
     /// `secret.on_conflict` says. Returns the secret and whether it was created.
+    /// NotFound when its environment is not there (as
+    /// [`environment`](Store::environment) would answer), PermissionDenied
+    /// when it is not among `secret.environments`; both are decided in the
+    /// create's own transaction.
     async fn create_secret(&self, secret: &NewSecret) -> Result<(Secret, bool), Error>;
 
     /// A named secret, with its contents.

@@ -151,8 +151,14 @@ pub enum OnConflict {
 pub struct NewSecret {
     /// The owning workspace.
     pub workspace_id: String,
-    /// The environment it lives in.
-    pub environment_id: String,
+    /// The environment it goes to, as [`Store::environment`](crate::Store::environment)
+    /// takes it: its id, its name, or "" for the workspace's default. The
+    /// write's own transaction finds it (and keeps it from going until the
+    /// write commits).
+    pub environment: String,
+    /// The environments the creating token may use (`None`: all), checked
+    /// against the environment found in the write's own transaction.
+    pub environments: Option<Vec<String>>,
     /// Named or anonymous.
     pub kind: SecretKind,
     /// Name of the token that creates it.
@@ -171,7 +177,7 @@ pub struct NewSecret {
 impl fmt::Debug for NewSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewSecret")
-            .field("environment_id", &self.environment_id)
+            .field("environment", &self.environment)
             .field("kind", &self.kind)
             .field("keys", &self.contents.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()

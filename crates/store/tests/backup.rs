@@ -36,7 +36,8 @@ async fn backup_under_writes(store: Arc<dyn Store>, file: &Path) -> String {
         let (secret, _) = store
             .create_secret(&NewSecret {
                 workspace_id: ws.clone(),
-                environment_id: env.id.clone(),
+                environment: env.id.clone(),
+                environments: None,
                 kind: SecretKind::Named(format!("s-{i}")),
                 created_by: "admin".to_owned(),
                 contents: [("A".to_owned(), i.to_string())].into(),

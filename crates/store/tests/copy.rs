@@ -63,7 +63,8 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
         let (s, _) = store
             .create_secret(&NewSecret {
                 workspace_id: ws.clone(),
-                environment_id: env.id.clone(),
+                environment: env.id.clone(),
+                environments: None,
                 kind: SecretKind::Named(format!("api-{i}")),
                 created_by: "admin".to_owned(),
                 contents,
@@ -91,7 +92,8 @@ async fn populated_sqlite(url: &str, key: &MasterKey, bulk: usize) -> BTreeMap<S
     let (anon, _) = store
         .create_secret(&NewSecret {
             workspace_id: ws.clone(),
-            environment_id: main.id.clone(),
+            environment: main.id.clone(),
+            environments: None,
             kind: SecretKind::Anonymous {
                 app_id: Some("ap-copy".to_owned()),
                 expires_at: now_micros() + 3_600_000_000,

@@ -42,7 +42,8 @@ async fn seeded(store: &PgStore, name: &str) -> (String, String) {
 fn named(ws: &str, env: &str, name: &str, value: &str) -> NewSecret {
     NewSecret {
         workspace_id: ws.to_owned(),
-        environment_id: env.to_owned(),
+        environment: env.to_owned(),
+        environments: None,
         kind: SecretKind::Named(name.to_owned()),
         created_by: "admin".to_owned(),
         contents: [("V".to_owned(), value.to_owned())].into(),
@@ -221,7 +222,8 @@ async fn one_sweeper_at_a_time() {
     store
         .create_secret(&NewSecret {
             workspace_id: admin.workspace_id.clone(),
-            environment_id: env.id.clone(),
+            environment: env.id.clone(),
+            environments: None,
             kind: SecretKind::Anonymous {
                 app_id: None,
                 expires_at: now - 1,
@@ -609,7 +611,8 @@ async fn every_operation_is_bounded_when_the_database_hangs() {
     };
     let new = NewSecret {
         workspace_id: ws.clone(),
-        environment_id: env.clone(),
+        environment: env.clone(),
+        environments: None,
         kind: SecretKind::Named("n".to_owned()),
         created_by: "admin".to_owned(),
         contents: [("K".to_owned(), "v".to_owned())].into(),

@@ -69,7 +69,8 @@ async fn no_plaintext_on_disk_and_wrong_key_refused() {
     store
         .create_secret(&NewSecret {
             workspace_id: admin.workspace_id.clone(),
-            environment_id: env.id.clone(),
+            environment: env.id.clone(),
+            environments: None,
             kind: SecretKind::Named("canary".to_owned()),
             created_by: "admin".to_owned(),
             contents: [("CANARY".to_owned(), value.to_owned())].into(),
@@ -130,7 +131,8 @@ async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
     let env = store.environment(&ws, "").await.unwrap();
     let secret = |value: &str, on_conflict| NewSecret {
         workspace_id: ws.clone(),
-        environment_id: env.id.clone(),
+        environment: env.id.clone(),
+        environments: None,
         kind: SecretKind::Named("dropped".to_owned()),
         created_by: "admin".to_owned(),
         contents: [("V".to_owned(), value.to_owned())].into(),
@@ -225,7 +227,8 @@ async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
     store
         .create_secret(&NewSecret {
             workspace_id: admin.workspace_id.clone(),
-            environment_id: env.id.clone(),
+            environment: env.id.clone(),
+            environments: None,
             kind: SecretKind::Named("s".to_owned()),
             created_by: "admin".to_owned(),
             contents: [("K".to_owned(), "v".to_owned())].into(),

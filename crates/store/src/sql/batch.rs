@@ -5,7 +5,8 @@
 //! ([`Sql::write_group`](super::queries::Sql::write_group)), this module's
 //! [`Plan`] applies every write to what was read, in the order the writes
 //! came, and the transaction then writes the outcome with one multi-row
-//! statement per kind of row. Round trips per group, not per write, are
+//! statement per kind of row (on PostgreSQL, one statement for all of
+//! them). Round trips per group, not per write, are
 //! what lets a group of many writes cost about what one write costs.
 //!
 //! Each write sees the ones before it in its group as if they had
@@ -78,8 +79,27 @@ pub(crate) enum Written {
 }
 
 /// An environment a group's creates use, as locked: (id, workspace id,
-/// name, the newest creation time of its named secrets).
-pub(crate) type EnvironmentLock = (String, String, String, Option<Micros>);
+/// name, whether it is the default, the newest creation time of its named
+/// secrets).
+pub(crate) type EnvironmentLock = (String, String, String, bool, Option<Micros>);
+
+/// How a create names its environment: (workspace id, the environment's
+/// id, its name, or "" for the default; see [`NewSecret::environment`]).
+pub(crate) type EnvironmentRef<'a> = (&'a str, &'a str);
+
+/// Whether the environment `env` is the one `reference` names.
+pub(crate) fn names_environment(
+    env: &EnvironmentLock,
+    (workspace_id, reference): EnvironmentRef<'_>,
+) -> bool {
+    let (id, workspace, name, is_default, _) = env;
+    workspace == workspace_id
+        && if reference.is_empty() {
+            *is_default
+        } else {
+            name == reference || id == reference
+        }
+}
 
 /// A named secret found by the name of a create: (id, environment id,
 /// name).
@@ -149,17 +169,26 @@ impl<'a> Plan<'a> {
         })
     }
 
-    /// The environments the creates go to, sorted: the group locks their
-    /// rows in this order, so two groups never wait on each other.
-    pub(crate) fn environments(&self) -> Vec<&'a str> {
-        sorted(self.creates().map(|new| new.environment_id.as_str()))
+    /// The environments the creates go to, as they name them, sorted. The
+    /// group locks their rows in the order of their ids, so two groups never
+    /// wait on each other.
+    pub(crate) fn environments(&self) -> Vec<EnvironmentRef<'a>> {
+        self.creates()
+            .map(|new| (new.workspace_id.as_str(), new.environment.as_str()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
     }
 
-    /// The (environment, name) pairs of the named creates, sorted.
-    pub(crate) fn names(&self) -> Vec<(&'a str, &'a str)> {
+    /// The names of the named creates, each with its environment as the
+    /// create names it, sorted.
+    pub(crate) fn names(&self) -> Vec<(EnvironmentRef<'a>, &'a str)> {
         self.creates()
             .filter_map(|new| match &new.kind {
-                SecretKind::Named(name) => Some((new.environment_id.as_str(), name.as_str())),
+                SecretKind::Named(name) => Some((
+                    (new.workspace_id.as_str(), new.environment.as_str()),
+                    name.as_str(),
+                )),
                 SecretKind::Anonymous { .. } => None,
             })
             .collect::<BTreeSet<_>>()
@@ -170,8 +199,12 @@ impl<'a> Plan<'a> {
     /// The secrets the group changes that exist before it, sorted (the
     /// order they are locked in): those updated and deleted, and those a
     /// create would overwrite, among `found` (what the creates' names
-    /// found).
-    pub(crate) fn locked_ids(&self, found: &[NameFound]) -> Vec<String> {
+    /// found in the `environments` locked).
+    pub(crate) fn locked_ids(
+        &self,
+        environments: &[EnvironmentLock],
+        found: &[NameFound],
+    ) -> Vec<String> {
         let by_name: HashMap<(&str, &str), &str> = found
             .iter()
             .map(|(id, env, name)| ((env.as_str(), name.as_str()), id.as_str()))
@@ -179,9 +212,10 @@ impl<'a> Plan<'a> {
         let overwritten = self
             .creates()
             .filter_map(|new| match (&new.kind, new.on_conflict) {
-                (SecretKind::Named(name), OnConflict::Overwrite) => by_name
-                    .get(&(new.environment_id.as_str(), name.as_str()))
-                    .copied(),
+                (SecretKind::Named(name), OnConflict::Overwrite) => {
+                    let env = environment_of(environments, new)?;
+                    by_name.get(&(env.0.as_str(), name.as_str())).copied()
+                }
                 _ => None,
             });
         let changed = self.writes.iter().filter_map(|w| match w {
@@ -206,17 +240,13 @@ impl<'a> Plan<'a> {
         self,
         keyring: &Keyring,
         now: impl Fn() -> Micros,
-        environments: Vec<EnvironmentLock>,
+        environments: &[EnvironmentLock],
         found: Vec<NameFound>,
         rows: Vec<SecretRow>,
     ) -> Outcome {
         let clocks = environments
             .iter()
-            .map(|(id, _, _, newest)| (id.clone(), newest.unwrap_or(0)))
-            .collect();
-        let environments: HashMap<String, (String, String)> = environments
-            .into_iter()
-            .map(|(id, workspace_id, name, _)| (id, (workspace_id, name)))
+            .map(|(id, _, _, _, newest)| (id.clone(), newest.unwrap_or(0)))
             .collect();
         let mut state = State {
             keyring,
@@ -238,7 +268,7 @@ impl<'a> Plan<'a> {
         let mut results = Vec::with_capacity(self.writes.len());
         for write in self.writes {
             let result = match write {
-                Write::Create(new) => state.create(new, &environments, &now),
+                Write::Create(new) => state.create(new, environments, &now),
                 Write::Update {
                     workspace_id,
                     secret_id,
@@ -328,22 +358,26 @@ impl State<'_> {
     fn create(
         &mut self,
         new: &NewSecret,
-        environments: &HashMap<String, (String, String)>,
+        environments: &[EnvironmentLock],
         now: &impl Fn() -> Micros,
     ) -> Result<Written, Error> {
-        let environment_name = match environments.get(&new.environment_id) {
-            Some((workspace_id, name)) if *workspace_id == new.workspace_id => name.clone(),
-            _ => return Err(environment_not_found(&new.environment_id)),
-        };
+        let (environment_id, _, environment_name, _, _) = environment_of(environments, new)
+            .ok_or_else(|| environment_not_found(&new.environment))?;
+        rules::check_token_environment(
+            &new.created_by,
+            new.environments.as_deref(),
+            environment_name,
+        )?;
+        let (environment_id, environment_name) = (environment_id.clone(), environment_name.clone());
         let created_at = match &new.kind {
             SecretKind::Named(name) => {
-                let key = (new.environment_id.clone(), name.clone());
+                let key = (environment_id.clone(), name.clone());
                 if let Some(id) = self.names.get(&key).cloned() {
                     if self.secrets.get(&id).is_some_and(|s| !s.deleted) {
                         return self.on_conflict(new, name, &id, now);
                     }
                 }
-                let clock = self.clocks.entry(new.environment_id.clone()).or_insert(0);
+                let clock = self.clocks.entry(environment_id.clone()).or_insert(0);
                 *clock = now().max(*clock + 1);
                 *clock
             }
@@ -353,7 +387,7 @@ impl State<'_> {
         let summary = SecretSummary {
             id: id.clone(),
             kind: new.kind.clone(),
-            environment_id: new.environment_id.clone(),
+            environment_id: environment_id.clone(),
             environment_name,
             created_at,
             created_by: new.created_by.clone(),
@@ -363,7 +397,7 @@ impl State<'_> {
         };
         if let SecretKind::Named(name) = &new.kind {
             self.names
-                .insert((new.environment_id.clone(), name.clone()), id.clone());
+                .insert((environment_id, name.clone()), id.clone());
         }
         self.order.push(id.clone());
         self.secrets.insert(
@@ -600,9 +634,20 @@ fn revision_of(new: &NewSecret) -> Revision {
         keep_versions: new.keep_versions,
         expected_version: None,
         audit: new.audit.clone(),
-        // The environment of a create is the caller's to check: it names it.
+        // Checked by the create itself.
         environments: None,
     }
+}
+
+/// The environment, among those locked, that the create `new` goes to.
+fn environment_of<'e>(
+    environments: &'e [EnvironmentLock],
+    new: &NewSecret,
+) -> Option<&'e EnvironmentLock> {
+    let reference = (new.workspace_id.as_str(), new.environment.as_str());
+    environments
+        .iter()
+        .find(|env| names_environment(env, reference))
 }
 
 /// `items`, sorted, each once.

@@ -13,8 +13,8 @@ use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 use super::{
     audit_write_failed,
     batch::{
-        unique_micros, EnvironmentLock, NameFound, Plan, SecretInsertRow, VersionInsertRow, Write,
-        Written,
+        unique_micros, EnvironmentLock, EnvironmentRef, NameFound, Plan, SecretInsertRow,
+        VersionInsertRow, Write, Written,
     },
     db_error, group_error, is_unique_violation, Changed, Dialect,
 };
@@ -333,8 +333,8 @@ where
     ) -> Result<Environment, Error> {
         let lock = if lock { DB::FOR_UPDATE } else { "" };
         let sql = format!(
-            "{SELECT_ENVIRONMENT} WHERE workspace_id = $1 \
-             AND (CASE WHEN $2 = '' THEN is_default ELSE (name = $2 OR id = $2) END){lock}"
+            "{SELECT_ENVIRONMENT} WHERE {}{lock}",
+            environment_named("", 1)
         );
         sqlx::query_as::<_, EnvironmentRow>(&sql)
             .bind(workspace_id)
@@ -704,9 +704,12 @@ where
     }
 
     /// Runs one group of writes in the transaction `conn` is in: the same
-    /// dozen statements or fewer whatever the group's size (see
-    /// [`batch`](super::batch)). Answers each write, in the order given,
-    /// and what the lookup cache must forget once the group commits.
+    /// few statements whatever the group's size (see
+    /// [`batch`](super::batch)). On PostgreSQL a group of creates is four
+    /// round trips between its `BEGIN` and `COMMIT`: the environments and
+    /// names, the rows ([`Sql::write_parts`]), the audit chain's head, the
+    /// events. Answers each write, in the order given, and what the lookup
+    /// cache must forget once the group commits.
     ///
     /// Locks are taken in one order by every transaction, so that none
     /// waits on another that waits on it: the environments the creates go
@@ -726,14 +729,9 @@ where
         writes: &[Write],
     ) -> Result<(Vec<Result<Written, Error>>, Changed), Error> {
         let plan = Plan::new(writes);
-        let environments = Self::lock_environments(conn, &plan.environments()).await?;
-        let names = plan.names();
-        let found = if names.is_empty() {
-            Vec::new()
-        } else {
-            Self::secrets_named(conn, &names).await?
-        };
-        let locked = plan.locked_ids(&found);
+        let (environments, found) =
+            Self::lock_environments(conn, &plan.environments(), &plan.names()).await?;
+        let locked = plan.locked_ids(&environments, &found);
         let mut read: Vec<&str> = locked
             .iter()
             .map(String::as_str)
@@ -742,83 +740,112 @@ where
         read.sort_unstable();
         read.dedup();
         let rows = Self::lock_and_read(conn, &locked, &read).await?;
-        let mut outcome = plan.run(keyring, unique_micros, environments, found, rows);
+        let mut outcome = plan.run(keyring, unique_micros, &environments, found, rows);
         // Names in one order in every group: two groups in flight that
         // insert the same names wait on each other in that order.
         outcome
             .secrets
             .sort_by(|a, b| (&a.environment_id, &a.name).cmp(&(&b.environment_id, &b.name)));
         Self::delete_secrets(conn, &outcome.deletes).await?;
-        Self::insert_secrets(conn, &outcome.secrets).await?;
-        Self::insert_versions(conn, &outcome.versions).await?;
-        Self::set_current_versions(conn, &outcome.current).await?;
-        Self::destroy_versions(conn, &outcome.destroyed).await?;
+        Self::write_parts(
+            conn,
+            &[
+                Part::Secrets(&outcome.secrets),
+                Part::Versions(&outcome.versions),
+                Part::CurrentVersions(&outcome.current),
+                Part::DestroyedVersions(&outcome.destroyed),
+            ],
+        )
+        .await?;
         if !outcome.events.is_empty() {
             Self::append_events(conn, keyring, &outcome.events).await?;
         }
         Ok((outcome.results, Changed::Secrets(outcome.changed)))
     }
 
-    /// Keeps the environments `ids` (sorted) from going until the
+    /// Finds the environments the creates of a group go to (`references`,
+    /// each as a create names it) and keeps them from going until the
     /// transaction ends, without holding up anything else (a key share
-    /// lock, as the foreign keys of the rows inserted take anyway); answers
-    /// those that exist: (id, workspace id, name, the newest creation time
-    /// of its named secrets). The newest time is one step down the index of
-    /// creation times per environment (a `GROUP BY` would read every row),
-    /// read in the same statement: one round trip less for every group, on
-    /// a path that runs one group at a time. It is asked for in that
+    /// lock, as the foreign keys of the rows inserted take anyway; taken in
+    /// the order of their ids); and looks up the named secrets of `names`.
+    /// Answers the environments found, with the newest creation time of
+    /// each one's named secrets, and the named secrets that exist.
+    ///
+    /// The newest time is one step down the index of creation times per
+    /// environment (a `GROUP BY` would read every row), asked for in that
     /// index's order (`ORDER BY ... LIMIT 1`, not `MAX`), which only that
     /// index gives: with statistics that think the environment small, a
-    /// `MAX` may be planned as a read of every row on another index.
+    /// `MAX` may be planned as a read of every row on another index. Each
+    /// name is a query of its own, joined by `UNION ALL`: an equality on
+    /// both columns of the unique index of names, the plainest plan there
+    /// is (pairs joined by `OR` are folded by PostgreSQL into one equality
+    /// on the environment and a list of names, which statistics that lag
+    /// behind a table growing fast let it plan as a read of the whole
+    /// environment; see `postgres::Statistics`). Both go in one statement,
+    /// one round trip on a path that runs one group at a time; names past
+    /// [`NAMES_PER_STATEMENT`] take statements of their own.
     async fn lock_environments(
         conn: &mut DB::Connection,
-        ids: &[&str],
-    ) -> Result<Vec<EnvironmentLock>, Error> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let sql = format!(
-            "SELECT e.id, e.workspace_id, e.name, (SELECT s.created_at FROM secrets s \
-             WHERE s.environment_id = e.id AND s.name IS NOT NULL \
-             ORDER BY s.created_at DESC LIMIT 1) \
-             FROM environments e WHERE e.id IN ({}) ORDER BY e.id{}",
-            placeholders(1, ids.len()),
-            DB::FOR_KEY_SHARE
-        );
-        let mut query = sqlx::query_as(&sql).persistent(prepared(ids.len()));
-        for id in ids {
-            query = query.bind(*id);
-        }
-        query.fetch_all(&mut *conn).await.map_err(group_error::<DB>)
-    }
-
-    /// The named secrets of `names` (environment id, name) that exist, as
-    /// (id, environment id, name). Each pair is a query of its own, joined
-    /// by `UNION ALL`: an equality on both columns of the unique index of
-    /// names, the plainest plan there is. Pairs joined by `OR` are folded by
-    /// PostgreSQL into one equality on the environment and a list of names,
-    /// which statistics that lag behind a table growing fast let it plan as
-    /// a read of the whole environment (see `postgres::Statistics`).
-    async fn secrets_named(
-        conn: &mut DB::Connection,
-        names: &[(&str, &str)],
-    ) -> Result<Vec<NameFound>, Error> {
+        references: &[EnvironmentRef<'_>],
+        names: &[(EnvironmentRef<'_>, &str)],
+    ) -> Result<(Vec<EnvironmentLock>, Vec<NameFound>), Error> {
+        let (with_environments, rest) = names.split_at(if references.is_empty() {
+            0
+        } else {
+            names.len().min(NAMES_PER_STATEMENT)
+        });
+        let mut environments = Vec::with_capacity(references.len());
         let mut found = Vec::new();
-        for chunk in names.chunks(NAMES_PER_STATEMENT) {
-            let arms: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    format!(
-                        "SELECT id, environment_id, name FROM secrets \
-                         WHERE environment_id = ${} AND name = ${}",
-                        2 * i + 1,
-                        2 * i + 2
-                    )
-                })
+        if !references.is_empty() {
+            let which: Vec<String> = (0..references.len())
+                .map(|i| format!("({})", environment_named("e.", 2 * i + 1)))
                 .collect();
-            let sql = arms.join(" UNION ALL ");
+            let locked = format!(
+                "SELECT e.id, e.workspace_id, e.name, e.is_default, (SELECT s.created_at \
+                 FROM secrets s WHERE s.environment_id = e.id AND s.name IS NOT NULL \
+                 ORDER BY s.created_at DESC LIMIT 1) AS newest \
+                 FROM environments e WHERE {} ORDER BY e.id{}",
+                which.join(" OR "),
+                DB::FOR_KEY_SHARE
+            );
+            // Rows of both kinds in one shape ([`LockedRow`]).
+            let mut sql = format!(
+                "WITH e AS ({locked}) SELECT 'e', id, workspace_id, name, is_default, newest FROM e"
+            );
+            if !with_environments.is_empty() {
+                sql.push_str(" UNION ALL ");
+                sql.push_str(&named_arms(
+                    2 * references.len() + 1,
+                    with_environments.len(),
+                    "'n', ",
+                    ", NULL, NULL",
+                ));
+            }
+            let mut query = sqlx::query_as(&sql)
+                .persistent(prepared(references.len()) && prepared(with_environments.len()));
+            for (workspace_id, reference) in references {
+                query = query.bind(*workspace_id).bind(*reference);
+            }
+            for ((workspace_id, reference), name) in with_environments {
+                query = query.bind(*workspace_id).bind(*reference).bind(*name);
+            }
+            let rows: Vec<LockedRow> = query
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(group_error::<DB>)?;
+            for (kind, id, parent, name, is_default, newest) in rows {
+                if kind == "e" {
+                    environments.push((id, parent, name, is_default.unwrap_or(false), newest));
+                } else {
+                    found.push((id, parent, name));
+                }
+            }
+        }
+        for chunk in rest.chunks(NAMES_PER_STATEMENT) {
+            let sql = named_arms(1, chunk.len(), "", "");
             let mut query = sqlx::query_as(&sql).persistent(prepared(chunk.len()));
-            for (environment_id, name) in chunk {
-                query = query.bind(*environment_id).bind(*name);
+            for ((workspace_id, reference), name) in chunk {
+                query = query.bind(*workspace_id).bind(*reference).bind(*name);
             }
             found.extend(
                 query
@@ -827,7 +854,7 @@ where
                     .map_err(group_error::<DB>)?,
             );
         }
-        Ok(found)
+        Ok((environments, found))
     }
 
     /// Locks the secrets `locked` (sorted) until the transaction ends, then
@@ -883,118 +910,90 @@ where
             .map_err(group_error::<DB>)
     }
 
-    async fn insert_secrets(
-        conn: &mut DB::Connection,
-        rows: &[SecretInsertRow],
-    ) -> Result<(), Error> {
-        const COLUMNS: usize = 9;
-        for chunk in rows.chunks(MAX_PARAMETERS / COLUMNS) {
-            let sql = format!(
-                "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, \
-                 created_at, created_by, version) VALUES {}",
-                value_rows(chunk.len(), COLUMNS)
-            );
-            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
-            for row in chunk {
-                query = query
-                    .bind(row.id.as_str())
-                    .bind(row.workspace_id.as_str())
-                    .bind(row.environment_id.as_str())
-                    .bind(row.name.as_deref())
-                    .bind(row.app_id.as_deref())
-                    .bind(row.expires_at)
-                    .bind(row.created_at)
-                    .bind(row.created_by.as_str())
-                    .bind(row.version);
+    /// Writes the rows a group made, `parts` in order, in the transaction
+    /// `conn` is in ([`Part`]). Where the database allows writes in `WITH`
+    /// they go as one statement, each part one `WITH` of it: one round trip
+    /// on a path that runs one group at a time (the parts touch different
+    /// rows, so their order within the statement does not matter; foreign
+    /// keys are checked at its end). Elsewhere each part is a statement of
+    /// its own, split where it would bind too many parameters.
+    async fn write_parts(conn: &mut DB::Connection, parts: &[Part<'_>]) -> Result<(), Error> {
+        let parts: Vec<&Part<'_>> = parts.iter().filter(|p| p.rows() > 0).collect();
+        let params: usize = parts.iter().map(|p| p.params()).sum();
+        if DB::WRITES_IN_WITH && parts.len() > 1 && params <= MAX_PARAMETERS {
+            let mut first = 1;
+            let mut with = Vec::with_capacity(parts.len());
+            for (i, part) in parts.iter().enumerate() {
+                with.push(format!("w{i} AS ({})", part.sql(first)));
+                first += part.params();
+            }
+            let sql = format!("WITH {} SELECT 1", with.join(", "));
+            let rows = parts.iter().map(|p| p.rows()).max().unwrap_or(0);
+            let mut query = sqlx::query(&sql).persistent(prepared(rows));
+            for part in &parts {
+                query = Self::bind_part(query, part);
             }
             // A name (or creation time) that a group in flight took first is
             // a collision: the group runs again and then sees it.
-            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
+            return query
+                .execute(&mut *conn)
+                .await
+                .map(drop)
+                .map_err(group_error::<DB>);
         }
-        Ok(())
-    }
-
-    async fn insert_versions(
-        conn: &mut DB::Connection,
-        rows: &[VersionInsertRow],
-    ) -> Result<(), Error> {
-        const COLUMNS: usize = 11;
-        for chunk in rows.chunks(MAX_PARAMETERS / COLUMNS) {
-            let sql = format!(
-                "INSERT INTO secret_versions (secret_id, version, created_at, created_by, action, \
-                 source_version, keys, changes, key_id, wrapped_key, ciphertext) VALUES {}",
-                value_rows(chunk.len(), COLUMNS)
-            );
-            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
-            for v in chunk {
-                query = query
-                    .bind(v.secret_id.as_str())
-                    .bind(v.version)
-                    .bind(v.created_at)
-                    .bind(v.created_by.as_str())
-                    .bind(v.action.as_str())
-                    .bind(v.action.source())
-                    .bind(v.keys.as_str())
-                    .bind(v.changes.as_deref())
-                    .bind(v.sealed.key_id.as_str())
-                    .bind(v.sealed.wrapped_key.as_slice())
-                    .bind(v.sealed.ciphertext.as_slice());
+        for part in parts {
+            for chunk in part.chunks(MAX_PARAMETERS) {
+                let sql = chunk.sql(1);
+                let query = sqlx::query(&sql).persistent(prepared(chunk.rows()));
+                Self::bind_part(query, &chunk)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(group_error::<DB>)?;
             }
-            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
         }
         Ok(())
     }
 
-    /// Sets the current version of each secret of `current`.
-    async fn set_current_versions(
-        conn: &mut DB::Connection,
-        current: &[(String, i64)],
-    ) -> Result<(), Error> {
-        Self::per_pair(conn, current, |n| {
-            let cases: String = (0..n)
-                .map(|i| format!(" WHEN ${} THEN ${}", 2 * i + 1, 2 * i + 2))
-                .collect();
-            let ids: Vec<String> = (0..n).map(|i| format!("${}", 2 * i + 1)).collect();
-            format!(
-                "UPDATE secrets SET version = CASE id{cases} END WHERE id IN ({})",
-                ids.join(", ")
-            )
-        })
-        .await
-    }
-
-    /// Destroys, per secret of `destroyed`, the versions up to the one
-    /// given: the rows go, and with them the only copies of their wrapped
-    /// data keys.
-    async fn destroy_versions(
-        conn: &mut DB::Connection,
-        destroyed: &[(String, i64)],
-    ) -> Result<(), Error> {
-        Self::per_pair(conn, destroyed, |n| {
-            let which: Vec<String> = (0..n)
-                .map(|i| format!("(secret_id = ${} AND version <= ${})", 2 * i + 1, 2 * i + 2))
-                .collect();
-            format!("DELETE FROM secret_versions WHERE {}", which.join(" OR "))
-        })
-        .await
-    }
-
-    /// Runs the statement `sql(n)` makes for `n` (secret id, version) pairs,
-    /// bound in order from `$1`, once per chunk of `pairs`.
-    async fn per_pair(
-        conn: &mut DB::Connection,
-        pairs: &[(String, i64)],
-        sql: impl Fn(usize) -> String,
-    ) -> Result<(), Error> {
-        for chunk in pairs.chunks(MAX_PARAMETERS / 2) {
-            let sql = sql(chunk.len());
-            let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
-            for (id, version) in chunk {
-                query = query.bind(id.as_str()).bind(*version);
+    /// Binds the parameters of `part`, in the order of its text.
+    fn bind_part<'q>(mut query: Query<'q, DB>, part: &Part<'q>) -> Query<'q, DB> {
+        match *part {
+            Part::Secrets(rows) => {
+                for row in rows {
+                    query = query
+                        .bind(row.id.as_str())
+                        .bind(row.workspace_id.as_str())
+                        .bind(row.environment_id.as_str())
+                        .bind(row.name.as_deref())
+                        .bind(row.app_id.as_deref())
+                        .bind(row.expires_at)
+                        .bind(row.created_at)
+                        .bind(row.created_by.as_str())
+                        .bind(row.version);
+                }
             }
-            query.execute(&mut *conn).await.map_err(group_error::<DB>)?;
+            Part::Versions(rows) => {
+                for v in rows {
+                    query = query
+                        .bind(v.secret_id.as_str())
+                        .bind(v.version)
+                        .bind(v.created_at)
+                        .bind(v.created_by.as_str())
+                        .bind(v.action.as_str())
+                        .bind(v.action.source())
+                        .bind(v.keys.as_str())
+                        .bind(v.changes.as_deref())
+                        .bind(v.sealed.key_id.as_str())
+                        .bind(v.sealed.wrapped_key.as_slice())
+                        .bind(v.sealed.ciphertext.as_slice());
+                }
+            }
+            Part::CurrentVersions(pairs) | Part::DestroyedVersions(pairs) => {
+                for (id, version) in pairs {
+                    query = query.bind(id.as_str()).bind(*version);
+                }
+            }
         }
-        Ok(())
+        query
     }
 
     /// The secret's current row, locked until the transaction ends: a
@@ -1498,7 +1497,7 @@ where
             };
             let sql = format!(
                 "{prefix}INSERT INTO audit_events ({AUDIT_COLUMNS}) VALUES {}",
-                value_rows(chunk.len(), COLUMNS)
+                value_rows(1, chunk.len(), COLUMNS)
             );
             let mut query = sqlx::query(&sql).persistent(prepared(chunk.len()));
             for entry in chunk {
@@ -1837,6 +1836,105 @@ fn seal(
     )
 }
 
+/// A row of [`Sql::lock_environments`]: ("e", id, workspace id, name, is
+/// default, newest creation time) for an environment, ("n", id,
+/// environment id, name, NULL, NULL) for a named secret.
+type LockedRow = (String, String, String, String, Option<bool>, Option<Micros>);
+
+/// A query with its parameters still to bind.
+type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
+
+/// Rows of one kind that a group writes ([`Sql::write_parts`]).
+#[derive(Clone, Copy)]
+enum Part<'a> {
+    /// New secrets.
+    Secrets(&'a [SecretInsertRow]),
+    /// New versions.
+    Versions(&'a [VersionInsertRow]),
+    /// Secrets that were there before the group, and their new current
+    /// version.
+    CurrentVersions(&'a [(String, i64)]),
+    /// Per secret, the newest version that falls out of what is kept: the
+    /// rows up to it go, and with them the only copies of their wrapped
+    /// data keys.
+    DestroyedVersions(&'a [(String, i64)]),
+}
+
+impl<'a> Part<'a> {
+    fn rows(&self) -> usize {
+        match self {
+            Part::Secrets(rows) => rows.len(),
+            Part::Versions(rows) => rows.len(),
+            Part::CurrentVersions(pairs) | Part::DestroyedVersions(pairs) => pairs.len(),
+        }
+    }
+
+    /// Parameters per row.
+    fn columns(&self) -> usize {
+        match self {
+            Part::Secrets(_) => 9,
+            Part::Versions(_) => 11,
+            Part::CurrentVersions(_) | Part::DestroyedVersions(_) => 2,
+        }
+    }
+
+    fn params(&self) -> usize {
+        self.rows() * self.columns()
+    }
+
+    /// The statement, its placeholders numbered from `first`.
+    fn sql(&self, first: usize) -> String {
+        let rows = self.rows();
+        match self {
+            Part::Secrets(_) => format!(
+                "INSERT INTO secrets (id, workspace_id, environment_id, name, app_id, expires_at, \
+                 created_at, created_by, version) VALUES {}",
+                value_rows(first, rows, self.columns())
+            ),
+            Part::Versions(_) => format!(
+                "INSERT INTO secret_versions (secret_id, version, created_at, created_by, action, \
+                 source_version, keys, changes, key_id, wrapped_key, ciphertext) VALUES {}",
+                value_rows(first, rows, self.columns())
+            ),
+            Part::CurrentVersions(_) => {
+                let cases: String = (0..rows)
+                    .map(|i| format!(" WHEN ${} THEN ${}", first + 2 * i, first + 2 * i + 1))
+                    .collect();
+                let ids: Vec<String> = (0..rows).map(|i| format!("${}", first + 2 * i)).collect();
+                format!(
+                    "UPDATE secrets SET version = CASE id{cases} END WHERE id IN ({})",
+                    ids.join(", ")
+                )
+            }
+            Part::DestroyedVersions(_) => {
+                let which: Vec<String> = (0..rows)
+                    .map(|i| {
+                        format!(
+                            "(secret_id = ${} AND version <= ${})",
+                            first + 2 * i,
+                            first + 2 * i + 1
+                        )
+                    })
+                    .collect();
+                format!("DELETE FROM secret_versions WHERE {}", which.join(" OR "))
+            }
+        }
+    }
+
+    /// The part in pieces that each bind at most `max_params` parameters.
+    fn chunks(&self, max_params: usize) -> Vec<Part<'a>> {
+        let per = (max_params / self.columns()).max(1);
+        match *self {
+            Part::Secrets(rows) => rows.chunks(per).map(Part::Secrets).collect(),
+            Part::Versions(rows) => rows.chunks(per).map(Part::Versions).collect(),
+            Part::CurrentVersions(pairs) => pairs.chunks(per).map(Part::CurrentVersions).collect(),
+            Part::DestroyedVersions(pairs) => {
+                pairs.chunks(per).map(Part::DestroyedVersions).collect()
+            }
+        }
+    }
+}
+
 /// The most parameters one statement binds (SQLite's limit is 32,766,
 /// PostgreSQL's 65,535): larger writes are split.
 const MAX_PARAMETERS: usize = 32_000;
@@ -1861,6 +1959,37 @@ fn prepared(rows: usize) -> bool {
     rows <= PREPARED_ROWS
 }
 
+/// `n` queries joined by `UNION ALL`, each of one named secret: (id,
+/// environment id, name), between `before` and `after`. Each binds three
+/// parameters, from `$first` on: the workspace id and the environment's
+/// reference ([`environment_named`]), then the secret's name.
+fn named_arms(first: usize, n: usize, before: &str, after: &str) -> String {
+    (0..n)
+        .map(|i| {
+            let at = first + 3 * i;
+            format!(
+                "SELECT {before}id, environment_id, name{after} FROM secrets \
+                 WHERE environment_id = (SELECT e.id FROM environments e WHERE {}) \
+                 AND name = ${}",
+                environment_named("e.", at),
+                at + 2
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ")
+}
+
+/// The condition that an environment (its columns prefixed by `prefix`) is
+/// the one of workspace `$first` that `$(first + 1)` names: its name, its
+/// id, or "" for the workspace's default.
+fn environment_named(prefix: &str, first: usize) -> String {
+    let reference = first + 1;
+    format!(
+        "{prefix}workspace_id = ${first} AND (CASE WHEN ${reference} = '' THEN {prefix}is_default \
+         ELSE ({prefix}name = ${reference} OR {prefix}id = ${reference}) END)"
+    )
+}
+
 /// `$first, ..., $(first + n - 1)`.
 fn placeholders(first: usize, n: usize) -> String {
     (first..first + n)
@@ -1869,10 +1998,10 @@ fn placeholders(first: usize, n: usize) -> String {
         .join(", ")
 }
 
-/// `($1, ..., $columns), ...`: `rows` rows of values.
-fn value_rows(rows: usize, columns: usize) -> String {
+/// `($first, ..., $(first + columns - 1)), ...`: `rows` rows of values.
+fn value_rows(first: usize, rows: usize, columns: usize) -> String {
     (0..rows)
-        .map(|row| format!("({})", placeholders(1 + row * columns, columns)))
+        .map(|row| format!("({})", placeholders(first + row * columns, columns)))
         .collect::<Vec<_>>()
         .join(", ")
 }
