@@ -60,6 +60,12 @@ struct Args {
     /// pgbench or ClientHello baseline: a shorter run while tuning.
     #[arg(long, requires = "postgres")]
     postgres_only: bool,
+    /// An argument added to the PostgreSQL server's command line (e.g.
+    /// `--postgres-server-arg=--database-write-groups=2`); repeat for more.
+    /// The server is started without the caller's `LATCHKEY_*` variables,
+    /// so its settings go here.
+    #[arg(long, requires = "postgres", allow_hyphen_values = true)]
+    postgres_server_arg: Vec<String>,
     /// Instead of the figures: a mixed load (lookups, resolves, creates,
     /// updates, lists, deletes) for this long (e.g. 10m), reporting errors,
     /// RSS and open descriptors; on PostgreSQL with --postgres.
@@ -489,10 +495,26 @@ async fn postgres_figures(
     seconds: Duration,
     sqlite: Option<Sqlite>,
 ) -> Result<Vec<Figure>> {
-    let mut figures = Vec::new();
     eprintln!("PostgreSQL");
     let db = server::fresh_postgres_database(url).await?;
-    let pg = Server::start(bin, &["--database", &db]).await?;
+    // The database goes whether the figures came or not.
+    let figures = postgres_figures_in(args, bin, &db, seconds, sqlite).await;
+    server::drop_postgres_database(url).await?;
+    figures
+}
+
+/// [`postgres_figures`], on the fresh database `db`.
+async fn postgres_figures_in(
+    args: &Args,
+    bin: &std::path::Path,
+    db: &str,
+    seconds: Duration,
+    sqlite: Option<Sqlite>,
+) -> Result<Vec<Figure>> {
+    let mut figures = Vec::new();
+    let mut server_args = vec!["--database", db];
+    server_args.extend(args.postgres_server_arg.iter().map(String::as_str));
+    let pg = Server::start(bin, &server_args).await?;
     let load = Load::new(&pg, args.connections).await?;
     load.create_named("bench", 10).await?;
     lookups_beside_hello(
@@ -509,7 +531,7 @@ async fn postgres_figures(
     // pgbench needs whole seconds.
     let pgbench_seconds = seconds.max(Duration::from_secs(1));
     let (baseline, baseline_cpu) =
-        machine_cpu(server::pgbench_inserts(&db, 16, pgbench_seconds)).await?;
+        machine_cpu(server::pgbench_inserts(db, 16, pgbench_seconds)).await?;
     // What one transaction cost the machine: its busy time over the
     // transactions committed in it.
     let baseline_cpu =
@@ -599,7 +621,6 @@ async fn postgres_figures(
     }
     drop(load);
     pg.stop().await?;
-    server::drop_postgres_database(url).await?;
     Ok(figures)
 }
 
