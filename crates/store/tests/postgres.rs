@@ -995,3 +995,74 @@ async fn creates_check_their_names_by_index_while_the_table_grows() {
     );
     store.close().await;
 }
+
+/// A group locks the audit chain's head only once its rows are written: a
+/// create that waits for another transaction's uncommitted row of the same
+/// name holds nothing the audit log needs (else a group of another replica
+/// that waits for the head while holding that name would deadlock with it),
+/// and it goes on once that transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_waiting_for_a_name_does_not_hold_the_audit_head() {
+    use sqlx::Connection as _;
+    let (db, store) = fresh().await;
+    let (ws, _) = seeded(&store, "first").await;
+    let env = store.environment(&ws, "").await.unwrap().id;
+
+    // Another writer's row of the name "held", not yet committed.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query(
+        "INSERT INTO secrets (id, workspace_id, environment_id, name, created_at, created_by, \
+         version) VALUES ('st-held', $1, $2, 'held', $3, 'other', 1)",
+    )
+    .bind(&ws)
+    .bind(&env)
+    .bind(now_micros())
+    .execute(&mut other)
+    .await
+    .unwrap();
+
+    let create = tokio::spawn({
+        let store = store.clone();
+        let new = named(&ws, &env, "held", "mine");
+        async move { store.create_secret(&new).await }
+    });
+    // The group's insert waits for the other writer's transaction.
+    let started = Instant::now();
+    loop {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO secrets%'",
+        )
+        .fetch_one(&db.pool().await)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the create never waited for the other writer's name"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Meanwhile the head is free: the audit log can be appended to.
+    let mut auditor = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = auditor.begin().await.unwrap();
+    let head = sqlx::query("SELECT seq FROM audit_head WHERE id = 1 FOR UPDATE NOWAIT")
+        .execute(&mut *tx)
+        .await;
+    assert!(
+        head.is_ok(),
+        "a group waiting for a name held the audit head: {head:?}"
+    );
+    tx.rollback().await.unwrap();
+
+    // The other writer gives up; the create goes on and takes the name.
+    sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+    let (secret, created) = create.await.unwrap().unwrap();
+    assert!(created);
+    assert_eq!(secret.contents["V"], "mine");
+    store.close().await;
+}

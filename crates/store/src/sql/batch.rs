@@ -88,10 +88,7 @@ pub(crate) type EnvironmentLock = (String, String, String, bool, Option<Micros>)
 pub(crate) type EnvironmentRef<'a> = (&'a str, &'a str);
 
 /// Whether the environment `env` is the one `reference` names.
-pub(crate) fn names_environment(
-    env: &EnvironmentLock,
-    (workspace_id, reference): EnvironmentRef<'_>,
-) -> bool {
+fn names_environment(env: &EnvironmentLock, (workspace_id, reference): EnvironmentRef<'_>) -> bool {
     let (id, workspace, name, is_default, _) = env;
     workspace == workspace_id
         && if reference.is_empty() {

@@ -705,11 +705,11 @@ where
 
     /// Runs one group of writes in the transaction `conn` is in: the same
     /// few statements whatever the group's size (see
-    /// [`batch`](super::batch)). On PostgreSQL a group of creates is four
+    /// [`batch`](super::batch)). On PostgreSQL a group of creates is three
     /// round trips between its `BEGIN` and `COMMIT`: the environments and
-    /// names, the rows ([`Sql::write_parts`]), the audit chain's head, the
-    /// events. Answers each write, in the order given, and what the lookup
-    /// cache must forget once the group commits.
+    /// names, the rows and the lock on the audit chain's head
+    /// ([`Sql::write_parts`]), the events. Answers each write, in the order
+    /// given, and what the lookup cache must forget once the group commits.
     ///
     /// Locks are taken in one order by every transaction, so that none
     /// waits on another that waits on it: the environments the creates go
@@ -747,7 +747,7 @@ where
             .secrets
             .sort_by(|a, b| (&a.environment_id, &a.name).cmp(&(&b.environment_id, &b.name)));
         Self::delete_secrets(conn, &outcome.deletes).await?;
-        Self::write_parts(
+        let head = Self::write_parts(
             conn,
             &[
                 Part::Secrets(&outcome.secrets),
@@ -755,10 +755,11 @@ where
                 Part::CurrentVersions(&outcome.current),
                 Part::DestroyedVersions(&outcome.destroyed),
             ],
+            !outcome.events.is_empty(),
         )
         .await?;
-        if !outcome.events.is_empty() {
-            Self::append_events(conn, keyring, &outcome.events).await?;
+        if let Some(head) = head {
+            Self::append_after(conn, keyring, head, &outcome.events).await?;
         }
         Ok((outcome.results, Changed::Secrets(outcome.changed)))
     }
@@ -911,89 +912,132 @@ where
     }
 
     /// Writes the rows a group made, `parts` in order, in the transaction
-    /// `conn` is in ([`Part`]). Where the database allows writes in `WITH`
-    /// they go as one statement, each part one `WITH` of it: one round trip
-    /// on a path that runs one group at a time (the parts touch different
-    /// rows, so their order within the statement does not matter; foreign
-    /// keys are checked at its end). Elsewhere each part is a statement of
-    /// its own, split where it would bind too many parameters.
-    async fn write_parts(conn: &mut DB::Connection, parts: &[Part<'_>]) -> Result<(), Error> {
+    /// `conn` is in ([`Part`]); then, when `lock_head`, locks the audit
+    /// chain's head and answers it. Where the database allows writes in
+    /// `WITH` all of it is one statement, each part one `WITH` of it: one
+    /// round trip on a path that runs one group at a time (the parts touch
+    /// different rows, so their order within the statement does not
+    /// matter; foreign keys are checked at its end). Elsewhere each part is
+    /// a statement of its own, split where it would bind too many
+    /// parameters, and the head's lock one more.
+    ///
+    /// The head is locked after the rows are written, in the one statement
+    /// too: its `SELECT ... FOR UPDATE` counts what each part returned in a
+    /// condition that names no column of the head, which PostgreSQL checks
+    /// once, before it reads the head's row, so every part runs to its end
+    /// before the lock is asked for. Locked first, a group would hold the
+    /// head while an insert of it waits for another transaction's name or
+    /// creation time, and that transaction (another replica's group) could
+    /// be waiting for the head: a deadlock.
+    async fn write_parts(
+        conn: &mut DB::Connection,
+        parts: &[Part<'_>],
+        lock_head: bool,
+    ) -> Result<Option<AuditHead>, Error> {
         let parts: Vec<&Part<'_>> = parts.iter().filter(|p| p.rows() > 0).collect();
         let params: usize = parts.iter().map(|p| p.params()).sum();
-        if DB::WRITES_IN_WITH && parts.len() > 1 && params <= MAX_PARAMETERS {
+        let statements = parts.len() + usize::from(lock_head);
+        if DB::WRITES_IN_WITH && !parts.is_empty() && statements > 1 && params <= MAX_PARAMETERS {
             let mut first = 1;
             let mut with = Vec::with_capacity(parts.len());
             for (i, part) in parts.iter().enumerate() {
-                with.push(format!("w{i} AS ({})", part.sql(first)));
+                with.push(format!("w{i} AS ({} RETURNING 1)", part.sql(first)));
                 first += part.params();
             }
-            let sql = format!("WITH {} SELECT 1", with.join(", "));
+            let main = if lock_head {
+                let written: Vec<String> = (0..parts.len())
+                    .map(|i| format!("(SELECT count(*) FROM w{i})"))
+                    .collect();
+                format!(
+                    "SELECT seq, mac FROM audit_head WHERE id = 1 AND {} >= 0{}",
+                    written.join(" + "),
+                    DB::FOR_UPDATE
+                )
+            } else {
+                "SELECT 1".to_owned()
+            };
+            let sql = format!("WITH {} {main}", with.join(", "));
             let rows = parts.iter().map(|p| p.rows()).max().unwrap_or(0);
-            let mut query = sqlx::query(&sql).persistent(prepared(rows));
+            let mut args = DB::Arguments::default();
             for part in &parts {
-                query = Self::bind_part(query, part);
+                Self::part_arguments(&mut args, part)?;
             }
             // A name (or creation time) that a group in flight took first is
             // a collision: the group runs again and then sees it.
-            return query
-                .execute(&mut *conn)
+            if !lock_head {
+                sqlx::query_with(&sql, args)
+                    .persistent(prepared(rows))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(group_error::<DB>)?;
+                return Ok(None);
+            }
+            let (seq, mac) = sqlx::query_as_with(&sql, args)
+                .persistent(prepared(rows))
+                .fetch_one(&mut *conn)
                 .await
-                .map(drop)
-                .map_err(group_error::<DB>);
+                .map_err(group_error::<DB>)?;
+            return Ok(Some(AuditHead { seq, mac }));
         }
         for part in parts {
             for chunk in part.chunks(MAX_PARAMETERS) {
                 let sql = chunk.sql(1);
-                let query = sqlx::query(&sql).persistent(prepared(chunk.rows()));
-                Self::bind_part(query, &chunk)
+                let mut args = DB::Arguments::default();
+                Self::part_arguments(&mut args, &chunk)?;
+                sqlx::query_with(&sql, args)
+                    .persistent(prepared(chunk.rows()))
                     .execute(&mut *conn)
                     .await
                     .map_err(group_error::<DB>)?;
             }
         }
-        Ok(())
+        if lock_head {
+            return Self::audit_head_row(conn, true).await.map(Some);
+        }
+        Ok(None)
     }
 
-    /// Binds the parameters of `part`, in the order of its text.
-    fn bind_part<'q>(mut query: Query<'q, DB>, part: &Part<'q>) -> Query<'q, DB> {
+    /// Adds the parameters of `part` to `args`, in the order of its text.
+    fn part_arguments<'q>(args: &mut DB::Arguments<'q>, part: &Part<'q>) -> Result<(), Error> {
+        use sqlx::Arguments as _;
+        let encode = |e: sqlx::error::BoxDynError| db_error::<DB>(sqlx::Error::Encode(e));
         match *part {
             Part::Secrets(rows) => {
                 for row in rows {
-                    query = query
-                        .bind(row.id.as_str())
-                        .bind(row.workspace_id.as_str())
-                        .bind(row.environment_id.as_str())
-                        .bind(row.name.as_deref())
-                        .bind(row.app_id.as_deref())
-                        .bind(row.expires_at)
-                        .bind(row.created_at)
-                        .bind(row.created_by.as_str())
-                        .bind(row.version);
+                    args.add(row.id.as_str()).map_err(encode)?;
+                    args.add(row.workspace_id.as_str()).map_err(encode)?;
+                    args.add(row.environment_id.as_str()).map_err(encode)?;
+                    args.add(row.name.as_deref()).map_err(encode)?;
+                    args.add(row.app_id.as_deref()).map_err(encode)?;
+                    args.add(row.expires_at).map_err(encode)?;
+                    args.add(row.created_at).map_err(encode)?;
+                    args.add(row.created_by.as_str()).map_err(encode)?;
+                    args.add(row.version).map_err(encode)?;
                 }
             }
             Part::Versions(rows) => {
                 for v in rows {
-                    query = query
-                        .bind(v.secret_id.as_str())
-                        .bind(v.version)
-                        .bind(v.created_at)
-                        .bind(v.created_by.as_str())
-                        .bind(v.action.as_str())
-                        .bind(v.action.source())
-                        .bind(v.keys.as_str())
-                        .bind(v.changes.as_deref())
-                        .bind(v.sealed.key_id.as_str())
-                        .bind(v.sealed.wrapped_key.as_slice())
-                        .bind(v.sealed.ciphertext.as_slice());
+                    args.add(v.secret_id.as_str()).map_err(encode)?;
+                    args.add(v.version).map_err(encode)?;
+                    args.add(v.created_at).map_err(encode)?;
+                    args.add(v.created_by.as_str()).map_err(encode)?;
+                    args.add(v.action.as_str()).map_err(encode)?;
+                    args.add(v.action.source()).map_err(encode)?;
+                    args.add(v.keys.as_str()).map_err(encode)?;
+                    args.add(v.changes.as_deref()).map_err(encode)?;
+                    args.add(v.sealed.key_id.as_str()).map_err(encode)?;
+                    args.add(v.sealed.wrapped_key.as_slice()).map_err(encode)?;
+                    args.add(v.sealed.ciphertext.as_slice()).map_err(encode)?;
                 }
             }
             Part::CurrentVersions(pairs) | Part::DestroyedVersions(pairs) => {
                 for (id, version) in pairs {
-                    query = query.bind(id.as_str()).bind(*version);
+                    args.add(id.as_str()).map_err(encode)?;
+                    args.add(*version).map_err(encode)?;
                 }
             }
         }
-        query
+        Ok(())
     }
 
     /// The secret's current row, locked until the transaction ends: a
@@ -1469,8 +1513,20 @@ where
         keyring: &Keyring,
         entries: &[AuditEntry],
     ) -> Result<AuditHead, Error> {
+        keyring.audit_key()?;
+        let head = Self::audit_head_row(conn, true).await?;
+        Self::append_after(conn, keyring, head, entries).await
+    }
+
+    /// Appends `entries` to the chain after `head`, which the transaction
+    /// `conn` is in has locked ([`Sql::append_events`]).
+    async fn append_after(
+        conn: &mut DB::Connection,
+        keyring: &Keyring,
+        mut head: AuditHead,
+        entries: &[AuditEntry],
+    ) -> Result<AuditHead, Error> {
         let key = keyring.audit_key()?;
-        let mut head = Self::audit_head_row(conn, true).await?;
         if entries.is_empty() {
             return Ok(head);
         }
@@ -1840,9 +1896,6 @@ fn seal(
 /// default, newest creation time) for an environment, ("n", id,
 /// environment id, name, NULL, NULL) for a named secret.
 type LockedRow = (String, String, String, String, Option<bool>, Option<Micros>);
-
-/// A query with its parameters still to bind.
-type Query<'q, DB> = sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>;
 
 /// Rows of one kind that a group writes ([`Sql::write_parts`]).
 #[derive(Clone, Copy)]
