@@ -227,15 +227,8 @@ impl Service {
             async {
                 caller.require(Role::Developer, "create secrets")?;
                 rules::check_env_dict(&contents)?;
+                rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))?;
                 check_environment_reference(environment_name)?;
-                if let Err(missing) =
-                    rules::check_required_keys(&contents, required_keys.iter().map(String::as_str))
-                {
-                    // The environment's errors come first, as for a create
-                    // that goes to the store.
-                    self.environment(caller, environment_name).await?;
-                    return Err(missing);
-                }
                 let ttl = i64::try_from(self.config.anonymous_ttl.as_micros()).unwrap_or(i64::MAX);
                 let (secret, _) = self
                     .store

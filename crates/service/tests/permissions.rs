@@ -300,3 +300,44 @@ async fn a_limited_token_cannot_write_a_secret_elsewhere_by_id() {
     assert_eq!(written.contents["A"], "2");
     service.delete_secret(&limited, &here).await.unwrap();
 }
+
+/// What a create that fails twice over answers: a named create names its
+/// environment's problem before the missing keys (the environment was
+/// resolved first), an anonymous one the missing keys first; and a token
+/// limited to other environments is refused before the missing keys of a
+/// named create. Nothing is created.
+#[tokio::test]
+async fn creates_that_fail_twice_report_as_before() {
+    let (service, admin, t) = service().await;
+    service.create_environment(&admin, "prod").await.unwrap();
+    let limited = token(&t, Role::Developer, Some(vec!["main".to_owned()])).await;
+    let contents: EnvDict = [("A".to_owned(), "1".to_owned())].into();
+    let required = ["MISSING".to_owned()];
+    let fail = latchkey_service::CreateMode::Fail;
+    let named = |caller: &Caller, env: &'static str| {
+        let (service, caller, contents) = (service.clone(), caller.clone(), contents.clone());
+        let required = required.clone();
+        async move {
+            service
+                .create_secret(&caller, env, "db", contents, fail, &required)
+                .await
+                .unwrap_err()
+                .kind()
+        }
+    };
+    assert_eq!(named(&admin, "nope").await, ErrorKind::NotFound);
+    assert_eq!(named(&limited, "prod").await, ErrorKind::PermissionDenied);
+    let anonymous = service
+        .create_anonymous_secret(&admin, "nope", contents.clone(), None, &required)
+        .await
+        .unwrap_err();
+    assert!(
+        anonymous.message().contains("MISSING"),
+        "the missing key first: {anonymous:?}"
+    );
+    let (_, listed) = service
+        .list_secrets(&admin, "prod", None, Some(10))
+        .await
+        .unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+}
