@@ -264,8 +264,26 @@ fn signal_run(f: &Fixture, extra: &[&str], script: &str, signal: Signal) -> (Str
     (rest.join("\n"), status.code())
 }
 
+/// Whether this process ignores SIGHUP (as under `nohup`): its children
+/// then start with it ignored, and a shell cannot trap a signal that was
+/// ignored when it started, so the forwarded HUP would never be answered.
+/// Read from the `SigIgn` mask of `/proc/self/status` (bit 0 is signal 1).
+fn hup_is_ignored() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .expect("a SigIgn line in /proc/self/status");
+    u64::from_str_radix(mask.trim(), 16).unwrap() & 1 != 0
+}
+
 #[test]
 fn signals_are_forwarded_to_the_command() {
+    assert!(
+        !hup_is_ignored(),
+        "SIGHUP is ignored in this test process (started under nohup?), so the shell this \
+         test runs cannot trap it and the test would wait forever; run it without nohup"
+    );
     let f = Fixture::new();
     for (signal, name) in [
         (Signal::SIGTERM, "TERM"),
