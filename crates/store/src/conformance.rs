@@ -126,7 +126,16 @@ fn dict(pairs: &[(&str, &str)]) -> EnvDict {
         .collect()
 }
 
-fn named(ws: &str, env: &str, name: &str, contents: EnvDict, on_conflict: OnConflict) -> NewSecret {
+/// A create, by the admin token, of the named secret `name` holding
+/// `contents` in the environment `env` (its id, its name, or "" for the
+/// default), keeping the default number of versions.
+pub fn named(
+    ws: &str,
+    env: &str,
+    name: &str,
+    contents: EnvDict,
+    on_conflict: OnConflict,
+) -> NewSecret {
     NewSecret {
         workspace_id: ws.to_owned(),
         environment: env.to_owned(),

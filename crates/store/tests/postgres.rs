@@ -40,17 +40,8 @@ async fn seeded(store: &PgStore, name: &str) -> (String, String) {
 /// A create of the named secret `name` holding `V=value`, failing if the
 /// name is taken.
 fn named(ws: &str, env: &str, name: &str, value: &str) -> NewSecret {
-    NewSecret {
-        workspace_id: ws.to_owned(),
-        environment: env.to_owned(),
-        environments: None,
-        kind: SecretKind::Named(name.to_owned()),
-        created_by: "admin".to_owned(),
-        contents: [("V".to_owned(), value.to_owned())].into(),
-        on_conflict: OnConflict::Fail,
-        keep_versions: DEFAULT_KEEP_VERSIONS,
-        audit: AuditEntry::server(),
-    }
+    let contents = [("V".to_owned(), value.to_owned())].into();
+    conformance::named(ws, env, name, contents, OnConflict::Fail)
 }
 
 async fn open(db: &TestDb, key: &MasterKey) -> PgStore {
