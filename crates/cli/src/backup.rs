@@ -281,6 +281,7 @@ pub(crate) fn restore(args: &RestoreArgs) -> Result<()> {
     bar.finish_and_clear();
     let report = match result {
         Ok(report) => report,
+        Err(backup::BackupError::Store(e)) if e.committed() => return Err(e.into()),
         Err(e) => {
             if let Some(path) = new_file {
                 db::remove_sqlite_file(&path);

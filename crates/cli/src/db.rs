@@ -62,9 +62,12 @@ async fn copy_store(args: CopyArgs) -> Result<()> {
     // existing destination only ever gets a rolled-back transaction.
     let new_file = new_sqlite_file(&args.to);
     let result = copy_into(&source, &args.to, args.quiet).await;
-    source.close().await;
-    if result.is_err() {
-        if let Some(path) = new_file {
+    source.close().await?;
+    if let Err(e) = &result {
+        let committed = e
+            .downcast_ref::<CopyError>()
+            .is_some_and(CopyError::committed);
+        if let Some(path) = new_file.filter(|_| !committed) {
             remove_sqlite_file(&path);
         }
     }
@@ -114,7 +117,7 @@ async fn copy_into(source: &RawStore, to: &str, quiet: bool) -> Result<()> {
     );
     let started = Instant::now();
     let result = copy::copy(source, &destination, &|n| bar.set_position(n)).await;
-    destination.close().await;
+    let closed = destination.close().await;
     let report = match result {
         Ok(report) => {
             bar.finish_and_clear();
@@ -139,7 +142,7 @@ async fn copy_into(source: &RawStore, to: &str, quiet: bool) -> Result<()> {
             table.table, table.rows, table.digest
         );
     }
-    Ok(())
+    Ok(closed?)
 }
 
 /// The file of a `sqlite://` URL.

@@ -736,6 +736,8 @@ pub async fn restore_checked(
         Ok(report)
     }
     .await;
-    target.close().await;
-    result
+    let closed = target.close().await;
+    let report = result?;
+    closed?;
+    Ok(report)
 }

@@ -192,6 +192,19 @@ pub enum CopyError {
         /// A table that is not latchkey's.
         table: String,
     },
+    /// The rows are committed to a SQLite file, but its write-ahead log
+    /// could not be folded into it: the file needs its `-wal` file beside
+    /// it, until the store is next opened.
+    #[error(
+        "the rows are committed to {target}, but its write-ahead log could not be folded \
+         into it ({cause}); keep {target}-wal beside it: the next open of the store folds it in"
+    )]
+    Unfolded {
+        /// Which store.
+        target: String,
+        /// Why the checkpoint failed.
+        cause: sqlx::Error,
+    },
     /// Reading or writing failed.
     #[error("{during} {target} failed: {cause}")]
     Database {
@@ -332,6 +345,9 @@ pub(crate) enum Pool {
 pub struct RawStore {
     pool: Pool,
     target: String,
+    /// Opened to be written: [`RawStore::close`] then leaves a SQLite
+    /// file that holds everything by itself.
+    destination: bool,
 }
 
 impl fmt::Debug for RawStore {
@@ -363,6 +379,7 @@ impl RawStore {
         Self {
             pool,
             target: target.to_owned(),
+            destination: false,
         }
     }
 
@@ -419,7 +436,11 @@ impl RawStore {
             }
             None => return Err(unsupported(url)),
         };
-        let store = Self { pool, target };
+        let store = Self {
+            pool,
+            target,
+            destination: false,
+        };
         store.check_source_schema().await?;
         Ok(store)
     }
@@ -440,6 +461,7 @@ impl RawStore {
                 Self {
                     pool: Pool::Sqlite(pool),
                     target,
+                    destination: true,
                 }
             }
             Some(Backend::Postgres) => {
@@ -459,11 +481,16 @@ impl RawStore {
                 Self {
                     pool: Pool::Postgres(pool),
                     target,
+                    destination: true,
                 }
             }
             None => return Err(unsupported(url)),
         };
-        store.check_empty().await?;
+        if let Err(e) = store.check_empty().await {
+            // Nothing was written: the connections only close.
+            store.close_pool().await;
+            return Err(e);
+        }
         Ok(store)
     }
 
@@ -496,8 +523,28 @@ impl RawStore {
         .map_err(|e| self.db_err("reading", e))
     }
 
-    /// Closes the connections.
-    pub async fn close(&self) {
+    /// Closes the connections. A SQLite destination's write-ahead log is
+    /// first folded into its database file, so that the file alone holds
+    /// what was written; when that fails, what was committed stays in the
+    /// `-wal` file beside it ([`CopyError::Unfolded`]).
+    pub async fn close(&self) -> Result<(), CopyError> {
+        match &self.pool {
+            Pool::Sqlite(p) if self.destination => {
+                sqlite::checkpoint_and_close(p)
+                    .await
+                    .map_err(|cause| CopyError::Unfolded {
+                        target: self.target.clone(),
+                        cause,
+                    })
+            }
+            _ => {
+                self.close_pool().await;
+                Ok(())
+            }
+        }
+    }
+
+    async fn close_pool(&self) {
         match &self.pool {
             Pool::Sqlite(p) => p.close().await,
             Pool::Postgres(p) => p.close().await,
@@ -637,6 +684,14 @@ pub async fn copy(
 enum ImportError {
     Database(sqlx::Error),
     Mismatch(CopyError),
+}
+
+impl CopyError {
+    /// Whether the rows are committed all the same ([`CopyError::Unfolded`]):
+    /// what was written must then be kept, not removed.
+    pub fn committed(&self) -> bool {
+        matches!(self, Self::Unfolded { .. })
+    }
 }
 
 impl From<sqlx::Error> for ImportError {

@@ -222,10 +222,17 @@ impl Engine for SqliteStore {
         &self.events
     }
 
-    /// Closes both pools, checkpointing the WAL, and lets go of the database.
+    /// Closes both pools, folding the WAL into the database file, and lets
+    /// go of the database.
     async fn close(&self) {
         self.reader.close().await;
-        self.writer.close().await;
+        if let Err(e) = checkpoint_and_close(&self.writer).await {
+            tracing::warn!(
+                error = %e,
+                "cannot fold the write-ahead log into the database file; \
+                 the last writes stay in the -wal file beside it"
+            );
+        }
         if let Err(e) = self.lock.unlock() {
             tracing::warn!(error = %e, "cannot release the database lock");
         }
@@ -240,6 +247,39 @@ fn durable(options: SqliteConnectOptions) -> SqliteConnectOptions {
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true)
         .pragma("secure_delete", "ON")
+}
+
+/// Folds the write-ahead log into the database file and truncates it, then
+/// closes `pool` (of a connection that may write): afterwards the database
+/// file alone holds every committed write, whether or not the process
+/// lives on.
+///
+/// SQLite does the same when the last connection to a file closes, but
+/// `Pool::close` (sqlx 0.8) can return with a connection still open: one
+/// handed back while `close` waits is put among the idle ones after
+/// `close` has looked there. The process then ends with the last writes in
+/// the `-wal` file only, and a copy of the database file alone misses them.
+/// So the checkpoint is asked for here, and the connection that ran it is
+/// closed by hand before the pool.
+pub(crate) async fn checkpoint_and_close(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    let folded = async {
+        let mut conn = pool.acquire().await?;
+        // (busy, frames in the log, frames moved): busy is 1 when another
+        // connection's read kept the checkpoint from finishing.
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await?;
+        conn.close().await?;
+        if busy != 0 {
+            return Err(sqlx::Error::Io(std::io::Error::other(
+                "another connection was reading the write-ahead log",
+            )));
+        }
+        Ok(())
+    }
+    .await;
+    pool.close().await;
+    folded
 }
 
 fn database_error(path: &Path, cause: sqlx::Error) -> OpenError {

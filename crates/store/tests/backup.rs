@@ -17,6 +17,7 @@ use std::{
 
 use latchkey_store::{
     backup, conformance,
+    copy::RawStore,
     crypto::{Keyring, MasterKey},
     NewSecret, OnConflict, PgOptions, PgStore, Revision, SecretKind, SqliteStore, Store,
     DEFAULT_KEEP_VERSIONS,
@@ -149,4 +150,71 @@ async fn postgres_backups_under_writes_are_consistent() {
     );
     backup_under_writes(Arc::clone(&store), &dir.path().join("b.backup")).await;
     store.close().await;
+}
+
+/// The database file of a finished restore holds every row by itself: a
+/// copy of that file alone (without its `-wal`) opens with the backup's row
+/// counts and digests. Restored many times over, because what this pins was
+/// a race: the pool's close could return with its connection still open,
+/// and the process then ended with the rows in the `-wal` file only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_sqlite_file_holds_every_row_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate();
+    let url = format!("sqlite://{}", dir.path().join("source.db").display());
+    let store = SqliteStore::open(&url, Keyring::new(key.clone()))
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    for i in 0..20 {
+        store
+            .create_secret(&conformance::named(
+                &admin.workspace_id,
+                "",
+                &format!("s-{i}"),
+                [("A".to_owned(), i.to_string())].into(),
+                OnConflict::Fail,
+            ))
+            .await
+            .unwrap();
+    }
+    let file = dir.path().join("source.backup");
+    let mut bytes = Vec::new();
+    let mut chunks = store.backup();
+    while let Some(chunk) = chunks.recv().await {
+        bytes.extend_from_slice(&chunk.unwrap());
+    }
+    store.close().await;
+    std::fs::write(&file, &bytes).unwrap();
+
+    let keyring = Keyring::new(key);
+    for i in 0..40 {
+        let restored = dir.path().join(format!("restored-{i}.db"));
+        let (manifest, _) = backup::restore(
+            &file,
+            &format!("sqlite://{}", restored.display()),
+            &keyring,
+            &|_, _, _| {},
+        )
+        .await
+        .unwrap();
+        let alone = dir.path().join(format!("alone-{i}.db"));
+        std::fs::copy(&restored, &alone).unwrap();
+        let copy = RawStore::open_source(&format!("sqlite://{}", alone.display()))
+            .await
+            .unwrap_or_else(|e| panic!("restore {i}: the database file alone does not open: {e}"));
+        let summary = copy.summary().await.unwrap();
+        copy.close().await.unwrap();
+        let found: Vec<_> = summary.iter().map(|t| (t.rows, t.digest.clone())).collect();
+        let want: Vec<_> = manifest
+            .tables
+            .iter()
+            .map(|t| (t.rows, t.sha256.clone()))
+            .collect();
+        assert_eq!(
+            found, want,
+            "restore {i}: the database file alone misses rows"
+        );
+    }
 }

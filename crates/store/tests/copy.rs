@@ -163,9 +163,11 @@ async fn copy_urls(from: &str, to: &str) -> Result<copy::CopyReport, CopyError> 
     let source = RawStore::open_source(from).await?;
     let destination = RawStore::open_destination(to).await?;
     let report = copy::copy(&source, &destination, &|_| {}).await;
-    source.close().await;
-    destination.close().await;
-    report
+    source.close().await?;
+    let closed = destination.close().await;
+    let report = report?;
+    closed?;
+    Ok(report)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@ use latchkey_store::audit::AuditEntry;
 use latchkey_store::{
     conformance,
     crypto::{Keyring, MasterKey},
-    NewSecret, OnConflict, Revision, SecretKind, SqliteStore, Store, DEFAULT_KEEP_VERSIONS,
+    NewSecret, NewToken, OnConflict, Revision, SecretKind, SqliteStore, Store,
+    DEFAULT_KEEP_VERSIONS,
 };
 
 fn url(dir: &tempfile::TempDir) -> String {
@@ -22,6 +23,18 @@ async fn fresh() -> (tempfile::TempDir, SqliteStore) {
 }
 
 latchkey_store::conformance_tests!(fresh);
+
+/// A new data dir and a bootstrapped store in it, sealed under `key`; and
+/// its admin token.
+async fn bootstrapped(key: &MasterKey) -> (tempfile::TempDir, SqliteStore, NewToken) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url(&dir), Keyring::new(key.clone()))
+        .await
+        .unwrap();
+    let admin = conformance::admin_token();
+    store.bootstrap(&admin).await.unwrap();
+    (dir, store, admin)
+}
 
 /// Opening the store in `dir` with another master key is refused, saying
 /// why, and leaves every file of the data dir as it was.
@@ -57,13 +70,8 @@ fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
 
 #[tokio::test]
 async fn no_plaintext_on_disk_and_wrong_key_refused() {
-    let dir = tempfile::tempdir().unwrap();
     let key = MasterKey::generate();
-    let store = SqliteStore::open(&url(&dir), Keyring::new(key.clone()))
-        .await
-        .unwrap();
-    let admin = conformance::admin_token();
-    store.bootstrap(&admin).await.unwrap();
+    let (dir, store, admin) = bootstrapped(&key).await;
     let env = store.environment(&admin.workspace_id, "").await.unwrap();
     let value = "plaintext-canary-7f3a9c";
     store
@@ -121,12 +129,7 @@ fn snapshot(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 async fn a_write_whose_caller_stops_waiting_still_reaches_the_cache() {
     use std::{future::Future, pin::pin, task::Context, task::Waker};
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
-        .await
-        .unwrap();
-    let admin = conformance::admin_token();
-    store.bootstrap(&admin).await.unwrap();
+    let (_dir, store, admin) = bootstrapped(&MasterKey::generate()).await;
     let ws = admin.workspace_id.clone();
     let env = store.environment(&ws, "").await.unwrap();
     let secret = |value: &str, on_conflict| NewSecret {
@@ -212,17 +215,58 @@ async fn a_database_in_use_is_refused_by_any_name() {
         .await;
 }
 
+/// A closed store's database file holds every write by itself: a copy of
+/// the file alone (say, a backup taken by copying it after a stop) opens with
+/// the last write in it. Closed many times over, because what this pins was
+/// a race: the pool's close could return with its connection still open,
+/// and the last writes then stayed in the `-wal` file only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_file_holds_every_write_by_itself() {
+    let key = MasterKey::generate();
+    let (dir, store, admin) = bootstrapped(&key).await;
+    store.close().await;
+    let ws = &admin.workspace_id;
+    for i in 0..30 {
+        let store = SqliteStore::open(&url(&dir), Keyring::new(key.clone()))
+            .await
+            .unwrap();
+        let name = format!("s-{i}");
+        store
+            .create_secret(&conformance::named(
+                ws,
+                "",
+                &name,
+                [].into(),
+                OnConflict::Fail,
+            ))
+            .await
+            .unwrap();
+        store.close().await;
+        let alone = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("latchkey.db"),
+            alone.path().join("latchkey.db"),
+        )
+        .unwrap();
+        let copy = SqliteStore::open(&url(&alone), Keyring::new(key.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("close {i}: the database file alone does not open: {e}"));
+        let found = copy.secret_in_environment(ws, "", &name).await;
+        copy.close().await;
+        let found = found.map(|s| s.is_some());
+        assert!(
+            matches!(found, Ok(true)),
+            "close {i}: the database file alone misses {name}: {found:?}"
+        );
+    }
+}
+
 /// A server that stopped without closing its store (killed) leaves its
 /// latest writes in the WAL; a start with another key is refused all the
 /// same, and changes no file (the WAL is not replayed, nothing is created).
 #[tokio::test]
 async fn a_wrong_key_after_an_unclean_stop_changes_no_file() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(&url(&dir), Keyring::new(MasterKey::generate()))
-        .await
-        .unwrap();
-    let admin = conformance::admin_token();
-    store.bootstrap(&admin).await.unwrap();
+    let (dir, store, admin) = bootstrapped(&MasterKey::generate()).await;
     let env = store.environment(&admin.workspace_id, "").await.unwrap();
     store
         .create_secret(&NewSecret {
