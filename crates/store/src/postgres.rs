@@ -42,8 +42,10 @@
 //! connection, every statement (`statement_timeout`) and every operation as
 //! a whole are bounded, and such failures are [`ErrorKind::Unavailable`]
 //! (gRPC UNAVAILABLE, which clients retry). The pool checks a connection
-//! before handing it out and opens new ones as needed, so the store recovers
-//! by itself when the database is back.
+//! before handing it out (the group commits' pool only when it was idle for
+//! a second; a group whose `BEGIN` finds its connection dead starts again on
+//! another) and opens new ones as needed, so the store recovers by itself
+//! when the database is back.
 //!
 //! [`ErrorKind::Unavailable`]: latchkey_core::ErrorKind::Unavailable
 
@@ -216,8 +218,8 @@ impl PgStore {
         // of round trips, and on the request runtime every step would wait
         // its turn behind the requests' tasks.
         let in_flight = options.groups_in_flight();
-        let group_pool =
-            pool_options(options, in_flight).connect_lazy_with(connect_options(url, options)?);
+        let group_pool = group_pool_options(options, in_flight)
+            .connect_lazy_with(connect_options(url, options)?);
         let statistics = Statistics::new(pool.clone());
         let commit: Commit<_, _> = {
             let (pool, keyring, cache) = (group_pool.clone(), keyring.clone(), cache.clone());
@@ -230,7 +232,9 @@ impl PgStore {
                     loop {
                         // Bounded up to its commit, as every write (see `write`).
                         let attempt = bounded(bound, async {
-                            let mut tx = pool.begin().await.map_err(db_error::<Postgres>)?;
+                            let mut tx = begin_group(&pool, in_flight)
+                                .await
+                                .map_err(db_error::<Postgres>)?;
                             let outcome =
                                 Sql::<Postgres>::write_group(&mut tx, &keyring, &writes).await?;
                             Ok((tx, outcome))
@@ -536,6 +540,49 @@ fn pool_options(options: PgOptions, size: u32) -> PgPoolOptions {
         .acquire_timeout(options.acquire_timeout)
         .idle_timeout(Duration::from_secs(300))
         .test_before_acquire(true)
+}
+
+/// How long a connection of the group commits' pool may have been idle and
+/// still be handed out without a ping.
+const FRESH: Duration = Duration::from_secs(1);
+
+/// The group commits' pool: as [`pool_options`], except that a connection
+/// used within [`FRESH`] is handed out without its ping. Under load that is
+/// every group's, and the ping is a round trip of six (`BEGIN`, three
+/// statements, `COMMIT`). One that died meanwhile (the database restarted,
+/// the network cut) fails the group's `BEGIN`, before anything of the group
+/// was sent, and [`begin_group`] takes another.
+fn group_pool_options(options: PgOptions, size: u32) -> PgPoolOptions {
+    pool_options(options, size)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= FRESH {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// A group's transaction. A connection whose `BEGIN` fails is let go (the
+/// pool closes it when its check on release fails too) and the next one
+/// tried: up to one more than the pool's `size`, so that a pool of dead
+/// connections ends with a new one. Nothing of the group was sent.
+async fn begin_group(
+    pool: &PgPool,
+    size: u32,
+) -> Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tries = 0;
+    loop {
+        match pool.begin().await {
+            Err(e) if tries < size && !matches!(e, sqlx::Error::PoolTimedOut) => {
+                tracing::debug!(error = %e, "a group's BEGIN failed; trying another connection");
+                tries += 1;
+            }
+            begun => return begun,
+        }
+    }
 }
 
 /// `host:port/db` of a URL, for messages: never the user's password.

@@ -371,15 +371,8 @@ async fn lookups_stay_exact_when_the_change_feed_is_cut() {
     assert_eq!(looked_up().await, "0");
     assert_eq!(looked_up().await, "0");
 
-    let cut = sqlx::query(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-         WHERE datname = current_database() AND pid <> pg_backend_pid()",
-    )
-    .execute(&db.pool().await)
-    .await
-    .unwrap();
     assert!(
-        cut.rows_affected() >= 2,
+        cut_every_connection(&db).await >= 2,
         "both replicas' connections were cut"
     );
 
@@ -402,6 +395,60 @@ async fn lookups_stay_exact_when_the_change_feed_is_cut() {
     }
     a.close().await;
     b.close().await;
+}
+
+/// Ends every session on `db` but the caller's; answers how many.
+async fn cut_every_connection(db: &TestDb) -> u64 {
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&db.pool().await)
+    .await
+    .unwrap()
+    .rows_affected()
+}
+
+/// The group commits take a connection used within the last second without
+/// checking it first. When every one of them was cut, the next write still
+/// succeeds: its group's `BEGIN` fails on each dead one in turn, and it
+/// runs on a new connection (two groups in flight, so two dead ones).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_go_on_when_every_group_connection_was_cut() {
+    let db = TestDb::create().await;
+    let store = open_two_groups(&db, &MasterKey::generate()).await;
+    let (ws, secret_id) = seeded(&store, "cut").await;
+    let update = |value: String| {
+        let (store, ws, secret_id) = (&store, &ws, &secret_id);
+        async move {
+            store
+                .update_secret(
+                    ws,
+                    secret_id,
+                    &[("V".to_owned(), Some(value))],
+                    &Revision::by("test"),
+                )
+                .await
+        }
+    };
+    // Enough writers, long enough, that both groups' connections are open.
+    let writer = |w: usize| async move {
+        for i in 0..10 {
+            update(format!("{w}-{i}")).await?;
+        }
+        Ok::<_, latchkey_core::Error>(())
+    };
+    let warm = futures::future::join_all((0..16).map(writer)).await;
+    assert!(warm.iter().all(Result::is_ok), "{warm:?}");
+    assert!(cut_every_connection(&db).await >= 2);
+    for round in 0..3 {
+        update(format!("after-{round}"))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: a write after the cut failed: {e}"));
+    }
+    let found = store.secret_by_id(&ws, &secret_id).await.unwrap();
+    assert_eq!(found.contents["V"], "after-2");
+    store.close().await;
 }
 
 /// The lookup cache is in use once the change feed is up, and only an
