@@ -262,6 +262,10 @@ fn durable(options: SqliteConnectOptions) -> SqliteConnectOptions {
 /// So the checkpoint is asked for here, and the connection that ran it is
 /// closed by hand before the pool.
 pub(crate) async fn checkpoint_and_close(pool: &SqlitePool) -> Result<(), sqlx::Error> {
+    if pool.is_closed() {
+        // A second close: the first did the folding.
+        return Ok(());
+    }
     let folded = async {
         let mut conn = pool.acquire().await?;
         // (busy, frames in the log, frames moved): busy is 1 when another
