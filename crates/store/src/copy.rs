@@ -181,6 +181,21 @@ pub enum CopyError {
         /// Its row count.
         rows: u64,
     },
+    /// The destination is a latchkey store at another schema version; it
+    /// was left as it was.
+    #[error(
+        "the destination {target} is a latchkey store at schema version(s) {applied:?}, \
+         and this latchkey writes {expected:?}; it was left as it was: copy only into a new, \
+         empty store"
+    )]
+    OtherSchema {
+        /// Which store.
+        target: String,
+        /// Its schema versions.
+        applied: Vec<i64>,
+        /// This latchkey's.
+        expected: Vec<i64>,
+    },
     /// The destination holds tables of something other than latchkey.
     #[error(
         "the destination {target} holds a table {table:?} that is not latchkey's; \
@@ -446,7 +461,8 @@ impl RawStore {
     }
 
     /// Opens (creating and migrating if needed) a store to write; refuses one
-    /// that holds any row.
+    /// that holds any row, and, before migrating anything, a latchkey store
+    /// at another schema version ([`CopyError::OtherSchema`]).
     pub async fn open_destination(url: &str) -> Result<Self, CopyError> {
         let store = match Backend::of(url) {
             Some(Backend::Sqlite) => {
@@ -454,8 +470,15 @@ impl RawStore {
                 if std::path::Path::new(&target).exists() {
                     let pool = sqlite::open_raw(url, false).await?;
                     let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
+                    let checked = match refuse_foreign_tables(&target, tables) {
+                        Ok(true) => {
+                            let applied = sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(&pool).await;
+                            refuse_other_schema::<sqlx::Sqlite>(&target, applied)
+                        }
+                        other => other.map(drop),
+                    };
                     pool.close().await;
-                    refuse_foreign_tables(&target, tables)?;
+                    checked?;
                 }
                 let pool = sqlite::open_raw(url, true).await?;
                 Self {
@@ -468,7 +491,10 @@ impl RawStore {
                 let target = postgres::describe(url);
                 let pool = postgres::connect(url, copy_pg_options()).await?;
                 let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
-                refuse_foreign_tables(&target, tables)?;
+                if refuse_foreign_tables(&target, tables)? {
+                    let applied = sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(&pool).await;
+                    refuse_other_schema::<sqlx::Postgres>(&target, applied)?;
+                }
                 <sqlx::Postgres as crate::sql::Dialect>::migrator()
                     .run(&pool)
                     .await
@@ -579,17 +605,11 @@ impl RawStore {
         let (applied, expected): (Result<Vec<(i64,)>, _>, Vec<i64>) = match &self.pool {
             Pool::Sqlite(p) => (
                 sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
-                <sqlx::Sqlite as crate::sql::Dialect>::migrator()
-                    .iter()
-                    .map(|m| m.version)
-                    .collect(),
+                schema_versions::<sqlx::Sqlite>(),
             ),
             Pool::Postgres(p) => (
                 sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(p).await,
-                <sqlx::Postgres as crate::sql::Dialect>::migrator()
-                    .iter()
-                    .map(|m| m.version)
-                    .collect(),
+                schema_versions::<sqlx::Postgres>(),
             ),
         };
         let problem = |problem: String| CopyError::Source {
@@ -618,24 +638,58 @@ const SQLITE_TABLES: &str =
 const PG_TABLES: &str = "SELECT table_name::text FROM information_schema.tables \
      WHERE table_schema = current_schema()";
 
-/// Refuses a destination holding tables that are not a latchkey store's.
+/// Refuses a destination holding tables that are not a latchkey store's;
+/// answers whether it has a migration history (is a latchkey store).
 fn refuse_foreign_tables(
     target: &str,
     tables: Result<Vec<(String,)>, sqlx::Error>,
-) -> Result<(), CopyError> {
+) -> Result<bool, CopyError> {
     let tables = tables.map_err(|source| CopyError::Database {
         during: "reading",
         target: target.to_owned(),
         cause: source,
     })?;
     let ours = |name: &str| name == "_sqlx_migrations" || TABLES.iter().any(|t| t.name == name);
-    match tables.into_iter().find(|(name,)| !ours(name)) {
+    match tables.iter().find(|(name,)| !ours(name)) {
         Some((table,)) => Err(CopyError::Foreign {
             target: target.to_owned(),
-            table,
+            table: table.clone(),
         }),
-        None => Ok(()),
+        None => Ok(tables.iter().any(|(name,)| name == "_sqlx_migrations")),
     }
+}
+
+/// The schema versions of this latchkey's stores on `DB`.
+fn schema_versions<DB: crate::sql::Dialect>() -> Vec<i64> {
+    DB::migrator().iter().map(|m| m.version).collect()
+}
+
+/// Refuses a destination that is a latchkey store at another schema
+/// version, before anything migrates it: one that holds rows would be
+/// upgraded and only then refused, and the latchkey that wrote it could no
+/// longer open it.
+fn refuse_other_schema<DB: crate::sql::Dialect>(
+    target: &str,
+    applied: Result<Vec<(i64,)>, sqlx::Error>,
+) -> Result<(), CopyError> {
+    let applied: Vec<i64> = applied
+        .map_err(|source| CopyError::Database {
+            during: "reading",
+            target: target.to_owned(),
+            cause: source,
+        })?
+        .into_iter()
+        .map(|(v,)| v)
+        .collect();
+    let expected = schema_versions::<DB>();
+    if applied.is_empty() || applied == expected {
+        return Ok(());
+    }
+    Err(CopyError::OtherSchema {
+        target: target.to_owned(),
+        applied,
+        expected,
+    })
 }
 
 const APPLIED_MIGRATIONS: &str =

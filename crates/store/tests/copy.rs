@@ -419,3 +419,71 @@ async fn the_copy_knows_every_table_and_column() {
     let pg: Vec<_> = pg.into_iter().map(|(t, c, ty)| (t, c, kind(&ty))).collect();
     assert_eq!(sorted(pg), expected(), "PostgreSQL schema");
 }
+
+/// A latchkey store at the first schema version only, at `url`, holding one
+/// workspace.
+async fn older_store<DB: sqlx::Database>(url: &str, backend: &str)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let pool = sqlx::Pool::<DB>::connect(url).await.unwrap();
+    support::migrate_first(&pool, backend, &["0001_initial.sql"]).await;
+    sqlx::raw_sql("INSERT INTO workspaces (id, name, created_at) VALUES ('ws-old', 'old', 1)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// The schema versions applied to the store at `url`, and its workspaces.
+async fn versions_and_workspaces<DB: sqlx::Database>(url: &str) -> (Vec<i64>, i64)
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    i64: for<'r> sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    let pool = sqlx::Pool::<DB>::connect(url).await.unwrap();
+    let versions = sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let workspaces = sqlx::query_scalar("SELECT COUNT(*) FROM workspaces")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    (versions, workspaces)
+}
+
+/// A destination that is a latchkey store at an older schema is refused
+/// before anything migrates it: its versions and rows stay as they were
+/// (the latchkey that wrote it must still open it). Both backends.
+#[tokio::test]
+async fn a_store_at_another_schema_is_refused_before_it_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/old.db", dir.path().display());
+    older_store::<sqlx::Sqlite>(&format!("{sqlite}?mode=rwc"), "sqlite").await;
+    let db = TestDb::create().await;
+    older_store::<sqlx::Postgres>(&db.url, "postgres").await;
+    for url in [&sqlite, &db.url] {
+        let err = RawStore::open_destination(url).await.unwrap_err();
+        assert!(matches!(err, CopyError::OtherSchema { .. }), "{url}: {err}");
+        assert!(
+            err.to_string().contains("schema version(s) [1]")
+                && err.to_string().contains("left as it was"),
+            "{err}"
+        );
+    }
+    let untouched = (vec![1], 1);
+    assert_eq!(
+        versions_and_workspaces::<sqlx::Sqlite>(&sqlite).await,
+        untouched
+    );
+    assert_eq!(
+        versions_and_workspaces::<sqlx::Postgres>(&db.url).await,
+        untouched
+    );
+}

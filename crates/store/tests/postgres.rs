@@ -850,23 +850,15 @@ async fn a_damaged_ciphertext_is_listed_deleted_and_named() {
 #[tokio::test]
 async fn a_store_without_versions_migrates() {
     let db = TestDb::create().await;
-    let before = tempfile::tempdir().unwrap();
-    for file in ["0001_initial.sql", "0002_change_feed.sql"] {
-        std::fs::copy(
-            format!("{}/migrations/postgres/{file}", env!("CARGO_MANIFEST_DIR")),
-            before.path().join(file),
-        )
-        .unwrap();
-    }
     let key = MasterKey::generate();
     let old = conformance::Unversioned::new();
     let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
-    sqlx::migrate::Migrator::new(before.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    support::migrate_first(
+        &pool,
+        "postgres",
+        &["0001_initial.sql", "0002_change_feed.sql"],
+    )
+    .await;
     let blob = |bytes: &[u8]| {
         format!(
             "'\\x{}'::bytea",

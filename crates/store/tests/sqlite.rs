@@ -1,6 +1,8 @@
 //! The SQLite adapter against the conformance suite, and the properties only
 //! a file on disk has: no plaintext in any file, and a wrong key refused.
 
+mod support;
+
 use latchkey_store::audit::AuditEntry;
 use latchkey_store::{
     conformance,
@@ -328,26 +330,12 @@ async fn a_damaged_ciphertext_is_listed_deleted_and_named() {
 #[tokio::test]
 async fn a_store_without_versions_migrates() {
     let dir = tempfile::tempdir().unwrap();
-    let first = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/migrations/sqlite/0001_initial.sql"
-        ),
-        first.path().join("0001_initial.sql"),
-    )
-    .unwrap();
     let keyring = Keyring::new(MasterKey::generate());
     let old = conformance::Unversioned::new();
     let pool = sqlx::SqlitePool::connect(&format!("{}?mode=rwc", url(&dir)))
         .await
         .unwrap();
-    sqlx::migrate::Migrator::new(first.path())
-        .await
-        .unwrap()
-        .run(&pool)
-        .await
-        .unwrap();
+    support::migrate_first(&pool, "sqlite", &["0001_initial.sql"]).await;
     let blob = |bytes: &[u8]| {
         format!(
             "X'{}'",

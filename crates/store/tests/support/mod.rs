@@ -214,3 +214,27 @@ async fn relay(mut client: TcpStream, upstream: u16, mut mode: watch::Receiver<M
         let _ = mode.wait_for(|m| *m != Mode::Stall).await;
     }
 }
+
+/// Applies to `pool` the first of this crate's migrations for `backend`
+/// ("sqlite" or "postgres"): the files named, in order. A store as an older
+/// latchkey left it.
+pub async fn migrate_first<DB>(pool: &sqlx::Pool<DB>, backend: &str, files: &[&str])
+where
+    DB: sqlx::Database,
+    DB::Connection: sqlx::migrate::Migrate,
+{
+    let dir = tempfile::tempdir().unwrap();
+    for file in files {
+        std::fs::copy(
+            format!("{}/migrations/{backend}/{file}", env!("CARGO_MANIFEST_DIR")),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
+    sqlx::migrate::Migrator::new(dir.path())
+        .await
+        .unwrap()
+        .run(pool)
+        .await
+        .unwrap();
+}
