@@ -469,14 +469,7 @@ impl RawStore {
                 let target = sqlite::describe(url);
                 if std::path::Path::new(&target).exists() {
                     let pool = sqlite::open_raw(url, false).await?;
-                    let tables = sqlx::query_as(SQLITE_TABLES).fetch_all(&pool).await;
-                    let checked = match refuse_foreign_tables(&target, tables) {
-                        Ok(true) => {
-                            let applied = sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(&pool).await;
-                            refuse_other_schema::<sqlx::Sqlite>(&target, applied)
-                        }
-                        other => other.map(drop),
-                    };
+                    let checked = check_destination(&pool, &target, SQLITE_TABLES).await;
                     pool.close().await;
                     checked?;
                 }
@@ -490,11 +483,7 @@ impl RawStore {
             Some(Backend::Postgres) => {
                 let target = postgres::describe(url);
                 let pool = postgres::connect(url, copy_pg_options()).await?;
-                let tables = sqlx::query_as(PG_TABLES).fetch_all(&pool).await;
-                if refuse_foreign_tables(&target, tables)? {
-                    let applied = sqlx::query_as(APPLIED_MIGRATIONS).fetch_all(&pool).await;
-                    refuse_other_schema::<sqlx::Postgres>(&target, applied)?;
-                }
+                check_destination(&pool, &target, PG_TABLES).await?;
                 <sqlx::Postgres as crate::sql::Dialect>::migrator()
                     .run(&pool)
                     .await
@@ -638,46 +627,47 @@ const SQLITE_TABLES: &str =
 const PG_TABLES: &str = "SELECT table_name::text FROM information_schema.tables \
      WHERE table_schema = current_schema()";
 
-/// Refuses a destination holding tables that are not a latchkey store's;
-/// answers whether it has a migration history (is a latchkey store).
-fn refuse_foreign_tables(
+/// Refuses, before anything is created or migrated in it, a destination
+/// holding tables that are not a latchkey store's ([`CopyError::Foreign`]),
+/// or that is a latchkey store at another schema version
+/// ([`CopyError::OtherSchema`]): one that holds rows would be upgraded and
+/// only then refused, and the latchkey that wrote it could no longer open
+/// it. `tables_sql` lists the database's tables.
+async fn check_destination<DB>(
+    pool: &sqlx::Pool<DB>,
     target: &str,
-    tables: Result<Vec<(String,)>, sqlx::Error>,
-) -> Result<bool, CopyError> {
-    let tables = tables.map_err(|source| CopyError::Database {
+    tables_sql: &'static str,
+) -> Result<(), CopyError>
+where
+    DB: crate::sql::Dialect,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+{
+    let reading = |cause| CopyError::Database {
         during: "reading",
         target: target.to_owned(),
-        cause: source,
-    })?;
+        cause,
+    };
+    let tables: Vec<(String,)> = sqlx::query_as(tables_sql)
+        .fetch_all(pool)
+        .await
+        .map_err(reading)?;
     let ours = |name: &str| name == "_sqlx_migrations" || TABLES.iter().any(|t| t.name == name);
-    match tables.iter().find(|(name,)| !ours(name)) {
-        Some((table,)) => Err(CopyError::Foreign {
+    if let Some((table,)) = tables.iter().find(|(name,)| !ours(name)) {
+        return Err(CopyError::Foreign {
             target: target.to_owned(),
             table: table.clone(),
-        }),
-        None => Ok(tables.iter().any(|(name,)| name == "_sqlx_migrations")),
+        });
     }
-}
-
-/// The schema versions of this latchkey's stores on `DB`.
-fn schema_versions<DB: crate::sql::Dialect>() -> Vec<i64> {
-    DB::migrator().iter().map(|m| m.version).collect()
-}
-
-/// Refuses a destination that is a latchkey store at another schema
-/// version, before anything migrates it: one that holds rows would be
-/// upgraded and only then refused, and the latchkey that wrote it could no
-/// longer open it.
-fn refuse_other_schema<DB: crate::sql::Dialect>(
-    target: &str,
-    applied: Result<Vec<(i64,)>, sqlx::Error>,
-) -> Result<(), CopyError> {
-    let applied: Vec<i64> = applied
-        .map_err(|source| CopyError::Database {
-            during: "reading",
-            target: target.to_owned(),
-            cause: source,
-        })?
+    if !tables.iter().any(|(name,)| name == "_sqlx_migrations") {
+        return Ok(());
+    }
+    let applied: Vec<i64> = sqlx::query_as::<_, (i64,)>(APPLIED_MIGRATIONS)
+        .fetch_all(pool)
+        .await
+        .map_err(reading)?
         .into_iter()
         .map(|(v,)| v)
         .collect();
@@ -690,6 +680,11 @@ fn refuse_other_schema<DB: crate::sql::Dialect>(
         applied,
         expected,
     })
+}
+
+/// The schema versions of this latchkey's stores on `DB`.
+fn schema_versions<DB: crate::sql::Dialect>() -> Vec<i64> {
+    DB::migrator().iter().map(|m| m.version).collect()
 }
 
 const APPLIED_MIGRATIONS: &str =
